@@ -1,1 +1,5 @@
-Console.WriteLine("x");
+using System.CommandLine;
+using Spectre.Console;
+using Superpipeline.Coordinator;
+
+return await Cli.MainAsync(args);

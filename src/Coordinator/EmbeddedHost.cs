@@ -1,0 +1,77 @@
+using System.Threading.Channels;
+using Akka.Actor;
+using Akka.Event;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Messages;
+using Superpipeline.Workers;
+using static Superpipeline.Messages.JobProtocol;
+
+namespace Superpipeline.Coordinator;
+
+/// <summary>Role "both" in one process: an actor system with one device, its loader and the job manager.
+/// It is what <c>superpipeline run</c> and <c>bench</c> use, and what tests drive.</summary>
+public sealed class EmbeddedHost : IAsyncDisposable
+{
+    EmbeddedHost(ActorSystem system, IDevice device, IActorRef jobManager, SuperpipelineSettings settings)
+    {
+        System = system;
+        Device = device;
+        JobManager = jobManager;
+        Settings = settings;
+    }
+
+    public ActorSystem System { get; }
+    public IDevice Device { get; }
+    public IActorRef JobManager { get; }
+    public SuperpipelineSettings Settings { get; }
+
+    public static EmbeddedHost Start(DeviceSpec device, string? configOverrides = null)
+    {
+        var config = WorkerConfig.Load(null, configOverrides);
+        var settings = SuperpipelineSettings.Create(config);
+        var dev = DeviceFactory.Create(device);
+        var system = ActorSystem.Create("superpipeline", config);
+        system.EventStream.Subscribe(system.ActorOf(DeadLetterMonitor.Props(), "dead-letter-monitor"), typeof(DeadLetter));
+        var manager = system.ActorOf(JobManagerActor.Props(dev, settings), "job-manager");
+        return new EmbeddedHost(system, dev, manager, settings);
+    }
+
+    /// <summary>Submits a job; the returned reader yields its progress and then exactly one terminal event.</summary>
+    public ChannelReader<IJobEvent> Submit(SubmitJob job)
+    {
+        var channel = Channel.CreateUnbounded<IJobEvent>(new UnboundedChannelOptions { SingleReader = true });
+        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout), $"client-{job.Id.Value}-{Guid.NewGuid():N}");
+        return channel.Reader;
+    }
+
+    /// <summary>Submits and waits for the terminal event, passing progress to <paramref name="onProgress"/>.</summary>
+    public async Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null)
+    {
+        IJobEvent? last = null;
+        await foreach (var e in Submit(job).ReadAllAsync())
+        {
+            if (e is JobProgress p) onProgress?.Invoke(p.Progress);
+            last = e;
+        }
+        return last ?? new JobFailed(job.Id, "the client stopped without an answer");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await System.Terminate();
+        Device.Dispose();
+    }
+}
+
+/// <summary>Dead letters would mean a message was lost: the safety-net mailbox overflowed or an actor was gone.
+/// They are logged as errors, never silently dropped.</summary>
+public sealed class DeadLetterMonitor : ReceiveActor
+{
+    public DeadLetterMonitor()
+    {
+        var log = Context.GetLogger();
+        Receive<DeadLetter>(d => log.Error("undelivered {0} from {1} to {2}", d.Message.GetType().Name, d.Sender, d.Recipient));
+    }
+
+    public static Props Props() => Akka.Actor.Props.Create(() => new DeadLetterMonitor());
+}

@@ -1,0 +1,18 @@
+namespace Superpipeline.Messages;
+
+/// <summary>The conversation between a client and the job manager: submit a job, hear progress, receive
+/// exactly one <see cref="JobSucceeded"/> or one <see cref="JobFailed"/>.</summary>
+public static class JobProtocol
+{
+    public interface IJobCommand { JobId Id { get; } }
+    public interface IJobEvent { JobId Id { get; } }
+
+    /// <summary>Run one forward pass of <paramref name="Model"/> on its seeded input under <paramref name="Policy"/>.</summary>
+    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy) : IJobCommand;
+
+    public sealed record JobAccepted(JobId Id) : IJobEvent;
+    public sealed record JobProgress(JobId Id, LayerProgress Progress) : IJobEvent;
+    public sealed record JobSucceeded(JobId Id, TensorPayload Output, PassReport Report) : IJobEvent;
+    /// <summary>The job did not complete; <paramref name="Reason"/> is a one-line message for a person.</summary>
+    public sealed record JobFailed(JobId Id, string Reason) : IJobEvent;
+}

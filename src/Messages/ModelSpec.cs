@@ -1,0 +1,28 @@
+namespace Superpipeline.Messages;
+
+/// <summary>Which model to run and at what shape. <see cref="Name"/> picks the family from the catalog
+/// ("demo" is the built-in GPT-style decoder with seeded weights); the other fields size it.</summary>
+/// <param name="Blocks">Transformer blocks; the model has Blocks + 2 streamed layers (embeddings, blocks, head).</param>
+public sealed record ModelSpec(
+    string Name,
+    int Blocks,
+    int Hidden,
+    int Heads,
+    int Vocab,
+    int Sequence,
+    int Batch,
+    long Seed)
+{
+    public static ModelSpec Demo { get; } = new("demo", Blocks: 24, Hidden: 512, Heads: 8, Vocab: 4096, Sequence: 128, Batch: 4, Seed: 1);
+}
+
+/// <summary>The two knobs. <see cref="Window"/> null means "all" (everything resident, the baseline);
+/// <see cref="Swap"/> null means its default (1, or all layers when the window is all).</summary>
+public sealed record PolicySpec(int? Window, int? Swap)
+{
+    public static PolicySpec Resident { get; } = new(null, null);
+    public override string ToString() => $"window={(Window?.ToString() ?? "all")}, swap={(Swap?.ToString() ?? "default")}";
+}
+
+/// <summary>A device as the job sees it: kind ("sim" or "cuda"), capacity in bytes, optional emulated link bandwidth.</summary>
+public sealed record DeviceSpec(string Kind, long CapacityBytes, double? LinkGBps);

@@ -1,0 +1,39 @@
+using System.Collections.Immutable;
+
+namespace Superpipeline.Messages;
+
+/// <summary>What happened to one layer during a pass; times are seconds since the pass started.</summary>
+/// <param name="EvictAt">When its device bytes were freed (-1 if they were still resident when the pass ended).</param>
+public sealed record LayerTiming(
+    int Index,
+    string Name,
+    long Bytes,
+    double LoadStart,
+    double LoadSeconds,
+    double ComputeStart,
+    double ComputeSeconds,
+    double EvictAt);
+
+/// <summary>The measured record of one forward pass on one device.</summary>
+/// <param name="LowerBoundSeconds">max(sum of transfer times, sum of compute times): no schedule can beat it.</param>
+public sealed record PassReport(
+    string Device,
+    int Layers,
+    int Window,
+    int Swap,
+    long ModelBytes,
+    long DeviceCapacityBytes,
+    long PeakDeviceBytes,
+    long BytesTransferred,
+    double WallSeconds,
+    double LowerBoundSeconds,
+    ImmutableArray<LayerTiming> LayerTimings)
+{
+    /// <summary>Lower bound ÷ wall time: 1.0 means transfers were completely hidden behind compute (or vice versa).</summary>
+    public double OverlapEfficiency => WallSeconds > 0 ? LowerBoundSeconds / WallSeconds : 0;
+}
+
+/// <summary>Progress of a pass, one record per layer event, in the order they happened.</summary>
+public sealed record LayerProgress(int Layer, int Layers, LayerPhase Phase, double AtSeconds);
+
+public enum LayerPhase { Loaded, Computed, Evicted }

@@ -1,0 +1,81 @@
+using Akka.Actor;
+using Akka.Event;
+using Akka.Streams;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Messages;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Workers;
+
+/// <summary>The loader/executor of one device. It runs one pass at a time as a <see cref="PassStream"/>;
+/// passes that arrive meanwhile wait in its queue (never dropped) and run in arrival order. Every request
+/// gets exactly one answer: <see cref="PassSucceeded"/> or <see cref="PassFailed"/>.</summary>
+public sealed class DeviceLoaderActor : ReceiveActor
+{
+    /// <summary>In-process: run <paramref name="Model"/> on <paramref name="Input"/> (a host tensor the caller keeps owning).
+    /// <paramref name="Progress"/>, when given, is called (from device threads) for each layer event; it must only pass the record on.</summary>
+    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, Tensor Input, StreamPolicy Policy, Action<LayerProgress>? Progress = null);
+
+    /// <summary>The pass's output as a host tensor, now owned by the receiver, and its report.</summary>
+    public sealed record PassSucceeded(Tensor Output, PassReport Report);
+    public sealed record PassFailed(string Reason, Exception Cause);
+
+    private sealed record Finished(IActorRef ReplyTo, object Answer);
+
+    readonly IDevice _device;
+    readonly TimeSpan _askTimeout;
+    readonly IMaterializer _materializer;
+    readonly Queue<(RunPass Pass, IActorRef ReplyTo)> _waiting = new();
+
+    public DeviceLoaderActor(IDevice device, TimeSpan askTimeout)
+    {
+        _device = device;
+        _askTimeout = askTimeout;
+        _materializer = Context.Materializer();
+        Idle();
+    }
+
+    public static Props Props(IDevice device, TimeSpan askTimeout) =>
+        Akka.Actor.Props.Create(() => new DeviceLoaderActor(device, askTimeout)).WithMailbox(Dispatchers.LoaderMailbox);
+
+    void Idle()
+    {
+        Receive<RunPass>(p => Start(p, Sender));
+    }
+
+    void Busy()
+    {
+        Receive<RunPass>(p => _waiting.Enqueue((p, Sender)));
+        Receive<Finished>(f =>
+        {
+            f.ReplyTo.Tell(f.Answer);
+            if (_waiting.TryDequeue(out var next)) Start(next.Pass, next.ReplyTo);
+            else Become(Idle);
+        });
+    }
+
+    void Start(RunPass pass, IActorRef replyTo)
+    {
+        var log = Context.GetLogger();
+        Become(Busy);
+        PassStream.Run(_device, pass.Model, pass.LayerActors, pass.Input, pass.Policy, _materializer,
+                pass.Progress, _askTimeout)
+            .ContinueWith(t =>
+            {
+                if (t.IsCompletedSuccessfully) return new Finished(replyTo, new PassSucceeded(t.Result.Output, t.Result.Report));
+                var error = t.Exception?.GetBaseException() ?? new TaskCanceledException("the pass was cancelled");
+                log.Warning("pass on {0} failed: {1}", _device.Name, error.Message);
+                return new Finished(replyTo, new PassFailed(Describe(error), error));
+            }, TaskScheduler.Default)
+            .PipeTo(Self);
+    }
+
+    /// <summary>One line for a person: the exception's own message, which names what was wrong.</summary>
+    static string Describe(Exception e) => e switch
+    {
+        AskTimeoutException => $"a layer actor did not answer in time: {e.Message}",
+        _ => e.Message.Split('\n')[0],
+    };
+}

@@ -39,7 +39,11 @@ public sealed class CudaDevice : IDevice
         var placed = new Dictionary<string, Tensor>(tensors.Count);
         try
         {
-            foreach (var (name, host) in tensors) placed[name] = host.detach().to(_device);
+            foreach (var (name, host) in tensors)
+            {
+                using var detached = host.detach();
+                placed[name] = detached.to(_device);
+            }
             cuda.synchronize(_device);
             return new DeviceTensors(placed, reservation);
         }

@@ -40,7 +40,10 @@ public sealed class SimulatedDevice : IDevice
         {
             long start = Stopwatch.GetTimestamp();
             foreach (var (name, host) in tensors)
-                placed[name] = host.detach().clone();
+            {
+                using var detached = host.detach();
+                placed[name] = detached.clone();
+            }
             if (LinkBytesPerSecond is { } bw) WaitUntil(start, bytes / bw);
             return new DeviceTensors(placed, reservation);
         }

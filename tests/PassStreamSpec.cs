@@ -1,0 +1,188 @@
+using Akka.TestKit.Xunit2;
+using CsCheck;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Messages;
+using Superpipeline.Workers;
+using TorchSharp;
+using Xunit;
+
+namespace Superpipeline.Tests;
+
+/// <summary>The loader stream through the actors: outputs bit-identical for every window, bytes accounted,
+/// nothing left behind after success or failure.</summary>
+public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
+{
+    const long Roomy = 256L << 20;
+
+    [Fact]
+    public async Task Resident_output_equals_a_plain_forward_over_the_layers()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(), Roomy);
+        var (output, report) = await h.Pass(h.Policy(null));
+        Assert.Equal(h.PlainForward(), output);
+        Assert.Equal(h.Model.Layers.Count, report.Window);
+        Assert.Equal(h.Model.Bytes, report.ModelBytes);
+    }
+
+    [Fact]
+    public async Task Every_window_and_swap_of_a_small_model_is_bit_identical_to_resident()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 4), Roomy);
+        int layers = h.Model.Layers.Count; // 6
+        var (resident, _) = await h.Pass(h.Policy(null));
+        int cases = 0;
+        for (int k = 1; k <= layers; k++)
+            for (int s = 1; s <= k; s++)
+            {
+                var (output, report) = await h.Pass(h.Policy(k, s));
+                Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs from resident");
+                Assert.Equal((k, s), (report.Window, report.Swap));
+                cases++;
+            }
+        Assert.Equal(layers * (layers + 1) / 2, cases);
+    }
+
+    [Theory]
+    [InlineData(1, 2, 16, 2, 50, 5, 1)]
+    [InlineData(2, 5, 48, 6, 97, 12, 3)]
+    [InlineData(3, 3, 64, 8, 128, 16, 2)]
+    public async Task Other_shapes_and_seeds_are_bit_identical_across_windows(long seed, int blocks, int hidden, int heads, int vocab, int seq, int batch)
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(seed, blocks, hidden, heads, vocab, seq, batch), Roomy);
+        var (resident, _) = await h.Pass(h.Policy(null));
+        Assert.Equal(h.PlainForward(), resident);
+        foreach (var (k, s) in new[] { (1, 1), (2, 1), (2, 2), (3, 2) })
+        {
+            var (output, _) = await h.Pass(h.Policy(k, s));
+            Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs");
+        }
+    }
+
+    [Fact]
+    public void Property_random_models_and_knobs_match_resident_and_respect_the_memory_bound()
+    {
+        var gen =
+            from seed in Gen.Long[1, 1_000_000]
+            from blocks in Gen.Int[1, 4]
+            from heads in Gen.Int[1, 4]
+            from headDim in Gen.Int[2, 8]
+            from vocab in Gen.Int[5, 80]
+            from seq in Gen.Int[1, 10]
+            from batch in Gen.Int[1, 3]
+            from k in Gen.Int[1, blocks + 2]
+            from s in Gen.Int[1, k]
+            select (seed, blocks, heads, hidden: heads * headDim, vocab, seq, batch, k, s);
+        gen.Sample(c =>
+        {
+            using var h = new EngineHarness(Sys, EngineHarness.Tiny(c.seed, c.blocks, c.hidden, c.heads, c.vocab, c.seq, c.batch), Roomy);
+            var (resident, _) = h.Pass(h.Policy(null)).GetAwaiter().GetResult();
+            var (output, report) = h.Pass(h.Policy(c.k, c.s)).GetAwaiter().GetResult();
+            return resident.AsSpan().SequenceEqual(output)
+                && report.PeakDeviceBytes <= h.Model.LargestLayersBytes(c.k) + h.Model.ActivationBoundBytes()
+                && h.Device.Memory.Reserved == 0;
+        }, iter: 25, threads: 1);
+    }
+
+    [Fact]
+    public async Task Peak_device_bytes_stay_within_the_k_largest_layers_plus_activations()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 6, hidden: 64, vocab: 200), Roomy);
+        int layers = h.Model.Layers.Count;
+        var (_, resident) = await h.Pass(h.Policy(null));
+        Assert.True(resident.PeakDeviceBytes >= h.Model.Bytes, "resident holds every layer");
+        for (int k = 1; k <= layers; k++)
+            for (int s = 1; s <= k; s++)
+            {
+                var (_, report) = await h.Pass(h.Policy(k, s));
+                long bound = h.Model.LargestLayersBytes(k) + h.Model.ActivationBoundBytes();
+                Assert.True(report.PeakDeviceBytes <= bound, $"k={k}, k'={s}: peak {report.PeakDeviceBytes} > bound {bound}");
+                Assert.Equal(h.Model.Bytes + TensorBytes(h), report.BytesTransferred);
+            }
+    }
+
+    static long TensorBytes(EngineHarness h) => Engine.TensorBytes.Of(h.Input);
+
+    [Fact]
+    public async Task A_window_holds_at_most_k_layers_at_any_moment()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 6), Roomy);
+        foreach (var (k, s) in new[] { (1, 1), (3, 1), (3, 2), (4, 4) })
+        {
+            var events = new List<LayerProgress>();
+            await h.Pass(h.Policy(k, s), events);
+            int resident = 0, most = 0, computedSinceEvict = 0;
+            foreach (var e in events.OrderBy(e => e.AtSeconds).ThenBy(e => e.Phase == LayerPhase.Evicted ? 0 : 1))
+            {
+                resident += e.Phase switch { LayerPhase.Loaded => 1, LayerPhase.Evicted => -1, _ => 0 };
+                most = Math.Max(most, resident);
+                if (e.Phase == LayerPhase.Computed) computedSinceEvict++;
+                if (e.Phase == LayerPhase.Evicted) computedSinceEvict = 0;
+            }
+            Assert.InRange(most, 1, k);
+            Assert.Equal(h.Model.Layers.Count, events.Count(e => e.Phase == LayerPhase.Computed));
+            Assert.Equal(h.Model.Layers.Count, events.Count(e => e.Phase == LayerPhase.Evicted));
+            // Evictions come in groups of k' (the last group may be smaller).
+            var groups = events.Where(e => e.Phase == LayerPhase.Evicted).GroupBy(e => e.AtSeconds).Select(g => g.Count()).ToArray();
+            Assert.All(groups.SkipLast(1), g => Assert.True(g <= s));
+        }
+    }
+
+    [Fact]
+    public async Task Hundred_passes_return_device_bytes_and_live_tensors_to_where_they_started()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 3), Roomy);
+        await h.Pass(h.Policy(2, 1)); // warm-up: layer actors hold their weights
+        long reserved = h.Device.Memory.Reserved;
+        long tensors = torch.Tensor.TotalCount;
+        for (int i = 0; i < 100; i++)
+            await h.Pass(h.Policy(1 + i % 3, 1 + i % 3 / 2));
+        Assert.Equal(reserved, h.Device.Memory.Reserved);
+        Assert.Equal(tensors, torch.Tensor.TotalCount);
+    }
+
+    [Fact]
+    public async Task A_failed_pass_frees_every_byte_and_the_loader_serves_the_next_pass()
+    {
+        var spec = EngineHarness.Tiny(blocks: 4, hidden: 64, vocab: 100);
+        var model = Engine.Models.ModelCatalog.Create(spec);
+        // Room for two blocks and activations, not for the embedding and two blocks: window 3 with swap 3 loads
+        // layers 0, 1 and 2 before it may evict any, so it must fail part-way with out-of-memory.
+        long capacity = model.LargestLayersBytes(2) + model.ActivationBoundBytes() + 1024;
+        using var h = new EngineHarness(Sys, spec, capacity);
+        var (good, _) = await h.Pass(h.Policy(2, 1));
+        long tensors = torch.Tensor.TotalCount;
+        for (int i = 0; i < 100; i++)
+        {
+            var e = await Assert.ThrowsAsync<PassFailedException>(() => h.Pass(h.Policy(3, 3)));
+            Assert.Contains("out of memory", e.Message);
+            Assert.Equal(0, h.Device.Memory.Reserved);
+        }
+        Assert.Equal(tensors, torch.Tensor.TotalCount);
+        var (again, _) = await h.Pass(h.Policy(2, 1));
+        Assert.Equal(good, again);
+    }
+
+    [Fact]
+    public async Task Passes_sent_together_are_queued_and_each_gets_exactly_one_answer()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(), Roomy);
+        var (resident, _) = await h.Pass(h.Policy(null));
+        var all = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => h.Pass(h.Policy(1 + i % 5, 1))));
+        Assert.All(all, r => Assert.Equal(resident, r.Output));
+        Assert.Equal(0, h.Device.Memory.Reserved);
+    }
+
+    [Fact]
+    public async Task Report_accounts_load_and_compute_per_layer_and_a_lower_bound()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 2), Roomy, linkGBps: 0.5);
+        var (_, r) = await h.Pass(h.Policy(2, 1));
+        Assert.Equal(h.Model.Layers.Count, r.LayerTimings.Length);
+        Assert.All(r.LayerTimings, l => Assert.True(l.LoadSeconds > 0 && l.ComputeSeconds > 0 && l.EvictAt >= l.ComputeStart));
+        double transfer = r.LayerTimings.Sum(l => l.LoadSeconds), compute = r.LayerTimings.Sum(l => l.ComputeSeconds);
+        Assert.Equal(Math.Max(transfer, compute), r.LowerBoundSeconds, 9);
+        Assert.True(r.WallSeconds >= r.LowerBoundSeconds);
+        // The emulated link: no layer's load can be faster than its bytes over 0.5 GB/s.
+        Assert.All(r.LayerTimings, l => Assert.True(l.LoadSeconds >= l.Bytes / 0.5e9, $"{l.Name} loaded faster than the link"));
+    }
+}

@@ -24,7 +24,7 @@ public static class Cli
         }
         try
         {
-            return await parsed.InvokeAsync();
+            return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
         catch (Exception e) when (e is ArgumentException or DeviceOutOfMemoryException or IOException or UnauthorizedAccessException or InvalidOperationException)
         {

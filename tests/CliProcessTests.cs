@@ -1,0 +1,108 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Superpipeline.Engine.IO;
+using Xunit;
+
+namespace Superpipeline.Tests;
+
+/// <summary>The real `superpipeline` executable in its own process: files written, exit codes, one-line errors.</summary>
+public sealed class CliProcessTests : IDisposable
+{
+    readonly string _dir = Directory.CreateTempSubdirectory("superpipeline-cli-").FullName;
+    static readonly string[] Small = ["--layers", "3", "--hidden", "32", "--heads", "4", "--vocab", "64", "--seq-len", "8", "--batch", "2"];
+
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Fact]
+    public void Run_writes_report_trace_and_npy_that_agree_with_each_other()
+    {
+        string report = Path.Combine(_dir, "r.json"), trace = Path.Combine(_dir, "t.json"), npy = Path.Combine(_dir, "o.npy");
+        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "2", "--swap", "1", "--device-memory", "1MiB", "--report", report, "--trace", trace, "--output", npy]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("output sha256", stdout);
+
+        using var json = JsonDocument.Parse(File.ReadAllText(report));
+        var r = json.RootElement;
+        foreach (var field in new[] { "outputSha256", "layers", "window", "swap", "modelBytes", "peakDeviceBytes", "bytesTransferred", "wallSeconds", "lowerBoundSeconds", "overlapEfficiency", "perLayer" })
+            Assert.True(r.TryGetProperty(field, out _), $"report lacks {field}");
+        Assert.Equal(5, r.GetProperty("layers").GetInt32());
+        Assert.Equal(2, r.GetProperty("window").GetInt32());
+        Assert.Equal(1, r.GetProperty("swap").GetInt32());
+        Assert.Equal(5, r.GetProperty("perLayer").GetArrayLength());
+        Assert.True(r.GetProperty("peakDeviceBytes").GetInt64() <= 1L << 20);
+        Assert.True(r.GetProperty("perLayer")[0].GetProperty("loadSeconds").GetDouble() > 0);
+        Assert.True(r.GetProperty("perLayer")[0].GetProperty("computeSeconds").GetDouble() > 0);
+        double wall = r.GetProperty("wallSeconds").GetDouble(), bound = r.GetProperty("lowerBoundSeconds").GetDouble();
+        Assert.Equal(bound / wall, r.GetProperty("overlapEfficiency").GetDouble(), 9);
+
+        var (descr, shape, data) = Npy.Read(npy);
+        Assert.Equal("<f4", descr);
+        Assert.Equal(new long[] { 2, 8, 64 }, shape);
+        Assert.Equal(r.GetProperty("outputSha256").GetString(), Convert.ToHexStringLower(SHA256.HashData(data)));
+
+        using var t = JsonDocument.Parse(File.ReadAllText(trace));
+        var names = t.RootElement.GetProperty("traceEvents").EnumerateArray().Select(e => e.GetProperty("name").GetString()!).ToArray();
+        Assert.Contains("load block.0", names);
+        Assert.Contains("compute block.0", names);
+        Assert.Contains("evict block.0", names);
+    }
+
+    [Fact]
+    public void Offloaded_and_resident_runs_print_the_same_output_hash()
+    {
+        string a = Path.Combine(_dir, "a.json"), b = Path.Combine(_dir, "b.json");
+        Assert.Equal(0, Run(["run", .. Small, "--window", "all", "--report", a]).Code);
+        Assert.Equal(0, Run(["run", .. Small, "--window", "1", "--swap", "1", "--report", b]).Code);
+        string Sha(string f) => JsonDocument.Parse(File.ReadAllText(f)).RootElement.GetProperty("outputSha256").GetString()!;
+        Assert.Equal(Sha(a), Sha(b));
+    }
+
+    [Theory]
+    [InlineData("--window must be a whole number or 'all'; got 'three'", "--window", "three")]
+    [InlineData("--window must be from 1 to 5 (the model's layers) or 'all'; got 9", "--window", "9")]
+    [InlineData("--swap must be from 1 to the window (3); got 4", "--window", "3", "--swap", "4")]
+    [InlineData("--swap must be a whole number; got 'one'", "--swap", "one")]
+    [InlineData("--device-memory must be a positive size in bytes, optionally with a KiB/MiB/GiB suffix; got 'lots'", "--device-memory", "lots")]
+    [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes", "--device-memory", "20000")]
+    [InlineData("unknown model 'llama-9000' (known: demo, gpt)", "--model", "llama-9000")]
+    [InlineData("--link-gbps must be a positive number of GB/s; got '-1'", "--link-gbps", "-1")]
+    public void Bad_input_exits_non_zero_with_one_line_naming_what_was_wrong(string message, params string[] bad)
+    {
+        var (code, _, stderr) = Run(["run", .. Small, .. bad]);
+        Assert.NotEqual(0, code);
+        Assert.Equal($"superpipeline: {message}", stderr.Trim());
+    }
+
+    [Fact]
+    public void An_unwritable_report_path_is_refused_before_any_work()
+    {
+        var (code, stdout, stderr) = Run(["run", .. Small, "--report", "/proc/superpipeline/report.json"]);
+        Assert.NotEqual(0, code);
+        Assert.StartsWith("superpipeline: --report /proc/superpipeline/report.json cannot be written", stderr.Trim());
+        Assert.DoesNotContain('\n', stderr.Trim());
+        Assert.DoesNotContain("output sha256", stdout);
+    }
+
+    [Fact]
+    public void A_flag_that_is_not_a_number_is_one_line()
+    {
+        var (code, _, stderr) = Run(["run", "--layers", "many"]);
+        Assert.NotEqual(0, code);
+        Assert.StartsWith("superpipeline: ", stderr.Trim());
+        Assert.Contains("many", stderr);
+        Assert.DoesNotContain('\n', stderr.Trim());
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+}

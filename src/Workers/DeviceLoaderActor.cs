@@ -60,16 +60,22 @@ public sealed class DeviceLoaderActor : ReceiveActor
     {
         var log = Context.GetLogger();
         Become(Busy);
-        PassStream.Run(_device, pass.Model, pass.LayerActors, pass.Input, pass.Policy, _materializer,
-                pass.Progress, _askTimeout)
-            .ContinueWith(t =>
+        Run(pass).ContinueWith(t =>
             {
-                if (t.IsCompletedSuccessfully) return new Finished(replyTo, new PassSucceeded(t.Result.Output, t.Result.Report));
+                if (t.IsCompletedSuccessfully) return new Finished(replyTo, t.Result);
                 var error = t.Exception?.GetBaseException() ?? new TaskCanceledException("the pass was cancelled");
                 log.Warning("pass on {0} failed: {1}", _device.Name, error.Message);
                 return new Finished(replyTo, new PassFailed(Describe(error), error));
             }, TaskScheduler.Default)
             .PipeTo(Self);
+    }
+
+    async Task<object> Run(RunPass pass)
+    {
+        var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Input, pass.Progress, _askTimeout);
+        var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray());
+        await PassStream.RunAsync(backend, gate, pass.Policy.Window, _materializer).ConfigureAwait(false);
+        return new PassSucceeded(backend.Output!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
     }
 
     /// <summary>One line for a person: the exception's own message, which names what was wrong.</summary>

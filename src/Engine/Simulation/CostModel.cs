@@ -1,0 +1,47 @@
+using System.Collections.Immutable;
+using Superpipeline.Engine.Models;
+
+namespace Superpipeline.Engine.Simulation;
+
+/// <summary>What one layer costs: bytes of weights to move, floating-point operations to compute, and the bytes
+/// of the activation it produces. Derived from the model definition, never guessed.</summary>
+public sealed record LayerCost(string Name, long Bytes, double Flops, long OutputBytes);
+
+/// <summary>A model as the cost model sees it: its input activation and its layers in order.</summary>
+public sealed record ModelCost(string Name, long InputBytes, ImmutableArray<LayerCost> Layers)
+{
+    public long Bytes => Layers.Sum(l => l.Bytes);
+    public double Flops => Layers.Sum(l => l.Flops);
+
+    /// <summary>Costs of a layered model at its configured input shape.</summary>
+    public static ModelCost From(LayeredModel model)
+    {
+        var acts = model.ActivationShapes();
+        var layers = model.Layers.Select((l, i) => new LayerCost(l.Name, l.Bytes, l.Flops(acts[i].Shape), TensorBytes.Of(acts[i + 1].Shape, acts[i + 1].DType)));
+        return new ModelCost(model.Name, TensorBytes.Of(acts[0].Shape, acts[0].DType), [.. layers]);
+    }
+
+    /// <summary>Most activation bytes live at once: a layer's input and output while it computes.</summary>
+    public long ActivationBoundBytes() =>
+        Enumerable.Range(0, Layers.Length).Max(i => (i == 0 ? InputBytes : Layers[i - 1].OutputBytes) + Layers[i].OutputBytes);
+
+    public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
+}
+
+/// <summary>A device as the cost model sees it: capacity, host↔device link bandwidth and per-transfer latency,
+/// and sustained compute rate.</summary>
+public sealed record DeviceCost(string Name, long CapacityBytes, double LinkBytesPerSecond, double FlopsPerSecond, double TransferLatencySeconds = 0)
+{
+    public double TransferSeconds(long bytes) => TransferLatencySeconds + bytes / LinkBytesPerSecond;
+    public double ComputeSeconds(double flops) => flops / FlopsPerSecond;
+
+    /// <summary>Checks the figures; throws naming the field.</summary>
+    public DeviceCost Validated()
+    {
+        if (CapacityBytes <= 0) throw new ArgumentException($"device {Name}: capacity must be positive");
+        if (!(LinkBytesPerSecond > 0)) throw new ArgumentException($"device {Name}: link bandwidth must be positive");
+        if (!(FlopsPerSecond > 0)) throw new ArgumentException($"device {Name}: compute rate must be positive");
+        if (TransferLatencySeconds < 0) throw new ArgumentException($"device {Name}: transfer latency cannot be negative");
+        return this;
+    }
+}

@@ -1,0 +1,114 @@
+using System.Collections.Immutable;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Messages;
+
+namespace Superpipeline.Engine.Simulation;
+
+/// <summary>The outcome of a simulated pass: makespan, peak device bytes and the per-layer timeline.</summary>
+public sealed record SimulatedPass(
+    string Policy,
+    double MakespanSeconds,
+    long PeakDeviceBytes,
+    long BytesTransferred,
+    double LowerBoundSeconds,
+    ImmutableArray<LayerTiming> Timeline)
+{
+    /// <summary>Set when the schedule needs more bytes than the device has.</summary>
+    public string? OutOfMemory { get; init; }
+    public bool Fits => OutOfMemory is null;
+}
+
+/// <summary>An analytic, event-driven simulator of one pass (no actors, no threads). It follows the loader's
+/// rules exactly: the input goes up first; layers load one at a time over the link, in order, each when the
+/// <see cref="LoadGate"/> admits it; layer i computes when it is loaded and layer i−1 has computed; a group
+/// closed by a compute is evicted when that compute ends; the output comes back over the link last. Weights
+/// are reserved when their load starts, a layer's output when its compute starts, and its input is freed
+/// when its compute ends.</summary>
+public static class PassSimulator
+{
+    public static SimulatedPass Run(ModelCost model, DeviceCost device, LoadGate gate)
+    {
+        int n = model.Layers.Length;
+        var memory = new MemoryLog();
+        double[] loadStart = new double[n], loadEnd = new double[n], computeStart = new double[n], computeEnd = new double[n], evictAt = new double[n];
+        Array.Fill(evictAt, -1);
+        var groups = new IReadOnlyList<int>[n];
+
+        memory.Reserve(0, model.InputBytes, "the pass input");
+        double linkFree = device.TransferSeconds(model.InputBytes);
+        double computeFree = linkFree;
+        long transferred = model.InputBytes;
+
+        // Events in time order: a load ends (link frees) or a compute ends (evictions, gate frees).
+        // Between events, start whatever may start: the next compute, then the next load.
+        int nextLoad = 0, nextCompute = 0;
+        var pending = new PriorityQueue<(bool IsCompute, int Layer), (double, int)>();
+        int seq = 0;
+        double now = linkFree;
+        bool linkBusy = false, computeBusy = false;
+        var loaded = new bool[n];
+        while (true)
+        {
+            if (!computeBusy && nextCompute < n && loaded[nextCompute])
+            {
+                int i = nextCompute++;
+                computeStart[i] = Math.Max(now, computeFree);
+                memory.Reserve(computeStart[i], model.Layers[i].OutputBytes, $"the output of layer {i} ({model.Layers[i].Name})");
+                groups[i] = gate.GroupClosedBy(i);
+                computeEnd[i] = computeStart[i] + device.ComputeSeconds(model.Layers[i].Flops);
+                computeBusy = true;
+                pending.Enqueue((true, i), (computeEnd[i], seq++));
+                continue;
+            }
+            if (!linkBusy && nextLoad < n && gate.CanAdmit(nextLoad))
+            {
+                int i = nextLoad++;
+                gate.Admit(i);
+                loadStart[i] = Math.Max(now, linkFree);
+                memory.Reserve(loadStart[i], model.Layers[i].Bytes, $"layer {i} ({model.Layers[i].Name}) weights");
+                transferred += model.Layers[i].Bytes;
+                loadEnd[i] = loadStart[i] + device.TransferSeconds(model.Layers[i].Bytes);
+                linkBusy = true;
+                pending.Enqueue((false, i), (loadEnd[i], seq++));
+                continue;
+            }
+            if (!pending.TryDequeue(out var e, out var key)) break;
+            now = key.Item1;
+            if (e.IsCompute)
+            {
+                int i = e.Layer;
+                computeBusy = false;
+                computeFree = now;
+                memory.Free(now, i == 0 ? model.InputBytes : model.Layers[i - 1].OutputBytes, $"the input of layer {i}");
+                foreach (var g in groups[i])
+                {
+                    memory.Free(now, model.Layers[g].Bytes, $"layer {g} weights");
+                    evictAt[g] = now;
+                }
+                gate.Computed(i, groups[i]);
+            }
+            else
+            {
+                loaded[e.Layer] = true;
+                linkBusy = false;
+                linkFree = now;
+            }
+        }
+        if (nextCompute < n) throw new InvalidOperationException($"the policy stalled at layer {nextCompute}: {gate.Describe()}");
+
+        long outBytes = model.Layers[^1].OutputBytes;
+        double end = computeEnd[^1] + device.TransferSeconds(outBytes);
+        memory.Free(end, outBytes, "the pass output");
+
+        var timeline = Enumerable.Range(0, n).Select(i => new LayerTiming(i, model.Layers[i].Name, model.Layers[i].Bytes,
+            loadStart[i], loadEnd[i] - loadStart[i], computeStart[i], computeEnd[i] - computeStart[i], evictAt[i])).ToImmutableArray();
+        var (peak, peakAt, peakWhat) = memory.Peak();
+        double lowerBound = Math.Max(timeline.Sum(t => t.LoadSeconds), timeline.Sum(t => t.ComputeSeconds));
+        return new SimulatedPass(gate.Describe(), end, peak, transferred, lowerBound, timeline)
+        {
+            OutOfMemory = peak > device.CapacityBytes
+                ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={peakAt:0.###} s ({peakWhat}), {ByteSize.Format(device.CapacityBytes)} available"
+                : null,
+        };
+    }
+}

@@ -1,0 +1,161 @@
+using System.Collections.Concurrent;
+using System.Collections.Immutable;
+using System.Diagnostics;
+using Akka.Actor;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Models;
+using Superpipeline.Messages;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Workers;
+
+/// <summary>A pass on a real device: weights are asked of each LayerActor and copied on the device's transfer
+/// thread; layers compute on its compute thread; all bytes go through the device's exact accounting.</summary>
+public sealed class DevicePassBackend : IPassBackend
+{
+    readonly IDevice _device;
+    readonly LayeredModel _model;
+    readonly IReadOnlyList<IActorRef> _layerActors;
+    readonly Tensor _input;
+    readonly Action<LayerProgress> _progress;
+    readonly TimeSpan _askTimeout;
+    readonly IReadOnlyList<(long[] Shape, ScalarType DType)> _activations;
+    readonly ConcurrentDictionary<int, DeviceTensors> _resident = new();
+    readonly Stopwatch _clock = new();
+    readonly double[] _loadStart, _loadSeconds, _computeStart, _computeSeconds, _evictAt;
+    readonly long _reservedBefore;
+    long _bytesTransferred;
+    Activation? _activation; // touched on the device threads only, one step at a time
+
+    public DevicePassBackend(IDevice device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, Tensor input,
+        Action<LayerProgress>? progress, TimeSpan askTimeout)
+    {
+        if (layerActors.Count != model.Layers.Count)
+            throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
+        if (!input.shape.SequenceEqual(model.InputShape) || input.dtype != model.InputDType)
+            throw new ArgumentException($"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
+        _device = device;
+        _model = model;
+        _layerActors = layerActors;
+        _input = input;
+        _progress = progress ?? (_ => { });
+        _askTimeout = askTimeout;
+        _activations = model.ActivationShapes();
+        int n = model.Layers.Count;
+        _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
+        _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
+        _reservedBefore = device.Memory.Reserved;
+        device.Memory.ResetPeak();
+    }
+
+    public int Layers => _model.Layers.Count;
+
+    /// <summary>The output on the host once the pass succeeded; the caller owns it.</summary>
+    public Tensor? Output { get; private set; }
+
+    public Task BeginAsync(CancellationToken cancel)
+    {
+        _clock.Start();
+        return _device.OnTransferThread(() =>
+        {
+            var placed = _device.Upload([("input", _input)], "the pass input");
+            Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+            _activation = new Activation(placed["input"], placed);
+            return 0;
+        });
+    }
+
+    public async Task LoadAsync(int layer, CancellationToken cancel)
+    {
+        var weights = await _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel).ConfigureAwait(false);
+        await _device.OnTransferThread(() =>
+        {
+            cancel.ThrowIfCancellationRequested();
+            var def = _model.Layers[layer];
+            double start = Now;
+            var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
+            _resident[layer] = placed;
+            Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+            _loadStart[layer] = start;
+            _loadSeconds[layer] = Now - start;
+            _progress(new LayerProgress(layer, Layers, LayerPhase.Loaded, Now));
+            return 0;
+        }).ConfigureAwait(false);
+    }
+
+    public Task ComputeAsync(int layer, IReadOnlyList<int> evictAfter, CancellationToken cancel) => _device.OnComputeThread(() =>
+    {
+        cancel.ThrowIfCancellationRequested();
+        var def = _model.Layers[layer];
+        var (shape, dtype) = _activations[layer + 1];
+        double start = Now;
+        var reservation = _device.ReserveFor(shape, dtype, $"the output of layer {layer} ({def.Name})");
+        Tensor output;
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = inference_mode();
+            var y = def.Forward(_resident[layer].Tensors, _activation!.Tensor);
+            if (!y.shape.SequenceEqual(shape) || y.dtype != dtype)
+                throw new InvalidOperationException($"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
+            output = y.MoveToOuterDisposeScope();
+        }
+        catch
+        {
+            reservation.Dispose();
+            throw;
+        }
+        _activation.Dispose();
+        _activation = new Activation(output, reservation);
+        _computeStart[layer] = start;
+        _computeSeconds[layer] = Now - start;
+        _progress(new LayerProgress(layer, Layers, LayerPhase.Computed, Now));
+        foreach (var e in evictAfter)
+        {
+            if (_resident.TryRemove(e, out var placed)) placed.Dispose();
+            _evictAt[e] = Now;
+            _progress(new LayerProgress(e, Layers, LayerPhase.Evicted, _evictAt[e]));
+        }
+        return 0;
+    });
+
+    public Task EndAsync(CancellationToken cancel) => _device.OnComputeThread(() =>
+    {
+        Output = _device.ToHost(_activation!.Tensor);
+        _clock.Stop();
+        return 0;
+    });
+
+    public Task FreeAllAsync() => _device.OnComputeThread(() =>
+    {
+        foreach (var layer in _resident.Keys.ToArray())
+            if (_resident.TryRemove(layer, out var placed)) placed.Dispose();
+        _activation?.Dispose();
+        _activation = null;
+        return 0;
+    });
+
+    double Now => _clock.Elapsed.TotalSeconds;
+
+    public PassReport Report(int window, int swap)
+    {
+        int n = Layers;
+        var timings = Enumerable.Range(0, n).Select(i => new LayerTiming(i, _model.Layers[i].Name, _model.Layers[i].Bytes,
+            _loadStart[i], _loadSeconds[i], _computeStart[i], _computeSeconds[i], _evictAt[i])).ToImmutableArray();
+        double lowerBound = Math.Max(_loadSeconds.Sum(), _computeSeconds.Sum());
+        return new PassReport(_device.Name, n, window, swap, _model.Bytes, _device.Memory.Capacity,
+            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds, lowerBound, timings);
+    }
+
+    /// <summary>The live activation on the device with the bytes it holds.</summary>
+    sealed class Activation(Tensor tensor, IDisposable reservation) : IDisposable
+    {
+        public Tensor Tensor { get; } = tensor;
+        public void Dispose()
+        {
+            Tensor.Dispose();
+            reservation.Dispose();
+        }
+    }
+}

@@ -16,6 +16,15 @@ public sealed record SimulatedPass(
     /// <summary>Set when the schedule needs more bytes than the device has.</summary>
     public string? OutOfMemory { get; init; }
     public bool Fits => OutOfMemory is null;
+
+    /// <summary>The out-of-memory text for a peak read from <paramref name="memory"/>, or null if it fits.</summary>
+    public static string? CheckFits(MemoryLog memory, DeviceCost device)
+    {
+        var (peak, at, what) = memory.Peak();
+        return peak > device.CapacityBytes
+            ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={at:0.###} s ({what}), {ByteSize.Format(device.CapacityBytes)} available"
+            : null;
+    }
 }
 
 /// <summary>An analytic, event-driven simulator of one pass (no actors, no threads). It follows the loader's
@@ -102,13 +111,10 @@ public static class PassSimulator
 
         var timeline = Enumerable.Range(0, n).Select(i => new LayerTiming(i, model.Layers[i].Name, model.Layers[i].Bytes,
             loadStart[i], loadEnd[i] - loadStart[i], computeStart[i], computeEnd[i] - computeStart[i], evictAt[i])).ToImmutableArray();
-        var (peak, peakAt, peakWhat) = memory.Peak();
         double lowerBound = Math.Max(timeline.Sum(t => t.LoadSeconds), timeline.Sum(t => t.ComputeSeconds));
-        return new SimulatedPass(gate.Describe(), end, peak, transferred, lowerBound, timeline)
+        return new SimulatedPass(gate.Describe(), end, memory.Peak().Peak, transferred, lowerBound, timeline)
         {
-            OutOfMemory = peak > device.CapacityBytes
-                ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={peakAt:0.###} s ({peakWhat}), {ByteSize.Format(device.CapacityBytes)} available"
-                : null,
+            OutOfMemory = SimulatedPass.CheckFits(memory, device),
         };
     }
 }

@@ -1,0 +1,143 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+using Superpipeline.Engine.Simulation;
+using Superpipeline.Messages;
+
+namespace Superpipeline.Workers;
+
+/// <summary>A pass on a virtual-time device: no tensors move; each step's completion is scheduled on the Akka
+/// scheduler at the time the cost model gives (link bandwidth and latency for transfers, FLOPs over the compute
+/// rate for compute), and bytes are accounted in a <see cref="MemoryLog"/>. Run by the same
+/// <see cref="PassStream"/> as real passes. Under TestKit's TestScheduler a test advances time to
+/// <see cref="NextDue"/> until the pass completes; a whole 80-layer pass then takes milliseconds.</summary>
+public sealed class VirtualPassBackend : IPassBackend
+{
+    readonly ModelCost _model;
+    readonly DeviceCost _device;
+    readonly IScheduler _scheduler;
+    readonly MemoryLog _memory = new();
+    readonly PriorityQueue<(double T, DateTimeOffset Due, Action AtCompletion, TaskCompletionSource Done), (double, long)> _pending = new();
+    readonly double[] _loadStart, _loadEnd, _computeStart, _computeEnd, _evictAt;
+    readonly object _lock = new();
+    DateTimeOffset _origin;
+    double _now;        // logical time of the event being processed, in seconds since the pass began
+    double _linkFree;
+    long _seq;
+    bool _draining;
+    long _transferred;
+    double _end;
+
+    public VirtualPassBackend(ModelCost model, DeviceCost device, IScheduler scheduler)
+    {
+        _model = model;
+        _device = device.Validated();
+        _scheduler = scheduler;
+        int n = model.Layers.Length;
+        _loadStart = new double[n]; _loadEnd = new double[n]; _computeStart = new double[n]; _computeEnd = new double[n];
+        _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
+    }
+
+    public int Layers => _model.Layers.Length;
+
+    /// <summary>When the next scheduled completion falls due, or null if none is pending.</summary>
+    public DateTimeOffset? NextDue { get { lock (_lock) return _pending.TryPeek(out var step, out _) ? step.Due : null; } }
+
+    public Task BeginAsync(CancellationToken cancel)
+    {
+        _origin = _scheduler.Now;
+        _memory.Reserve(0, _model.InputBytes, "the pass input");
+        _transferred += _model.InputBytes;
+        _linkFree = _device.TransferSeconds(_model.InputBytes);
+        return At(_linkFree, () => { });
+    }
+
+    public Task LoadAsync(int layer, CancellationToken cancel)
+    {
+        var cost = _model.Layers[layer];
+        double start = Math.Max(_now, _linkFree);
+        _memory.Reserve(start, cost.Bytes, $"layer {layer} ({cost.Name}) weights");
+        _transferred += cost.Bytes;
+        _loadStart[layer] = start;
+        _loadEnd[layer] = _linkFree = start + _device.TransferSeconds(cost.Bytes);
+        return At(_loadEnd[layer], () => { });
+    }
+
+    public Task ComputeAsync(int layer, IReadOnlyList<int> evictAfter, CancellationToken cancel)
+    {
+        var cost = _model.Layers[layer];
+        double start = _now;
+        _memory.Reserve(start, cost.OutputBytes, $"the output of layer {layer} ({cost.Name})");
+        _computeStart[layer] = start;
+        _computeEnd[layer] = start + _device.ComputeSeconds(cost.Flops);
+        return At(_computeEnd[layer], () =>
+        {
+            _memory.Free(_now, layer == 0 ? _model.InputBytes : _model.Layers[layer - 1].OutputBytes, $"the input of layer {layer}");
+            foreach (var e in evictAfter)
+            {
+                _memory.Free(_now, _model.Layers[e].Bytes, $"layer {e} weights");
+                _evictAt[e] = _now;
+            }
+        });
+    }
+
+    public Task EndAsync(CancellationToken cancel)
+    {
+        long outBytes = _model.Layers[^1].OutputBytes;
+        _end = _now + _device.TransferSeconds(outBytes);
+        return At(_end, () => _memory.Free(_now, outBytes, "the pass output"));
+    }
+
+    public Task FreeAllAsync() => Task.CompletedTask; // nothing real is held; the memory log keeps the record
+
+    /// <summary>Completes a task at logical time <paramref name="t"/>. A wake-up is scheduled on the Akka
+    /// scheduler for the tick it falls in; each wake-up completes every due step in logical-time order (the
+    /// scheduler's ticks are 100 ns, coarser than the cost model, and it runs one tick's work in the order it was
+    /// scheduled). Continuations run synchronously with the logical clock set to the step's time.</summary>
+    Task At(double t, Action atCompletion)
+    {
+        var done = new TaskCompletionSource();
+        var due = _origin + TimeSpan.FromTicks((long)Math.Ceiling(t * TimeSpan.TicksPerSecond));
+        lock (_lock)
+        {
+            _pending.Enqueue((t, due, atCompletion, done), (t, _seq++));
+        }
+        var delay = due - _scheduler.Now;
+        _scheduler.Advanced.ScheduleOnce(delay > TimeSpan.Zero ? delay : TimeSpan.Zero, Drain);
+        return done.Task;
+    }
+
+    void Drain()
+    {
+        if (_draining) return; // the running drain picks up steps that fall due meanwhile
+        _draining = true;
+        try
+        {
+            while (true)
+            {
+                (double T, DateTimeOffset Due, Action AtCompletion, TaskCompletionSource Done) step;
+                lock (_lock)
+                {
+                    if (!_pending.TryPeek(out step, out _) || step.Due > _scheduler.Now) return;
+                    _pending.Dequeue();
+                }
+                _now = step.T;
+                step.AtCompletion();
+                step.Done.SetResult();
+            }
+        }
+        finally { _draining = false; }
+    }
+
+    /// <summary>The pass as measured in virtual time, in the same shape as a simulated one.</summary>
+    public SimulatedPass Result(string policy)
+    {
+        int n = Layers;
+        var timeline = Enumerable.Range(0, n).Select(i => new LayerTiming(i, _model.Layers[i].Name, _model.Layers[i].Bytes,
+            _loadStart[i], _loadEnd[i] - _loadStart[i], _computeStart[i], _computeEnd[i] - _computeStart[i], _evictAt[i])).ToImmutableArray();
+        double lowerBound = Math.Max(timeline.Sum(t => t.LoadSeconds), timeline.Sum(t => t.ComputeSeconds));
+        return new SimulatedPass(policy, _end, _memory.Peak().Peak, _transferred, lowerBound, timeline)
+        {
+            OutOfMemory = SimulatedPass.CheckFits(_memory, _device),
+        };
+    }
+}

@@ -1,0 +1,112 @@
+using Akka.Configuration;
+using Akka.Streams;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using CsCheck;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
+using Superpipeline.Messages;
+using Superpipeline.Workers;
+using Xunit;
+
+namespace Superpipeline.Tests;
+
+/// <summary>Policy simulation in virtual time: the real loader stream over a virtual-time device, driven by
+/// TestKit's TestScheduler, gives exactly the makespan and peak bytes of the analytic simulator.</summary>
+public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString(
+    """akka.scheduler.implementation = "Akka.TestKit.TestScheduler, Akka.TestKit" """).WithFallback(WorkerConfig.Load()))
+{
+    TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
+
+    IMaterializer Materializer() => Sys.Materializer(ActorMaterializerSettings.Create(Sys).WithDispatcher("akka.test.calling-thread-dispatcher"));
+
+    /// <summary>Runs a pass through the actor-path stream, advancing virtual time event by event. Each advance
+    /// completes a step synchronously; the stream (on the calling-thread dispatcher) reacts on this thread before
+    /// the advance returns, so no step can start late. xunit's synchronization context is lifted for the
+    /// duration: with it in place, await continuations would be posted instead of run inline.</summary>
+    SimulatedPass RunVirtual(ModelCost model, DeviceCost device, Func<LoadGate> gate, int buffer)
+    {
+        var context = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(null);
+        try { return RunVirtualInline(model, device, gate, buffer); }
+        finally { SynchronizationContext.SetSynchronizationContext(context); }
+    }
+
+    SimulatedPass RunVirtualInline(ModelCost model, DeviceCost device, Func<LoadGate> gate, int buffer)
+    {
+        var backend = new VirtualPassBackend(model, device, Scheduler);
+        var g = gate();
+        var pass = PassStream.RunAsync(backend, g, buffer, Materializer());
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!pass.IsCompleted)
+        {
+            if (backend.NextDue is { } due) Scheduler.AdvanceTo(due > Scheduler.Now ? due : Scheduler.Now);
+            else Thread.Sleep(1);
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("the virtual pass did not complete");
+        }
+        pass.GetAwaiter().GetResult();
+        return backend.Result(g.Describe());
+    }
+
+    static ModelCost Uniform(int layers, long bytes, double flops, long act) =>
+        new("uniform", act, [.. Enumerable.Range(0, layers).Select(i => new LayerCost($"l{i}", bytes, flops, act))]);
+
+    static readonly DeviceCost Gpu = new("gpu", 1L << 40, LinkBytesPerSecond: 1e9, FlopsPerSecond: 1e12, TransferLatencySeconds: 0);
+
+    [Fact]
+    public void Synchronous_mode_makespan_is_the_sum_of_every_transfer_and_compute()
+    {
+        var model = Uniform(10, 1_000_000, 2e9, 1000); // 1 ms per load, 2 ms per compute
+        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(1, 1), 10), Bytes(model)), 1);
+        double expected = 1000 / 1e9 + 10 * (1e-3 + 2e-3) + 1000 / 1e9;
+        Assert.Equal(expected, pass.MakespanSeconds, 12);
+        Assert.Equal(1_000_000 + 2000, pass.PeakDeviceBytes);
+    }
+
+    [Fact]
+    public void Streamed_mode_hides_transfers_behind_compute()
+    {
+        var model = Uniform(10, 1_000_000, 2e9, 1000);
+        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(3, 1), 10), Bytes(model)), 3);
+        // First load (1 ms) then ten computes back to back (2 ms each), plus input and output copies.
+        Assert.Equal(1000 / 1e9 + 1e-3 + 10 * 2e-3 + 1000 / 1e9, pass.MakespanSeconds, 12);
+        Assert.Equal(3 * 1_000_000 + 2000, pass.PeakDeviceBytes);
+    }
+
+    static long[] Bytes(ModelCost m) => [.. m.Layers.Select(l => l.Bytes)];
+
+    [Fact]
+    public void Actor_path_equals_the_analytic_simulator_across_random_models_and_policies()
+    {
+        var gen =
+            from n in Gen.Int[1, 12]
+            from bytes in Gen.Long[1, 50_000_000].Array[n]
+            from flops in Gen.Double[1e6, 5e10].Array[n]
+            from acts in Gen.Long[1, 5_000_000].Array[n + 1]
+            from bw in Gen.Double[1e8, 3e10]
+            from rate in Gen.Double[1e11, 1e14]
+            from latency in Gen.Double[0, 1e-4]
+            from k in Gen.Int[1, n]
+            from s in Gen.Int[1, k]
+            from budgets in Gen.Bool
+            from live in Gen.Double[1, 4]
+            from prefetch in Gen.Double[0, 3]
+            select (n, bytes, flops, acts, bw, rate, latency, k, s, budgets, live, prefetch);
+        gen.Sample(c =>
+        {
+            var model = new ModelCost("random", c.acts[0], [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1]))]);
+            var device = new DeviceCost("gpu", 1L << 40, c.bw, c.rate, c.latency);
+            long largest = c.bytes.Max();
+            Func<LoadGate> gate = c.budgets
+                ? () => new ByteBudgetGate((long)(largest * c.live), (long)(largest * c.prefetch), c.bytes)
+                : () => new WindowGate(StreamPolicy.Create(new PolicySpec(c.k, c.s), c.n), c.bytes);
+            var actor = RunVirtual(model, device, gate, c.k);
+            var analytic = PassSimulator.Run(model, device, gate());
+            return actor.MakespanSeconds == analytic.MakespanSeconds
+                && actor.PeakDeviceBytes == analytic.PeakDeviceBytes
+                && actor.BytesTransferred == analytic.BytesTransferred
+                && actor.Timeline.SequenceEqual(analytic.Timeline);
+        }, iter: 150, threads: 1);
+    }
+}

@@ -25,25 +25,24 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
     /// completes a step synchronously; the stream (on the calling-thread dispatcher) reacts on this thread before
     /// the advance returns, so no step can start late. xunit's synchronization context is lifted for the
     /// duration: with it in place, await continuations would be posted instead of run inline.</summary>
-    SimulatedPass RunVirtual(ModelCost model, DeviceCost device, Func<LoadGate> gate, int buffer)
+    SimulatedPass RunVirtual(ModelCost model, DeviceCost device, Func<LoadGate> gate)
     {
         var context = SynchronizationContext.Current;
         SynchronizationContext.SetSynchronizationContext(null);
-        try { return RunVirtualInline(model, device, gate, buffer); }
+        try { return RunVirtualInline(model, device, gate); }
         finally { SynchronizationContext.SetSynchronizationContext(context); }
     }
 
-    SimulatedPass RunVirtualInline(ModelCost model, DeviceCost device, Func<LoadGate> gate, int buffer)
+    SimulatedPass RunVirtualInline(ModelCost model, DeviceCost device, Func<LoadGate> gate)
     {
         var backend = new VirtualPassBackend(model, device, Scheduler);
         var g = gate();
-        var pass = PassStream.RunAsync(backend, g, buffer, Materializer());
+        var pass = PassStream.RunAsync(backend, g, Materializer());
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (!pass.IsCompleted)
         {
-            if (backend.NextDue is { } due) Scheduler.AdvanceTo(due > Scheduler.Now ? due : Scheduler.Now);
-            else Thread.Sleep(1);
-            if (DateTime.UtcNow > deadline) throw new TimeoutException("the virtual pass did not complete");
+            if (!backend.AdvanceToNext(Scheduler.AdvanceTo)) Thread.Sleep(1);
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the virtual pass did not complete: {backend.Describe()}, scheduler at {Scheduler.Now:O}");
         }
         pass.GetAwaiter().GetResult();
         return backend.Result(g.Describe());
@@ -58,7 +57,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
     public void Synchronous_mode_makespan_is_the_sum_of_every_transfer_and_compute()
     {
         var model = Uniform(10, 1_000_000, 2e9, 1000); // 1 ms per load, 2 ms per compute
-        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(1, 1), 10), Bytes(model)), 1);
+        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(1, 1), 10), Bytes(model)));
         double expected = 1000 / 1e9 + 10 * (1e-3 + 2e-3) + 1000 / 1e9;
         Assert.Equal(expected, pass.MakespanSeconds, 12);
         Assert.Equal(1_000_000 + 2000, pass.PeakDeviceBytes);
@@ -68,7 +67,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
     public void Streamed_mode_hides_transfers_behind_compute()
     {
         var model = Uniform(10, 1_000_000, 2e9, 1000);
-        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(3, 1), 10), Bytes(model)), 3);
+        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(3, 1), 10), Bytes(model)));
         // First load (1 ms) then ten computes back to back (2 ms each), plus input and output copies.
         Assert.Equal(1000 / 1e9 + 1e-3 + 10 * 2e-3 + 1000 / 1e9, pass.MakespanSeconds, 12);
         Assert.Equal(3 * 1_000_000 + 2000, pass.PeakDeviceBytes);
@@ -101,7 +100,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             Func<LoadGate> gate = c.budgets
                 ? () => new ByteBudgetGate((long)(largest * c.live), (long)(largest * c.prefetch), c.bytes)
                 : () => new WindowGate(StreamPolicy.Create(new PolicySpec(c.k, c.s), c.n), c.bytes);
-            var actor = RunVirtual(model, device, gate, c.k);
+            var actor = RunVirtual(model, device, gate);
             var analytic = PassSimulator.Run(model, device, gate());
             return actor.MakespanSeconds == analytic.MakespanSeconds
                 && actor.PeakDeviceBytes == analytic.PeakDeviceBytes

@@ -74,7 +74,7 @@ public sealed class DeviceLoaderActor : ReceiveActor
     {
         var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Input, pass.Progress, _askTimeout);
         var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray());
-        await PassStream.RunAsync(backend, gate, pass.Policy.Window, _materializer).ConfigureAwait(false);
+        await PassStream.RunAsync(backend, gate, _materializer).ConfigureAwait(false);
         return new PassSucceeded(backend.Output!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
     }
 

@@ -31,7 +31,7 @@ public interface IPassBackend
 /// backend has freed everything before the returned task ends.</summary>
 public static class PassStream
 {
-    public static async Task RunAsync(IPassBackend backend, LoadGate gate, int bufferSize, IMaterializer materializer)
+    public static async Task RunAsync(IPassBackend backend, LoadGate gate, IMaterializer materializer)
     {
         var admission = new Admission(gate);
         using var cancel = new CancellationTokenSource();
@@ -47,7 +47,7 @@ public static class PassStream
                     await Track(backend.LoadAsync(layer, cancel.Token)).ConfigureAwait(false);
                     return layer;
                 })
-                .Buffer(Math.Max(1, bufferSize), OverflowStrategy.Backpressure)
+                .Buffer(gate.MaxResidentLayers, OverflowStrategy.Backpressure)
                 .SelectAsync(1, async layer =>
                 {
                     var group = admission.GroupClosedBy(layer);

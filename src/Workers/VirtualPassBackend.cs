@@ -39,8 +39,27 @@ public sealed class VirtualPassBackend : IPassBackend
 
     public int Layers => _model.Layers.Length;
 
-    /// <summary>When the next scheduled completion falls due, or null if none is pending.</summary>
-    public DateTimeOffset? NextDue { get { lock (_lock) return _pending.TryPeek(out var step, out _) ? step.Due : null; } }
+    /// <summary>Advances a manual scheduler (TestKit's TestScheduler) to the next pending step, which completes
+    /// inside <paramref name="advanceTo"/>. Returns false when no step is pending. A step requested from another
+    /// thread while the clock moved may have had its wake-up registered late (the scheduler takes relative delays);
+    /// an overdue step gets a fresh wake-up one tick ahead. Drains are idempotent, so spare wake-ups are harmless.</summary>
+    public bool AdvanceToNext(Action<DateTimeOffset> advanceTo)
+    {
+        DateTimeOffset target;
+        lock (_lock)
+        {
+            if (!_pending.TryPeek(out var step, out _)) return false;
+            var now = _scheduler.Now;
+            if (step.Due > now) target = step.Due;
+            else
+            {
+                target = now + TimeSpan.FromTicks(1);
+                _scheduler.Advanced.ScheduleOnce(TimeSpan.FromTicks(1), Drain);
+            }
+        }
+        advanceTo(target);
+        return true;
+    }
 
     public Task BeginAsync(CancellationToken cancel)
     {
@@ -87,6 +106,13 @@ public sealed class VirtualPassBackend : IPassBackend
         return At(_end, () => _memory.Free(_now, outBytes, "the pass output"));
     }
 
+    /// <summary>State for diagnostics: logical clock, pending steps and the next one.</summary>
+    public string Describe()
+    {
+        lock (_lock)
+            return $"logical time {_now:R} s, {_pending.Count} steps pending" + (_pending.TryPeek(out var s, out _) ? $", next at {s.T:R} s (due {s.Due:O})" : "");
+    }
+
     public Task FreeAllAsync() => Task.CompletedTask; // nothing real is held; the memory log keeps the record
 
     /// <summary>Completes a task at logical time <paramref name="t"/>. A wake-up is scheduled on the Akka
@@ -100,16 +126,20 @@ public sealed class VirtualPassBackend : IPassBackend
         lock (_lock)
         {
             _pending.Enqueue((t, due, atCompletion, done), (t, _seq++));
+            // A step already due wakes one tick later: the test scheduler drops work added to the tick it is running.
+            var delay = due - _scheduler.Now;
+            _scheduler.Advanced.ScheduleOnce(delay > TimeSpan.Zero ? delay : TimeSpan.FromTicks(1), Drain);
         }
-        var delay = due - _scheduler.Now;
-        _scheduler.Advanced.ScheduleOnce(delay > TimeSpan.Zero ? delay : TimeSpan.Zero, Drain);
         return done.Task;
     }
 
     void Drain()
     {
-        if (_draining) return; // the running drain picks up steps that fall due meanwhile
-        _draining = true;
+        lock (_lock)
+        {
+            if (_draining) return; // the running drain picks up steps that fall due meanwhile
+            _draining = true;
+        }
         try
         {
             while (true)
@@ -125,7 +155,7 @@ public sealed class VirtualPassBackend : IPassBackend
                 step.Done.SetResult();
             }
         }
-        finally { _draining = false; }
+        finally { lock (_lock) _draining = false; }
     }
 
     /// <summary>The pass as measured in virtual time, in the same shape as a simulated one.</summary>

@@ -43,6 +43,10 @@ public abstract class LoadGate
         return group;
     }
 
+    /// <summary>Most layers this gate can ever hold at once: the loader buffers that many loaded layers, so the
+    /// gate alone decides how far loads run ahead.</summary>
+    public abstract int MaxResidentLayers { get; }
+
     /// <summary>Layers computed and freed together; the paper's k'.</summary>
     protected abstract int GroupSize { get; }
 
@@ -66,6 +70,7 @@ public sealed class WindowGate(StreamPolicy policy, IReadOnlyList<long> layerByt
 {
     public StreamPolicy Policy { get; } = policy;
     protected override int GroupSize => Policy.Swap;
+    public override int MaxResidentLayers => Policy.Window;
     public override bool CanAdmit(int layer) => ResidentCount < Policy.Window;
     public override string Describe() => Policy.Resident ? "resident (window all)" : $"window {Policy.Window}, swap {Policy.Swap}";
 }
@@ -91,6 +96,7 @@ public sealed class ByteBudgetGate : LoadGate
     public long LiveBytes { get; }
     public long PrefetchBytes { get; }
     protected override int GroupSize => 1;
+    public override int MaxResidentLayers => LayerBytes.Count;
 
     public override bool CanAdmit(int layer)
     {

@@ -168,7 +168,7 @@ public static class BenchCommand
                 engine.Add(e.Report.WallSeconds);
                 var t = e.Report.LayerTimings;
                 engineCompute.Add(t.Sum(l => l.ComputeSeconds));
-                engineGaps.Add(Enumerable.Range(1, t.Length - 1).Sum(j => t[j].ComputeStart - (t[j - 1].ComputeStart + t[j - 1].ComputeSeconds)));
+                engineGaps.Add(ComputeGapSeconds(e.Report));
                 engineFirst.Add(t[0].ComputeStart);
                 engineShas.Add(e.Sha256);
                 residentPeaks.Add(e.Report.PeakDeviceBytes);
@@ -402,12 +402,36 @@ public static class BenchCommand
             Median(runs.SelectMany(r => blocks.Select(b => r.LayerTimings[b].ComputeSeconds))),
             runs.Select(r => r.LayerTimings.Sum(l => l.LoadSeconds)).ToArray(),
             runs.Select(r => r.LayerTimings.Sum(l => l.ComputeSeconds)).ToArray(),
+            runs.Select(r => LoadDispatchSeconds(r, policy.Window!.Value)).ToArray(),
+            runs.Select(r => ComputeGapSeconds(r)).ToArray(),
             faults);
         var st = Runs(streamed, streamedFaults, streamedPolicy);
         var sy = Runs(sync, syncFaults, syncPolicy);
         return new Overlap(block.Layer, block.Name, block.Bytes, block.ComputeSeconds, block.MedianSeconds,
             block.IsolatedSeconds, block.IsolatedMedianSeconds, gbps,
             st, sy, Median(st.WallOverLowerBound), sy.MedianWallSeconds / st.MedianWallSeconds);
+    }
+
+    /// <summary>Time the transfer thread could have been copying but was not: for each load, its start minus the earliest
+    /// moment it could start (the previous load done and, past the first window, the slot of layer i − window freed).</summary>
+    static double LoadDispatchSeconds(PassReport r, int window)
+    {
+        var t = r.LayerTimings;
+        double sum = 0;
+        for (int i = 1; i < t.Length; i++)
+        {
+            double earliest = t[i - 1].LoadStart + t[i - 1].LoadSeconds;
+            if (i >= window && t[i - window].EvictAt >= 0) earliest = Math.Max(earliest, t[i - window].EvictAt);
+            sum += Math.Max(0, t[i].LoadStart - earliest);
+        }
+        return sum;
+    }
+
+    /// <summary>The compute thread's idle time between one layer's compute and the next.</summary>
+    static double ComputeGapSeconds(PassReport r)
+    {
+        var t = r.LayerTimings;
+        return Enumerable.Range(1, t.Length - 1).Sum(j => t[j].ComputeStart - (t[j - 1].ComputeStart + t[j - 1].ComputeSeconds));
     }
 
     // ---------------------------------------------------------------- report
@@ -501,10 +525,13 @@ public sealed record Overlap(int BlockLayer, string BlockName, long BlockBytes, 
     double LinkGBps, PolicyRuns Streamed, PolicyRuns Synchronous, double StreamedOverLowerBound, double SyncOverStreamed);
 
 /// <summary>Per-repeat figures of one policy. Block load/compute medians are over every block of every repeat, as the engine timed them.</summary>
+/// <param name="LoadDispatchSeconds">Per repeat, the transfer thread's idle time that neither the previous load nor a slot explains:
+/// the latency of dispatching each load (slot → LayerActor → transfer thread). It adds to the wall of a transfer-bound pass.</param>
+/// <param name="ComputeGapSeconds">Per repeat, the compute thread's idle time between consecutive layers.</param>
 public sealed record PolicyRuns(int Window, int Swap, IReadOnlyList<double> WallSeconds, IReadOnlyList<double> LowerBoundSeconds,
     IReadOnlyList<double> WallOverLowerBound, double MedianWallSeconds, double MedianLowerBoundSeconds,
     double MedianBlockLoadSeconds, double MedianBlockComputeSeconds, IReadOnlyList<double> SumLoadSeconds, IReadOnlyList<double> SumComputeSeconds,
-    IReadOnlyList<long?> MinorPageFaults);
+    IReadOnlyList<double> LoadDispatchSeconds, IReadOnlyList<double> ComputeGapSeconds, IReadOnlyList<long?> MinorPageFaults);
 
 /// <summary>(c): peak device bytes of one pass at window 2 (swap 1) and of the resident pass, on the same device.</summary>
 public sealed record PeakMemory(int Layers, int Blocks, int Window, int Swap, long WindowPeakBytes, long ResidentPeakBytes, double Ratio,

@@ -22,6 +22,7 @@ public sealed class DevicePassBackend : IPassBackend
     readonly TimeSpan _askTimeout;
     readonly IReadOnlyList<(long[] Shape, ScalarType DType)> _activations;
     readonly ConcurrentDictionary<int, DeviceTensors> _resident = new();
+    readonly ConcurrentDictionary<int, Task<LayerActor.HostWeights>> _weights = new();
     readonly Stopwatch _clock = new();
     readonly double[] _loadStart, _loadSeconds, _computeStart, _computeSeconds, _evictAt;
     readonly long _reservedBefore;
@@ -66,9 +67,13 @@ public sealed class DevicePassBackend : IPassBackend
         });
     }
 
+    public void Admitted(int layer, CancellationToken cancel) =>
+        _weights[layer] = _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel);
+
     public async Task LoadAsync(int layer, CancellationToken cancel)
     {
-        var weights = await _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel).ConfigureAwait(false);
+        if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
+        var weights = await asked.ConfigureAwait(false);
         await _device.OnTransferThread(() =>
         {
             cancel.ThrowIfCancellationRequested();

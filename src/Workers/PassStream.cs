@@ -10,6 +10,10 @@ namespace Superpipeline.Workers;
 public interface IPassBackend
 {
     int Layers { get; }
+    /// <summary>Layer <paramref name="layer"/> was admitted and is next to load: a backend may start work that does
+    /// not hold device bytes (the real one asks the LayerActor for its weights), so the copy can start the moment
+    /// the link frees.</summary>
+    void Admitted(int layer, CancellationToken cancel);
     /// <summary>Puts the pass input on the device.</summary>
     Task BeginAsync(CancellationToken cancel);
     /// <summary>Loads layer <paramref name="layer"/>'s weights onto the device (reserving its bytes first).</summary>
@@ -41,7 +45,12 @@ public static class PassStream
         {
             await Track(backend.BeginAsync(cancel.Token)).ConfigureAwait(false);
             await Source.From(Enumerable.Range(0, backend.Layers))
-                .SelectAsync(1, layer => admission.AdmitAsync(layer, cancel.Token))
+                .SelectAsync(1, async layer =>
+                {
+                    await admission.AdmitAsync(layer, cancel.Token).ConfigureAwait(false);
+                    backend.Admitted(layer, cancel.Token);
+                    return layer;
+                })
                 .SelectAsync(1, async layer =>
                 {
                     await Track(backend.LoadAsync(layer, cancel.Token)).ConfigureAwait(false);

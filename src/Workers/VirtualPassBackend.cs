@@ -61,6 +61,8 @@ public sealed class VirtualPassBackend : IPassBackend
         return true;
     }
 
+    public void Admitted(int layer, CancellationToken cancel) { } // nothing to fetch: costs only
+
     public Task BeginAsync(CancellationToken cancel)
     {
         _origin = _scheduler.Now;

@@ -69,7 +69,7 @@ public sealed class CliProcessTests : IDisposable
     }
 
     [Theory]
-    [InlineData("--window must be a whole number or 'all'; got 'three'", "--window", "three")]
+    [InlineData("--window must be a whole number, 'all' or 'auto'; got 'three'", "--window", "three")]
     [InlineData("--window must be from 1 to 5 (the model's layers) or 'all'; got 9", "--window", "9")]
     [InlineData("--swap must be from 1 to the window (3); got 4", "--window", "3", "--swap", "4")]
     [InlineData("--swap must be a whole number; got 'one'", "--swap", "one")]
@@ -77,11 +77,37 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes", "--device-memory", "20000")]
     [InlineData("unknown model 'llama-9000' (known: demo, gpt)", "--model", "llama-9000")]
     [InlineData("--link-gbps must be a positive number of GB/s; got '-1'", "--link-gbps", "-1")]
+    [InlineData("--swap cannot be given with --window auto: the planner chooses both", "--window", "auto", "--swap", "2")]
     public void Bad_input_exits_non_zero_with_one_line_naming_what_was_wrong(string message, params string[] bad)
     {
         var (code, _, stderr) = Run(["run", .. Small, .. bad]);
         Assert.NotEqual(0, code);
         Assert.Equal($"superpipeline: {message}", stderr.Trim());
+    }
+
+    [Fact]
+    public void Window_auto_plans_a_window_that_fits_the_device_and_keeps_the_output()
+    {
+        string auto = Path.Combine(_dir, "auto.json"), resident = Path.Combine(_dir, "resident.json");
+        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "auto", "--device-memory", "300KiB", "--report", auto]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("(planned)", stdout);
+        Assert.Equal(0, Run(["run", .. Small, "--window", "all", "--report", resident]).Code);
+        var r = JsonDocument.Parse(File.ReadAllText(auto)).RootElement;
+        int k = r.GetProperty("window").GetInt32(), s = r.GetProperty("swap").GetInt32();
+        Assert.InRange(k, 1, 5);
+        Assert.InRange(s, 1, k);
+        Assert.True(r.GetProperty("peakDeviceBytes").GetInt64() <= 300 * 1024);
+        Assert.Equal(JsonDocument.Parse(File.ReadAllText(resident)).RootElement.GetProperty("outputSha256").GetString(), r.GetProperty("outputSha256").GetString());
+    }
+
+    [Fact]
+    public void Plan_prints_the_chosen_knobs()
+    {
+        var (code, stdout, stderr) = Run(["plan", .. Small, "--device-memory", "300KiB", "--link-gbps", "2", "--tflops", "0.1"]);
+        Assert.True(code == 0, stderr);
+        Assert.Matches(@"--window \d+ --swap \d+", stdout);
+        Assert.Contains("predicted peak device bytes", stdout);
     }
 
     [Fact]

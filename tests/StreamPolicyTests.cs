@@ -44,8 +44,8 @@ public sealed class StreamPolicyTests
     }
 
     [Theory]
-    [InlineData("three", "--window must be a whole number or 'all'; got 'three'")]
-    [InlineData("2.5", "--window must be a whole number or 'all'; got '2.5'")]
+    [InlineData("three", "--window must be a whole number, 'all' or 'auto'; got 'three'")]
+    [InlineData("2.5", "--window must be a whole number, 'all' or 'auto'; got '2.5'")]
     public void Window_that_is_not_a_number_is_refused(string text, string message) =>
         Assert.Equal(message, Assert.Throws<ArgumentException>(() => StreamPolicy.ParseWindow(text)).Message);
 

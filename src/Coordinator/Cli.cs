@@ -16,6 +16,7 @@ public static class Cli
         var root = new RootCommand("Superpipeline: run neural models larger than accelerator memory by streaming layers onto the device.");
         root.Subcommands.Add(BuildRun());
         root.Subcommands.Add(BenchCommand.Build());
+        root.Subcommands.Add(PlanCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
@@ -59,7 +60,7 @@ public static class Cli
     static Command BuildRun()
     {
         var model = new ModelOptions();
-        var window = new Option<string>("--window") { Description = "k: layers resident on the device at once (a number, or 'all' for no offload)", DefaultValueFactory = _ => "3" };
+        var window = new Option<string>("--window") { Description = "k: layers resident on the device at once (a number, 'all' for no offload, or 'auto' to let the planner choose k and k' for the device memory)", DefaultValueFactory = _ => "3" };
         var swap = new Option<string>("--swap") { Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all" };
         var memory = new Option<string>("--device-memory") { Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => DefaultDeviceMemory };
         var link = new Option<string>("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
@@ -75,12 +76,20 @@ public static class Cli
         {
             var options = new RunOptions(
                 model.Read(r),
-                new PolicySpec(StreamPolicy.ParseWindow(r.GetValue(window)!), r.GetValue(swap) is { } s ? StreamPolicy.ParseSwap(s) : null),
+                ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
                 new DeviceSpec(r.GetValue(device)!, ByteSize.Parse(r.GetValue(memory)!), ParseGbps(r.GetValue(link))),
                 r.GetValue(report), r.GetValue(trace), r.GetValue(output));
             return RunCommand.RunAsync(options, AnsiConsole.Console, cancel);
         });
         return run;
+    }
+
+    /// <summary>--window (number, all or auto) and --swap; auto chooses both, so a --swap beside it is refused.</summary>
+    public static PolicySpec ParsePolicy(string window, string? swap)
+    {
+        if (string.Equals(window.Trim(), "auto", StringComparison.OrdinalIgnoreCase))
+            return swap is null ? PolicySpec.Planned : throw new ArgumentException("--swap cannot be given with --window auto: the planner chooses both");
+        return new PolicySpec(StreamPolicy.ParseWindow(window), swap is null ? null : StreamPolicy.ParseSwap(swap));
     }
 
     public static double? ParseGbps(string? text)

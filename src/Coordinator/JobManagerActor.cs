@@ -4,6 +4,7 @@ using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;
@@ -62,12 +63,12 @@ public sealed class JobManagerActor : ReceiveActor
         }
 
         LayeredModel model;
-        StreamPolicy policy;
+        Task<StreamPolicy> policy;
         try
         {
             model = ModelCatalog.Create(job.Model);
-            policy = StreamPolicy.Create(job.Policy, model.Layers.Count);
             CheckFits(model);
+            policy = job.Policy.Auto ? PlanAsync(model) : Task.FromResult(StreamPolicy.Create(job.Policy, model.Layers.Count));
         }
         catch (ArgumentException e)
         {
@@ -84,9 +85,9 @@ public sealed class JobManagerActor : ReceiveActor
         var id = job.Id;
         var self = Self;
         var loader = _loader;
-        deployment.Ready
+        Task.WhenAll(deployment.Ready, policy)
             .ContinueWith(ready => ready.IsCompletedSuccessfully
-                ? loader.Ask<object>(new DeviceLoaderActor.RunPass(deployment.Model, deployment.Layers, input, policy,
+                ? loader.Ask<object>(new DeviceLoaderActor.RunPass(deployment.Model, deployment.Layers, input, policy.Result,
                     p => client.Tell(new JobProgress(id, p))), Timeout.InfiniteTimeSpan)
                 : Task.FromException<object>(ready.Exception!.GetBaseException()), TaskScheduler.Default)
             .Unwrap()
@@ -124,6 +125,14 @@ public sealed class JobManagerActor : ReceiveActor
     }
 
     List<IActorRef> Waiters(JobId id) => _waiters.TryGetValue(id, out var list) ? list : _waiters[id] = [];
+
+    /// <summary>--window auto: measures the device, then lets the planner choose k and k' for its free bytes.</summary>
+    async Task<StreamPolicy> PlanAsync(LayeredModel model)
+    {
+        var device = await DeviceCalibration.MeasureAsync(_device).ConfigureAwait(false);
+        var plan = Planner.Choose(ModelCost.From(model), device, _device.Memory.Free);
+        return StreamPolicy.Create(plan.Policy, model.Layers.Count);
+    }
 
     /// <summary>Refuses a device smaller than the model's largest layer: no window could run it.</summary>
     void CheckFits(LayeredModel model)

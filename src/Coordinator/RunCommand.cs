@@ -56,7 +56,7 @@ public static class RunCommand
         console.MarkupLineInterpolated($"[bold]superpipeline run[/]: model [bold]{o.Model.Name}[/] ({r.Layers} layers, {ByteSize.Format(r.ModelBytes)}) on [bold]{r.Device}[/] ({ByteSize.Format(r.DeviceCapacityBytes)}){(ratio > 1 ? $": the model is {ratio:0.0}× larger than the device" : "")}");
         var table = new Table().AddColumn("measure").AddColumn(new TableColumn("value").RightAligned());
         void Row(string measure, string value) => table.AddRow(new Text(measure), new Text(value));
-        Row("window k / swap k' / prefetch", $"{r.Window} / {r.Swap} / {r.Window - r.Swap}");
+        Row(o.Policy.Auto ? "window k / swap k' / prefetch (planned)" : "window k / swap k' / prefetch", $"{r.Window} / {r.Swap} / {r.Window - r.Swap}");
         Row("wall time", $"{r.WallSeconds:0.000} s");
         Row("lower bound (max of transfer, compute)", $"{r.LowerBoundSeconds:0.000} s");
         Row("overlap efficiency", $"{r.OverlapEfficiency:P1}");

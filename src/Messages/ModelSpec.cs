@@ -17,11 +17,13 @@ public sealed record ModelSpec(
 }
 
 /// <summary>The two knobs. <see cref="Window"/> null means "all" (everything resident, the baseline);
-/// <see cref="Swap"/> null means its default (1, or all layers when the window is all).</summary>
-public sealed record PolicySpec(int? Window, int? Swap)
+/// <see cref="Swap"/> null means its default (1, or all layers when the window is all). <see cref="Auto"/> asks
+/// the planner to choose both for the device's memory from the cost model.</summary>
+public sealed record PolicySpec(int? Window, int? Swap, bool Auto = false)
 {
     public static PolicySpec Resident { get; } = new(null, null);
-    public override string ToString() => $"window={(Window?.ToString() ?? "all")}, swap={(Swap?.ToString() ?? "default")}";
+    public static PolicySpec Planned { get; } = new(null, null, Auto: true);
+    public override string ToString() => Auto ? "window=auto" : $"window={(Window?.ToString() ?? "all")}, swap={(Swap?.ToString() ?? "default")}";
 }
 
 /// <summary>A device as the job sees it: kind ("sim" or "cuda"), capacity in bytes, optional emulated link bandwidth.</summary>

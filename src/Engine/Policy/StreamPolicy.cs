@@ -21,6 +21,7 @@ public sealed record StreamPolicy
     public static StreamPolicy Create(PolicySpec spec, int layers)
     {
         if (layers < 1) throw new ArgumentException($"the model has no layers");
+        if (spec.Auto) throw new ArgumentException("--window auto must be planned before it is run");
         bool resident = spec.Window is null;
         int window = spec.Window ?? layers;
         if (window < 1 || window > layers)
@@ -35,7 +36,7 @@ public sealed record StreamPolicy
     public static int? ParseWindow(string text)
     {
         if (string.Equals(text.Trim(), "all", StringComparison.OrdinalIgnoreCase)) return null;
-        return ParseKnob(text, "--window", "a whole number or 'all'");
+        return ParseKnob(text, "--window", "a whole number, 'all' or 'auto'");
     }
 
     /// <summary>Parses the --swap text: a whole number.</summary>

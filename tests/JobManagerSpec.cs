@@ -18,7 +18,16 @@ public sealed class JobManagerSpec : TestKit, IDisposable
 
     public JobManagerSpec() : base(WorkerConfig.Load())
     {
-        _manager = Sys.ActorOf(JobManagerActor.Props(_device, SuperpipelineSettings.Create(Sys.Settings.Config)), "job-manager");
+        _manager = Start(_device);
+    }
+
+    /// <summary>A job manager with one node agent that owns <paramref name="device"/>, as `run` starts them.</summary>
+    IActorRef Start(SimulatedDevice device)
+    {
+        var settings = SuperpipelineSettings.Create(Sys.Settings.Config);
+        var manager = Sys.ActorOf(JobManagerActor.Props(settings));
+        Sys.ActorOf(NodeAgentActor.Props("local", [device], manager, settings));
+        return manager;
     }
 
     static ModelSpec Tiny => EngineHarness.Tiny();
@@ -26,7 +35,7 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     IJobEvent Answer(SubmitJob job)
     {
         _manager.Tell(job, TestActor);
-        return FishForMessage<IJobEvent>(e => e is JobSucceeded or JobFailed, TimeSpan.FromSeconds(60));
+        return FishForMessage<IJobEvent>(e => e is JobSucceeded or JobFailed or JobRefused, TimeSpan.FromSeconds(60));
     }
 
     [Fact]
@@ -74,10 +83,10 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     {
         // vocab 5000 × hidden 32 × 4 bytes: the embedding (and head) outgrow a 600 KB device.
         using var small = new SimulatedDevice("sim:1", 600_000);
-        var manager = Sys.ActorOf(JobManagerActor.Props(small, SuperpipelineSettings.Create(Sys.Settings.Config)));
+        var manager = Start(small);
         manager.Tell(new SubmitJob(JobId.New(), Tiny with { Vocab = 5000 }, new PolicySpec(1, 1)), TestActor);
-        var failed = ExpectMsg<JobFailed>(TimeSpan.FromSeconds(10));
-        Assert.Equal("--device-memory 600,000 bytes is below the largest layer, 0 (embed) of 641,024 bytes", failed.Reason);
+        var refused = FishForMessage<JobRefused>(_ => true, TimeSpan.FromSeconds(10));
+        Assert.StartsWith("--device-memory 600,000 bytes is below the largest layer, 0 (embed) of 641,024 bytes", refused.Reason);
     }
 
     [Fact]
@@ -85,7 +94,7 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     {
         // 700 KB holds one block of this model (about 445 KB) with its activations, not all six layers at once.
         using var small = new SimulatedDevice("sim:2", 700_000);
-        var manager = Sys.ActorOf(JobManagerActor.Props(small, SuperpipelineSettings.Create(Sys.Settings.Config)));
+        var manager = Start(small);
         var spec = Tiny with { Hidden = 96, Heads = 4, Blocks = 4 };
         manager.Tell(new SubmitJob(new JobId("too-big"), spec, PolicySpec.Resident), TestActor);
         var failed = FishForMessage<JobFailed>(_ => true, TimeSpan.FromSeconds(60));

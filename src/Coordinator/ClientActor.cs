@@ -25,6 +25,7 @@ public sealed class ClientActor : ReceiveActor, IWithTimers
         jobManager.Tell(job);
         Receive<JobSucceeded>(Terminal);
         Receive<JobFailed>(Terminal);
+        Receive<JobRefused>(Terminal);
         Receive<IJobEvent>(e => _events.TryWrite(e));
         Receive<GaveUp>(_ => Terminal(new JobFailed(_job.Id, $"no answer for job {_job.Id} within {timeout}")));
         Timers!.StartSingleTimer("give-up", GaveUp.Instance, timeout);

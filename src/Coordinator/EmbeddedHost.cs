@@ -8,8 +8,8 @@ using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Coordinator;
 
-/// <summary>Role "both" in one process: an actor system with one device, its loader and the job manager.
-/// It is what <c>superpipeline run</c> and <c>bench</c> use, and what tests drive.</summary>
+/// <summary>Role "both" in one process: the same job manager and node agent as a cluster, in one actor system
+/// with one device. It is what <c>superpipeline run</c> and <c>bench</c> use, and what tests drive.</summary>
 public sealed class EmbeddedHost : IAsyncDisposable
 {
     EmbeddedHost(ActorSystem system, IDevice device, IActorRef jobManager, SuperpipelineSettings settings)
@@ -32,7 +32,8 @@ public sealed class EmbeddedHost : IAsyncDisposable
         var dev = DeviceFactory.Create(device);
         var system = ActorSystem.Create("superpipeline", config);
         system.EventStream.Subscribe(system.ActorOf(DeadLetterMonitor.Props(), "dead-letter-monitor"), typeof(DeadLetter));
-        var manager = system.ActorOf(JobManagerActor.Props(dev, settings), "job-manager");
+        var manager = system.ActorOf(JobManagerActor.Props(settings), "job-manager");
+        system.ActorOf(NodeAgentActor.Props("local", [dev], manager, settings), "node-agent");
         return new EmbeddedHost(system, dev, manager, settings);
     }
 

@@ -1,175 +1,285 @@
+using System.Collections.Immutable;
+using System.Diagnostics;
 using Akka.Actor;
+using Akka.Cluster;
 using Akka.Event;
-using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Messages;
+using Superpipeline.Messages.Serialization;
 using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;
-using static TorchSharp.torch;
+using static Superpipeline.Messages.StageProtocol;
+using static Superpipeline.Messages.WorkerProtocol;
 
 namespace Superpipeline.Coordinator;
 
-/// <summary>Takes jobs, checks them before any work starts, deploys the model (one LayerActor per layer),
-/// and runs each pass on the device's loader. Every submitted job gets exactly one <see cref="JobSucceeded"/>
-/// or <see cref="JobFailed"/>; a resubmitted id is answered from the record, never run twice. A failed job
-/// leaves the manager serving the next one.</summary>
-public sealed class JobManagerActor : ReceiveActor
+/// <summary>The coordinator: keeps the device inventory that workers register, admits jobs into a bounded queue,
+/// places each on the devices as contiguous pipeline stages, and answers every submitted job exactly once
+/// (<see cref="JobSucceeded"/>, <see cref="JobFailed"/> or <see cref="JobRefused"/>). A resubmitted id is never
+/// run twice. When a worker leaves (unreachable, removed, or silent past three heartbeats) the attempts that used
+/// it are cancelled and the jobs placed again on what remains; answers of a stale attempt are ignored. In a
+/// cluster it runs as a singleton; in one process (`run`) it is the same actor beside one node agent.</summary>
+public sealed class JobManagerActor : ReceiveActor, IWithTimers
 {
-    private sealed record PassDone(JobId Id, Deployment Deployment, Tensor Input, IActorRef Client, object Answer);
-
-    private sealed class Deployment(ModelSpec key, LayeredModel model, IReadOnlyList<IActorRef> layers, Task ready)
+    private sealed record Sweep : INoSerializationVerificationNeeded
     {
-        /// <summary>Completes when every LayerActor holds its host weights: passes start after it, so their
-        /// wall time measures the pass, not reading the checkpoint.</summary>
-        public Task Ready { get; } = ready;
-        public ModelSpec Key { get; } = key;
+        public static readonly Sweep Instance = new();
+        Sweep() { }
+    }
+
+    sealed record Worker(IActorRef Agent, string Node, ImmutableArray<DeviceInfo> Devices, DateTime LastSeen);
+
+    sealed class Job(SubmitJob submit, LayeredModel model)
+    {
+        public SubmitJob Submit { get; } = submit;
         public LayeredModel Model { get; } = model;
-        public IReadOnlyList<IActorRef> Layers { get; } = layers;
-        public int InFlight { get; set; }
+        public List<IActorRef> Clients { get; } = [];
+        public int Attempt { get; set; }
+        public IReadOnlyList<StagePlacement>? Placement { get; set; }
+        public Dictionary<int, (string Node, PassReport Report)> Stages { get; } = [];
+        public Stopwatch Clock { get; } = new();
+        public IJobEvent? Answer { get; set; }
     }
 
-    readonly IDevice _device;
-    readonly IActorRef _loader;
-    readonly TimeSpan _askTimeout;
-    readonly List<Deployment> _deployments = [];
-    readonly Dictionary<JobId, IJobEvent?> _jobs = []; // null while running, then the one answer
-    readonly Dictionary<JobId, List<IActorRef>> _waiters = [];
+    readonly SuperpipelineSettings _settings;
+    readonly Dictionary<Address, Worker> _workers = [];
+    readonly Dictionary<JobId, Job> _jobs = [];
+    readonly LinkedList<JobId> _queue = new();
+    readonly HashSet<JobId> _running = [];
+    readonly ChunkAssembler _assembler;
+    readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
-    int _deploymentCounter;
 
-    public JobManagerActor(IDevice device, SuperpipelineSettings settings)
+    public JobManagerActor(SuperpipelineSettings settings)
     {
-        _device = device;
-        _askTimeout = settings.AskTimeout;
-        _loader = Context.ActorOf(DeviceLoaderActor.Props(device, settings.AskTimeout), $"{device.Kind}-loader-0");
+        _settings = settings;
+        _assembler = new ChunkAssembler(Context.System);
+        _sender = ChunkingSender.For(Context.System);
+        Receive<MessageChunk>(c => { if (_assembler.Add(c) is { } whole) Self.Forward(whole); });
+        Receive<RegisterWorker>(OnRegister);
         Receive<SubmitJob>(OnSubmit);
-        Receive<PassDone>(OnPassDone);
+        Receive<JobProgress>(OnProgress);
+        Receive<StageDone>(OnStageDone);
+        Receive<StageOutput>(OnOutput);
+        Receive<StageFailed>(OnStageFailed);
+        Receive<ClusterEvent.UnreachableMember>(m => Lost(m.Member.Address, "unreachable"));
+        Receive<ClusterEvent.MemberRemoved>(m => Lost(m.Member.Address, "removed"));
+        Receive<ClusterEvent.IMemberEvent>(_ => { });
+        Receive<Sweep>(_ => SweepSilentWorkers());
     }
 
-    /// <summary>Runs on the host dispatcher: it makes the input tensors and turns outputs into payloads.</summary>
-    public static Props Props(IDevice device, SuperpipelineSettings settings) =>
-        Akka.Actor.Props.Create(() => new JobManagerActor(device, settings)).WithDispatcher(Dispatchers.Host);
+    public ITimerScheduler Timers { get; set; } = null!;
 
-    void OnSubmit(SubmitJob job)
+    /// <summary>Runs on the host dispatcher: it builds models to check jobs and turns tensors into reports.</summary>
+    public static Props Props(SuperpipelineSettings settings) =>
+        Akka.Actor.Props.Create(() => new JobManagerActor(settings)).WithDispatcher(Dispatchers.Host);
+
+    protected override void PreStart()
     {
-        if (_jobs.TryGetValue(job.Id, out var answer))
+        if (Context.System.Settings.ProviderClass.Contains("Cluster", StringComparison.Ordinal))
+            Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
+                typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.MemberRemoved));
+        Timers.StartPeriodicTimer("sweep", Sweep.Instance, _settings.Heartbeat);
+    }
+
+    protected override void PostStop()
+    {
+        if (Context.System.Settings.ProviderClass.Contains("Cluster", StringComparison.Ordinal))
+            Cluster.Get(Context.System).Unsubscribe(Self);
+    }
+
+    void OnRegister(RegisterWorker r)
+    {
+        bool known = _workers.ContainsKey(r.Agent.Path.Address);
+        _workers[r.Agent.Path.Address] = new Worker(r.Agent, r.Node, r.Devices, DateTime.UtcNow);
+        if (!known)
         {
-            if (answer is null) Waiters(job.Id).Add(Sender); // running: answer once, when it ends
-            else Sender.Tell(answer);
+            _log.Info("worker {0} registered {1} device(s)", r.Node, r.Devices.Length);
+            r.Agent.Tell(new WorkerRegistered(_workers.Count));
+            Dispatch();
+        }
+    }
+
+    void OnSubmit(SubmitJob submit)
+    {
+        if (_jobs.TryGetValue(submit.Id, out var existing))
+        {
+            if (existing.Answer is { } answer) _sender.Tell(Sender, (IProtocolMessage)answer, Self);
+            else if (!existing.Clients.Contains(Sender)) existing.Clients.Add(Sender);
             return;
         }
-
         LayeredModel model;
-        Task<StreamPolicy> policy;
         try
         {
-            model = ModelCatalog.Create(job.Model);
-            CheckFits(model);
-            policy = job.Policy.Auto ? PlanAsync(model) : Task.FromResult(StreamPolicy.Create(job.Policy, model.Layers.Count));
+            model = ModelCatalog.Create(submit.Model);
+            if (!submit.Policy.Auto) StreamPolicy.Create(submit.Policy, model.Layers.Count);
         }
         catch (ArgumentException e)
         {
-            Finish(job.Id, Sender, new JobFailed(job.Id, e.Message));
+            Sender.Tell(new JobFailed(submit.Id, e.Message));
             return;
         }
-
-        _jobs[job.Id] = null;
-        Sender.Tell(new JobAccepted(job.Id));
-        var client = Sender;
-        var deployment = Deploy(job.Model, model);
-        deployment.InFlight++;
-        var input = model.MakeInput(job.Model.Seed);
-        var id = job.Id;
-        var self = Self;
-        var loader = _loader;
-        Task.WhenAll(deployment.Ready, policy)
-            .ContinueWith(ready => ready.IsCompletedSuccessfully
-                ? loader.Ask<object>(new DeviceLoaderActor.RunPass(deployment.Model, deployment.Layers, input, policy.Result,
-                    p => client.Tell(new JobProgress(id, p))), Timeout.InfiniteTimeSpan)
-                : Task.FromException<object>(ready.Exception!.GetBaseException()), TaskScheduler.Default)
-            .Unwrap()
-            .PipeTo(self, success: a => new PassDone(id, deployment, input, client, a),
-                failure: e => new PassDone(id, deployment, input, client, new DeviceLoaderActor.PassFailed(e.Message, e)));
-    }
-
-    void OnPassDone(PassDone done)
-    {
-        done.Input.Dispose();
-        done.Deployment.InFlight--;
-        IJobEvent answer = done.Answer switch
+        if (_workers.Count > 0 && Unplaceable(model) is { } why)
         {
-            DeviceLoaderActor.PassSucceeded ok => Succeeded(done.Id, ok),
-            DeviceLoaderActor.PassFailed failed => new JobFailed(done.Id, failed.Reason),
-            var other => new JobFailed(done.Id, $"unexpected answer from the loader: {other.GetType().Name}"),
-        };
-        Finish(done.Id, done.Client, answer);
-        RetireIdleDeployments();
+            Sender.Tell(new JobRefused(submit.Id, why));
+            return;
+        }
+        if (_queue.Count >= _settings.MaxQueuedJobs)
+        {
+            Sender.Tell(new JobRefused(submit.Id, $"the job queue is full ({_queue.Count} jobs waiting); submit again later"));
+            return;
+        }
+        var job = new Job(submit, model);
+        job.Clients.Add(Sender);
+        _jobs[submit.Id] = job;
+        _queue.AddLast(submit.Id);
+        Sender.Tell(new JobAccepted(submit.Id));
+        Dispatch();
     }
 
-    static JobSucceeded Succeeded(JobId id, DeviceLoaderActor.PassSucceeded ok)
-    {
-        using var output = ok.Output;
-        return new JobSucceeded(id, TensorPayloads.From(output), ok.Report);
-    }
-
-    void Finish(JobId id, IActorRef client, IJobEvent answer)
-    {
-        _jobs[id] = answer;
-        client.Tell(answer);
-        if (_waiters.Remove(id, out var others))
-            foreach (var w in others) w.Tell(answer);
-        if (answer is JobFailed f) _log.Info("job {0} failed: {1}", id, f.Reason);
-    }
-
-    List<IActorRef> Waiters(JobId id) => _waiters.TryGetValue(id, out var list) ? list : _waiters[id] = [];
-
-    /// <summary>--window auto: measures the device, then lets the planner choose k and k' for its free bytes.</summary>
-    async Task<StreamPolicy> PlanAsync(LayeredModel model)
-    {
-        var device = await DeviceCalibration.MeasureAsync(_device).ConfigureAwait(false);
-        var plan = Planner.Choose(ModelCost.From(model), device, _device.Memory.Free);
-        return StreamPolicy.Create(plan.Policy, model.Layers.Count);
-    }
-
-    /// <summary>Refuses a device smaller than the model's largest layer: no window could run it.</summary>
-    void CheckFits(LayeredModel model)
+    /// <summary>Why no registered device can take the model, or null if one can.</summary>
+    string? Unplaceable(LayeredModel model)
     {
         var largest = model.Layers.MaxBy(l => l.Bytes)!;
-        if (largest.Bytes > _device.Memory.Capacity)
-            throw new ArgumentException($"--device-memory {_device.Memory.Capacity:N0} bytes is below the largest layer, {largest.Index} ({largest.Name}) of {largest.Bytes:N0} bytes");
+        long capacity = _workers.Values.SelectMany(w => w.Devices).Max(d => d.CapacityBytes);
+        long need = largest.Bytes + model.ActivationBoundBytes();
+        return need > capacity
+            ? $"--device-memory {capacity:N0} bytes is below the largest layer, {largest.Index} ({largest.Name}) of {largest.Bytes:N0} bytes (with activations it needs {need:N0})"
+            : null;
     }
 
-    Deployment Deploy(ModelSpec spec, LayeredModel model)
+    /// <summary>Places queued jobs while there is room to run them and devices to run them on.</summary>
+    void Dispatch()
     {
-        var key = spec with { Batch = 0 }; // weights do not depend on the batch
-        var existing = _deployments.Find(d => d.Key == key);
-        if (existing is not null)
+        while (_running.Count < _settings.MaxRunningJobs && _queue.First is { } node && _workers.Count > 0)
         {
-            _deployments.Remove(existing);
-            _deployments.Add(existing); // most recently used last
-            return existing;
+            var id = node.Value;
+            _queue.RemoveFirst();
+            var job = _jobs[id];
+            var slots = _workers.Values.SelectMany(w => w.Devices.Select(d => new DeviceSlot(w.Agent, w.Node, d))).ToArray();
+            try
+            {
+                var cost = ModelCost.From(job.Model);
+                var policy = job.Submit.Policy.Auto ? new PolicySpec(null, null) : job.Submit.Policy;
+                job.Placement = Placement.Place(cost, slots, job.Submit.Policy.Auto ? PlanFor(cost, slots) : policy);
+            }
+            catch (ArgumentException e)
+            {
+                Answer(job, new JobRefused(id, Unplaceable(job.Model) ?? e.Message));
+                continue;
+            }
+            job.Attempt++;
+            job.Stages.Clear();
+            job.Clock.Restart();
+            _running.Add(id);
+            var placement = job.Placement;
+            for (int s = placement.Count - 1; s >= 0; s--)
+            {
+                var p = placement[s];
+                p.Slot.Agent.Tell(new StageAssignment(id, job.Attempt, s, placement.Count, job.Submit.Model, p.FirstLayer, p.LayerCount,
+                    p.Slot.Device.Name, p.Policy, s + 1 < placement.Count ? placement[s + 1].Slot.Agent : null, Self));
+            }
         }
-        int n = ++_deploymentCounter;
-        var weights = ModelCatalog.Weights(spec);
-        var layers = model.Layers
-            .Select(l => Context.ActorOf(LayerActor.Props(l, weights, _device.WantsPinnedHost), $"m{n}-layer-{l.Index}"))
-            .ToArray();
-        var ready = Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
-        var deployment = new Deployment(key, model, layers, ready);
-        _deployments.Add(deployment);
-        return deployment;
     }
 
-    /// <summary>Keeps the most recent model deployed; older ones go once no pass uses them (their host weights are freed).</summary>
-    void RetireIdleDeployments()
+    /// <summary>--window auto across devices: the smallest device's budget decides one window for every stage.</summary>
+    static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots)
     {
-        foreach (var d in _deployments.Take(_deployments.Count - 1).Where(d => d.InFlight == 0).ToArray())
+        var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
+        var device = new DeviceCost(smallest.Name, smallest.CapacityBytes, (smallest.LinkGBps ?? 16) * 1e9, 1e11);
+        return Planner.Choose(cost, device, smallest.CapacityBytes).Policy;
+    }
+
+    void OnProgress(JobProgress p)
+    {
+        if (_jobs.TryGetValue(p.Id, out var job) && job.Answer is null)
         {
-            foreach (var layer in d.Layers) Context.Stop(layer);
-            _deployments.Remove(d);
+            var progress = p.Progress with { Layers = job.Model.Layers.Count };
+            foreach (var c in job.Clients) c.Tell(new JobProgress(p.Id, progress));
         }
+    }
+
+    bool Current(JobId id, int attempt, out Job job) =>
+        _jobs.TryGetValue(id, out job!) && job.Answer is null && job.Attempt == attempt && _running.Contains(id);
+
+    void OnStageDone(StageDone d)
+    {
+        if (Current(d.Job, d.Attempt, out var job)) job.Stages[d.Stage] = (d.Node, d.Report);
+    }
+
+    void OnStageFailed(StageFailed f)
+    {
+        if (Current(f.Job, f.Attempt, out var job))
+        {
+            Cancel(job);
+            Answer(job, new JobFailed(f.Job, f.Reason));
+        }
+    }
+
+    void OnOutput(StageOutput o)
+    {
+        if (!Current(o.Job, o.Attempt, out var job)) return;
+        job.Clock.Stop();
+        Answer(job, new JobSucceeded(o.Job, o.Output, Combine(job)));
+    }
+
+    /// <summary>One report for the whole job: every stage's layers in order, peak of the fullest device, the plan.</summary>
+    PassReport Combine(Job job)
+    {
+        var placement = job.Placement!;
+        var stages = placement.Select(p => (p, job.Stages.TryGetValue(p.Stage, out var s) ? s.Report : null)).ToArray();
+        var timings = stages.SelectMany(s => s.Item2 is null ? [] : s.Item2.LayerTimings.Select(t => t with { Index = t.Index + s.p.FirstLayer })).ToImmutableArray();
+        var plan = stages.Select(s => new StagePlan(s.p.Stage, s.p.Slot.Node, s.p.Slot.Device.Name, s.p.FirstLayer, s.p.LayerCount,
+            s.Item2?.Window ?? 0, s.Item2?.Swap ?? 0, s.p.Bytes, s.p.Flops, s.Item2?.PeakDeviceBytes ?? 0, s.Item2?.WallSeconds ?? 0)).ToImmutableArray();
+        var first = stages[0].Item2;
+        return new PassReport(
+            placement.Count == 1 ? placement[0].Slot.Device.Name : string.Join(",", placement.Select(p => $"{p.Slot.Node}/{p.Slot.Device.Name}")),
+            job.Model.Layers.Count, first?.Window ?? 0, first?.Swap ?? 0, job.Model.Bytes,
+            placement.Min(p => p.Slot.Device.CapacityBytes),
+            stages.Max(s => s.Item2?.PeakDeviceBytes ?? 0),
+            stages.Sum(s => s.Item2?.BytesTransferred ?? 0),
+            placement.Count == 1 && first is not null ? first.WallSeconds : job.Clock.Elapsed.TotalSeconds,
+            stages.Sum(s => s.Item2?.LowerBoundSeconds ?? 0),
+            timings) { Stages = plan };
+    }
+
+    void Answer(Job job, IJobEvent answer)
+    {
+        job.Answer = answer;
+        _running.Remove(job.Submit.Id);
+        foreach (var c in job.Clients) _sender.Tell(c, (IProtocolMessage)answer, Self);
+        if (answer is not JobSucceeded) _log.Info("job {0}: {1}", job.Submit.Id, answer);
+        Dispatch();
+    }
+
+    void Cancel(Job job)
+    {
+        foreach (var agent in job.Placement?.Select(p => p.Slot.Agent).Distinct() ?? [])
+            agent.Tell(new CancelAttempt(job.Submit.Id, job.Attempt));
+    }
+
+    /// <summary>A worker is gone: its devices leave the inventory, and the jobs running on it are placed again.</summary>
+    void Lost(Address address, string why)
+    {
+        if (!_workers.Remove(address, out var worker)) return;
+        _log.Warning("worker {0} is {1}; re-placing its jobs", worker.Node, why);
+        foreach (var id in _running.ToArray())
+        {
+            var job = _jobs[id];
+            if (job.Placement is null || !job.Placement.Any(p => p.Slot.Agent.Path.Address.Equals(address))) continue;
+            Cancel(job);
+            _running.Remove(id);
+            _queue.AddFirst(id);
+        }
+        Dispatch();
+    }
+
+    void SweepSilentWorkers()
+    {
+        var deadline = DateTime.UtcNow - 3 * _settings.Heartbeat;
+        foreach (var w in _workers.Values.Where(w => w.LastSeen < deadline).ToArray())
+            Lost(w.Agent.Path.Address, "silent");
     }
 }

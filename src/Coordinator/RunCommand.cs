@@ -30,7 +30,7 @@ public static class RunCommand
                 return await host.RunAsync(job, p =>
                 {
                     task.MaxValue = p.Layers;
-                    if (p.Phase == LayerPhase.Computed) task.Increment(1);
+                    if (p.Phase == LayerPhase.Computed) task.Value = p.Layer + 1;
                 });
             });
         }
@@ -40,6 +40,7 @@ public static class RunCommand
         }
 
         if (answer is JobFailed failed) throw new ArgumentException(failed.Reason);
+        if (answer is JobRefused refused) throw new ArgumentException(refused.Reason);
         var ok = (JobSucceeded)answer;
         var sha = Convert.ToHexStringLower(SHA256.HashData(ok.Output.Bytes.AsSpan()));
         if (o.ReportPath is not null) JsonReport.Write(o.ReportPath, JsonReport.Build(o.Model, ok.Report, ok.Output, sha));

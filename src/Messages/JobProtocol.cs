@@ -4,8 +4,8 @@ namespace Superpipeline.Messages;
 /// exactly one <see cref="JobSucceeded"/> or one <see cref="JobFailed"/>.</summary>
 public static class JobProtocol
 {
-    public interface IJobCommand { JobId Id { get; } }
-    public interface IJobEvent { JobId Id { get; } }
+    public interface IJobCommand : IProtocolMessage { JobId Id { get; } }
+    public interface IJobEvent : IProtocolMessage { JobId Id { get; } }
 
     /// <summary>Run one forward pass of <paramref name="Model"/> on its seeded input under <paramref name="Policy"/>.</summary>
     public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy) : IJobCommand;
@@ -15,4 +15,7 @@ public static class JobProtocol
     public sealed record JobSucceeded(JobId Id, TensorPayload Output, PassReport Report) : IJobEvent;
     /// <summary>The job did not complete; <paramref name="Reason"/> is a one-line message for a person.</summary>
     public sealed record JobFailed(JobId Id, string Reason) : IJobEvent;
+
+    /// <summary>The job was not accepted (queue full, cannot be placed, bad input); nothing ran.</summary>
+    public sealed record JobRefused(JobId Id, string Reason) : IJobEvent;
 }

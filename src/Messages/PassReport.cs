@@ -29,6 +29,9 @@ public sealed record PassReport(
     double LowerBoundSeconds,
     ImmutableArray<LayerTiming> LayerTimings)
 {
+    /// <summary>The placement, when the job ran as pipeline stages across devices.</summary>
+    public ImmutableArray<StagePlan> Stages { get; init; } = [];
+
     /// <summary>Lower bound ÷ wall time: 1.0 means transfers were completely hidden behind compute (or vice versa).</summary>
     public double OverlapEfficiency => WallSeconds > 0 ? LowerBoundSeconds / WallSeconds : 0;
 }
@@ -37,3 +40,6 @@ public sealed record PassReport(
 public sealed record LayerProgress(int Layer, int Layers, LayerPhase Phase, double AtSeconds);
 
 public enum LayerPhase { Loaded, Computed, Evicted }
+
+/// <summary>One pipeline stage as placed: where it ran, which layers, with which knobs.</summary>
+public sealed record StagePlan(int Stage, string Node, string Device, int FirstLayer, int LayerCount, int Window, int Swap, long Bytes, double Flops, long PeakDeviceBytes, double WallSeconds);

@@ -16,13 +16,13 @@ public sealed class DeviceLoaderActor : ReceiveActor
 {
     /// <summary>In-process: run <paramref name="Model"/> on <paramref name="Input"/> (a host tensor the caller keeps owning).
     /// <paramref name="Progress"/>, when given, is called (from device threads) for each layer event; it must only pass the record on.</summary>
-    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, Tensor Input, StreamPolicy Policy, Action<LayerProgress>? Progress = null);
+    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, Tensor Input, StreamPolicy Policy, Action<LayerProgress>? Progress = null) : INoSerializationVerificationNeeded;
 
     /// <summary>The pass's output as a host tensor, now owned by the receiver, and its report.</summary>
-    public sealed record PassSucceeded(Tensor Output, PassReport Report);
-    public sealed record PassFailed(string Reason, Exception Cause);
+    public sealed record PassSucceeded(Tensor Output, PassReport Report) : INoSerializationVerificationNeeded;
+    public sealed record PassFailed(string Reason, Exception Cause) : INoSerializationVerificationNeeded;
 
-    private sealed record Finished(IActorRef ReplyTo, object Answer);
+    private sealed record Finished(IActorRef ReplyTo, object Answer) : INoSerializationVerificationNeeded;
 
     readonly IDevice _device;
     readonly TimeSpan _askTimeout;

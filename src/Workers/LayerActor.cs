@@ -12,14 +12,14 @@ namespace Superpipeline.Workers;
 public sealed class LayerActor : ReceiveActor
 {
     /// <summary>Ask for the layer's host weights; the answer is <see cref="HostWeights"/>.</summary>
-    public sealed record GetWeights
+    public sealed record GetWeights : INoSerializationVerificationNeeded
     {
         public static readonly GetWeights Instance = new();
         GetWeights() { }
     }
 
     /// <summary>In-process only: references to host tensors owned by the layer actor, valid while it lives.</summary>
-    public sealed record HostWeights(int Layer, IReadOnlyList<(string Name, Tensor Tensor)> Tensors);
+    public sealed record HostWeights(int Layer, IReadOnlyList<(string Name, Tensor Tensor)> Tensors) : INoSerializationVerificationNeeded;
 
     readonly Layer _layer;
     readonly IWeightSource _source;

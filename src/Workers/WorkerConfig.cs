@@ -27,6 +27,15 @@ public static class WorkerConfig
 /// <summary>Typed view of the superpipeline { } section, validated once with messages that name the key.</summary>
 public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTimeout, int LoaderMailboxCapacity)
 {
+    /// <summary>How often a worker re-registers its devices with the coordinator.</summary>
+    public TimeSpan Heartbeat { get; init; } = TimeSpan.FromSeconds(2);
+    /// <summary>Most jobs waiting for placement; past it submissions are refused.</summary>
+    public int MaxQueuedJobs { get; init; } = 100;
+    /// <summary>Most jobs placed and running at once.</summary>
+    public int MaxRunningJobs { get; init; } = 4;
+    /// <summary>How often a client resubmits a job (same id) that has had no answer.</summary>
+    public TimeSpan ResubmitAfter { get; init; } = TimeSpan.FromSeconds(10);
+
     public static SuperpipelineSettings Create(Config config)
     {
         var s = config.GetConfig("superpipeline") ?? throw new ArgumentException("configuration has no superpipeline section");
@@ -36,6 +45,14 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
         if (pass <= TimeSpan.Zero) throw new ArgumentException("superpipeline.pass-timeout must be positive");
         int capacity = config.GetInt("superpipeline.loader-mailbox.mailbox-capacity", 1000);
         if (capacity < 1) throw new ArgumentException("superpipeline.loader-mailbox.mailbox-capacity must be at least 1");
-        return new SuperpipelineSettings(ask, pass, capacity);
+        var heartbeat = s.GetTimeSpan("heartbeat", TimeSpan.FromSeconds(2));
+        if (heartbeat <= TimeSpan.Zero) throw new ArgumentException("superpipeline.heartbeat must be positive");
+        int queued = s.GetInt("max-queued-jobs", 100);
+        if (queued < 1) throw new ArgumentException("superpipeline.max-queued-jobs must be at least 1");
+        int running = s.GetInt("max-running-jobs", 4);
+        if (running < 1) throw new ArgumentException("superpipeline.max-running-jobs must be at least 1");
+        var resubmit = s.GetTimeSpan("resubmit-after", TimeSpan.FromSeconds(10));
+        if (resubmit <= TimeSpan.Zero) throw new ArgumentException("superpipeline.resubmit-after must be positive");
+        return new SuperpipelineSettings(ask, pass, capacity) { Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit };
     }
 }

@@ -67,6 +67,19 @@ public sealed class LayeredModel(string name, IReadOnlyList<Layer> layers, long[
         return Enumerable.Range(0, Layers.Count).Max(i => acts[i] + acts[i + 1]);
     }
 
+    /// <summary>Layers [<paramref name="first"/>, first + <paramref name="count"/>) as a model of their own (a pipeline
+    /// stage): its input is the activation entering layer <paramref name="first"/>. Layers keep their indices, so
+    /// their weights are the same wherever they run.</summary>
+    public LayeredModel Slice(int first, int count)
+    {
+        if (first < 0 || count < 1 || first + count > Layers.Count)
+            throw new ArgumentOutOfRangeException(nameof(first), $"layers [{first}, {first + count}) are outside the model's {Layers.Count}");
+        if (first == 0 && count == Layers.Count) return this;
+        var (shape, dtype) = ActivationShapes()[first];
+        return new LayeredModel($"{Name}[{first}..{first + count - 1}]", Layers.Skip(first).Take(count).ToArray(), shape, dtype,
+            _ => throw new InvalidOperationException($"a stage starting at layer {first} takes its input from the previous stage"));
+    }
+
     /// <summary>Sum of the <paramref name="k"/> largest layers' bytes.</summary>
     public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
 }

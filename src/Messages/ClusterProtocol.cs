@@ -1,0 +1,52 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+
+namespace Superpipeline.Messages;
+
+/// <summary>Marker of every message that crosses the network; bound in HOCON to <see cref="Serialization.ProtocolSerializer"/>.</summary>
+public interface IProtocolMessage { }
+
+/// <summary>A device as a worker reports it: runtime name on its node, kind, capacity and link bandwidth.</summary>
+public sealed record DeviceInfo(string Name, string Kind, long CapacityBytes, double? LinkGBps);
+
+/// <summary>Workers tell the coordinator what they have. A worker repeats its registration as a heartbeat, so a
+/// coordinator that moved (singleton hand-over) learns the inventory again without anyone asking.</summary>
+public static class WorkerProtocol
+{
+    public sealed record RegisterWorker(IActorRef Agent, string Node, ImmutableArray<DeviceInfo> Devices) : IProtocolMessage;
+    public sealed record WorkerRegistered(int Workers) : IProtocolMessage;
+}
+
+/// <summary>One stage of a placed job: contiguous layers [<see cref="StageAssignment.FirstLayer"/>,
+/// FirstLayer + LayerCount) of the model on one device of one worker.</summary>
+public static class StageProtocol
+{
+    /// <summary>Runs the stage when its input arrives (the first stage makes the model input from the seed).
+    /// Its output goes to <paramref name="Next"/>'s stage <paramref name="Stage"/>+1, or to <paramref name="Coordinator"/> from the last stage.</summary>
+    public sealed record StageAssignment(
+        JobId Job, int Attempt, int Stage, int Stages, ModelSpec Model, int FirstLayer, int LayerCount,
+        string Device, PolicySpec Policy, IActorRef? Next, IActorRef Coordinator) : IProtocolMessage;
+
+    /// <summary>The activation entering a stage.</summary>
+    public sealed record StageInput(JobId Job, int Attempt, int Stage, TensorPayload Activation) : IProtocolMessage;
+
+    /// <summary>A stage finished: its report (progress for the client, and the job's combined report).</summary>
+    public sealed record StageDone(JobId Job, int Attempt, int Stage, string Node, PassReport Report) : IProtocolMessage;
+
+    /// <summary>The model's output, from the last stage.</summary>
+    public sealed record StageOutput(JobId Job, int Attempt, TensorPayload Output) : IProtocolMessage;
+
+    public sealed record StageFailed(JobId Job, int Attempt, int Stage, string Reason) : IProtocolMessage;
+
+    /// <summary>The coordinator gave up on an attempt (re-placed after a worker left): drop its stages.</summary>
+    public sealed record CancelAttempt(JobId Job, int Attempt) : IProtocolMessage;
+}
+
+/// <summary>A message too large for one transport frame travels as numbered chunks of its serialized bytes and is
+/// put back together by the receiver (<see cref="Serialization.ChunkAssembler"/>).</summary>
+public sealed record MessageChunk(Guid Message, string Manifest, int Index, int Count, ImmutableArray<byte> Bytes) : IProtocolMessage
+{
+    public bool Equals(MessageChunk? other) =>
+        other is not null && Message == other.Message && Manifest == other.Manifest && Index == other.Index && Count == other.Count && Bytes.AsSpan().SequenceEqual(other.Bytes.AsSpan());
+    public override int GetHashCode() => HashCode.Combine(Message, Index);
+}

@@ -1,0 +1,169 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+using Akka.Event;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Messages;
+using Superpipeline.Messages.Serialization;
+using static Superpipeline.Messages.StageProtocol;
+using static Superpipeline.Messages.WorkerProtocol;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Workers;
+
+/// <summary>The worker side of a node: it owns the node's devices and their loaders, registers them with the
+/// coordinator (again every heartbeat, so a coordinator that moved learns them), deploys LayerActors for the
+/// stages placed here (reading their weights itself), and runs each stage when its input arrives. A stage's
+/// output goes to the next stage's agent (in memory when that is this node) or, from the last stage, to the
+/// coordinator; large activations travel chunked.</summary>
+public sealed class NodeAgentActor : ReceiveActor, IWithTimers
+{
+    private sealed record Heartbeat : INoSerializationVerificationNeeded
+    {
+        public static readonly Heartbeat Instance = new();
+        Heartbeat() { }
+    }
+
+    private sealed record StageFinished(StageAssignment Stage, object Answer) : INoSerializationVerificationNeeded;
+
+    readonly string _node;
+    readonly IReadOnlyDictionary<string, IDevice> _devices;
+    readonly Dictionary<string, IActorRef> _loaders = [];
+    readonly IActorRef _coordinator;
+    readonly TimeSpan _heartbeat;
+    readonly Dictionary<(JobId, int, int), StageAssignment> _assigned = [];
+    readonly Dictionary<(JobId, int, int), TensorPayload> _early = []; // inputs that beat their assignment here
+    readonly Dictionary<(ModelSpec, int, int), IActorRef[]> _deployments = [];
+    readonly HashSet<(JobId, int)> _cancelled = [];
+    readonly ChunkAssembler _assembler;
+    readonly ChunkingSender _sender;
+    readonly ILoggingAdapter _log = Context.GetLogger();
+    int _deploymentCounter;
+
+    public NodeAgentActor(string node, IReadOnlyList<IDevice> devices, IActorRef coordinator, SuperpipelineSettings settings)
+    {
+        _node = node;
+        _devices = devices.ToDictionary(d => d.Name);
+        _coordinator = coordinator;
+        _heartbeat = settings.Heartbeat;
+        _assembler = new ChunkAssembler(Context.System);
+        _sender = ChunkingSender.For(Context.System);
+        foreach (var d in devices)
+            _loaders[d.Name] = Context.ActorOf(DeviceLoaderActor.Props(d, settings.AskTimeout), $"{d.Name.Replace(':', '-')}-loader");
+
+        Receive<Heartbeat>(_ => Register());
+        Receive<WorkerRegistered>(_ => { });
+        Receive<MessageChunk>(c => { if (_assembler.Add(c) is { } whole) Self.Forward(whole); });
+        Receive<StageAssignment>(OnAssignment);
+        Receive<StageInput>(OnInput);
+        Receive<StageFinished>(OnFinished);
+        Receive<CancelAttempt>(c => _cancelled.Add((c.Job, c.Attempt)));
+    }
+
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    /// <summary>Runs on the host dispatcher: it makes inputs and turns outputs into payloads.</summary>
+    public static Props Props(string node, IReadOnlyList<IDevice> devices, IActorRef coordinator, SuperpipelineSettings settings) =>
+        Akka.Actor.Props.Create(() => new NodeAgentActor(node, devices, coordinator, settings)).WithDispatcher(Dispatchers.Host);
+
+    protected override void PreStart()
+    {
+        Register();
+        Timers.StartPeriodicTimer("heartbeat", Heartbeat.Instance, _heartbeat);
+    }
+
+    void Register() => _coordinator.Tell(new RegisterWorker(Self, _node,
+        [.. _devices.Values.Select(d => new DeviceInfo(d.Name, d.Kind, d.Memory.Capacity, d.LinkBytesPerSecond / 1e9))]));
+
+    void OnAssignment(StageAssignment a)
+    {
+        if (!_devices.ContainsKey(a.Device))
+        {
+            _coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, $"node {_node} has no device {a.Device}"));
+            return;
+        }
+        var key = (a.Job, a.Attempt, a.Stage);
+        _assigned[key] = a;
+        if (a.Stage == 0)
+        {
+            var model = ModelCatalog.Create(a.Model);
+            using var input = model.MakeInput(a.Model.Seed);
+            Run(a, TensorPayloads.From(input));
+        }
+        else if (_early.Remove(key, out var early)) Run(a, early);
+    }
+
+    void OnInput(StageInput input)
+    {
+        var key = (input.Job, input.Attempt, input.Stage);
+        if (_assigned.TryGetValue(key, out var a)) Run(a, input.Activation);
+        else _early[key] = input.Activation;
+    }
+
+    void Run(StageAssignment a, TensorPayload activation)
+    {
+        if (_cancelled.Contains((a.Job, a.Attempt))) { _assigned.Remove((a.Job, a.Attempt, a.Stage)); return; }
+        StreamPolicy policy;
+        LayeredModel stage;
+        try
+        {
+            var model = ModelCatalog.Create(a.Model);
+            stage = model.Slice(a.FirstLayer, a.LayerCount);
+            policy = StreamPolicy.Create(a.Policy, a.LayerCount);
+        }
+        catch (ArgumentException e)
+        {
+            _coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, e.Message));
+            return;
+        }
+        var layers = Deploy(a.Model, a.FirstLayer, stage);
+        var input = TensorPayloads.ToTensor(activation);
+        var coordinator = _coordinator;
+        var self = Self;
+        int offset = a.FirstLayer, total = a.FirstLayer + a.LayerCount;
+        _loaders[a.Device].Ask<object>(new DeviceLoaderActor.RunPass(stage, layers, input, policy,
+                p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 })); }),
+                Timeout.InfiniteTimeSpan)
+            .ContinueWith(t =>
+            {
+                input.Dispose();
+                return new StageFinished(a, t.IsCompletedSuccessfully ? t.Result : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!));
+            }, TaskScheduler.Default)
+            .PipeTo(self);
+    }
+
+    void OnFinished(StageFinished f)
+    {
+        var a = f.Stage;
+        _assigned.Remove((a.Job, a.Attempt, a.Stage));
+        if (f.Answer is DeviceLoaderActor.PassSucceeded ok)
+        {
+            TensorPayload output;
+            using (ok.Output) output = TensorPayloads.From(ok.Output);
+            if (_cancelled.Contains((a.Job, a.Attempt))) return;
+            _coordinator.Tell(new StageDone(a.Job, a.Attempt, a.Stage, _node, ok.Report with { Device = a.Device }));
+            if (a.Stage == a.Stages - 1) _sender.Tell(_coordinator, new StageOutput(a.Job, a.Attempt, output), Self);
+            else _sender.Tell(a.Next!, new StageInput(a.Job, a.Attempt, a.Stage + 1, output), Self);
+        }
+        else if (f.Answer is DeviceLoaderActor.PassFailed failed)
+        {
+            _log.Warning("stage {0} of job {1} failed on {2}: {3}", a.Stage, a.Job, a.Device, failed.Reason);
+            _coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, failed.Reason));
+        }
+    }
+
+    /// <summary>LayerActors for a stage's layers, made once per model and layer range on this node.</summary>
+    IActorRef[] Deploy(ModelSpec spec, int first, LayeredModel stage)
+    {
+        var key = (spec with { Batch = 0 }, first, stage.Layers.Count);
+        if (_deployments.TryGetValue(key, out var existing)) return existing;
+        int n = ++_deploymentCounter;
+        var weights = ModelCatalog.Weights(spec);
+        bool pin = _devices.Values.Any(d => d.WantsPinnedHost);
+        var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToArray();
+        _deployments[key] = layers;
+        return layers;
+    }
+}

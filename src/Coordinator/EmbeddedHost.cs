@@ -41,7 +41,7 @@ public sealed class EmbeddedHost : IAsyncDisposable
     public ChannelReader<IJobEvent> Submit(SubmitJob job)
     {
         var channel = Channel.CreateUnbounded<IJobEvent>(new UnboundedChannelOptions { SingleReader = true });
-        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout), $"client-{job.Id.Value}-{Guid.NewGuid():N}");
+        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout, Settings.ResubmitAfter), $"client-{job.Id.Value}-{Guid.NewGuid():N}");
         return channel.Reader;
     }
 
@@ -71,7 +71,12 @@ public sealed class DeadLetterMonitor : ReceiveActor
     public DeadLetterMonitor()
     {
         var log = Context.GetLogger();
-        Receive<DeadLetter>(d => log.Error("undelivered {0} from {1} to {2}", d.Message.GetType().Name, d.Sender, d.Recipient));
+        // Only our own messages: Akka's internal gossip and heartbeats go to dead letters normally at shutdown.
+        Receive<DeadLetter>(d =>
+        {
+            if (d.Message.GetType().Namespace?.StartsWith("Superpipeline", StringComparison.Ordinal) == true)
+                log.Error("undelivered {0} from {1} to {2}", d.Message.GetType().Name, d.Sender, d.Recipient);
+        });
     }
 
     public static Props Props() => Akka.Actor.Props.Create(() => new DeadLetterMonitor());

@@ -81,7 +81,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         if (!_devices.ContainsKey(a.Device))
         {
-            _coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, $"node {_node} has no device {a.Device}"));
+            a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, $"node {_node} has no device {a.Device}"));
             return;
         }
         var key = (a.Job, a.Attempt, a.Stage);
@@ -115,12 +115,12 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         }
         catch (ArgumentException e)
         {
-            _coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, e.Message));
+            a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, e.Message));
             return;
         }
         var layers = Deploy(a.Model, a.FirstLayer, stage);
         var input = TensorPayloads.ToTensor(activation);
-        var coordinator = _coordinator;
+        var coordinator = a.Coordinator;
         var self = Self;
         int offset = a.FirstLayer, total = a.FirstLayer + a.LayerCount;
         _loaders[a.Device].Ask<object>(new DeviceLoaderActor.RunPass(stage, layers, input, policy,
@@ -143,14 +143,14 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             TensorPayload output;
             using (ok.Output) output = TensorPayloads.From(ok.Output);
             if (_cancelled.Contains((a.Job, a.Attempt))) return;
-            _coordinator.Tell(new StageDone(a.Job, a.Attempt, a.Stage, _node, ok.Report with { Device = a.Device }));
-            if (a.Stage == a.Stages - 1) _sender.Tell(_coordinator, new StageOutput(a.Job, a.Attempt, output), Self);
+            a.Coordinator.Tell(new StageDone(a.Job, a.Attempt, a.Stage, _node, ok.Report with { Device = a.Device }));
+            if (a.Stage == a.Stages - 1) _sender.Tell(a.Coordinator, new StageOutput(a.Job, a.Attempt, output), Self);
             else _sender.Tell(a.Next!, new StageInput(a.Job, a.Attempt, a.Stage + 1, output), Self);
         }
         else if (f.Answer is DeviceLoaderActor.PassFailed failed)
         {
             _log.Warning("stage {0} of job {1} failed on {2}: {3}", a.Stage, a.Job, a.Device, failed.Reason);
-            _coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, failed.Reason));
+            a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, failed.Reason));
         }
     }
 

@@ -19,7 +19,9 @@ public sealed class ChunkingSender(ActorSystem system, int maxChunkBytes)
 
     public void Tell(IActorRef target, IProtocolMessage message, IActorRef sender)
     {
-        if (target.Path.Address.HasLocalScope || target.Path.Address.Equals(((ExtendedActorSystem)system).Provider.DefaultAddress))
+        // A receptionist's response tunnel is local but forwards to a ClusterClient over the network.
+        bool tunnel = target.Path.ToStringWithoutAddress().StartsWith("/system/receptionist/", StringComparison.Ordinal);
+        if (!tunnel && (target.Path.Address.HasLocalScope || target.Path.Address.Equals(((ExtendedActorSystem)system).Provider.DefaultAddress)))
         {
             target.Tell(message, sender);
             return;

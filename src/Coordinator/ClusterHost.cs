@@ -1,0 +1,108 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Tools.Client;
+using Akka.Cluster.Tools.Singleton;
+using Akka.Configuration;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Messages;
+using Superpipeline.Workers;
+
+namespace Superpipeline.Coordinator;
+
+/// <summary>What a host process is: its roles, where it listens, whom it joins, which devices it brings.</summary>
+public sealed record HostOptions(IReadOnlyList<string> Roles, string Hostname, int Port, IReadOnlyList<string> Seeds, IReadOnlyList<DeviceSpec> Devices, string? ExtraConfig = null);
+
+/// <summary>A cluster member: coordinator (the job manager as a cluster singleton, offered to clients through the
+/// ClusterClient receptionist), worker (a node agent with its devices), or both.</summary>
+public sealed class ClusterHost : IAsyncDisposable
+{
+    public const string SystemName = "superpipeline";
+    public const string JobManagerProxyPath = "/user/job-manager-proxy";
+
+    ClusterHost(ActorSystem system, IReadOnlyList<IDevice> devices)
+    {
+        System = system;
+        Devices = devices;
+    }
+
+    public ActorSystem System { get; }
+    public IReadOnlyList<IDevice> Devices { get; }
+    public Address Address => Cluster.Get(System).SelfAddress;
+
+    public static ClusterHost Start(HostOptions o)
+    {
+        foreach (var role in o.Roles)
+            if (role is not ("coordinator" or "worker")) throw new ArgumentException($"--role must be coordinator, worker or both; got '{role}'");
+        bool coordinator = o.Roles.Contains("coordinator"), worker = o.Roles.Contains("worker");
+        if (worker && o.Devices.Count == 0) throw new ArgumentException("a worker needs --devices (e.g. sim:2x4GiB)");
+        var seeds = string.Join(", ", o.Seeds.Select(s => $"\"akka.tcp://{SystemName}@{s}\""));
+        var overrides = $$"""
+            akka.actor.provider = cluster
+            akka.remote.dot-netty.tcp.hostname = "{{o.Hostname}}"
+            akka.remote.dot-netty.tcp.port = {{o.Port}}
+            akka.cluster.roles = [{{string.Join(", ", o.Roles.Select(r => $"\"{r}\""))}}]
+            akka.cluster.seed-nodes = [{{seeds}}]
+            """;
+        var config = ConfigurationFactory.ParseString(overrides)
+            .WithFallback(string.IsNullOrWhiteSpace(o.ExtraConfig) ? Config.Empty : ConfigurationFactory.ParseString(o.ExtraConfig))
+            .WithFallback(WorkerConfig.Load(o.Roles.Count == 1 ? o.Roles[0] : null))
+            // Every member must know the cluster tools' serializers (pub-sub, singleton, client), whatever its role.
+            .WithFallback(Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.DefaultConfig())
+            .WithFallback(ClusterSingletonManager.DefaultConfig())
+            .WithFallback(ClusterClientReceptionist.DefaultConfig());
+        var settings = SuperpipelineSettings.Create(config);
+        var devices = o.Devices.SelectMany((spec, i) => new[] { spec }).Select((spec, i) => DeviceFactory.Create(spec, i)).ToArray();
+        var system = ActorSystem.Create(SystemName, config);
+        if (o.Seeds.Count == 0) Cluster.Get(system).Join(Cluster.Get(system).SelfAddress); // the first node founds the cluster
+        system.EventStream.Subscribe(system.ActorOf(DeadLetterMonitor.Props(), "dead-letter-monitor"), typeof(Akka.Event.DeadLetter));
+
+        if (coordinator)
+            system.ActorOf(ClusterSingletonManager.Props(JobManagerActor.Props(settings), PoisonPill.Instance,
+                ClusterSingletonManagerSettings.Create(system).WithRole("coordinator")), "job-manager");
+        var proxy = system.ActorOf(ClusterSingletonProxy.Props("/user/job-manager",
+            ClusterSingletonProxySettings.Create(system).WithRole("coordinator")), "job-manager-proxy");
+        if (coordinator) ClusterClientReceptionist.Get(system).RegisterService(proxy);
+        if (worker)
+        {
+            var node = $"{o.Hostname}:{Cluster.Get(system).SelfAddress.Port}";
+            system.ActorOf(NodeAgentActor.Props(node, devices, proxy, settings), "node-agent");
+        }
+        return new ClusterHost(system, devices);
+    }
+
+    /// <summary>Parses --devices: "sim:2x4GiB" (two simulated accelerators of 4 GiB), "sim:512MiB@8" (8 GB/s link),
+    /// "cuda:all" or "cuda:2x24GiB"; several specs may be separated by commas.</summary>
+    public static IReadOnlyList<DeviceSpec> ParseDevices(string text)
+    {
+        var list = new List<DeviceSpec>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var m = Regex.Match(part, @"^(sim|cuda):(?:(\d+)x)?([^@]+)(?:@([\d.]+))?$", RegexOptions.IgnoreCase);
+            if (!m.Success) throw new ArgumentException($"--devices entries look like sim:2x4GiB, sim:1GiB@16 or cuda:all; got '{part}'");
+            var kind = m.Groups[1].Value.ToLowerInvariant();
+            double? link = m.Groups[4].Success ? double.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture) : null;
+            if (m.Groups[3].Value.Equals("all", StringComparison.OrdinalIgnoreCase))
+            {
+                if (kind != "cuda") throw new ArgumentException("only cuda devices can be 'all'");
+                int count = TorchSharp.torch.cuda.is_available() ? TorchSharp.torch.cuda.device_count() : 0;
+                if (count == 0) throw new ArgumentException("--devices cuda:all: TorchSharp sees no CUDA device here (the CPU build cannot use CUDA)");
+                for (int i = 0; i < count; i++) list.Add(new DeviceSpec("cuda", 16L << 30, link));
+                continue;
+            }
+            int n = m.Groups[2].Success ? int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture) : 1;
+            if (n < 1) throw new ArgumentException($"--devices count must be at least 1; got '{part}'");
+            long bytes = ByteSize.Parse(m.Groups[3].Value, "--devices");
+            for (int i = 0; i < n; i++) list.Add(new DeviceSpec(kind, bytes, link));
+        }
+        return list.Count > 0 ? list : throw new ArgumentException("--devices is empty");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
+        foreach (var d in Devices) d.Dispose();
+    }
+}

@@ -16,6 +16,7 @@ public static class Cli
         var root = new RootCommand("Superpipeline: run neural models larger than accelerator memory by streaming layers onto the device.");
         root.Subcommands.Add(BuildRun());
         root.Subcommands.Add(BenchCommand.Build());
+        root.Subcommands.Add(SimulateCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

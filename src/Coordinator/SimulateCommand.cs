@@ -164,7 +164,7 @@ public static class SimulateCommand
         }
         w.WriteLine();
         int passes = results.Sum(r => r.Passes.Length);
-        w.WriteLine($"simulated {results.Count} polic{(results.Count == 1 ? "y" : "ies")}, {passes} passes of {streamed.Length} layers, in {F(wallSeconds * 1e3, "0.0")} ms of wall time");
+        w.WriteLine($"simulated {results.Count} polic{(results.Count == 1 ? "y" : "ies")}, {passes} pass{(passes == 1 ? "" : "es")} of {streamed.Length} layers, in {F(wallSeconds * 1e3, "0.0")} ms of wall time");
         return w.ToString();
     }
 

@@ -17,6 +17,7 @@ public static class Cli
         root.Subcommands.Add(BuildRun());
         root.Subcommands.Add(BenchCommand.Build());
         root.Subcommands.Add(PlanCommand.Build());
+        root.Subcommands.Add(SimulateCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -1,0 +1,117 @@
+using System.Collections.Immutable;
+using Superpipeline.Engine.Policy;
+
+namespace Superpipeline.Engine.Simulation;
+
+/// <summary>One pass of a generation: its phase, the cost model it ran on, and what the pass simulator made of it.</summary>
+/// <param name="Index">0 for the prefill, t for the t-th decode pass.</param>
+/// <param name="PastTokens">Tokens already in the KV cache when the pass starts.</param>
+/// <param name="Cost">The model as <see cref="PassSimulator"/> took it: streamed bytes (0 for resident layers) and,
+/// as <see cref="LayerCost.Flops"/>, each layer's compute time expressed in FLOPs at the device rate (see
+/// <see cref="GenerationSimulator"/>).</param>
+/// <param name="Work">The arithmetic behind it, per layer and per micro-batch.</param>
+public sealed record GenerationPass(int Index, long PastTokens, long Tokens, ModelCost Cost, ImmutableArray<LayerWork> Work,
+    ImmutableArray<double> ComputeSeconds, SimulatedPass Pass)
+{
+    public string Phase => Index == 0 ? "prefill" : "decode";
+}
+
+/// <summary>The simulated generation of one workload under one policy.</summary>
+/// <param name="Sequences">Sequences in the job: batch × micro-batches.</param>
+/// <param name="TotalSeconds">Prefill and decode passes of every micro-batch, one after another.</param>
+/// <param name="PeakDeviceBytes">Highest pass peak plus the bytes resident for the whole job.</param>
+/// <param name="FixedDeviceBytes">Bytes resident for the whole job: resident layers' weights and a device KV cache.</param>
+/// <param name="Repeats">Times the passes run: the workload's micro-batches for a policy that serves one micro-batch
+/// per weight load (each streams the weights itself), 1 for batched.</param>
+public sealed record GenerationResult(
+    SimPolicy Policy,
+    string Gate,
+    int Sequences,
+    long TokensGenerated,
+    int Repeats,
+    double PrefillSeconds,
+    double DecodeSeconds,
+    double TotalSeconds,
+    double TokensPerSecond,
+    long PeakDeviceBytes,
+    long FixedDeviceBytes,
+    long BytesTransferred,
+    string? OutOfMemory,
+    ImmutableArray<GenerationPass> Passes)
+{
+    public bool Fits => OutOfMemory is null;
+    public GenerationPass Prefill => Passes[0];
+    public GenerationPass? FirstDecode => Passes.Length > 1 ? Passes[1] : null;
+}
+
+/// <summary>Simulates generation: G new tokens take G forward passes, a prefill over the prompt (which yields the
+/// first token) then G − 1 decode passes of one token each over a growing KV cache, as Hugging Face generate,
+/// FlexGen and ZeRO-Inference run and count them. Every pass streams every layer through
+/// <see cref="PassSimulator"/> under the policy's <see cref="LoadGate"/> (a fresh gate per pass), and the passes
+/// run one after another. Decode passes differ (the cache grows), so each is simulated; none is extrapolated.
+///
+/// <para>Compute time of a layer, per micro-batch: on the device, the larger of its FLOPs at the device's
+/// effective rate and its device-memory traffic at the effective memory bandwidth (decode is memory-bound);
+/// plus, with the KV cache on the host, decode attention at the host rate, after the device part (as FlexGen's own
+/// cost model adds them). A batched policy (M micro-batches per weight load) multiplies compute and activations by
+/// M (activations by 1 when they wait on the host, <see cref="Workload.ActivationsOnHost"/>). The pass simulator takes one compute rate, so each layer's time t reaches it as FLOPs = t × device rate.</para>
+///
+/// <para>Bytes resident for the whole job (never streamed, loaded before the job starts as the published
+/// benchmarks exclude loading): resident layers, every layer under the resident policy, and a device KV cache
+/// preallocated at prompt + generated tokens for every sequence served at once. They are added to each pass's
+/// peak and checked against the capacity. Not modelled: device→host copies (a full-duplex link: the KV write-back
+/// of a host cache overlaps the loads), transient workspace inside a layer (attention scores, MLP intermediate),
+/// dequantization cost, and overlap between one pass's tail and the next pass's first load.</para></summary>
+public static class GenerationSimulator
+{
+    public static GenerationResult Run(SimulationSpec spec, SimPolicy policy)
+    {
+        spec.Validated();
+        var model = spec.Model;
+        var w = spec.Workload;
+        var gpu = spec.Gpu;
+        var device = gpu.ToDeviceCost();
+        int n = model.Layers + 2;
+        int m = policy.SharedMicroBatches;
+        int repeats = policy.Kind == PolicyKind.Batched ? 1 : w.MicroBatches;
+        int sequences = policy.Kind == PolicyKind.Batched ? w.Batch * m : w.Batch * w.MicroBatches;
+        bool kvOnDevice = w.Kv == KvPlacement.Device;
+        int onDevice = w.ActivationsOnHost ? 1 : m; // micro-batches whose activations the device holds
+
+        var streamed = spec.Streamed();
+        var resident = policy.Kind == PolicyKind.Resident ? Enumerable.Range(0, n).ToHashSet() : w.ResidentSet(n);
+        long[] passBytes = [.. streamed.Select((b, i) => resident.Contains(i) ? 0 : b)];
+        long fixedBytes = resident.Sum(i => streamed[i])
+            + (kvOnDevice ? model.Layers * model.KvBytesPerBlock((long)w.Batch * m, (long)w.Prompt + w.Generate) : 0);
+
+        var passes = ImmutableArray.CreateBuilder<GenerationPass>(w.Generate);
+        for (int t = 0; t < w.Generate; t++)
+        {
+            long tokens = t == 0 ? w.Prompt : 1;
+            long past = t == 0 ? 0 : w.Prompt + t - 1;
+            var work = model.Work(spec.Format, w.Batch, tokens, past, kvOnDevice);
+            var seconds = work.Select(l => m * LayerSeconds(l, gpu, spec.Host)).ToImmutableArray();
+            var layers = work.Select((l, i) => new LayerCost(l.Name, passBytes[i], seconds[i] * device.FlopsPerSecond, onDevice * l.OutputBytes));
+            var cost = new ModelCost($"{model.Name} {(t == 0 ? "prefill" : $"decode {t}")}", onDevice * TransformerShape.InputBytes(w.Batch, tokens), [.. layers]);
+            var pass = PassSimulator.Run(cost, device, policy.CreateGate(passBytes));
+            passes.Add(new GenerationPass(t, past, tokens, cost, work, seconds, pass));
+        }
+        var all = passes.MoveToImmutable();
+
+        double prefill = repeats * all[0].Pass.MakespanSeconds;
+        double decode = repeats * all.Skip(1).Sum(p => p.Pass.MakespanSeconds);
+        double total = prefill + decode;
+        long tokensGenerated = (long)sequences * w.Generate;
+        long peak = all.Max(p => p.Pass.PeakDeviceBytes) + fixedBytes;
+        string? oom = peak > gpu.CapacityBytes
+            ? $"device {gpu.Name} out of memory: {ByteSize.Format(peak)} needed ({ByteSize.Format(fixedBytes)} resident for the job + {ByteSize.Format(peak - fixedBytes)} peak of a pass), {ByteSize.Format(gpu.CapacityBytes)} available"
+            : null;
+        return new GenerationResult(policy, all[0].Pass.Policy, sequences, tokensGenerated, repeats, prefill, decode, total,
+            tokensGenerated / total, peak, fixedBytes, repeats * all.Sum(p => p.Pass.BytesTransferred), oom, all);
+    }
+
+    /// <summary>Seconds one layer computes for one micro-batch: device time (compute- or memory-bound) plus host attention.</summary>
+    public static double LayerSeconds(LayerWork l, GpuSpec gpu, HostSpec host) =>
+        Math.Max(l.DeviceFlops / gpu.FlopsPerSecond, l.DeviceTrafficBytes / gpu.MemoryBytesPerSecond)
+        + l.HostFlops / host.AttentionFlopsPerSecond;
+}

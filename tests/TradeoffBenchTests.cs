@@ -55,7 +55,8 @@ public sealed class TradeoffBenchTests
                 Assert.Equal(repeats, p.GetProperty("measuredSecondsPerRepeat").GetArrayLength());
 
                 // The simulator accounts the same bytes as the engine: weights at load start, a layer's output at
-                // compute start, its input freed at compute end. Every repeat, and the point's own prediction.
+                // compute start, its input freed at compute end. Each repeat is predicted with the compute rate of the
+                // calibration pass just before it; the point's peaks are the largest over the repeats.
                 long measured = p.GetProperty("measuredPeakBytes").GetInt64();
                 long predicted = p.GetProperty("predictedPeakBytes").GetInt64();
                 var measuredPerRepeat = p.GetProperty("measuredPeakBytesPerRepeat").EnumerateArray().Select(e => e.GetInt64()).ToArray();
@@ -63,8 +64,8 @@ public sealed class TradeoffBenchTests
                 string label = p.GetProperty("label").GetString()!;
                 Assert.True(measured > 0, $"{label}: no peak measured");
                 Assert.True(predicted == measured, $"{label}: predicted peak {predicted:N0} bytes, measured {measured:N0}");
+                Assert.Equal(repeats, measuredPerRepeat.Length);
                 Assert.Equal(measuredPerRepeat, predictedPerRepeat);
-                Assert.All(measuredPerRepeat, b => Assert.Equal(predicted, b));
                 Assert.True(p.GetProperty("peakEqual").GetBoolean(), $"{label}: peakEqual is false");
             }
 

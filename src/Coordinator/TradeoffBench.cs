@@ -75,33 +75,65 @@ public static class TradeoffBench
             for (int i = 0; i < 2; i++) await BenchCommand.EnginePassAsync(plain, spec, new PolicySpec(3, 1), cancel); // deploys and warms up
             block = await BenchCommand.MeasureBlockAsync(plain, spec, model, 3, log, cancel);
         }
-        double blockSeconds = Quantile(block.ComputeSeconds, 0.25);
-        double linkBytesPerSecond = block.Bytes / (o.TransferOverCompute * blockSeconds);
-        double gbps = linkBytesPerSecond / 1e9;
-        log.WriteLine($"tradeoff: link {gbps:0.000} GB/s, so one block's transfer takes {o.TransferOverCompute:0.##} × its compute " +
+        double firstBlockSeconds = Quantile(block.ComputeSeconds, 0.25), blockSeconds = firstBlockSeconds;
+        double LinkFor(double seconds) => block.Bytes / (o.TransferOverCompute * seconds);
+        double linkBytesPerSecond = LinkFor(blockSeconds);
+        log.WriteLine($"tradeoff: link {linkBytesPerSecond / 1e9:0.000} GB/s, so one block's transfer takes {o.TransferOverCompute:0.##} × its compute " +
             $"({blockSeconds * 1e3:0.00} ms, the fast quartile of {block.ComputeSeconds.Count} in-pass block times)");
-
-        await using var host = EmbeddedHost.Start(new DeviceSpec("sim", capacity, gbps));
 
         // 2. The grid. Each measured pass is preceded by a calibration pass (k=3, k'=1) whose compute rate (the model's
         //    FLOPs ÷ the sum of its layers' compute seconds) sets the simulator's device for that pass: on a shared
         //    2-core machine the speed drifts by tens of percent within seconds, and the pass next to it is the best
         //    estimate of the speed the measured pass met. Rounds go over every point in turn, so that drift is spread
-        //    over all points alike. The first round warms up (deploys the model, maps the memory) and is not counted.
+        //    over all points alike. The first round warms up (deploys the model, maps the memory) and is not counted;
+        //    its calibration passes also check the link: if the block times they saw put transfer ÷ compute more than
+        //    25 % away from the target (the first measurement fell in a slow or fast spell), the link is matched again
+        //    to them and the warm-up round repeated, once.
         var calibrationPolicy = new PolicySpec(3, 1);
         var runs = grid.Select(_ => new List<(double Rate, BenchCommand.EngineRun Run)>()).ToArray();
-        for (int r = -1; r < repeats; r++)
+        EmbeddedHost? host = null;
+        int rematches = 0, threads = 0;
+        try
         {
-            for (int g = 0; g < grid.Length; g++)
+            while (true)
             {
-                var calibration = await BenchCommand.EnginePassAsync(host, spec, calibrationPolicy, cancel);
-                var run = await BenchCommand.EnginePassAsync(host, spec, grid[g].Spec, cancel);
-                if (r >= 0) runs[g].Add((cost.Flops / calibration.Report.LayerTimings.Sum(t => t.ComputeSeconds), run));
+                host = EmbeddedHost.Start(new DeviceSpec("sim", capacity, linkBytesPerSecond / 1e9));
+                var warmBlocks = new List<double>();
+                foreach (var (p, _) in grid)
+                {
+                    var calibration = await BenchCommand.EnginePassAsync(host, spec, calibrationPolicy, cancel);
+                    warmBlocks.AddRange(Enumerable.Range(1, spec.Blocks).Select(b => calibration.Report.LayerTimings[b].ComputeSeconds));
+                    await BenchCommand.EnginePassAsync(host, spec, p, cancel);
+                }
+                double warm = Quantile(warmBlocks, 0.25);
+                double ratio = block.Bytes / linkBytesPerSecond / warm;
+                log.WriteLine($"tradeoff: warm-up: block compute {warm * 1e3:0.00} ms (fast quartile of {warmBlocks.Count}), so transfer ÷ compute = {ratio:0.00}");
+                if (rematches > 0 || Math.Abs(ratio / o.TransferOverCompute - 1) <= 0.25) break;
+                rematches++;
+                blockSeconds = warm;
+                linkBytesPerSecond = LinkFor(blockSeconds);
+                log.WriteLine($"tradeoff: link matched again: {linkBytesPerSecond / 1e9:0.000} GB/s");
+                await host.DisposeAsync();
+                host = null;
             }
-            if (r >= 0)
+            threads = await host.Device.OnTransferThread(TorchSharp.torch.get_num_threads);
+            for (int r = 0; r < repeats; r++)
+            {
+                for (int g = 0; g < grid.Length; g++)
+                {
+                    var calibration = await BenchCommand.EnginePassAsync(host, spec, calibrationPolicy, cancel);
+                    var run = await BenchCommand.EnginePassAsync(host, spec, grid[g].Spec, cancel);
+                    runs[g].Add((cost.Flops / calibration.Report.LayerTimings.Sum(t => t.ComputeSeconds), run));
+                }
                 log.WriteLine($"tradeoff: round {r + 1}/{repeats}: " +
                     string.Join(", ", grid.Select((p, g) => $"{Label(p.Policy)} {runs[g][^1].Run.Report.WallSeconds:0.000} s ({runs[g][^1].Rate / 1e9:0} GFLOP/s)")));
+            }
         }
+        finally
+        {
+            if (host is not null) await host.DisposeAsync();
+        }
+        double gbps = linkBytesPerSecond / 1e9;
         var rates = runs.SelectMany(x => x.Select(y => y.Rate)).ToArray();
         double flopsPerSecond = BenchCommand.Median(rates);
         var device = new DeviceCost("sim (calibrated)", capacity, linkBytesPerSecond, flopsPerSecond, TransferLatencySeconds: 0).Validated();
@@ -109,7 +141,6 @@ public static class TradeoffBench
             $"{rates.Min() / 1e9:0.0} to {rates.Max() / 1e9:0.0})");
 
         var points = grid.Select((p, g) => Point(p.Policy, runs[g], cost, device)).ToArray();
-        int threads = await host.Device.OnTransferThread(TorchSharp.torch.get_num_threads);
         var report = new TradeoffReport(
             Timestamp: started.ToString("O", CultureInfo.InvariantCulture),
             Machine: new MachineInfo(Environment.ProcessorCount, RuntimeInformation.OSDescription, RuntimeInformation.FrameworkDescription, threads),
@@ -117,7 +148,7 @@ public static class TradeoffBench
             Repeats: repeats,
             Model: ModelShape.Of(spec, model),
             DeviceCapacityBytes: capacity,
-            Calibration: new Calibration(block.Layer, block.Name, block.Bytes, blockSeconds, o.TransferOverCompute, gbps,
+            Calibration: new Calibration(block.Layer, block.Name, block.Bytes, firstBlockSeconds, blockSeconds, rematches, o.TransferOverCompute, gbps,
                 block.Bytes / linkBytesPerSecond / (cost.Layers[block.Layer].Flops / flopsPerSecond),
                 calibrationPolicy.ToString(), rates.Length, rates.Min(), rates.Max(), flopsPerSecond, cost.Flops, 0),
             Points: points,
@@ -147,7 +178,7 @@ public static class TradeoffBench
     public static string Label(StreamPolicy p) => p.Resident ? "all" : $"{p.Window}/{p.Swap}";
 
     /// <summary>A point measured and predicted: each repeat is predicted with the compute rate of the calibration pass
-    /// just before it; the point's figures are medians over the repeats.</summary>
+    /// just before it; the point's times are medians over the repeats, its peaks the largest over the repeats.</summary>
     static TradeoffPoint Point(StreamPolicy policy, List<(double Rate, BenchCommand.EngineRun Run)> runs, ModelCost cost, DeviceCost device)
     {
         var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
@@ -169,8 +200,7 @@ public static class TradeoffBench
             predicted, predictions.Select(p => p.MakespanSeconds).ToArray(),
             BenchCommand.Median(predictions.Select(p => p.LowerBoundSeconds)),
             (predicted - measured) / measured * 100,
-            peaks.Max(), peaks, atMedianRate.PeakDeviceBytes, predictedPeaks,
-            peaks.SequenceEqual(predictedPeaks) && peaks.All(p => p == atMedianRate.PeakDeviceBytes),
+            peaks.Max(), peaks, predictedPeaks.Max(), predictedPeaks, peaks.SequenceEqual(predictedPeaks),
             PeakSensitiveToTiming(cost, device with { FlopsPerSecond = rate }, policy, atMedianRate.PeakDeviceBytes),
             shas.Length == 1 ? shas[0] : "differs");
     }
@@ -198,12 +228,13 @@ public static class TradeoffBench
             $"Model: {m.Layers} layers ({m.Blocks} blocks + embeddings + head), hidden {m.Hidden}, heads {m.Heads}, vocab {m.Vocab}, " +
             $"batch {m.Batch} × sequence {m.Sequence}, {m.ModelBytes:N0} bytes; one block {m.BlockBytes:N0} bytes. " +
             $"Simulated device of {r.DeviceCapacityBytes:N0} bytes, link emulated at {F(c.LinkGBps, "0.000")} GB/s " +
-            $"(a block's transfer = {F(c.TransferOverCompute, "0.##")} × its {F(c.BlockComputeSeconds * 1e3, "0.00")} ms compute, the fast quartile of a calibration without the link; " +
-            $"{F(c.EffectiveTransferOverCompute, "0.00")} × at the median rate below). " +
+            $"(a block's transfer = {F(c.TransferOverCompute, "0.##")} × its {F(c.BlockComputeSeconds * 1e3, "0.00")} ms compute, the fast quartile of " +
+            (c.LinkRematches == 0 ? "a calibration without the link" : $"the warm-up round's calibration passes, the first calibration ({F(c.FirstBlockComputeSeconds * 1e3, "0.00")} ms) having been more than 25 % off") +
+            $"; {F(c.EffectiveTransferOverCompute, "0.00")} × at the median rate below). " +
             $"Prediction: PassSimulator with the emulated link, no transfer latency, and the compute rate of a calibration pass " +
             $"({c.CalibrationPolicy}) run just before each measured pass: median {F(c.FlopsPerSecond / 1e9, "0.0")} GFLOP/s, " +
             $"from {F(c.MinFlopsPerSecond / 1e9, "0.0")} to {F(c.MaxFlopsPerSecond / 1e9, "0.0")} over {c.CalibrationPasses} passes. " +
-            $"Measured and predicted times are medians of {r.Repeats} passes; error = (predicted − measured) ÷ measured.",
+            $"Measured and predicted times are medians of {r.Repeats} passes, peaks the largest of them; error = (predicted − measured) ÷ measured.",
             "",
             "| k | k' | measured s | predicted s | error % | measured peak bytes | predicted peak bytes | peak MiB |",
             "|---|---|---|---|---|---|---|---|",
@@ -223,9 +254,9 @@ public static class TradeoffBench
         {
             lines.Add("");
             lines.Add("≠ marks a point where some repeat's measured peak differs from its own prediction; \"timing-sensitive\" marks one whose " +
-                "predicted peak changes when compute runs 20 % faster or slower: whether one more layer's load starts before a compute ends is " +
-                "a race there, so a pass may land on either side of it.");
-            foreach (var p in r.Points.Where(p => !p.PeakEqual))
+                "predicted peak (at the median compute rate) changes when compute runs 20 % faster or slower: whether one more layer's load starts " +
+                "before a compute ends is a race there, so a pass may land on either side of it, and its peak varies from pass to pass.");
+            foreach (var p in r.Points.Where(p => !p.PeakEqual || p.MeasuredPeakBytesPerRepeat.Distinct().Count() > 1))
                 lines.Add($"- {p.Label}: measured peaks per repeat {string.Join(", ", p.MeasuredPeakBytesPerRepeat.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)))}; " +
                     $"predicted (each with its own calibration pass) {string.Join(", ", p.PredictedPeakBytesPerRepeat.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)))}.");
         }
@@ -242,14 +273,17 @@ public sealed record TradeoffReport(
     Calibration Calibration, IReadOnlyList<TradeoffPoint> Points, double MeanAbsoluteErrorPercent, int PeaksEqual, bool OutputsIdentical);
 
 /// <summary>How the link and the simulator's device were set in this run.</summary>
-/// <param name="BlockComputeSeconds">The fast quartile of block compute times in streamed passes without link emulation.</param>
+/// <param name="FirstBlockComputeSeconds">The fast quartile of block compute times in streamed passes without link emulation.</param>
+/// <param name="BlockComputeSeconds">The block compute time the link is matched to: the first, or, when the warm-up round's
+/// calibration passes found it more than 25 % off, the fast quartile of their block times.</param>
+/// <param name="LinkRematches">0, or 1 when the link was matched again after the warm-up round.</param>
 /// <param name="LinkGBps">The emulated link, = block bytes ÷ (<paramref name="TransferOverCompute"/> × block compute) ÷ 1e9.</param>
 /// <param name="EffectiveTransferOverCompute">A block's transfer time ÷ its compute time at the median calibrated rate:
 /// the ratio the measured passes actually met (typically a little below <paramref name="TransferOverCompute"/>).</param>
 /// <param name="CalibrationPasses">One before every measured pass; each gives a compute rate, the model's FLOPs ÷ the sum
 /// of its layers' compute seconds, that predicts the pass after it.</param>
 /// <param name="FlopsPerSecond">The median of those rates (the figure in the plot's legend).</param>
-public sealed record Calibration(int BlockLayer, string BlockName, long BlockBytes, double BlockComputeSeconds, double TransferOverCompute, double LinkGBps,
+public sealed record Calibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds, int LinkRematches, double TransferOverCompute, double LinkGBps,
     double EffectiveTransferOverCompute, string CalibrationPolicy, int CalibrationPasses, double MinFlopsPerSecond, double MaxFlopsPerSecond, double FlopsPerSecond, double ModelFlops, double TransferLatencySeconds);
 
 /// <summary>One (k, k') measured and predicted.</summary>
@@ -259,9 +293,10 @@ public sealed record Calibration(int BlockLayer, string BlockName, long BlockByt
 /// <param name="PredictedSeconds">Median over the repeats of the simulator's makespan with that repeat's compute rate.</param>
 /// <param name="ErrorPercent">(predicted − measured) ÷ measured × 100.</param>
 /// <param name="MeasuredPeakBytes">Largest peak device bytes over the repeats (they are normally all equal).</param>
-/// <param name="PredictedPeakBytes">The simulator's peak at the median of this point's compute rates.</param>
-/// <param name="PeakEqual">Every repeat's measured peak equals its own prediction and <paramref name="PredictedPeakBytes"/>.</param>
-/// <param name="PeakSensitiveToTiming">The predicted peak changes with a compute rate 20 % off: a race decides it.</param>
+/// <param name="PredictedPeakBytes">Largest predicted peak over the repeats, each predicted with its own calibration pass.</param>
+/// <param name="PeakEqual">Every repeat's measured peak equals its own prediction.</param>
+/// <param name="PeakSensitiveToTiming">The predicted peak at the median of this point's compute rates changes with a rate
+/// 20 % off: a race decides it.</param>
 /// <param name="OutputSha256">SHA-256 of the output, or "differs" if the repeats disagreed.</param>
 public sealed record TradeoffPoint(
     string Label, int Window, int Swap, bool Resident, int PrefetchDepth,

@@ -52,12 +52,14 @@ public static class TradeoffPlot
         double xSpan = Math.Max(xMax - xMin, xMax * 0.05);
         double yMax = Math.Max(my.Max(), py.Max());
 
-        // Labels "k/k'": above right of the measured markers in black, below right of the predicted ones in their
-        // colour; markers that land on (nearly) the same spot share one label.
-        Label(plot, mx, my, pts, xSpan, yMax, Colors.Black, bold: true, Alignment.LowerLeft, offsetY: -4);
-        Label(plot, px, py, pts, xSpan, yMax, predictedColor.Darken(0.2), bold: false, Alignment.UpperLeft, offsetY: 5);
+        double xLo = xMin - 0.08 * xSpan, xHi = xMax + 0.22 * xSpan;
+        plot.Axes.SetLimits(xLo, xHi, 0, yMax * 1.15);
+        double pixelsPerSecond = (Width - 90) / (xHi - xLo); // the data area is the figure less about 90 px of axes
 
-        plot.Axes.SetLimits(xMin - 0.08 * xSpan, xMax + 0.22 * xSpan, 0, yMax * 1.15);
+        // Labels "k/k'": above right of the measured markers in black, below right of the predicted ones in their colour.
+        Label(plot, mx, my, pts, pixelsPerSecond, yMax, Colors.Black, bold: true, Alignment.LowerLeft, offsetY: -4);
+        Label(plot, px, py, pts, pixelsPerSecond, yMax, predictedColor.Darken(0.2), bold: false, Alignment.UpperLeft, offsetY: 5);
+
         var m = r.Model;
         plot.Title($"Peak device memory against time per pass over (k, k'): {m.Layers}-layer demo decoder" +
             $"{(r.Quick ? " (quick)" : "")}\nlabels are k/k' (window/swap); dotted lines join a measurement to its prediction; mean |prediction error| {r.MeanAbsoluteErrorPercent.ToString("0.0", CultureInfo.InvariantCulture)} %", 15);
@@ -68,13 +70,18 @@ public static class TradeoffPlot
         plot.SavePng(path, Width, Height);
     }
 
-    static void Label(Plot plot, double[] xs, double[] ys, IReadOnlyList<TradeoffPoint> pts, double xSpan, double yMax,
+    /// <summary>Labels the markers of one series. Markers on one row (nearly the same memory) are taken left to right;
+    /// one whose label would overlap the label before it joins that label instead ("6/1, 6/2").</summary>
+    static void Label(Plot plot, double[] xs, double[] ys, IReadOnlyList<TradeoffPoint> pts, double pixelsPerSecond, double yMax,
         Color color, bool bold, Alignment alignment, float offsetY)
     {
+        float size = bold ? 13 : 12;
+        double charPixels = size * (bold ? 0.72 : 0.64);
         var clusters = new List<(double X, double Y, List<string> Labels)>();
-        for (int i = 0; i < pts.Count; i++)
+        foreach (int i in Enumerable.Range(0, pts.Count).OrderBy(i => ys[i]).ThenBy(i => xs[i]))
         {
-            int at = clusters.FindIndex(c => Math.Abs(c.X - xs[i]) < 0.025 * xSpan && Math.Abs(c.Y - ys[i]) < 0.025 * yMax);
+            int at = clusters.FindIndex(c => Math.Abs(c.Y - ys[i]) < 0.025 * yMax &&
+                (xs[i] - c.X) * pixelsPerSecond < string.Join(", ", c.Labels).Length * charPixels + 10);
             if (at < 0) clusters.Add((xs[i], ys[i], [pts[i].Label]));
             else clusters[at].Labels.Add(pts[i].Label);
         }
@@ -82,7 +89,7 @@ public static class TradeoffPlot
         {
             var text = plot.Add.Text(string.Join(", ", labels), x, y);
             text.LabelFontName = EmbeddedFontResolver.Name;
-            text.LabelFontSize = bold ? 13 : 12;
+            text.LabelFontSize = size;
             text.LabelBold = bold;
             text.LabelFontColor = color;
             text.LabelAlignment = alignment;

@@ -38,13 +38,18 @@ public static class BenchCommand
 
     public static Command Build()
     {
-        var output = new Option<string>("--out") { Description = "folder for bench.md and bench.json", DefaultValueFactory = _ => "bench-results" };
+        var output = new Option<string>("--out") { Description = "folder for bench.md and bench.json (or the tradeoff files)", DefaultValueFactory = _ => "bench-results" };
         var quick = new Option<bool>("--quick") { Description = "smaller model and fewer repetitions (runs in seconds; figures are noisier)" };
-        var repeats = new Option<int?>("--repeats") { Description = "measured repetitions per measure (default 9, or 3 with --quick)" };
-        var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory.");
-        foreach (var o in new Option[] { output, quick, repeats }) bench.Options.Add(o);
-        bench.SetAction((r, cancel) =>
-            RunAsync(new BenchOptions(r.GetValue(output)!, r.GetValue(quick), r.GetValue(repeats)), Console.Out, cancel, Console.Error));
+        var repeats = new Option<int?>("--repeats") { Description = "measured repetitions per measure (default 9, or 3 with --quick; with --tradeoff 5, or 3 with --quick)" };
+        var tradeoff = new Option<bool>("--tradeoff")
+        {
+            Description = "instead: peak memory against time per pass over a grid of (k, k'), measured and predicted by the simulator; writes tradeoff.md, tradeoff.json and tradeoff.png",
+        };
+        var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory; or, with --tradeoff, the memory/time trade-off over (k, k').");
+        foreach (var o in new Option[] { output, quick, repeats, tradeoff }) bench.Options.Add(o);
+        bench.SetAction((r, cancel) => r.GetValue(tradeoff)
+            ? TradeoffBench.RunAsync(new TradeoffOptions(r.GetValue(output)!, r.GetValue(quick), r.GetValue(repeats)), Console.Out, cancel, Console.Error)
+            : RunAsync(new BenchOptions(r.GetValue(output)!, r.GetValue(quick), r.GetValue(repeats)), Console.Out, cancel, Console.Error));
         return bench;
     }
 
@@ -111,14 +116,14 @@ public static class BenchCommand
     }
 
     /// <summary>Room for the resident pass (every layer, the input and the two live activations) with a margin.</summary>
-    static long CapacityFor(LayeredModel model)
+    internal static long CapacityFor(LayeredModel model)
     {
         long need = model.Bytes + model.ActivationBoundBytes() + TensorBytes.Of(model.InputShape, model.InputDType);
         const long mib = 1L << 20;
         return (need * 5 / 4 + mib - 1) / mib * mib;
     }
 
-    static string Describe(ModelSpec s, LayeredModel m) =>
+    internal static string Describe(ModelSpec s, LayeredModel m) =>
         $"{m.Layers.Count} layers ({s.Blocks} blocks + embeddings + head), hidden {s.Hidden}, heads {s.Heads}, vocab {s.Vocab}, " +
         $"batch {s.Batch} × sequence {s.Sequence}, {m.Bytes:N0} bytes";
 
@@ -201,10 +206,10 @@ public static class BenchCommand
         }
     }
 
-    sealed record EngineRun(PassReport Report, string Sha256, long? MinorFaults);
+    internal sealed record EngineRun(PassReport Report, string Sha256, long? MinorFaults);
 
     /// <summary>One pass through the engine, exactly as <c>superpipeline run</c> submits it.</summary>
-    static async Task<EngineRun> EnginePassAsync(EmbeddedHost host, ModelSpec spec, PolicySpec policy, CancellationToken cancel)
+    internal static async Task<EngineRun> EnginePassAsync(EmbeddedHost host, ModelSpec spec, PolicySpec policy, CancellationToken cancel)
     {
         cancel.ThrowIfCancellationRequested();
         var faults = MinorFaults();
@@ -309,13 +314,13 @@ public static class BenchCommand
 
     // ---------------------------------------------------------------- (b) overlap under link emulation
 
-    sealed record BlockCost(int Layer, string Name, long Bytes, IReadOnlyList<double> ComputeSeconds, double MedianSeconds,
+    internal sealed record BlockCost(int Layer, string Name, long Bytes, IReadOnlyList<double> ComputeSeconds, double MedianSeconds,
         IReadOnlyList<double> IsolatedSeconds, double IsolatedMedianSeconds);
 
     /// <summary>A block's compute time as the engine times it inside a streamed pass (window 3, swap 1, no link emulation):
     /// the median over every block of two passes. That is what the link is matched to. For reference, also the median of
     /// the first block run alone, repeatedly, on the device's compute thread (its weights stay hot in cache, so it is faster).</summary>
-    static async Task<BlockCost> MeasureBlockAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, int count, TextWriter log, CancellationToken cancel)
+    internal static async Task<BlockCost> MeasureBlockAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, int count, TextWriter log, CancellationToken cancel)
     {
         var inPass = new List<double>();
         for (int i = 0; i < 2; i++)
@@ -436,7 +441,7 @@ public static class BenchCommand
 
     // ---------------------------------------------------------------- report
 
-    static double Median(IEnumerable<double> values)
+    internal static double Median(IEnumerable<double> values)
     {
         var a = values.Order().ToArray();
         if (a.Length == 0) return double.NaN;

@@ -148,7 +148,7 @@ public static class TradeoffBench
             Repeats: repeats,
             Model: ModelShape.Of(spec, model),
             DeviceCapacityBytes: capacity,
-            Calibration: new Calibration(block.Layer, block.Name, block.Bytes, firstBlockSeconds, blockSeconds, rematches, o.TransferOverCompute, gbps,
+            LinkCalibration: new LinkCalibration(block.Layer, block.Name, block.Bytes, firstBlockSeconds, blockSeconds, rematches, o.TransferOverCompute, gbps,
                 block.Bytes / linkBytesPerSecond / (cost.Layers[block.Layer].Flops / flopsPerSecond),
                 calibrationPolicy.ToString(), rates.Length, rates.Min(), rates.Max(), flopsPerSecond, cost.Flops, 0),
             Points: points,
@@ -218,7 +218,7 @@ public static class TradeoffBench
     {
         string F(double v, string format) => v.ToString(format, CultureInfo.InvariantCulture);
         var m = r.Model;
-        var c = r.Calibration;
+        var c = r.LinkCalibration;
         var lines = new List<string>
         {
             $"# superpipeline bench --tradeoff{(r.Quick ? " (quick)" : "")}",
@@ -270,7 +270,7 @@ public static class TradeoffBench
 /// <summary>tradeoff.json.</summary>
 public sealed record TradeoffReport(
     string Timestamp, MachineInfo Machine, bool Quick, int Repeats, ModelShape Model, long DeviceCapacityBytes,
-    Calibration Calibration, IReadOnlyList<TradeoffPoint> Points, double MeanAbsoluteErrorPercent, int PeaksEqual, bool OutputsIdentical);
+    LinkCalibration LinkCalibration, IReadOnlyList<TradeoffPoint> Points, double MeanAbsoluteErrorPercent, int PeaksEqual, bool OutputsIdentical);
 
 /// <summary>How the link and the simulator's device were set in this run.</summary>
 /// <param name="FirstBlockComputeSeconds">The fast quartile of block compute times in streamed passes without link emulation.</param>
@@ -283,7 +283,7 @@ public sealed record TradeoffReport(
 /// <param name="CalibrationPasses">One before every measured pass; each gives a compute rate, the model's FLOPs ÷ the sum
 /// of its layers' compute seconds, that predicts the pass after it.</param>
 /// <param name="FlopsPerSecond">The median of those rates (the figure in the plot's legend).</param>
-public sealed record Calibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds, int LinkRematches, double TransferOverCompute, double LinkGBps,
+public sealed record LinkCalibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds, int LinkRematches, double TransferOverCompute, double LinkGBps,
     double EffectiveTransferOverCompute, string CalibrationPolicy, int CalibrationPasses, double MinFlopsPerSecond, double MaxFlopsPerSecond, double FlopsPerSecond, double ModelFlops, double TransferLatencySeconds);
 
 /// <summary>One (k, k') measured and predicted.</summary>

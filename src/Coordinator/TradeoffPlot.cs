@@ -42,7 +42,7 @@ public static class TradeoffPlot
         predicted.MarkerShape = MarkerShape.OpenDiamond;
         predicted.MarkerSize = 13;
         predicted.MarkerLineWidth = 2;
-        predicted.LegendText = $"predicted (PassSimulator, {r.Calibration.FlopsPerSecond / 1e9:0.0} GFLOP/s, {r.Calibration.LinkGBps:0.000} GB/s)";
+        predicted.LegendText = $"predicted (PassSimulator, {r.LinkCalibration.FlopsPerSecond / 1e9:0.0} GFLOP/s, {r.LinkCalibration.LinkGBps:0.000} GB/s)";
         var measured = plot.Add.ScatterPoints(mx, my, measuredColor);
         measured.MarkerShape = MarkerShape.FilledCircle;
         measured.MarkerSize = 10;

@@ -18,6 +18,8 @@ public static class Cli
         root.Subcommands.Add(BenchCommand.Build());
         root.Subcommands.Add(PlanCommand.Build());
         root.Subcommands.Add(SimulateCommand.Build());
+        root.Subcommands.Add(HostCommands.BuildHost());
+        root.Subcommands.Add(HostCommands.BuildSubmit());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -77,6 +77,97 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         Assert.True(ok.Output.Bytes.Length > 128_000);
     }
 
+    /// <summary>Records every job event that reaches it (chunked answers put back together), to count answers per job.</summary>
+    sealed class Recorder : ReceiveActor
+    {
+        public static readonly System.Collections.Concurrent.ConcurrentDictionary<string, System.Collections.Concurrent.ConcurrentQueue<IJobEvent>> Events = new();
+
+        public Recorder()
+        {
+            var assembler = new Superpipeline.Messages.Serialization.ChunkAssembler(Context.System);
+            Receive<MessageChunk>(c => { if (assembler.Add(c) is { } whole) Self.Forward(whole); });
+            Receive<IJobEvent>(e => Events.GetOrAdd(e.Id.Value, _ => new()).Enqueue(e));
+        }
+    }
+
+    static bool Terminal(IJobEvent e) => e is JobSucceeded or JobFailed or JobRefused;
+
+    static void SubmitRaw(SubmitClient client, IActorRef recorder, SubmitJob job) =>
+        client.ClusterClientRef.Tell(new Akka.Cluster.Tools.Client.ClusterClient.Send(ClusterHost.JobManagerProxyPath, job, localAffinity: false), recorder);
+
+    static async Task WaitUntil(Func<bool> condition, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!condition() && DateTime.UtcNow < deadline) await Task.Delay(100);
+    }
+
+    static ModelSpec Small => new("demo", Blocks: 2, Hidden: 64, Heads: 4, Vocab: 128, Sequence: 16, Batch: 2, Seed: 5);
+
+    [Fact]
+    public async Task A_worker_lost_mid_job_has_its_stages_re_placed_and_of_100_jobs_none_is_lost_or_answered_twice()
+    {
+        var coordinator = Coordinator();
+        Worker(coordinator);
+        var doomed = Worker(coordinator);
+        await WaitForMembers(coordinator, 3);
+        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null));
+        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Small, new PolicySpec(1, 1))));
+
+        var client = Client(coordinator);
+        var recorder = client.System.ActorOf(Props.Create(() => new Recorder()));
+        var ids = Enumerable.Range(0, 100).Select(i => $"fault-{i}").ToArray();
+        foreach (var id in ids) SubmitRaw(client, recorder, new SubmitJob(new JobId(id), Small, new PolicySpec(1, 1)));
+        int Answered() => ids.Count(id => Recorder.Events.TryGetValue(id, out var q) && q.Any(Terminal));
+
+        await WaitUntil(() => Answered() >= 10, TimeSpan.FromSeconds(60));
+        Assert.True(Answered() < 100, "the worker must be lost while jobs are still running");
+        await doomed.System.Terminate(); // no leaving: the others see it become unreachable
+        await WaitUntil(() => Answered() == 100, TimeSpan.FromSeconds(120));
+        await Task.Delay(2000); // a second answer, if any, would arrive now
+
+        foreach (var id in ids)
+        {
+            var terminal = Recorder.Events[id].Where(Terminal).ToArray();
+            Assert.True(terminal.Length == 1, $"{id}: {terminal.Length} answers");
+            Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(terminal[0]).Output);
+        }
+        output.WriteLine($"jobs re-placed onto {string.Join(", ", Recorder.Events.Values.SelectMany(q => q.OfType<JobSucceeded>()).SelectMany(s => s.Report.Stages.Select(x => x.Node)).Distinct())}");
+    }
+
+    [Fact]
+    public async Task A_burst_of_500_submissions_ends_with_every_job_completed_or_refused_none_dropped()
+    {
+        var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], TestConfig + "\nsuperpipeline.max-queued-jobs = 40\nsuperpipeline.max-running-jobs = 2"));
+        _hosts.Add(coordinator);
+        Worker(coordinator);
+        await WaitForMembers(coordinator, 2);
+        var client = Client(coordinator);
+        var recorder = client.System.ActorOf(Props.Create(() => new Recorder()));
+        var ids = Enumerable.Range(0, 500).Select(i => $"burst-{i}").ToArray();
+        foreach (var id in ids) SubmitRaw(client, recorder, new SubmitJob(new JobId(id), Small, new PolicySpec(1, 1)));
+        await WaitUntil(() => ids.All(id => Recorder.Events.TryGetValue(id, out var q) && q.Any(Terminal)), TimeSpan.FromSeconds(180));
+        var answers = ids.Select(id => Recorder.Events.TryGetValue(id, out var q) ? q.Where(Terminal).ToArray() : []).ToArray();
+        Assert.All(answers, a => Assert.Single(a));
+        int done = answers.Count(a => a[0] is JobSucceeded), refused = answers.Count(a => a[0] is JobRefused);
+        output.WriteLine($"{done} completed, {refused} refused");
+        Assert.Equal(500, done + refused);
+        Assert.True(refused > 0, "a queue of 40 cannot take a burst of 500");
+        Assert.All(answers.Where(a => a[0] is JobRefused), a => Assert.StartsWith("the job queue is full", ((JobRefused)a[0]).Reason));
+    }
+
+    [Fact]
+    public async Task A_job_no_device_can_hold_is_refused_at_admission()
+    {
+        var coordinator = Coordinator();
+        Worker(coordinator, "sim:2x1MiB");
+        await WaitForMembers(coordinator, 2);
+        await Task.Delay(1500); // the worker's registration reaches the coordinator
+        var client = Client(coordinator);
+        var answer = await client.RunAsync(new SubmitJob(new JobId("too-big"), Model with { Vocab = 4096, Hidden = 256 }, new PolicySpec(1, 1)));
+        var refused = Assert.IsType<JobRefused>(answer);
+        Assert.Contains("below the largest layer", refused.Reason);
+    }
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()

@@ -42,6 +42,10 @@ public sealed class SubmitClient : IAsyncDisposable
         return new SubmitClient(system, client, settings);
     }
 
+    /// <summary>The client's actor system and its ClusterClient, for callers that talk to the cluster themselves.</summary>
+    public ActorSystem System => _system;
+    public IActorRef ClusterClientRef => _clusterClient;
+
     public ChannelReader<IJobEvent> Submit(SubmitJob job)
     {
         var channel = Channel.CreateUnbounded<IJobEvent>(new UnboundedChannelOptions { SingleReader = true });

@@ -168,6 +168,27 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         Assert.Contains("below the largest layer", refused.Reason);
     }
 
+    [Fact]
+    public async Task When_the_coordinator_node_is_lost_the_singleton_moves_and_resubmitted_jobs_complete()
+    {
+        var first = Coordinator();   // the oldest member: hosts the job manager singleton
+        var second = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [$"127.0.0.1:{first.Address.Port}"], [], TestConfig));
+        _hosts.Add(second);
+        Worker(first);
+        await WaitForMembers(first, 3);
+        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null));
+        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(1, 1))));
+
+        var client = SubmitClient.Start([$"127.0.0.1:{first.Address.Port}", $"127.0.0.1:{second.Address.Port}"], extraConfig: TestConfig);
+        _clients.Add(client);
+        var jobs = Enumerable.Range(0, 40).Select(i => client.RunAsync(new SubmitJob(new JobId($"moved-{i}"), Model, new PolicySpec(1, 1)))).ToArray();
+        await WaitUntil(() => jobs.Any(j => j.IsCompleted), TimeSpan.FromSeconds(60));
+        Assert.True(jobs.Count(j => j.IsCompleted) < jobs.Length, "the coordinator must be lost while jobs are outstanding");
+        await first.System.Terminate(); // the singleton's node is gone without leaving
+        var answers = await Task.WhenAll(jobs);
+        Assert.All(answers, a => Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(a).Output));
+    }
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()

@@ -45,9 +45,10 @@ public static class BenchCommand
         {
             Description = "instead: peak memory against time per pass over a grid of (k, k'), measured and predicted by the simulator; writes tradeoff.md, tradeoff.json and tradeoff.png",
         };
+        var cluster = new Option<bool>("--cluster") { Description = "instead: job throughput of an in-process cluster with one worker node against two; writes cluster.md and cluster.json" };
         var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory; or, with --tradeoff, the memory/time trade-off over (k, k').");
-        foreach (var o in new Option[] { output, quick, repeats, tradeoff }) bench.Options.Add(o);
-        bench.SetAction((r, cancel) => r.GetValue(tradeoff)
+        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster }) bench.Options.Add(o);
+        bench.SetAction((r, cancel) => r.GetValue(cluster) ? ClusterBench.RunAsync(r.GetValue(output)!, r.GetValue(quick), Console.Out, Console.Error) : r.GetValue(tradeoff)
             ? TradeoffBench.RunAsync(new TradeoffOptions(r.GetValue(output)!, r.GetValue(quick), r.GetValue(repeats)), Console.Out, cancel, Console.Error)
             : RunAsync(new BenchOptions(r.GetValue(output)!, r.GetValue(quick), r.GetValue(repeats)), Console.Out, cancel, Console.Error));
         return bench;

@@ -1,0 +1,87 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Akka.Cluster;
+using Superpipeline.Messages;
+using static Superpipeline.Messages.JobProtocol;
+
+namespace Superpipeline.Coordinator;
+
+/// <summary><c>bench --cluster</c>: job throughput of an in-process cluster with one worker node against two, in one
+/// run. Each worker node has one simulated accelerator with an emulated link; concurrent jobs for the same model
+/// are pipelined through the stages (stage 0 of one job runs while stage 1 of the previous one does). Jobs go
+/// through ClusterClient exactly as `submit` sends them.</summary>
+public static class ClusterBench
+{
+    public sealed record Result(int Jobs, int Layers, double LinkGBps, double OneNodeJobsPerSecond, double TwoNodesJobsPerSecond, bool OutputsIdentical)
+    {
+        public double Speedup => TwoNodesJobsPerSecond / OneNodeJobsPerSecond;
+    }
+
+    public static async Task<int> RunAsync(string outDir, bool quick, TextWriter output, TextWriter log)
+    {
+        var model = new ModelSpec("demo", Blocks: quick ? 6 : 10, Hidden: 256, Heads: 4, Vocab: 256, Sequence: 32, Batch: 2, Seed: 3);
+        int jobs = quick ? 8 : 24;
+        const double linkGBps = 0.05; // slow link: passes are transfer-bound, as offloaded passes of big models are
+        var config = """
+            superpipeline.max-running-jobs = 8
+            superpipeline.heartbeat = 500ms
+            akka.loglevel = ERROR
+            """;
+        string? reference = null;
+        bool identical = true;
+        async Task<double> Measure(int workers)
+        {
+            var hosts = new List<ClusterHost>();
+            try
+            {
+                var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], config));
+                hosts.Add(coordinator);
+                for (int w = 0; w < workers; w++)
+                    hosts.Add(ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{coordinator.Address.Port}"],
+                        [new DeviceSpec("sim", 256L << 20, linkGBps)], config)));
+                var cluster = Cluster.Get(coordinator.System);
+                for (int i = 0; i < 200 && cluster.State.Members.Count(m => m.Status == MemberStatus.Up) < workers + 1; i++) await Task.Delay(100);
+                await Task.Delay(1500); // the workers' registrations reach the job manager
+                await using var client = SubmitClient.Start([$"127.0.0.1:{coordinator.Address.Port}"], extraConfig: config);
+                var warm = await client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)));
+                if (warm is not JobSucceeded) throw new InvalidOperationException($"warm-up job did not succeed: {warm}");
+                var clock = Stopwatch.StartNew();
+                var answers = await Task.WhenAll(Enumerable.Range(0, jobs).Select(_ => client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)))));
+                clock.Stop();
+                foreach (var a in answers)
+                {
+                    var ok = a as JobSucceeded ?? throw new InvalidOperationException($"a job did not succeed: {a}");
+                    var sha = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(ok.Output.Bytes.AsSpan()));
+                    reference ??= sha;
+                    identical &= sha == reference;
+                }
+                log.WriteLine($"{workers} worker node(s): {jobs} jobs in {clock.Elapsed.TotalSeconds:0.00} s");
+                return jobs / clock.Elapsed.TotalSeconds;
+            }
+            finally
+            {
+                foreach (var h in Enumerable.Reverse(hosts)) await h.DisposeAsync();
+            }
+        }
+
+        double one = await Measure(1), two = await Measure(2);
+        var result = new Result(jobs, model.Blocks + 2, linkGBps, one, two, identical);
+        Directory.CreateDirectory(outDir);
+        var md = $"""
+            # superpipeline bench --cluster
+
+            {DateTime.UtcNow:O} · {Environment.ProcessorCount} cores · model {model.Blocks + 2} layers (hidden {model.Hidden}), {jobs} concurrent jobs, window 2 / swap 1 per stage, one simulated device per worker node with a {linkGBps} GB/s link.
+
+            | measure | value | goal | met |
+            |---|---|---|---|
+            | throughput, 1 worker node | {one:0.00} jobs/s | | |
+            | throughput, 2 worker nodes | {two:0.00} jobs/s | | |
+            | 2 nodes ÷ 1 node | {result.Speedup:0.00}× | ≥ 1.8× | {(result.Speedup >= 1.8 ? "yes" : "no")} |
+            | outputs identical across all jobs and both clusters | {(identical ? "yes" : "no")} | yes | {(identical ? "yes" : "no")} |
+            """;
+        await File.WriteAllTextAsync(Path.Combine(outDir, "cluster.md"), md);
+        await File.WriteAllTextAsync(Path.Combine(outDir, "cluster.json"), JsonSerializer.Serialize(new { result.Jobs, result.Layers, result.LinkGBps, result.OneNodeJobsPerSecond, result.TwoNodesJobsPerSecond, result.Speedup, result.OutputsIdentical }, new JsonSerializerOptions { WriteIndented = true }));
+        output.WriteLine(md);
+        return 0;
+    }
+}

@@ -46,21 +46,28 @@ public sealed class EmbeddedHost : IAsyncDisposable
     }
 
     /// <summary>Submits and waits for the terminal event, passing progress to <paramref name="onProgress"/>.</summary>
-    public async Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null)
-    {
-        IJobEvent? last = null;
-        await foreach (var e in Submit(job).ReadAllAsync())
-        {
-            if (e is JobProgress p) onProgress?.Invoke(p.Progress);
-            last = e;
-        }
-        return last ?? new JobFailed(job.Id, "the client stopped without an answer");
-    }
+    public Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null) => JobEvents.LastAsync(Submit(job), job.Id, onProgress);
 
     public async ValueTask DisposeAsync()
     {
         await System.Terminate();
         Device.Dispose();
+    }
+}
+
+/// <summary>Reading a job's events as a client does.</summary>
+public static class JobEvents
+{
+    /// <summary>Reads progress (passed to <paramref name="onProgress"/>) until the one terminal event, and returns it.</summary>
+    public static async Task<IJobEvent> LastAsync(ChannelReader<IJobEvent> events, JobId id, Action<LayerProgress>? onProgress)
+    {
+        IJobEvent? last = null;
+        await foreach (var e in events.ReadAllAsync())
+        {
+            if (e is JobProgress p) onProgress?.Invoke(p.Progress);
+            last = e;
+        }
+        return last ?? new JobFailed(id, "the client stopped without an answer");
     }
 }
 

@@ -54,16 +54,7 @@ public sealed class SubmitClient : IAsyncDisposable
     }
 
     /// <summary>Submits and waits for the one answer, passing progress to <paramref name="onProgress"/>.</summary>
-    public async Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null)
-    {
-        IJobEvent? last = null;
-        await foreach (var e in Submit(job).ReadAllAsync())
-        {
-            if (e is JobProgress p) onProgress?.Invoke(p.Progress);
-            last = e;
-        }
-        return last ?? new JobFailed(job.Id, "the client stopped without an answer");
-    }
+    public Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null) => JobEvents.LastAsync(Submit(job), job.Id, onProgress);
 
     public async ValueTask DisposeAsync() => await _system.Terminate();
 }

@@ -1,0 +1,75 @@
+using System.Diagnostics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Engine.Devices;
+
+/// <summary>What every device shares: a name, exact byte accounting, a transfer thread and a compute thread, and
+/// an upload that reserves the bytes first and leaves nothing reserved when a copy fails. A device kind supplies
+/// how one tensor is placed, what happens once a group of copies is issued, and how a result comes back.</summary>
+public abstract class Accelerator : IDevice
+{
+    readonly DeviceThread _transfer;
+    readonly DeviceThread _compute;
+
+    protected Accelerator(string name, long capacityBytes, double? linkGBps)
+    {
+        if (linkGBps is <= 0 or double.NaN) throw new ArgumentOutOfRangeException(nameof(linkGBps), linkGBps, "link bandwidth must be a positive number of GB/s");
+        Name = name;
+        Memory = new DeviceMemory(name, capacityBytes);
+        LinkBytesPerSecond = linkGBps * 1e9;
+        _transfer = new DeviceThread($"{name}-transfer");
+        _compute = new DeviceThread($"{name}-compute");
+    }
+
+    public string Name { get; }
+    public abstract string Kind { get; }
+    public DeviceMemory Memory { get; }
+    public double? LinkBytesPerSecond { get; }
+    public abstract bool WantsPinnedHost { get; }
+
+    public Task<T> OnTransferThread<T>(Func<T> work) => _transfer.Run(work);
+    public Task<T> OnComputeThread<T>(Func<T> work) => _compute.Run(work);
+
+    public DeviceTensors Upload(IReadOnlyList<(string Name, Tensor Host)> tensors, string what)
+    {
+        long bytes = tensors.Sum(t => TensorBytes.Of(t.Host));
+        var reservation = Memory.Reserve(bytes, what);
+        var placed = new Dictionary<string, Tensor>(tensors.Count);
+        try
+        {
+            long start = Stopwatch.GetTimestamp();
+            foreach (var (name, host) in tensors)
+            {
+                using var detached = host.detach();
+                placed[name] = Place(detached);
+            }
+            Copied(start, bytes);
+            return new DeviceTensors(placed, reservation);
+        }
+        catch
+        {
+            foreach (var t in placed.Values) t.Dispose();
+            reservation.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A copy of <paramref name="host"/> on this device.</summary>
+    protected abstract Tensor Place(Tensor host);
+
+    /// <summary>Called once the copies of one upload (<paramref name="bytes"/> in all, begun at <paramref name="start"/>) are issued.</summary>
+    protected virtual void Copied(long start, long bytes) { }
+
+    public DeviceMemory.Reservation ReserveFor(long[] shape, ScalarType dtype, string what) =>
+        Memory.Reserve(TensorBytes.Of(shape, dtype), what);
+
+    public abstract Tensor ToHost(Tensor deviceTensor);
+
+    public void Dispose()
+    {
+        _transfer.Dispose();
+        _compute.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}

@@ -52,6 +52,16 @@ public sealed class EngineHarness : IDisposable
         };
     }
 
+    /// <summary>One pass over several micro-batch inputs; returns each output's raw bytes and the report.</summary>
+    public async Task<(byte[][] Outputs, PassReport Report)> PassMany(StreamPolicy policy, IReadOnlyList<Tensor> inputs)
+    {
+        var answer = await Loader.Ask<object>(new DeviceLoaderActor.RunPass(Model, Layers, inputs, policy), TimeSpan.FromMinutes(2));
+        if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
+        var ok = (DeviceLoaderActor.PassSucceeded)answer;
+        var outputs = ok.Outputs.Select(t => { using (t) return Engine.TensorBytes.Raw(t); }).ToArray();
+        return (outputs, ok.Report);
+    }
+
     static (byte[], PassReport) Take(DeviceLoaderActor.PassSucceeded ok)
     {
         using var output = ok.Output;

@@ -173,6 +173,31 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
     }
 
     [Fact]
+    public async Task Micro_batches_share_each_weight_load_and_each_output_is_bit_identical_to_its_own_pass()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 4), Roomy);
+        var inputs = new[] { 21L, 22L, 23L }.Select(seed => h.Model.MakeInput(seed)).ToArray();
+        try
+        {
+            var (together, report) = await h.PassMany(h.Policy(2, 1), inputs);
+            for (int m = 0; m < inputs.Length; m++)
+            {
+                var (alone, _) = await h.PassMany(h.Policy(null), [inputs[m]]);
+                Assert.Equal(alone[0], together[m]);
+            }
+            Assert.NotEqual(together[0], together[1]);
+            // Weights cross the link once for all three micro-batches.
+            Assert.Equal(h.Model.Bytes + inputs.Sum(i => Engine.TensorBytes.Of(i)), report.BytesTransferred);
+            Assert.True(report.PeakDeviceBytes <= h.Model.LargestLayersBytes(2) + 3 * h.Model.ActivationBoundBytes());
+            Assert.Equal(0, h.Device.Memory.Reserved);
+        }
+        finally
+        {
+            foreach (var i in inputs) i.Dispose();
+        }
+    }
+
+    [Fact]
     public async Task Report_accounts_load_and_compute_per_layer_and_a_lower_bound()
     {
         using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 2), Roomy, linkGBps: 0.5);

@@ -16,10 +16,20 @@ public sealed class DeviceLoaderActor : ReceiveActor
 {
     /// <summary>In-process: run <paramref name="Model"/> on <paramref name="Input"/> (a host tensor the caller keeps owning).
     /// <paramref name="Progress"/>, when given, is called (from device threads) for each layer event; it must only pass the record on.</summary>
-    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, Tensor Input, StreamPolicy Policy, Action<LayerProgress>? Progress = null) : INoSerializationVerificationNeeded;
+    /// <paramref name="Inputs"/> are micro-batches: each layer, once loaded, computes every one of them before it is evicted,
+    /// so one weight load serves them all (FlexGen-style), while each micro-batch keeps its own shape and bits.
+    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, IReadOnlyList<Tensor> Inputs, StreamPolicy Policy, Action<LayerProgress>? Progress = null) : INoSerializationVerificationNeeded
+    {
+        public RunPass(LayeredModel model, IReadOnlyList<IActorRef> layerActors, Tensor input, StreamPolicy policy, Action<LayerProgress>? progress = null)
+            : this(model, layerActors, new[] { input }, policy, progress) { }
+    }
 
     /// <summary>The pass's output as a host tensor, now owned by the receiver, and its report.</summary>
-    public sealed record PassSucceeded(Tensor Output, PassReport Report) : INoSerializationVerificationNeeded;
+    public sealed record PassSucceeded(IReadOnlyList<Tensor> Outputs, PassReport Report) : INoSerializationVerificationNeeded
+    {
+        /// <summary>The first (or only) micro-batch's output.</summary>
+        public Tensor Output => Outputs[0];
+    }
     public sealed record PassFailed(string Reason, Exception Cause) : INoSerializationVerificationNeeded;
 
     private sealed record Finished(IActorRef ReplyTo, object Answer) : INoSerializationVerificationNeeded;
@@ -72,10 +82,10 @@ public sealed class DeviceLoaderActor : ReceiveActor
 
     async Task<object> Run(RunPass pass)
     {
-        var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Input, pass.Progress, _askTimeout);
+        var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout);
         var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray());
         await PassStream.RunAsync(backend, gate, _materializer).ConfigureAwait(false);
-        return new PassSucceeded(backend.Output!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
+        return new PassSucceeded(backend.Outputs!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
     }
 
     /// <summary>One line for a person: the exception's own message, which names what was wrong.</summary>

@@ -17,7 +17,7 @@ public sealed class DevicePassBackend : IPassBackend
     readonly IDevice _device;
     readonly LayeredModel _model;
     readonly IReadOnlyList<IActorRef> _layerActors;
-    readonly Tensor _input;
+    readonly IReadOnlyList<Tensor> _inputs;
     readonly Action<LayerProgress> _progress;
     readonly TimeSpan _askTimeout;
     readonly IReadOnlyList<(long[] Shape, ScalarType DType)> _activations;
@@ -27,19 +27,22 @@ public sealed class DevicePassBackend : IPassBackend
     readonly double[] _loadStart, _loadSeconds, _computeStart, _computeSeconds, _evictAt;
     readonly long _reservedBefore;
     long _bytesTransferred;
-    Activation? _activation; // touched on the device threads only, one step at a time
+    Activation?[] _microBatches; // one per micro-batch; touched on the device threads only, one step at a time
 
-    public DevicePassBackend(IDevice device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, Tensor input,
+    public DevicePassBackend(IDevice device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, IReadOnlyList<Tensor> inputs,
         Action<LayerProgress>? progress, TimeSpan askTimeout)
     {
         if (layerActors.Count != model.Layers.Count)
             throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
-        if (!input.shape.SequenceEqual(model.InputShape) || input.dtype != model.InputDType)
-            throw new ArgumentException($"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
+        if (inputs.Count == 0) throw new ArgumentException("a pass needs at least one input");
+        foreach (var input in inputs)
+            if (!input.shape.SequenceEqual(model.InputShape) || input.dtype != model.InputDType)
+                throw new ArgumentException($"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
         _device = device;
         _model = model;
         _layerActors = layerActors;
-        _input = input;
+        _inputs = inputs;
+        _microBatches = new Activation?[inputs.Count];
         _progress = progress ?? (_ => { });
         _askTimeout = askTimeout;
         _activations = model.ActivationShapes();
@@ -52,17 +55,20 @@ public sealed class DevicePassBackend : IPassBackend
 
     public int Layers => _model.Layers.Count;
 
-    /// <summary>The output on the host once the pass succeeded; the caller owns it.</summary>
-    public Tensor? Output { get; private set; }
+    /// <summary>The outputs (one per input) on the host once the pass succeeded; the caller owns them.</summary>
+    public IReadOnlyList<Tensor>? Outputs { get; private set; }
 
     public Task BeginAsync(CancellationToken cancel)
     {
         _clock.Start();
         return _device.OnTransferThread(() =>
         {
-            var placed = _device.Upload([("input", _input)], "the pass input");
-            Interlocked.Add(ref _bytesTransferred, placed.Bytes);
-            _activation = new Activation(placed["input"], placed);
+            for (int m = 0; m < _inputs.Count; m++)
+            {
+                var placed = _device.Upload([("input", _inputs[m])], _inputs.Count == 1 ? "the pass input" : $"the input of micro-batch {m}");
+                Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+                _microBatches[m] = new Activation(placed["input"], placed);
+            }
             return 0;
         });
     }
@@ -95,24 +101,27 @@ public sealed class DevicePassBackend : IPassBackend
         var def = _model.Layers[layer];
         var (shape, dtype) = _activations[layer + 1];
         double start = Now;
-        var reservation = _device.ReserveFor(shape, dtype, $"the output of layer {layer} ({def.Name})");
-        Tensor output;
-        try
+        for (int m = 0; m < _microBatches.Length; m++)
         {
-            using var scope = NewDisposeScope();
-            using var noGrad = inference_mode();
-            var y = def.Forward(_resident[layer].Tensors, _activation!.Tensor);
-            if (!y.shape.SequenceEqual(shape) || y.dtype != dtype)
-                throw new InvalidOperationException($"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
-            output = y.MoveToOuterDisposeScope();
+            var reservation = _device.ReserveFor(shape, dtype, $"the output of layer {layer} ({def.Name})");
+            Tensor output;
+            try
+            {
+                using var scope = NewDisposeScope();
+                using var noGrad = inference_mode();
+                var y = def.Forward(_resident[layer].Tensors, _microBatches[m]!.Tensor);
+                if (!y.shape.SequenceEqual(shape) || y.dtype != dtype)
+                    throw new InvalidOperationException($"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
+                output = y.MoveToOuterDisposeScope();
+            }
+            catch
+            {
+                reservation.Dispose();
+                throw;
+            }
+            _microBatches[m]!.Dispose();
+            _microBatches[m] = new Activation(output, reservation);
         }
-        catch
-        {
-            reservation.Dispose();
-            throw;
-        }
-        _activation.Dispose();
-        _activation = new Activation(output, reservation);
         _computeStart[layer] = start;
         _computeSeconds[layer] = Now - start;
         _progress(new LayerProgress(layer, Layers, LayerPhase.Computed, Now));
@@ -127,7 +136,7 @@ public sealed class DevicePassBackend : IPassBackend
 
     public Task EndAsync(CancellationToken cancel) => _device.OnComputeThread(() =>
     {
-        Output = _device.ToHost(_activation!.Tensor);
+        Outputs = _microBatches.Select(a => _device.ToHost(a!.Tensor)).ToArray();
         _clock.Stop();
         return 0;
     });
@@ -136,8 +145,11 @@ public sealed class DevicePassBackend : IPassBackend
     {
         foreach (var layer in _resident.Keys.ToArray())
             if (_resident.TryRemove(layer, out var placed)) placed.Dispose();
-        _activation?.Dispose();
-        _activation = null;
+        for (int m = 0; m < _microBatches.Length; m++)
+        {
+            _microBatches[m]?.Dispose();
+            _microBatches[m] = null;
+        }
         return 0;
     });
 

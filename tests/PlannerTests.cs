@@ -30,7 +30,7 @@ public sealed class PlannerTests
             var best = grid.MinBy(p => p.MakespanSeconds)!;
             var plan = Planner.Choose(c.Model, c.Device, c.Budget);
             return plan.Best.PeakDeviceBytes <= c.Budget && plan.Best.MakespanSeconds <= best.MakespanSeconds * 1.05;
-        }, iter: 200);
+        }, iter: 400);
     }
 
     [Fact]

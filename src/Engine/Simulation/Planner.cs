@@ -44,7 +44,7 @@ public static class Planner
             }
             for (int s = 1; s <= n; s++)
             {
-                if (Eval(s, s).PeakDeviceBytes > budgetBytes) break; // the smallest window with this swap does not fit: larger swaps will not either
+                if (Eval(s, s).PeakDeviceBytes > budgetBytes) continue; // the smallest window with this swap does not fit (a larger swap still may: layer sizes differ)
                 int lo = s, hi = n; // invariant: Eval(lo, s) fits
                 while (lo < hi)
                 {

@@ -189,6 +189,31 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         Assert.All(answers, a => Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(a).Output));
     }
 
+    [Fact]
+    public async Task Concurrent_jobs_of_one_model_are_coalesced_into_micro_batches_and_each_keeps_its_own_output()
+    {
+        var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], TestConfig + "\nsuperpipeline.max-running-jobs = 1\nsuperpipeline.max-micro-batches = 3"));
+        _hosts.Add(coordinator);
+        Worker(coordinator);
+        Worker(coordinator);
+        await WaitForMembers(coordinator, 3);
+        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 256L << 20, null));
+        var seeds = Enumerable.Range(1, 7).Select(i => (long)i).ToArray();
+        var alone = new Dictionary<long, TensorPayload>();
+        foreach (var seed in seeds)
+            alone[seed] = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1), InputSeed: seed))).Output;
+
+        var client = Client(coordinator);
+        var answers = await Task.WhenAll(seeds.Select(seed => client.RunAsync(new SubmitJob(new JobId($"micro-{seed}"), Model, new PolicySpec(2, 1), InputSeed: seed))));
+        for (int i = 0; i < seeds.Length; i++)
+            Assert.Equal(alone[seeds[i]], Assert.IsType<JobSucceeded>(answers[i]).Output);
+        Assert.NotEqual(alone[1], alone[2]); // different inputs, different outputs: nothing was mixed up
+        var microBatches = answers.Cast<JobSucceeded>().Select(a => a.Report.MicroBatches).ToArray();
+        output.WriteLine($"micro-batches per job's pass: {string.Join(", ", microBatches)}");
+        Assert.Contains(microBatches, m => m > 1);
+        Assert.All(microBatches, m => Assert.InRange(m, 1, 3));
+    }
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()

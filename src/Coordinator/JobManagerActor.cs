@@ -36,18 +36,27 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         public SubmitJob Submit { get; } = submit;
         public LayeredModel Model { get; } = model;
         public List<IActorRef> Clients { get; } = [];
-        public int Attempt { get; set; }
-        public IReadOnlyList<StagePlacement>? Placement { get; set; }
-        public Dictionary<int, (string Node, PassReport Report)> Stages { get; } = [];
-        public Stopwatch Clock { get; } = new();
         public IJobEvent? Answer { get; set; }
+    }
+
+    /// <summary>One placed pass through the stages, carrying one job or several coalesced as micro-batches.</summary>
+    sealed class Run(JobId id, int attempt, IReadOnlyList<Job> jobs, IReadOnlyList<StagePlacement> placement)
+    {
+        public JobId Id { get; } = id;
+        public int Attempt { get; } = attempt;
+        public IReadOnlyList<Job> Jobs { get; } = jobs;
+        public IReadOnlyList<StagePlacement> Placement { get; } = placement;
+        public Dictionary<int, (string Node, PassReport Report)> Stages { get; } = [];
+        public Stopwatch Clock { get; } = Stopwatch.StartNew();
+        public LayeredModel Model => Jobs[0].Model;
     }
 
     readonly SuperpipelineSettings _settings;
     readonly Dictionary<Address, Worker> _workers = [];
     readonly Dictionary<JobId, Job> _jobs = [];
     readonly LinkedList<JobId> _queue = new();
-    readonly HashSet<JobId> _running = [];
+    readonly Dictionary<JobId, Run> _running = [];
+    int _attempts;
     readonly ChunkAssembler _assembler;
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
@@ -150,35 +159,47 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             : null;
     }
 
-    /// <summary>Places queued jobs while there is room to run them and devices to run them on.</summary>
+    /// <summary>Places queued jobs while there is room to run them and devices to run them on. Queued jobs of the same
+    /// model (same weights) and policy are coalesced into one run, up to the micro-batch limit, so that each layer's
+    /// weights are loaded once for all of them (their inputs may differ); runs are pipelined through the stages.</summary>
     void Dispatch()
     {
         while (_running.Count < _settings.MaxRunningJobs && _queue.First is { } node && _workers.Count > 0)
         {
-            var id = node.Value;
+            var first = _jobs[node.Value];
             _queue.RemoveFirst();
-            var job = _jobs[id];
+            var model = first.Submit.Model;
+            var batch = new List<Job> { first };
+            for (var n = _queue.First; n is not null && batch.Count < _settings.MaxMicroBatches;)
+            {
+                var next = n.Next;
+                var candidate = _jobs[n.Value];
+                if (candidate.Submit.Model == model && candidate.Submit.Policy == first.Submit.Policy)
+                {
+                    batch.Add(candidate);
+                    _queue.Remove(n);
+                }
+                n = next;
+            }
             var slots = _workers.Values.SelectMany(w => w.Devices.Select(d => new DeviceSlot(w.Agent, w.Node, d))).ToArray();
+            IReadOnlyList<StagePlacement> placement;
             try
             {
-                var cost = ModelCost.From(job.Model);
-                var policy = job.Submit.Policy.Auto ? new PolicySpec(null, null) : job.Submit.Policy;
-                job.Placement = Placement.Place(cost, slots, job.Submit.Policy.Auto ? PlanFor(cost, slots) : policy);
+                var cost = ModelCost.From(first.Model);
+                placement = Placement.Place(cost, slots, first.Submit.Policy.Auto ? PlanFor(cost, slots) : first.Submit.Policy);
             }
             catch (ArgumentException e)
             {
-                Answer(job, new JobRefused(id, Unplaceable(job.Model) ?? e.Message));
+                foreach (var job in batch) Answer(job, new JobRefused(job.Submit.Id, Unplaceable(job.Model) ?? e.Message));
                 continue;
             }
-            job.Attempt++;
-            job.Stages.Clear();
-            job.Clock.Restart();
-            _running.Add(id);
-            var placement = job.Placement;
+            var run = new Run(first.Submit.Id, ++_attempts, batch, placement);
+            _running[run.Id] = run;
+            var seeds = batch.Select(j => j.Submit.InputSeed ?? j.Submit.Model.Seed).ToImmutableArray();
             for (int s = placement.Count - 1; s >= 0; s--)
             {
                 var p = placement[s];
-                p.Slot.Agent.Tell(new StageAssignment(id, job.Attempt, s, placement.Count, job.Submit.Model, p.FirstLayer, p.LayerCount,
+                p.Slot.Agent.Tell(new StageAssignment(run.Id, run.Attempt, s, placement.Count, first.Submit.Model, seeds, p.FirstLayer, p.LayerCount,
                     p.Slot.Device.Name, p.Policy, s + 1 < placement.Count ? placement[s + 1].Slot.Agent : null, Self));
             }
         }
@@ -194,84 +215,87 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     void OnProgress(JobProgress p)
     {
-        if (_jobs.TryGetValue(p.Id, out var job) && job.Answer is null)
-        {
-            var progress = p.Progress with { Layers = job.Model.Layers.Count };
-            foreach (var c in job.Clients) c.Tell(new JobProgress(p.Id, progress));
-        }
+        if (!_running.TryGetValue(p.Id, out var run)) return;
+        var progress = p.Progress with { Layers = run.Model.Layers.Count };
+        foreach (var job in run.Jobs)
+            foreach (var c in job.Clients) c.Tell(new JobProgress(job.Submit.Id, progress));
     }
 
-    bool Current(JobId id, int attempt, out Job job) =>
-        _jobs.TryGetValue(id, out job!) && job.Answer is null && job.Attempt == attempt && _running.Contains(id);
+    bool Current(JobId id, int attempt, out Run run) => _running.TryGetValue(id, out run!) && run.Attempt == attempt;
 
     void OnStageDone(StageDone d)
     {
-        if (Current(d.Job, d.Attempt, out var job)) job.Stages[d.Stage] = (d.Node, d.Report);
+        if (Current(d.Job, d.Attempt, out var run)) run.Stages[d.Stage] = (d.Node, d.Report);
     }
 
     void OnStageFailed(StageFailed f)
     {
-        if (Current(f.Job, f.Attempt, out var job))
-        {
-            Cancel(job);
-            Answer(job, new JobFailed(f.Job, f.Reason));
-        }
+        if (!Current(f.Job, f.Attempt, out var run)) return;
+        Cancel(run);
+        _running.Remove(run.Id);
+        foreach (var job in run.Jobs) Answer(job, new JobFailed(job.Submit.Id, f.Reason));
     }
 
     void OnOutput(StageOutput o)
     {
-        if (!Current(o.Job, o.Attempt, out var job)) return;
-        job.Clock.Stop();
-        Answer(job, new JobSucceeded(o.Job, o.Output, Combine(job)));
+        if (!Current(o.Job, o.Attempt, out var run)) return;
+        run.Clock.Stop();
+        _running.Remove(run.Id);
+        if (o.Outputs.Length != run.Jobs.Count)
+        {
+            foreach (var job in run.Jobs) Answer(job, new JobFailed(job.Submit.Id, $"the last stage returned {o.Outputs.Length} outputs for {run.Jobs.Count} jobs"));
+            return;
+        }
+        var report = Combine(run);
+        for (int i = 0; i < run.Jobs.Count; i++)
+            Answer(run.Jobs[i], new JobSucceeded(run.Jobs[i].Submit.Id, o.Outputs[i], report));
     }
 
     /// <summary>One report for the whole job: every stage's layers in order, peak of the fullest device, the plan.</summary>
-    PassReport Combine(Job job)
+    PassReport Combine(Run run)
     {
-        var placement = job.Placement!;
-        var stages = placement.Select(p => (p, job.Stages.TryGetValue(p.Stage, out var s) ? s.Report : null)).ToArray();
+        var placement = run.Placement;
+        var stages = placement.Select(p => (p, run.Stages.TryGetValue(p.Stage, out var s) ? s.Report : null)).ToArray();
         var timings = stages.SelectMany(s => s.Item2 is null ? [] : s.Item2.LayerTimings.Select(t => t with { Index = t.Index + s.p.FirstLayer })).ToImmutableArray();
         var plan = stages.Select(s => new StagePlan(s.p.Stage, s.p.Slot.Node, s.p.Slot.Device.Name, s.p.FirstLayer, s.p.LayerCount,
             s.Item2?.Window ?? 0, s.Item2?.Swap ?? 0, s.p.Bytes, s.p.Flops, s.Item2?.PeakDeviceBytes ?? 0, s.Item2?.WallSeconds ?? 0)).ToImmutableArray();
         var first = stages[0].Item2;
         return new PassReport(
             placement.Count == 1 ? placement[0].Slot.Device.Name : string.Join(",", placement.Select(p => $"{p.Slot.Node}/{p.Slot.Device.Name}")),
-            job.Model.Layers.Count, first?.Window ?? 0, first?.Swap ?? 0, job.Model.Bytes,
+            run.Model.Layers.Count, first?.Window ?? 0, first?.Swap ?? 0, run.Model.Bytes,
             placement.Min(p => p.Slot.Device.CapacityBytes),
             stages.Max(s => s.Item2?.PeakDeviceBytes ?? 0),
             stages.Sum(s => s.Item2?.BytesTransferred ?? 0),
-            placement.Count == 1 && first is not null ? first.WallSeconds : job.Clock.Elapsed.TotalSeconds,
+            placement.Count == 1 && first is not null ? first.WallSeconds : run.Clock.Elapsed.TotalSeconds,
             stages.Sum(s => s.Item2?.LowerBoundSeconds ?? 0),
-            timings) { Stages = plan };
+            timings) { Stages = plan, MicroBatches = run.Jobs.Count };
     }
 
     void Answer(Job job, IJobEvent answer)
     {
         job.Answer = answer;
-        _running.Remove(job.Submit.Id);
         foreach (var c in job.Clients) _sender.Tell(c, (IProtocolMessage)answer, Self);
         if (answer is not JobSucceeded) _log.Info("job {0}: {1}", job.Submit.Id, answer);
         Dispatch();
     }
 
-    void Cancel(Job job)
+    void Cancel(Run run)
     {
-        foreach (var agent in job.Placement?.Select(p => p.Slot.Agent).Distinct() ?? [])
-            agent.Tell(new CancelAttempt(job.Submit.Id, job.Attempt));
+        foreach (var agent in run.Placement.Select(p => p.Slot.Agent).Distinct())
+            agent.Tell(new CancelAttempt(run.Id, run.Attempt));
     }
 
-    /// <summary>A worker is gone: its devices leave the inventory, and the jobs running on it are placed again.</summary>
+    /// <summary>A worker is gone: its devices leave the inventory, and the runs that used it are placed again.</summary>
     void Lost(Address address, string why)
     {
         if (!_workers.Remove(address, out var worker)) return;
         _log.Warning("worker {0} is {1}; re-placing its jobs", worker.Node, why);
-        foreach (var id in _running.ToArray())
+        foreach (var run in _running.Values.ToArray())
         {
-            var job = _jobs[id];
-            if (job.Placement is null || !job.Placement.Any(p => p.Slot.Agent.Path.Address.Equals(address))) continue;
-            Cancel(job);
-            _running.Remove(id);
-            _queue.AddFirst(id);
+            if (!run.Placement.Any(p => p.Slot.Agent.Path.Address.Equals(address))) continue;
+            Cancel(run);
+            _running.Remove(run.Id);
+            foreach (var job in run.Jobs.Reverse()) _queue.AddFirst(job.Submit.Id);
         }
         Dispatch();
     }

@@ -32,6 +32,7 @@ public static class JsonReport
         wallSeconds = r.WallSeconds,
         lowerBoundSeconds = r.LowerBoundSeconds,
         overlapEfficiency = r.OverlapEfficiency,
+        microBatches = r.MicroBatches,
         stages = r.Stages.Select(s => new { stage = s.Stage, node = s.Node, device = s.Device, firstLayer = s.FirstLayer, layerCount = s.LayerCount, window = s.Window, swap = s.Swap, bytes = s.Bytes, flops = s.Flops, peakDeviceBytes = s.PeakDeviceBytes, wallSeconds = s.WallSeconds }),
         perLayer = r.LayerTimings.Select(l => new
         {

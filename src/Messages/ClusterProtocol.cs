@@ -17,24 +17,26 @@ public static class WorkerProtocol
     public sealed record WorkerRegistered(int Workers) : IProtocolMessage;
 }
 
-/// <summary>One stage of a placed job: contiguous layers [<see cref="StageAssignment.FirstLayer"/>,
-/// FirstLayer + LayerCount) of the model on one device of one worker.</summary>
+/// <summary>One stage of a placed run: contiguous layers [<see cref="StageAssignment.FirstLayer"/>,
+/// FirstLayer + LayerCount) of the model on one device of one worker. A run carries one or more jobs of the
+/// same model, coalesced as micro-batches (<see cref="StageAssignment.Seeds"/>: each job's input seed): each layer the
+/// stage loads computes all of them before it is evicted. <c>Job</c> names the run (its first job's id).</summary>
 public static class StageProtocol
 {
-    /// <summary>Runs the stage when its input arrives (the first stage makes the model input from the seed).
-    /// Its output goes to <paramref name="Next"/>'s stage <paramref name="Stage"/>+1, or to <paramref name="Coordinator"/> from the last stage.</summary>
+    /// <summary>Runs the stage when its inputs arrive (the first stage makes each micro-batch's input from its seed).
+    /// Its outputs go to <paramref name="Next"/>'s stage <paramref name="Stage"/>+1, or to <paramref name="Coordinator"/> from the last stage.</summary>
     public sealed record StageAssignment(
-        JobId Job, int Attempt, int Stage, int Stages, ModelSpec Model, int FirstLayer, int LayerCount,
+        JobId Job, int Attempt, int Stage, int Stages, ModelSpec Model, ImmutableArray<long> Seeds, int FirstLayer, int LayerCount,
         string Device, PolicySpec Policy, IActorRef? Next, IActorRef Coordinator) : IProtocolMessage;
 
-    /// <summary>The activation entering a stage.</summary>
-    public sealed record StageInput(JobId Job, int Attempt, int Stage, TensorPayload Activation) : IProtocolMessage;
+    /// <summary>The activations entering a stage, one per micro-batch.</summary>
+    public sealed record StageInput(JobId Job, int Attempt, int Stage, ImmutableArray<TensorPayload> Activations) : IProtocolMessage;
 
     /// <summary>A stage finished: its report (progress for the client, and the job's combined report).</summary>
     public sealed record StageDone(JobId Job, int Attempt, int Stage, string Node, PassReport Report) : IProtocolMessage;
 
-    /// <summary>The model's output, from the last stage.</summary>
-    public sealed record StageOutput(JobId Job, int Attempt, TensorPayload Output) : IProtocolMessage;
+    /// <summary>The model's outputs, one per micro-batch, from the last stage.</summary>
+    public sealed record StageOutput(JobId Job, int Attempt, ImmutableArray<TensorPayload> Outputs) : IProtocolMessage;
 
     public sealed record StageFailed(JobId Job, int Attempt, int Stage, string Reason) : IProtocolMessage;
 

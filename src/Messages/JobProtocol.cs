@@ -7,8 +7,10 @@ public static class JobProtocol
     public interface IJobCommand : IProtocolMessage { JobId Id { get; } }
     public interface IJobEvent : IProtocolMessage { JobId Id { get; } }
 
-    /// <summary>Run one forward pass of <paramref name="Model"/> on its seeded input under <paramref name="Policy"/>.</summary>
-    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy) : IJobCommand;
+    /// <summary>Run one forward pass of <paramref name="Model"/> (weights from its seed) under <paramref name="Policy"/>, on the
+    /// input drawn from <paramref name="InputSeed"/> (default: the model's seed). Jobs with the same model and policy
+    /// may be coalesced into one pass as micro-batches; each keeps its own input and output.</summary>
+    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null) : IJobCommand;
 
     public sealed record JobAccepted(JobId Id) : IJobEvent;
     public sealed record JobProgress(JobId Id, LayerProgress Progress) : IJobEvent;

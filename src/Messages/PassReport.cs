@@ -32,6 +32,9 @@ public sealed record PassReport(
     /// <summary>The placement, when the job ran as pipeline stages across devices.</summary>
     public ImmutableArray<StagePlan> Stages { get; init; } = [];
 
+    /// <summary>Jobs that shared this pass as micro-batches (each layer loaded once for all of them).</summary>
+    public int MicroBatches { get; init; } = 1;
+
     /// <summary>Lower bound ÷ wall time: 1.0 means transfers were completely hidden behind compute (or vice versa).</summary>
     public double OverlapEfficiency => WallSeconds > 0 ? LowerBoundSeconds / WallSeconds : 0;
 }

@@ -34,7 +34,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly IActorRef _coordinator;
     readonly TimeSpan _heartbeat;
     readonly Dictionary<(JobId, int, int), StageAssignment> _assigned = [];
-    readonly Dictionary<(JobId, int, int), TensorPayload> _early = []; // inputs that beat their assignment here
+    readonly Dictionary<(JobId, int, int), ImmutableArray<TensorPayload>> _early = []; // inputs that beat their assignment here
     readonly Dictionary<(ModelSpec, int, int), IActorRef[]> _deployments = [];
     readonly HashSet<(JobId, int)> _cancelled = [];
     readonly ChunkAssembler _assembler;
@@ -89,8 +89,12 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         if (a.Stage == 0)
         {
             var model = ModelCatalog.Create(a.Model);
-            using var input = model.MakeInput(a.Model.Seed);
-            Run(a, TensorPayloads.From(input));
+            var inputs = a.Seeds.Select(seed =>
+            {
+                using var input = model.MakeInput(seed);
+                return TensorPayloads.From(input);
+            }).ToImmutableArray();
+            Run(a, inputs);
         }
         else if (_early.Remove(key, out var early)) Run(a, early);
     }
@@ -98,11 +102,11 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     void OnInput(StageInput input)
     {
         var key = (input.Job, input.Attempt, input.Stage);
-        if (_assigned.TryGetValue(key, out var a)) Run(a, input.Activation);
-        else _early[key] = input.Activation;
+        if (_assigned.TryGetValue(key, out var a)) Run(a, input.Activations);
+        else _early[key] = input.Activations;
     }
 
-    void Run(StageAssignment a, TensorPayload activation)
+    void Run(StageAssignment a, ImmutableArray<TensorPayload> activations)
     {
         if (_cancelled.Contains((a.Job, a.Attempt))) { _assigned.Remove((a.Job, a.Attempt, a.Stage)); return; }
         StreamPolicy policy;
@@ -119,16 +123,16 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             return;
         }
         var layers = Deploy(a.Model, a.FirstLayer, stage);
-        var input = TensorPayloads.ToTensor(activation);
+        var inputs = activations.Select(TensorPayloads.ToTensor).ToArray();
         var coordinator = a.Coordinator;
         var self = Self;
         int offset = a.FirstLayer, total = a.FirstLayer + a.LayerCount;
-        _loaders[a.Device].Ask<object>(new DeviceLoaderActor.RunPass(stage, layers, input, policy,
+        _loaders[a.Device].Ask<object>(new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
                 p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 })); }),
                 Timeout.InfiniteTimeSpan)
             .ContinueWith(t =>
             {
-                input.Dispose();
+                foreach (var i in inputs) i.Dispose();
                 return new StageFinished(a, t.IsCompletedSuccessfully ? t.Result : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!));
             }, TaskScheduler.Default)
             .PipeTo(self);
@@ -140,8 +144,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         _assigned.Remove((a.Job, a.Attempt, a.Stage));
         if (f.Answer is DeviceLoaderActor.PassSucceeded ok)
         {
-            TensorPayload output;
-            using (ok.Output) output = TensorPayloads.From(ok.Output);
+            var output = ok.Outputs.Select(t => { using (t) return TensorPayloads.From(t); }).ToImmutableArray();
             if (_cancelled.Contains((a.Job, a.Attempt))) return;
             a.Coordinator.Tell(new StageDone(a.Job, a.Attempt, a.Stage, _node, ok.Report with { Device = a.Device }));
             if (a.Stage == a.Stages - 1) _sender.Tell(a.Coordinator, new StageOutput(a.Job, a.Attempt, output), Self);

@@ -33,6 +33,8 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
     public int MaxQueuedJobs { get; init; } = 100;
     /// <summary>Most jobs placed and running at once.</summary>
     public int MaxRunningJobs { get; init; } = 4;
+    /// <summary>Most queued jobs of the same model coalesced into one pass as micro-batches.</summary>
+    public int MaxMicroBatches { get; init; } = 4;
     /// <summary>How often a client resubmits a job (same id) that has had no answer.</summary>
     public TimeSpan ResubmitAfter { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -53,6 +55,8 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
         if (running < 1) throw new ArgumentException("superpipeline.max-running-jobs must be at least 1");
         var resubmit = s.GetTimeSpan("resubmit-after", TimeSpan.FromSeconds(10));
         if (resubmit <= TimeSpan.Zero) throw new ArgumentException("superpipeline.resubmit-after must be positive");
-        return new SuperpipelineSettings(ask, pass, capacity) { Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit };
+        int micro = s.GetInt("max-micro-batches", 4);
+        if (micro < 1) throw new ArgumentException("superpipeline.max-micro-batches must be at least 1");
+        return new SuperpipelineSettings(ask, pass, capacity) { Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit, MaxMicroBatches = micro };
     }
 }

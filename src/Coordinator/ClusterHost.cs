@@ -38,7 +38,9 @@ public sealed class ClusterHost : IAsyncDisposable
             if (role is not ("coordinator" or "worker")) throw new ArgumentException($"--role must be coordinator, worker or both; got '{role}'");
         bool coordinator = o.Roles.Contains("coordinator"), worker = o.Roles.Contains("worker");
         if (worker && o.Devices.Count == 0) throw new ArgumentException("a worker needs --devices (e.g. sim:2x4GiB)");
-        var seeds = string.Join(", ", o.Seeds.Select(s => $"\"akka.tcp://{SystemName}@{s}\""));
+        var configured = (string.IsNullOrWhiteSpace(o.ExtraConfig) ? Config.Empty : ConfigurationFactory.ParseString(o.ExtraConfig))
+            .WithFallback(WorkerConfig.Load(o.Roles.Count == 1 ? o.Roles[0] : null));
+        var seeds = string.Join(", ", o.Seeds.Select(s => $"\"{Scheme(configured)}://{SystemName}@{s}\""));
         var overrides = $$"""
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp.hostname = "{{o.Hostname}}"
@@ -47,8 +49,7 @@ public sealed class ClusterHost : IAsyncDisposable
             akka.cluster.seed-nodes = [{{seeds}}]
             """;
         var config = ConfigurationFactory.ParseString(overrides)
-            .WithFallback(string.IsNullOrWhiteSpace(o.ExtraConfig) ? Config.Empty : ConfigurationFactory.ParseString(o.ExtraConfig))
-            .WithFallback(WorkerConfig.Load(o.Roles.Count == 1 ? o.Roles[0] : null))
+            .WithFallback(configured)
             // Every member must know the cluster tools' serializers (pub-sub, singleton, client), whatever its role.
             .WithFallback(Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.DefaultConfig())
             .WithFallback(ClusterSingletonManager.DefaultConfig())
@@ -72,6 +73,11 @@ public sealed class ClusterHost : IAsyncDisposable
         }
         return new ClusterHost(system, devices);
     }
+
+    /// <summary>The address scheme of the DotNetty transport: with TLS on (enable-ssl) Akka.Remote listens as
+    /// akka.ssl.tcp, and seed nodes and contact points must be written with that scheme to be reached at all.</summary>
+    public static string Scheme(Config config) =>
+        config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : "akka.tcp";
 
     /// <summary>Parses --devices: "sim:2x4GiB" (two simulated accelerators of 4 GiB), "sim:512MiB@8" (8 GB/s link),
     /// "cuda:all" or "cuda:2x24GiB"; several specs may be separated by commas.</summary>

@@ -32,10 +32,7 @@ public static class HostCommands
             int p = r.GetValue(port);
             if (p is < 0 or > 65535) throw new ArgumentException($"--port must be from 0 to 65535; got {p}");
             var deviceSpecs = roles.Contains("worker") ? ClusterHost.ParseDevices(r.GetValue(devices)!) : [];
-            string? extra = r.GetValue(config) is { } file
-                ? (File.Exists(file) ? File.ReadAllText(file) : throw new ArgumentException($"--config {file} does not exist"))
-                : null;
-            await using var member = ClusterHost.Start(new HostOptions(roles, r.GetValue(hostname)!, p, r.GetValue(seed) ?? [], deviceSpecs, extra));
+            await using var member = ClusterHost.Start(new HostOptions(roles, r.GetValue(hostname)!, p, r.GetValue(seed) ?? [], deviceSpecs, ReadConfig(r.GetValue(config))));
             Console.WriteLine($"superpipeline host: {string.Join("+", roles)} at {member.Address}" +
                 (deviceSpecs.Count > 0 ? $" with {string.Join(", ", member.Devices.Select(d => $"{d.Name} ({d.Memory.Capacity:N0} bytes)"))}" : ""));
             var stopped = new TaskCompletionSource();
@@ -47,6 +44,10 @@ public static class HostCommands
         return host;
     }
 
+    /// <summary>The text of a --config file, or null when none was given.</summary>
+    static string? ReadConfig(string? file) => file is null ? null
+        : File.Exists(file) ? File.ReadAllText(file) : throw new ArgumentException($"--config {file} does not exist");
+
     public static Command BuildSubmit()
     {
         var model = new Cli.ModelOptions();
@@ -57,9 +58,11 @@ public static class HostCommands
         var report = new Option<string>("--report") { Description = "write the JSON report (with the placement) to this file" };
         var trace = new Option<string>("--trace") { Description = "write a Chrome trace of the stages' layers" };
         var output = new Option<string>("--output") { Description = "write the output tensor to this .npy file" };
+        var hostname = new Option<string>("--hostname") { Description = "the interface this client listens on for answers; the coordinator must reach it", DefaultValueFactory = _ => "127.0.0.1" };
+        var config = new Option<string>("--config") { Description = "a HOCON file whose settings override hocon/ (e.g. TLS, as on the members)" };
         var submit = new Command("submit", "Submit a job to a running cluster through ClusterClient, show progress, and write the same files as run.");
         model.AddTo(submit);
-        foreach (var o in new Option[] { contact, window, swap, id, report, trace, output }) submit.Options.Add(o);
+        foreach (var o in new Option[] { contact, window, swap, id, report, trace, output, hostname, config }) submit.Options.Add(o);
         submit.SetAction(async (r, cancel) =>
         {
             OutputPaths.CheckWritable(r.GetValue(report), "--report");
@@ -67,7 +70,7 @@ public static class HostCommands
             OutputPaths.CheckWritable(r.GetValue(output), "--output");
             var spec = model.Read(r);
             var job = new SubmitJob(r.GetValue(id) is { } given ? new JobId(given) : JobId.New(), spec, Cli.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)));
-            await using var client = SubmitClient.Start(r.GetValue(contact)!);
+            await using var client = SubmitClient.Start(r.GetValue(contact)!, r.GetValue(hostname)!, ReadConfig(r.GetValue(config)));
             Console.Error.WriteLine($"superpipeline submit: job {job.Id} to {string.Join(", ", r.GetValue(contact)!)}");
             var answer = await client.RunAsync(job, p => { if (p.Layer == p.Layers - 1 || p.Layer % 8 == 0) Console.Error.WriteLine($"  layer {p.Layer + 1}/{p.Layers} computed"); });
             switch (answer)

@@ -37,7 +37,7 @@ public sealed class SubmitClient : IAsyncDisposable
             .WithFallback(ClusterClientReceptionist.DefaultConfig());
         var settings = SuperpipelineSettings.Create(config);
         var system = ActorSystem.Create("superpipeline-client", config);
-        var initial = contacts.Select(c => ActorPath.Parse($"akka.tcp://{ClusterHost.SystemName}@{c}/system/receptionist")).ToImmutableHashSet();
+        var initial = contacts.Select(c => ActorPath.Parse($"{ClusterHost.Scheme(config)}://{ClusterHost.SystemName}@{c}/system/receptionist")).ToImmutableHashSet();
         var client = system.ActorOf(ClusterClient.Props(ClusterClientSettings.Create(system).WithInitialContacts(initial)), "cluster-client");
         return new SubmitClient(system, client, settings);
     }

@@ -50,6 +50,8 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
 
     public override byte[] ToBinary(object obj)
     {
+        // The list is closed both ways: a type outside it is never written (it would otherwise go out as plain JSON).
+        if (!ManifestOf.ContainsKey(obj.GetType())) throw new ArgumentException($"{obj.GetType().Name} is not a Superpipeline protocol message");
         var blobs = _blobs = [];
         try
         {

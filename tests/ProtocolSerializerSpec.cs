@@ -1,0 +1,85 @@
+using System.Collections.Immutable;
+using System.Runtime.Serialization;
+using Akka.Actor;
+using Akka.TestKit.Xunit2;
+using Superpipeline.Messages;
+using Superpipeline.Messages.Serialization;
+using Superpipeline.Workers;
+using Xunit;
+using static Superpipeline.Messages.JobProtocol;
+
+namespace Superpipeline.Tests;
+
+/// <summary>The wire format: protocol messages are bound to <see cref="ProtocolSerializer"/>, whose closed list of
+/// manifests is the only thing it reads or writes; tensors travel as raw bytes.</summary>
+public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
+{
+    /// <summary>Implements the marker, so the HOCON binding sends it to the protocol serializer, but is not in its list.</summary>
+    public sealed record NotInTheList(string Command) : IProtocolMessage;
+
+    ProtocolSerializer Serializer => Assert.IsType<ProtocolSerializer>(Sys.Serialization.FindSerializerForType(typeof(IProtocolMessage)));
+
+    static IEnumerable<Type> ProtocolTypes() => typeof(IProtocolMessage).Assembly.GetTypes()
+        .Where(t => typeof(IProtocolMessage).IsAssignableFrom(t) && t is { IsAbstract: false, IsInterface: false });
+
+    [Fact]
+    public void Every_protocol_message_type_is_bound_to_the_protocol_serializer_with_a_fixed_manifest()
+    {
+        Assert.NotEmpty(ProtocolTypes());
+        foreach (var type in ProtocolTypes())
+        {
+            Assert.IsType<ProtocolSerializer>(Sys.Serialization.FindSerializerForType(type));
+            var manifest = Serializer.Manifest(System.Runtime.CompilerServices.RuntimeHelpers.GetUninitializedObject(type));
+            Assert.DoesNotContain(".", manifest); // a short name from the list, never a .NET type name
+        }
+    }
+
+    [Theory]
+    [InlineData("nope")]
+    [InlineData("")]
+    [InlineData("Superpipeline.Messages.JobProtocol+JobFailed, Superpipeline.Messages")]
+    [InlineData("System.Diagnostics.Process, System.Diagnostics.Process")]
+    public void An_unknown_manifest_is_refused(string manifest)
+    {
+        var bytes = Serializer.ToBinary(new JobFailed(new JobId("j"), "x")); // well-formed bytes, wrong manifest
+        Assert.Throws<SerializationException>(() => Serializer.FromBinary(bytes, manifest));
+        Assert.ThrowsAny<Exception>(() => Sys.Serialization.Deserialize(bytes, ProtocolSerializer.SerializerId, manifest));
+    }
+
+    [Fact]
+    public void A_type_outside_the_list_cannot_be_serialized_by_it()
+    {
+        var rogue = new NotInTheList("rm -rf /");
+        Assert.IsType<ProtocolSerializer>(Sys.Serialization.FindSerializerFor(rogue)); // the binding does pick it…
+        Assert.Throws<ArgumentException>(() => Serializer.Manifest(rogue));              // …but it has no manifest
+        Assert.Throws<ArgumentException>(() => Serializer.ToBinary(rogue));              // and is never written
+        Assert.Throws<ArgumentException>(() => Serializer.ToBinary("a plain string"));
+        Assert.Throws<ArgumentException>(() => Serializer.ToBinary(new Dictionary<string, string>()));
+    }
+
+    [Fact]
+    public void A_succeeded_job_with_a_300_KB_tensor_round_trips_byte_for_byte_without_json_encoding_the_bytes()
+    {
+        var data = new byte[300_000];
+        new Random(42).NextBytes(data); // every bit pattern, NaNs included
+        var output = new TensorPayload("Float32", [3, 100, 250], ImmutableArray.Create(data));
+        var report = new PassReport("127.0.0.1:4054/sim:0,127.0.0.1:4055/sim:1", 8, 2, 1, 1 << 20, 64 << 20, 1 << 19, 3 << 20, 1.25, 0.75,
+            [.. Enumerable.Range(0, 8).Select(i => new LayerTiming(i, $"block.{i}", 1000 + i, i * 0.1, 0.01, i * 0.1 + 0.01, 0.02, i * 0.1 + 0.03))])
+        {
+            Stages = [new StagePlan(0, "127.0.0.1:4054", "sim:0", 0, 4, 2, 1, 4000, 1e6, 2000, 0.5), new StagePlan(1, "127.0.0.1:4055", "sim:1", 4, 4, 2, 1, 4000, 1e6, 2000, 0.6)],
+        };
+        var message = new JobSucceeded(new JobId("big"), output, report);
+
+        var serializer = Sys.Serialization.FindSerializerFor(message);
+        var bytes = serializer.ToBinary(message);
+        Assert.True(bytes.Length < data.Length + 4096, $"{bytes.Length:N0} bytes for a {data.Length:N0}-byte tensor: the bytes were encoded, not appended raw");
+
+        var back = Assert.IsType<JobSucceeded>(Sys.Serialization.Deserialize(bytes, serializer.Identifier, Serializer.Manifest(message)));
+        Assert.Equal(message.Id, back.Id);
+        Assert.Equal(output, back.Output);
+        Assert.True(data.AsSpan().SequenceEqual(back.Output.Bytes.AsSpan()));
+        Assert.Equal(report with { LayerTimings = [], Stages = [] }, back.Report with { LayerTimings = [], Stages = [] });
+        Assert.Equal(report.LayerTimings.AsEnumerable(), back.Report.LayerTimings.AsEnumerable()); // ImmutableArray's own Equals compares references
+        Assert.Equal(report.Stages.AsEnumerable(), back.Report.Stages.AsEnumerable());
+    }
+}

@@ -67,6 +67,14 @@ public sealed class JobManagerSpec : TestKit, IDisposable
         Assert.Equal(first, second);
     }
 
+    [Fact]
+    public void An_id_reused_for_a_different_job_is_refused()
+    {
+        Assert.IsType<JobSucceeded>(Answer(new SubmitJob(new JobId("reused"), Tiny, new PolicySpec(1, 1))));
+        var refused = Assert.IsType<JobRefused>(Answer(new SubmitJob(new JobId("reused"), Tiny with { Blocks = 2 }, new PolicySpec(1, 1))));
+        Assert.Equal("job id reused was already used for a different job; choose a new id", refused.Reason);
+    }
+
     [Theory]
     [InlineData("bert", 1, 1, "unknown model 'bert' (known: demo, gpt)")]
     [InlineData("demo", 9, 1, "--window must be from 1 to 5 (the model's layers) or 'all'; got 9")]

@@ -115,6 +115,11 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     {
         if (_jobs.TryGetValue(submit.Id, out var existing))
         {
+            if (existing.Submit != submit)
+            {
+                Sender.Tell(new JobRefused(submit.Id, $"job id {submit.Id} was already used for a different job; choose a new id"));
+                return;
+            }
             if (existing.Answer is { } answer) _sender.Tell(Sender, (IProtocolMessage)answer, Self);
             else if (!existing.Clients.Contains(Sender)) existing.Clients.Add(Sender);
             return;
@@ -215,7 +220,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     void OnProgress(JobProgress p)
     {
-        if (!_running.TryGetValue(p.Id, out var run)) return;
+        if (!_running.TryGetValue(p.Id, out var run) || !run.Placement.Any(s => s.Slot.Agent.Equals(Sender))) return; // not from a stage of the current run
         var progress = p.Progress with { Layers = run.Model.Layers.Count };
         foreach (var job in run.Jobs)
             foreach (var c in job.Clients) c.Tell(new JobProgress(job.Submit.Id, progress));
@@ -279,9 +284,9 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Dispatch();
     }
 
-    void Cancel(Run run)
+    void Cancel(Run run, Address? gone = null)
     {
-        foreach (var agent in run.Placement.Select(p => p.Slot.Agent).Distinct())
+        foreach (var agent in run.Placement.Select(p => p.Slot.Agent).Distinct().Where(a => !a.Path.Address.Equals(gone)))
             agent.Tell(new CancelAttempt(run.Id, run.Attempt));
     }
 
@@ -293,7 +298,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         foreach (var run in _running.Values.ToArray())
         {
             if (!run.Placement.Any(p => p.Slot.Agent.Path.Address.Equals(address))) continue;
-            Cancel(run);
+            Cancel(run, address);
             _running.Remove(run.Id);
             foreach (var job in run.Jobs.Reverse()) _queue.AddFirst(job.Submit.Id);
         }

@@ -128,7 +128,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         var self = Self;
         int offset = a.FirstLayer, total = a.FirstLayer + a.LayerCount;
         _loaders[a.Device].Ask<object>(new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
-                p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 })); }),
+                p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); }),
                 Timeout.InfiniteTimeSpan)
             .ContinueWith(t =>
             {

@@ -8,7 +8,8 @@ namespace Superpipeline.Coordinator;
 
 /// <summary><c>bench --cluster</c>: job throughput of an in-process cluster with one worker node against two, in one
 /// run. Each worker node has one simulated accelerator with an emulated link; concurrent jobs for the same model
-/// are pipelined through the stages (stage 0 of one job runs while stage 1 of the previous one does). Jobs go
+/// are coalesced into micro-batch runs (superpipeline.max-micro-batches) and the runs are pipelined through the stages
+/// (stage 0 of one run works while stage 1 of the previous one does). Jobs go
 /// through ClusterClient exactly as `submit` sends them.</summary>
 public static class ClusterBench
 {
@@ -20,7 +21,7 @@ public static class ClusterBench
     public static async Task<int> RunAsync(string outDir, bool quick, TextWriter output, TextWriter log)
     {
         var model = new ModelSpec("demo", Blocks: quick ? 6 : 10, Hidden: 256, Heads: 4, Vocab: 256, Sequence: 32, Batch: 2, Seed: 3);
-        int jobs = quick ? 8 : 24;
+        int jobs = quick ? 8 : 64;
         const double linkGBps = 0.05; // slow link: passes are transfer-bound, as offloaded passes of big models are
         var config = """
             superpipeline.max-running-jobs = 8

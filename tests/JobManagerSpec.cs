@@ -68,6 +68,27 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     }
 
     [Fact]
+    public void Answered_jobs_beyond_the_record_limit_are_forgotten_oldest_first()
+    {
+        var settings = SuperpipelineSettings.Create(Sys.Settings.Config) with { MaxJobRecords = 2 };
+        var manager = Sys.ActorOf(JobManagerActor.Props(settings));
+        Sys.ActorOf(NodeAgentActor.Props("local", [_device], manager, settings));
+        IJobEvent Run(string id)
+        {
+            manager.Tell(new SubmitJob(new JobId(id), Tiny, new PolicySpec(1, 1)), TestActor);
+            return FishForMessage<IJobEvent>(e => e is JobAccepted or JobSucceeded or JobFailed or JobRefused, TimeSpan.FromSeconds(60));
+        }
+        foreach (var id in new[] { "r1", "r2", "r3" })
+        {
+            Assert.IsType<JobAccepted>(Run(id));
+            FishForMessage<JobSucceeded>(_ => true, TimeSpan.FromSeconds(60));
+        }
+        Assert.IsType<JobSucceeded>(Run("r3")); // remembered: answered at once, not accepted again
+        Assert.IsType<JobAccepted>(Run("r1"));  // forgotten: runs as a new job
+        FishForMessage<JobSucceeded>(_ => true, TimeSpan.FromSeconds(60));
+    }
+
+    [Fact]
     public void An_id_reused_for_a_different_job_is_refused()
     {
         Assert.IsType<JobSucceeded>(Answer(new SubmitJob(new JobId("reused"), Tiny, new PolicySpec(1, 1))));

@@ -56,6 +56,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     readonly Dictionary<JobId, Job> _jobs = [];
     readonly LinkedList<JobId> _queue = new();
     readonly Dictionary<JobId, Run> _running = [];
+    readonly Queue<JobId> _answered = new(); // oldest answered first: records beyond the limit are forgotten
     int _attempts;
     readonly ChunkAssembler _assembler;
     readonly ChunkingSender _sender;
@@ -279,6 +280,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     void Answer(Job job, IJobEvent answer)
     {
         job.Answer = answer;
+        _answered.Enqueue(job.Submit.Id);
+        while (_answered.Count > _settings.MaxJobRecords) _jobs.Remove(_answered.Dequeue());
         foreach (var c in job.Clients) _sender.Tell(c, (IProtocolMessage)answer, Self);
         if (answer is not JobSucceeded) _log.Info("job {0}: {1}", job.Submit.Id, answer);
         Dispatch();

@@ -33,6 +33,8 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
     public int MaxQueuedJobs { get; init; } = 100;
     /// <summary>Most jobs placed and running at once.</summary>
     public int MaxRunningJobs { get; init; } = 4;
+    /// <summary>Answered jobs the coordinator remembers (to answer a resubmitted id without running it again).</summary>
+    public int MaxJobRecords { get; init; } = 100_000;
     /// <summary>Most queued jobs of the same model coalesced into one pass as micro-batches.</summary>
     public int MaxMicroBatches { get; init; } = 4;
     /// <summary>How often a client resubmits a job (same id) that has had no answer.</summary>
@@ -57,6 +59,8 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
         if (resubmit <= TimeSpan.Zero) throw new ArgumentException("superpipeline.resubmit-after must be positive");
         int micro = s.GetInt("max-micro-batches", 4);
         if (micro < 1) throw new ArgumentException("superpipeline.max-micro-batches must be at least 1");
-        return new SuperpipelineSettings(ask, pass, capacity) { Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit, MaxMicroBatches = micro };
+        int records = s.GetInt("max-job-records", 100_000);
+        if (records < 1) throw new ArgumentException("superpipeline.max-job-records must be at least 1");
+        return new SuperpipelineSettings(ask, pass, capacity) { Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit, MaxMicroBatches = micro, MaxJobRecords = records };
     }
 }

@@ -1,3 +1,4 @@
+using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using CsCheck;
 using Superpipeline.Engine.Policy;
@@ -195,6 +196,21 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
         {
             foreach (var i in inputs) i.Dispose();
         }
+    }
+
+    [Fact]
+    public async Task A_stopped_pass_ends_at_its_next_step_frees_its_bytes_and_the_loader_serves_the_next()
+    {
+        using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 6, hidden: 64), Roomy, linkGBps: 0.002); // about 25 ms a block
+        using var stop = new CancellationTokenSource();
+        var events = new List<LayerProgress>();
+        var answer = h.Loader.Ask<object>(new DeviceLoaderActor.RunPass(h.Model, h.Layers, h.Input, h.Policy(2, 1),
+            p => { lock (events) events.Add(p); if (p.Phase == LayerPhase.Computed && p.Layer == 1) stop.Cancel(); }) { Stop = stop.Token }, TimeSpan.FromMinutes(1));
+        Assert.IsType<DeviceLoaderActor.PassFailed>(await answer);
+        Assert.True(events.Count(e => e.Phase == LayerPhase.Computed) < h.Model.Layers.Count, "the pass stopped before its end");
+        Assert.Equal(0, h.Device.Memory.Reserved);
+        var (output, _) = await h.Pass(h.Policy(2, 1));
+        Assert.Equal(h.PlainForward(), output);
     }
 
     [Fact]

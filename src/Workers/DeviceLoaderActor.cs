@@ -22,6 +22,9 @@ public sealed class DeviceLoaderActor : ReceiveActor
     {
         public RunPass(LayeredModel model, IReadOnlyList<IActorRef> layerActors, Tensor input, StreamPolicy policy, Action<LayerProgress>? progress = null)
             : this(model, layerActors, new[] { input }, policy, progress) { }
+
+        /// <summary>Stops the pass (queued or running) at its next step; it then fails and frees what it holds.</summary>
+        public CancellationToken Stop { get; init; }
     }
 
     /// <summary>The pass's output as a host tensor, now owned by the receiver, and its report.</summary>
@@ -84,7 +87,8 @@ public sealed class DeviceLoaderActor : ReceiveActor
     {
         var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout);
         var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray());
-        await PassStream.RunAsync(backend, gate, _materializer).ConfigureAwait(false);
+        pass.Stop.ThrowIfCancellationRequested();
+        await PassStream.RunAsync(backend, gate, _materializer, pass.Stop).ConfigureAwait(false);
         return new PassSucceeded(backend.Outputs!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
     }
 

@@ -37,6 +37,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly Dictionary<(JobId, int, int), ImmutableArray<TensorPayload>> _early = []; // inputs that beat their assignment here
     readonly Dictionary<(ModelSpec, int, int), IActorRef[]> _deployments = [];
     readonly HashSet<(JobId, int)> _cancelled = [];
+    readonly Dictionary<(JobId, int), CancellationTokenSource> _stops = []; // per attempt with a stage here
     readonly ChunkAssembler _assembler;
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
@@ -59,7 +60,12 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Receive<StageAssignment>(OnAssignment);
         Receive<StageInput>(OnInput);
         Receive<StageFinished>(OnFinished);
-        Receive<CancelAttempt>(c => _cancelled.Add((c.Job, c.Attempt)));
+        Receive<CancelAttempt>(c =>
+        {
+            _cancelled.Add((c.Job, c.Attempt));
+            if (_stops.Remove((c.Job, c.Attempt), out var stop)) { stop.Cancel(); stop.Dispose(); }
+            foreach (var key in _assigned.Keys.Where(k => k.Item1 == c.Job && k.Item2 == c.Attempt).ToArray()) _assigned.Remove(key);
+        });
     }
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -126,10 +132,12 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         var inputs = activations.Select(TensorPayloads.ToTensor).ToArray();
         var coordinator = a.Coordinator;
         var self = Self;
-        int offset = a.FirstLayer, total = a.FirstLayer + a.LayerCount;
-        _loaders[a.Device].Ask<object>(new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
-                p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); }),
-                Timeout.InfiniteTimeSpan)
+        int offset = a.FirstLayer;
+        if (!_stops.TryGetValue((a.Job, a.Attempt), out var stopSource)) _stops[(a.Job, a.Attempt)] = stopSource = new CancellationTokenSource();
+        var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
+            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); })
+        { Stop = stopSource.Token };
+        _loaders[a.Device].Ask<object>(pass, Timeout.InfiniteTimeSpan)
             .ContinueWith(t =>
             {
                 foreach (var i in inputs) i.Dispose();
@@ -142,6 +150,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         var a = f.Stage;
         _assigned.Remove((a.Job, a.Attempt, a.Stage));
+        if (!_assigned.Keys.Any(k => k.Item1 == a.Job && k.Item2 == a.Attempt) && _stops.Remove((a.Job, a.Attempt), out var stop)) stop.Dispose();
         if (f.Answer is DeviceLoaderActor.PassSucceeded ok)
         {
             var output = ok.Outputs.Select(t => { using (t) return TensorPayloads.From(t); }).ToImmutableArray();

@@ -35,10 +35,11 @@ public interface IPassBackend
 /// backend has freed everything before the returned task ends.</summary>
 public static class PassStream
 {
-    public static async Task RunAsync(IPassBackend backend, LoadGate gate, IMaterializer materializer)
+    public static async Task RunAsync(IPassBackend backend, LoadGate gate, IMaterializer materializer, CancellationToken stop = default)
     {
         var admission = new Admission(gate);
-        using var cancel = new CancellationTokenSource();
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        using var onStop = stop.Register(admission.Fail); // a stopped pass ends at the next step, freeing what it holds
         var started = new ConcurrentQueue<Task>();
         Task Track(Task t) { started.Enqueue(t); return t; }
         try

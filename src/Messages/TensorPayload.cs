@@ -2,8 +2,8 @@ using System.Collections.Immutable;
 
 namespace Superpipeline.Messages;
 
-/// <summary>A tensor as it crosses a boundary: dtype name (TorchSharp's ScalarType name, e.g. "Float32"),
-/// shape, and the raw little-endian bytes in row-major order. No TorchSharp type is referenced here.</summary>
+/// <summary>A tensor as it crosses a boundary: dtype name (e.g. "Float32", "Int64"), shape, and the raw
+/// little-endian bytes in row-major order. The wire protocol depends on no tensor library.</summary>
 public sealed record TensorPayload(string DType, ImmutableArray<long> Shape, ImmutableArray<byte> Bytes)
 {
     public long Elements => Shape.Aggregate(1L, (a, b) => a * b);

@@ -33,9 +33,10 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly Dictionary<string, IActorRef> _loaders = [];
     readonly IActorRef _coordinator;
     readonly TimeSpan _heartbeat;
+    readonly TimeSpan _askTimeout;
     readonly Dictionary<(JobId, int, int), StageAssignment> _assigned = [];
     readonly Dictionary<(JobId, int, int), ImmutableArray<TensorPayload>> _early = []; // inputs that beat their assignment here
-    readonly Dictionary<(ModelSpec, int, int), IActorRef[]> _deployments = [];
+    readonly Dictionary<(ModelSpec, int, int), (IActorRef[] Layers, Task Ready)> _deployments = [];
     readonly HashSet<(JobId, int)> _cancelled = [];
     readonly Dictionary<(JobId, int), CancellationTokenSource> _stops = []; // per attempt with a stage here
     readonly ChunkAssembler _assembler;
@@ -49,6 +50,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         _devices = devices.ToDictionary(d => d.Name);
         _coordinator = coordinator;
         _heartbeat = settings.Heartbeat;
+        _askTimeout = settings.AskTimeout;
         _assembler = new ChunkAssembler(Context.System);
         _sender = ChunkingSender.For(Context.System);
         foreach (var d in devices)
@@ -128,7 +130,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, e.Message));
             return;
         }
-        var layers = Deploy(a.Model, a.FirstLayer, stage);
+        var (layers, ready) = Deploy(a.Model, a.FirstLayer, stage);
         var inputs = activations.Select(TensorPayloads.ToTensor).ToArray();
         var coordinator = a.Coordinator;
         var self = Self;
@@ -137,7 +139,10 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
             p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); })
         { Stop = stopSource.Token };
-        _loaders[a.Device].Ask<object>(pass, Timeout.InfiniteTimeSpan)
+        var loader = _loaders[a.Device];
+        // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.
+        ready.ContinueWith(r => r.IsCompletedSuccessfully ? loader.Ask<object>(pass, Timeout.InfiniteTimeSpan) : Task.FromException<object>(r.Exception!.GetBaseException()), TaskScheduler.Default)
+            .Unwrap()
             .ContinueWith(t =>
             {
                 foreach (var i in inputs) i.Dispose();
@@ -167,7 +172,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     }
 
     /// <summary>LayerActors for a stage's layers, made once per model and layer range on this node.</summary>
-    IActorRef[] Deploy(ModelSpec spec, int first, LayeredModel stage)
+    (IActorRef[] Layers, Task Ready) Deploy(ModelSpec spec, int first, LayeredModel stage)
     {
         var key = (spec with { Batch = 0 }, first, stage.Layers.Count);
         if (_deployments.TryGetValue(key, out var existing)) return existing;
@@ -175,7 +180,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         var weights = ModelCatalog.Weights(spec);
         bool pin = _devices.Values.Any(d => d.WantsPinnedHost);
         var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToArray();
-        _deployments[key] = layers;
-        return layers;
+        var ready = Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
+        return _deployments[key] = (layers, ready);
     }
 }

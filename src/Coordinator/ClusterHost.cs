@@ -55,10 +55,10 @@ public sealed class ClusterHost : IAsyncDisposable
             .WithFallback(ClusterSingletonManager.DefaultConfig())
             .WithFallback(ClusterClientReceptionist.DefaultConfig());
         var settings = SuperpipelineSettings.Create(config);
-        var devices = o.Devices.SelectMany((spec, i) => new[] { spec }).Select((spec, i) => DeviceFactory.Create(spec, i)).ToArray();
+        var devices = o.Devices.Select((spec, i) => DeviceFactory.Create(spec, i)).ToArray();
         var system = ActorSystem.Create(SystemName, config);
         if (o.Seeds.Count == 0) Cluster.Get(system).Join(Cluster.Get(system).SelfAddress); // the first node founds the cluster
-        system.EventStream.Subscribe(system.ActorOf(DeadLetterMonitor.Props(), "dead-letter-monitor"), typeof(Akka.Event.DeadLetter));
+        DeadLetterMonitor.Attach(system);
 
         if (coordinator)
             system.ActorOf(ClusterSingletonManager.Props(JobManagerActor.Props(settings), PoisonPill.Instance,

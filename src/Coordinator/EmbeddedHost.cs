@@ -31,7 +31,7 @@ public sealed class EmbeddedHost : IAsyncDisposable
         var settings = SuperpipelineSettings.Create(config);
         var dev = DeviceFactory.Create(device);
         var system = ActorSystem.Create("superpipeline", config);
-        system.EventStream.Subscribe(system.ActorOf(DeadLetterMonitor.Props(), "dead-letter-monitor"), typeof(DeadLetter));
+        DeadLetterMonitor.Attach(system);
         var manager = system.ActorOf(JobManagerActor.Props(settings), "job-manager");
         system.ActorOf(NodeAgentActor.Props("local", [dev], manager, settings), "node-agent");
         return new EmbeddedHost(system, dev, manager, settings);
@@ -87,4 +87,8 @@ public sealed class DeadLetterMonitor : ReceiveActor
     }
 
     public static Props Props() => Akka.Actor.Props.Create(() => new DeadLetterMonitor());
+
+    /// <summary>Starts the monitor and subscribes it to the system's dead letters.</summary>
+    public static void Attach(ActorSystem system) =>
+        system.EventStream.Subscribe(system.ActorOf(Props(), "dead-letter-monitor"), typeof(DeadLetter));
 }

@@ -86,9 +86,12 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     public static Props Props(SuperpipelineSettings settings) =>
         Akka.Actor.Props.Create(() => new JobManagerActor(settings)).WithDispatcher(Dispatchers.Host);
 
+    /// <summary>In a cluster the manager follows membership; in one process (`run`) only heartbeats.</summary>
+    bool InCluster => Context.System.Settings.ProviderClass.Contains("Cluster", StringComparison.Ordinal);
+
     protected override void PreStart()
     {
-        if (Context.System.Settings.ProviderClass.Contains("Cluster", StringComparison.Ordinal))
+        if (InCluster)
             Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
                 typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.MemberRemoved));
         Timers.StartPeriodicTimer("sweep", Sweep.Instance, _settings.Heartbeat);
@@ -96,7 +99,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
-        if (Context.System.Settings.ProviderClass.Contains("Cluster", StringComparison.Ordinal))
+        if (InCluster)
             Cluster.Get(Context.System).Unsubscribe(Self);
     }
 

@@ -35,6 +35,10 @@ public sealed record PassReport(
     /// <summary>Jobs that shared this pass as micro-batches (each layer loaded once for all of them).</summary>
     public int MicroBatches { get; init; } = 1;
 
+    /// <summary>max(sum of transfer times, sum of compute times) of the layers: no schedule of them can be faster.</summary>
+    public static double LowerBound(IReadOnlyCollection<LayerTiming> layers) =>
+        Math.Max(layers.Sum(l => l.LoadSeconds), layers.Sum(l => l.ComputeSeconds));
+
     /// <summary>Lower bound ÷ wall time: 1.0 means transfers were completely hidden behind compute (or vice versa).</summary>
     public double OverlapEfficiency => WallSeconds > 0 ? LowerBoundSeconds / WallSeconds : 0;
 }

@@ -160,9 +160,8 @@ public sealed class DevicePassBackend : IPassBackend
         int n = Layers;
         var timings = Enumerable.Range(0, n).Select(i => new LayerTiming(i, _model.Layers[i].Name, _model.Layers[i].Bytes,
             _loadStart[i], _loadSeconds[i], _computeStart[i], _computeSeconds[i], _evictAt[i])).ToImmutableArray();
-        double lowerBound = Math.Max(_loadSeconds.Sum(), _computeSeconds.Sum());
         return new PassReport(_device.Name, n, window, swap, _model.Bytes, _device.Memory.Capacity,
-            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds, lowerBound, timings);
+            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds, PassReport.LowerBound(timings), timings);
     }
 
     /// <summary>The live activation on the device with the bytes it holds.</summary>

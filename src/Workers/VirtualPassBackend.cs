@@ -161,15 +161,6 @@ public sealed class VirtualPassBackend : IPassBackend
     }
 
     /// <summary>The pass as measured in virtual time, in the same shape as a simulated one.</summary>
-    public SimulatedPass Result(string policy)
-    {
-        int n = Layers;
-        var timeline = Enumerable.Range(0, n).Select(i => new LayerTiming(i, _model.Layers[i].Name, _model.Layers[i].Bytes,
-            _loadStart[i], _loadEnd[i] - _loadStart[i], _computeStart[i], _computeEnd[i] - _computeStart[i], _evictAt[i])).ToImmutableArray();
-        double lowerBound = Math.Max(timeline.Sum(t => t.LoadSeconds), timeline.Sum(t => t.ComputeSeconds));
-        return new SimulatedPass(policy, _end, _memory.Peak().Peak, _transferred, lowerBound, timeline)
-        {
-            OutOfMemory = SimulatedPass.CheckFits(_memory, _device),
-        };
-    }
+    public SimulatedPass Result(string policy) =>
+        SimulatedPass.From(policy, _model, _device, _end, _transferred, _memory, _loadStart, _loadEnd, _computeStart, _computeEnd, _evictAt);
 }

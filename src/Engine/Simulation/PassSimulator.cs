@@ -17,6 +17,18 @@ public sealed record SimulatedPass(
     public string? OutOfMemory { get; init; }
     public bool Fits => OutOfMemory is null;
 
+    /// <summary>A pass from its per-layer start and end times (seconds), as the simulator and the virtual-time device record them.</summary>
+    public static SimulatedPass From(string policy, ModelCost model, DeviceCost device, double end, long transferred, MemoryLog memory,
+        double[] loadStart, double[] loadEnd, double[] computeStart, double[] computeEnd, double[] evictAt)
+    {
+        var timeline = Enumerable.Range(0, model.Layers.Length).Select(i => new LayerTiming(i, model.Layers[i].Name, model.Layers[i].Bytes,
+            loadStart[i], loadEnd[i] - loadStart[i], computeStart[i], computeEnd[i] - computeStart[i], evictAt[i])).ToImmutableArray();
+        return new SimulatedPass(policy, end, memory.Peak().Peak, transferred, PassReport.LowerBound(timeline), timeline)
+        {
+            OutOfMemory = CheckFits(memory, device),
+        };
+    }
+
     /// <summary>The out-of-memory text for a peak read from <paramref name="memory"/>, or null if it fits.</summary>
     public static string? CheckFits(MemoryLog memory, DeviceCost device)
     {
@@ -109,12 +121,6 @@ public static class PassSimulator
         double end = computeEnd[^1] + device.TransferSeconds(outBytes);
         memory.Free(end, outBytes, "the pass output");
 
-        var timeline = Enumerable.Range(0, n).Select(i => new LayerTiming(i, model.Layers[i].Name, model.Layers[i].Bytes,
-            loadStart[i], loadEnd[i] - loadStart[i], computeStart[i], computeEnd[i] - computeStart[i], evictAt[i])).ToImmutableArray();
-        double lowerBound = Math.Max(timeline.Sum(t => t.LoadSeconds), timeline.Sum(t => t.ComputeSeconds));
-        return new SimulatedPass(gate.Describe(), end, memory.Peak().Peak, transferred, lowerBound, timeline)
-        {
-            OutOfMemory = SimulatedPass.CheckFits(memory, device),
-        };
+        return SimulatedPass.From(gate.Describe(), model, device, end, transferred, memory, loadStart, loadEnd, computeStart, computeEnd, evictAt);
     }
 }

@@ -6,6 +6,7 @@ using Akka.Actor;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Simulation;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Xunit;
 using Xunit.Abstractions;

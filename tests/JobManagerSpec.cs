@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Devices;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using Xunit;

@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using CsCheck;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using TorchSharp;

@@ -1,4 +1,5 @@
 using Superpipeline.Engine.Policy;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Xunit;
 

@@ -6,6 +6,7 @@ using System.Security.Cryptography;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 using static TorchSharp.torch;

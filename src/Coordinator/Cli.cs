@@ -4,6 +4,7 @@ using System.Globalization;
 using Spectre.Console;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
 namespace Superpipeline.Coordinator;

@@ -1,5 +1,6 @@
 using System.Threading.Channels;
 using Akka.Actor;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
 using static Superpipeline.Messages.JobProtocol;

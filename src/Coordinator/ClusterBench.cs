@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Akka.Cluster;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 

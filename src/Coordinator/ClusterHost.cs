@@ -7,6 +7,7 @@ using Akka.Cluster.Tools.Singleton;
 using Akka.Configuration;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 

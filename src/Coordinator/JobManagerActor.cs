@@ -6,6 +6,7 @@ using Akka.Event;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
 using Superpipeline.Workers;

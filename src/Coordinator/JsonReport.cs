@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
 namespace Superpipeline.Coordinator;

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
 namespace Superpipeline.Coordinator;

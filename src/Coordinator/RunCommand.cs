@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using Spectre.Console;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 

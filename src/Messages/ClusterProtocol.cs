@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using Akka.Actor;
+using Superpipeline.Contracts;
 
 namespace Superpipeline.Messages;
 

@@ -1,3 +1,5 @@
+using Superpipeline.Contracts;
+
 namespace Superpipeline.Messages;
 
 /// <summary>The conversation between a client and the job manager: submit a job, hear progress, receive

@@ -4,6 +4,7 @@ using Akka.Streams;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using static TorchSharp.torch;
 

@@ -4,6 +4,7 @@ using System.Diagnostics;
 using Akka.Actor;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using Akka.Actor;
 using Superpipeline.Engine.Simulation;
+using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
 namespace Superpipeline.Workers;

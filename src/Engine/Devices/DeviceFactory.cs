@@ -1,4 +1,4 @@
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 using TorchSharp;
 
 namespace Superpipeline.Engine.Devices;

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 
 namespace Superpipeline.Engine.IO;
 

@@ -1,5 +1,5 @@
 using System.Collections.Immutable;
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,4 +1,4 @@
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;

@@ -1,4 +1,4 @@
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 
 namespace Superpipeline.Engine.Models;
 

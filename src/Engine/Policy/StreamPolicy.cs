@@ -1,5 +1,5 @@
 using System.Globalization;
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 
 namespace Superpipeline.Engine.Policy;
 

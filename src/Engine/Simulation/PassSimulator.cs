@@ -1,6 +1,6 @@
 using System.Collections.Immutable;
 using Superpipeline.Engine.Policy;
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 
 namespace Superpipeline.Engine.Simulation;
 

@@ -1,5 +1,5 @@
 using Superpipeline.Engine.Policy;
-using Superpipeline.Messages;
+using Superpipeline.Contracts;
 
 namespace Superpipeline.Engine.Simulation;
 

@@ -1,6 +1,6 @@
 using System.Collections.Immutable;
 
-namespace Superpipeline.Messages;
+namespace Superpipeline.Contracts;
 
 /// <summary>A tensor as it crosses a boundary: dtype name (e.g. "Float32", "Int64"), shape, and the raw
 /// little-endian bytes in row-major order. The wire protocol depends on no tensor library.</summary>

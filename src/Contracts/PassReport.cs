@@ -1,6 +1,6 @@
 using System.Collections.Immutable;
 
-namespace Superpipeline.Messages;
+namespace Superpipeline.Contracts;
 
 /// <summary>What happened to one layer during a pass; times are seconds since the pass started.</summary>
 /// <param name="EvictAt">When its device bytes were freed (-1 if they were still resident when the pass ended).</param>

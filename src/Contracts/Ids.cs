@@ -1,4 +1,4 @@
-namespace Superpipeline.Messages;
+namespace Superpipeline.Contracts;
 
 /// <summary>A job's id, chosen by the client; resubmitting the same id never runs the job twice.</summary>
 public sealed record JobId(string Value)

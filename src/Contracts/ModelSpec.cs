@@ -1,4 +1,4 @@
-namespace Superpipeline.Messages;
+namespace Superpipeline.Contracts;
 
 /// <summary>Which model to run and at what shape. <see cref="Name"/> picks the family from the catalog
 /// ("demo" is the built-in GPT-style decoder with seeded weights); the other fields size it.</summary>

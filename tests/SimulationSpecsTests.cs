@@ -1,3 +1,4 @@
+using Superpipeline.Engine.Models;
 using System.Text.Json;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Simulation;
@@ -9,15 +10,15 @@ namespace Superpipeline.Tests;
 /// asserts a wall-clock time.</summary>
 public sealed class SimulationSpecsTests
 {
-    public static TheoryData<string> Models() => [.. ModelCatalogShapes.All.Select(m => m.Name)];
+    public static TheoryData<string> Models() => [.. ModelCatalog.Shapes.Select(m => m.Name)];
     public static TheoryData<string> BuiltIns() => [.. SimulationSpecs.BuiltInNames];
 
     [Theory]
     [MemberData(nameof(Models))]
     public void Built_in_model_parameter_counts_land_near_the_published_sizes(string name)
     {
-        var model = ModelCatalogShapes.Find(name)!;
-        double published = ModelCatalogShapes.PublishedParameters[name];
+        var model = ModelCatalog.FindShape(name)!;
+        double published = ModelCatalog.PublishedParameters[name];
         double error = Math.Abs(model.ParameterCount - published) / published;
         Assert.True(error < 0.03, $"{name}: {model.ParameterCount:N0} parameters, {error:P2} from the published {published:N0}");
     }
@@ -25,17 +26,17 @@ public sealed class SimulationSpecsTests
     [Fact]
     public void Layer_bytes_follow_from_the_shape()
     {
-        var llama = ModelCatalogShapes.Find("llama2-7b")!;
+        var llama = ModelCatalog.FindShape("llama2-7b")!;
         // q, k, v, o: 4 × 4096²; gate, up, down: 3 × 4096 × 11008; two RMSNorm weights of 4096; fp16.
         Assert.Equal(2L * (4L * 4096 * 4096 + 3L * 4096 * 11008 + 2 * 4096), llama.BlockBytes(WeightFormat.Fp16));
         Assert.Equal(2L * 32000 * 4096, llama.EmbeddingBytes(WeightFormat.Fp16));
         Assert.Equal(2L * (32000 * 4096 + 4096), llama.HeadBytes(WeightFormat.Fp16));
 
-        var l70 = ModelCatalogShapes.Find("llama2-70b")!;
+        var l70 = ModelCatalog.FindShape("llama2-70b")!;
         // Grouped-query attention: k and v are 8192 × (8 heads × 128).
         Assert.Equal(2L * 8192 * 8192 + 2L * 8192 * 1024, l70.BlockMatrixParams - 3L * 8192 * 28672);
 
-        var opt = ModelCatalogShapes.Find("opt-30b")!;
+        var opt = ModelCatalog.FindShape("opt-30b")!;
         // int4 matrices: 0.5 B + fp16 scale and zero per 64 weights; biases and LayerNorms stay fp16.
         double int4 = opt.BlockMatrixParams * 0.5625 + opt.BlockVectorParams * 2.0;
         Assert.Equal((long)Math.Ceiling(int4), opt.BlockBytes(WeightFormat.Int4));
@@ -44,7 +45,7 @@ public sealed class SimulationSpecsTests
     [Fact]
     public void Layer_flops_follow_from_the_shape_in_prefill_and_decode()
     {
-        var m = ModelCatalogShapes.Find("llama2-13b")!;
+        var m = ModelCatalog.FindShape("llama2-13b")!;
         var prefill = m.Work(WeightFormat.Fp16, batch: 2, tokens: 100, past: 0, kvOnDevice: true);
         Assert.Equal(m.Layers + 2, prefill.Length);
         Assert.Equal(2.0 * 2 * 100 * m.BlockMatrixParams + 4.0 * 2 * 100 * 100 * m.Hidden, prefill[1].DeviceFlops);

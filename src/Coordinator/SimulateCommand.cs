@@ -1,3 +1,4 @@
+using Superpipeline.Engine.Models;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -174,7 +175,7 @@ public static class SimulateCommand
         w.WriteLine("models (shapes from the published configurations):");
         w.WriteLine("| name | family | blocks | hidden | heads (KV) | FFN | vocab | parameters | fp16 bytes |");
         w.WriteLine("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-        foreach (var m in ModelCatalogShapes.All)
+        foreach (var m in ModelCatalog.Shapes)
             w.WriteLine($"| {m.Name} | {m.Family.ToString().ToLowerInvariant()} | {m.Layers} | {m.Hidden} | {m.Heads} ({m.KvHeads}) | {m.Ffn} | {m.Vocab} | {F(m.ParameterCount / 1e9, "0.00")} B | {ByteSize.Format(m.StreamedBytes(WeightFormat.Fp16))} |");
         w.WriteLine();
         w.WriteLine("GPUs (effective rates; see README):");

@@ -1,3 +1,4 @@
+using Superpipeline.Engine.Models;
 using System.Collections.Immutable;
 using Superpipeline.Engine.Policy;
 
@@ -25,7 +26,7 @@ public static class Calibration
 {
     public const double GoalPercent = 25;
 
-    static readonly TransformerShape Opt30b = ModelCatalogShapes.Find("opt-30b")!;
+    static readonly TransformerShape Opt30b = ModelCatalog.FindShape("opt-30b")!;
     static readonly GpuSpec T4 = GpuCatalog.Find("t4")!, A6000 = GpuCatalog.Find("a6000")!;
 
     const string FlexGenTable = "FlexGen paper (Sheng et al., ICML 2023) table 2 and FlexGen repo benchmark/batch_size_table.md: OPT-30B on one T4 16 GB (GCP, 208 GB DRAM, PCIe 3.0), prompt 512, generate 32";

@@ -1,3 +1,4 @@
+using Superpipeline.Engine.Models;
 using System.Collections.Immutable;
 using System.Globalization;
 using System.Text.Json;
@@ -113,7 +114,7 @@ public static class SimulationSpecs
 {
     /// <summary>Every built-in name: each MODEL@GPU, then the calibration cases.</summary>
     public static IEnumerable<string> BuiltInNames =>
-        ModelCatalogShapes.All.SelectMany(m => GpuCatalog.All.Select(g => $"{m.Name}@{g.Name}"))
+        ModelCatalog.Shapes.SelectMany(m => GpuCatalog.All.Select(g => $"{m.Name}@{g.Name}"))
             .Concat(Calibration.Cases.Select(c => c.Spec.Name));
 
     /// <summary>A built-in MODEL@GPU spec: fp16 weights, batch 1, prompt 512, 32 new tokens, KV cache on the device,
@@ -140,14 +141,14 @@ public static class SimulationSpecs
         var at = name.Split('@');
         if (at.Length == 2)
         {
-            var model = ModelCatalogShapes.Find(at[0]) ?? throw new ArgumentException($"--spec '{name}': unknown model '{at[0]}' (known: {KnownModels})");
+            var model = ModelCatalog.FindShape(at[0]) ?? throw new ArgumentException($"--spec '{name}': unknown model '{at[0]}' (known: {KnownModels})");
             var gpu = GpuCatalog.Find(at[1]) ?? throw new ArgumentException($"--spec '{name}': unknown GPU '{at[1]}' (known: {KnownGpus})");
             return Of(model, gpu);
         }
         throw new ArgumentException($"--spec '{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; GPUs: {KnownGpus}) or a calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
     }
 
-    static string KnownModels => string.Join(", ", ModelCatalogShapes.All.Select(m => m.Name));
+    static string KnownModels => string.Join(", ", ModelCatalog.Shapes.Select(m => m.Name));
     static string KnownGpus => string.Join(", ", GpuCatalog.All.Select(g => g.Name));
 
     // ------------------------------------------------------------------ JSON
@@ -205,7 +206,7 @@ public static class SimulationSpecs
         if (e.ValueKind == JsonValueKind.String)
         {
             var name = e.GetString()!;
-            return ModelCatalogShapes.Find(name) ?? throw new ArgumentException($"'model' '{name}' is not a built-in model (known: {KnownModels})");
+            return ModelCatalog.FindShape(name) ?? throw new ArgumentException($"'model' '{name}' is not a built-in model (known: {KnownModels})");
         }
         if (e.ValueKind != JsonValueKind.Object) throw new ArgumentException("'model' must be a built-in name or an object");
         CheckFields(e, ModelFields, "model.");

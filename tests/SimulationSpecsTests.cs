@@ -266,6 +266,8 @@ public sealed class SimulationSpecsTests
         Assert.Contains(rows, r => r.Case.System == "FlexGen" && r.Case.PublishedTokensPerSecond == 7.32 && r.Case.Spec.Policy.Kind == PolicyKind.Batched);
         Assert.Contains(rows, r => r.Case.System == "HF Accelerate" && r.Case.PublishedTokensPerSecond == 0.62 && r.Case.Spec.Policy.Kind == PolicyKind.Synchronous);
         Assert.Contains(rows, r => r.Case.PublishedTokensPerSecond == 21.84 && r.Case.Spec.Policy.Kind == PolicyKind.ByteBudget && r.Case.Spec.Format == WeightFormat.Int4);
+        // One row per published measurement: a figure simulated twice would count one data point as two.
+        Assert.Equal(rows.Length, rows.Select(r => (r.Case.System, r.Case.PublishedTokensPerSecond)).Distinct().Count());
         foreach (var r in rows)
         {
             Assert.True(r.Result.Fits, $"{r.Case.Spec.Name}: {r.Result.OutOfMemory}");

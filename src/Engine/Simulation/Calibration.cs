@@ -61,7 +61,6 @@ public static class Calibration
         var zeroWorkload = new Workload(Batch: 24, Prompt: 512, Generate: 32, Kv: KvPlacement.Device);
         var zero = new SimulationSpec("calib-zero-inference-opt30b-a6000", Opt30b, WeightFormat.Int4, A6000, HostSpec.Default,
             zeroWorkload, SimPolicy.BytesOf(Math.Max(zeroBudget, int4Largest), zeroBudget), [], "ZeRO-Inference, 4-bit weights, KV cache on the GPU").Validated();
-        var zeroSync = zero with { Name = "calib-zero-inference-opt30b-a6000-sync", Policy = SimPolicy.Synchronous };
 
         return
         [
@@ -93,16 +92,12 @@ public static class Calibration
             ]),
             new("DeepSpeed ZeRO-Inference", ZeroTable + "; script run_opt30b_a6000.sh (--batch-size 24 --cpu-offload --pin-memory 1 --quant_bit 4)", 21.84, zero,
             [
-                $"policy bytes: live = prefetch = stage3_max_live_parameters = stage3_prefetch_bucket_size = 2·hidden² parameters (run_model.py) × 0.5625 B = {ByteSize.Format(zeroBudget)}; below one layer ({ByteSize.Format(int4Largest)}), so the live budget is raised to one layer (the gate works per layer; DeepSpeed per sub-module) and nothing loads ahead",
+                $"policy bytes: live = prefetch = stage3_max_live_parameters = stage3_prefetch_bucket_size = 2·hidden² parameters (run_model.py) × 0.5625 B = {ByteSize.Format(zeroBudget)}; below one layer ({ByteSize.Format(int4Largest)}), so the live budget is raised to one layer (the gate works per layer; DeepSpeed per sub-module) and nothing loads ahead: "
+                    + "at layer granularity this is the synchronous policy (window 1/1), which simulates to the same figure",
                 "int4 weights with fp16 scale and zero per group of 64 (quant_bits 4, group size 64, asymmetric): 0.5625 B per weight, moved over PCIe in 4 bits; dequantization cost not modelled",
                 "batch 24, KV cache on the GPU, pinned host memory (--pin-memory 1)",
                 A6000Hardware,
                 Throughput,
-            ]),
-            new("DeepSpeed ZeRO-Inference", ZeroTable + " (same run, simulated under the synchronous policy)", 21.84, zeroSync,
-            [
-                "policy sync: at these budgets ZeRO-3 fetches one sub-module at a time; at layer granularity that is window 1/1",
-                "everything else as the byte-budget row",
             ]),
         ];
     }

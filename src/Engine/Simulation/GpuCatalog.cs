@@ -35,7 +35,8 @@ public sealed record GpuSpec(
     }
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"{Name}: {CapacityBytes / (double)(1L << 30):0.#} GiB, link {LinkBytesPerSecond / 1e9:0.##} GB/s, {FlopsPerSecond / 1e12:0.#} TFLOPS, memory {MemoryBytesPerSecond / 1e9:0} GB/s, {TransferLatencySeconds * 1e6:0.#} µs/copy");
+        $"{Name}: {CapacityBytes / (double)(1L << 30):0.#} GiB, link {LinkBytesPerSecond / 1e9:0.##} GB/s, {FlopsPerSecond / 1e12:0.#} TFLOPS, memory "
+            + $"{MemoryBytesPerSecond / 1e9:0} GB/s, {TransferLatencySeconds * 1e6:0.#} µs/copy");
 }
 
 /// <summary>The host side, for the KV cache when it lives in host memory and attention over it runs on the CPU.</summary>
@@ -51,7 +52,8 @@ public sealed record HostSpec(string Name, double AttentionFlopsPerSecond, strin
 
     public HostSpec Validated()
     {
-        if (!(AttentionFlopsPerSecond > 0) || double.IsInfinity(AttentionFlopsPerSecond)) throw new ArgumentException($"host {Name}: attentionGflops must be positive");
+        if (!(AttentionFlopsPerSecond > 0) || double.IsInfinity(AttentionFlopsPerSecond)) throw new ArgumentException($"host {Name}: attentionGflops must be "
+            + "positive");
         return this;
     }
 }
@@ -80,14 +82,17 @@ public static class GpuCatalog
     public static IReadOnlyList<GpuSpec> All { get; } =
     [
         new("t4", "NVIDIA T4 16 GB, PCIe 3.0 x16", 15 * GiB, Pcie3, 21.24 * TF, MemoryEfficiency * 320 * GB, Latency,
-            "datasheet: 16 GB GDDR6, 320 GB/s, 65 TFLOPS fp16 tensor, PCIe 3.0 x16; usable 15 GiB (nvidia-smi 15360 MiB); compute = FlexGen's measured prefill matmul rate on a GCP T4 (experimental/cost_model.py mm_flops_p); link 80 % of 15.75 GB/s; memory 80 % of datasheet"),
+            "datasheet: 16 GB GDDR6, 320 GB/s, 65 TFLOPS fp16 tensor, PCIe 3.0 x16; usable 15 GiB (nvidia-smi 15360 MiB); compute = FlexGen's measured "
+                + "prefill matmul rate on a GCP T4 (experimental/cost_model.py mm_flops_p); link 80 % of 15.75 GB/s; memory 80 % of datasheet"),
         new("a6000", "NVIDIA RTX A6000 48 GB, PCIe 4.0 x16", 48 * GiB, Pcie4, ComputeEfficiency * 154.8 * TF, MemoryEfficiency * 768 * GB, Latency,
             "datasheet: 48 GB GDDR6, 768 GB/s, 154.8 TFLOPS dense fp16 tensor, PCIe 4.0 x16; effective = 70 % compute, 80 % memory, 80 % link"),
         new("a100-40gb", "NVIDIA A100 40 GB (PCIe), PCIe 4.0 x16", 40 * GiB, Pcie4, ComputeEfficiency * 312 * TF, MemoryEfficiency * 1555 * GB, Latency,
             "datasheet: 40 GB HBM2, 1555 GB/s, 312 TFLOPS dense fp16 tensor, PCIe 4.0 x16; effective = 70 % compute, 80 % memory, 80 % link"),
-        new("a100-80gb", "NVIDIA A100 80 GB (SXM4), host link PCIe 4.0 x16", 80 * GiB, Pcie4, ComputeEfficiency * 312 * TF, MemoryEfficiency * 2039 * GB, Latency,
+        new("a100-80gb", "NVIDIA A100 80 GB (SXM4), host link PCIe 4.0 x16", 80 * GiB, Pcie4, ComputeEfficiency * 312 * TF, MemoryEfficiency * 2039 * GB,
+            Latency,
             "datasheet: 80 GB HBM2e, 2039 GB/s, 312 TFLOPS dense fp16 tensor, host link PCIe 4.0 x16; effective = 70 % compute, 80 % memory, 80 % link"),
-        new("h100-80gb", "NVIDIA H100 80 GB (SXM5), host link PCIe 5.0 x16", 80 * GiB, Pcie5, ComputeEfficiency * 989 * TF, MemoryEfficiency * 3350 * GB, Latency,
+        new("h100-80gb", "NVIDIA H100 80 GB (SXM5), host link PCIe 5.0 x16", 80 * GiB, Pcie5, ComputeEfficiency * 989 * TF, MemoryEfficiency * 3350 * GB,
+            Latency,
             "datasheet: 80 GB HBM3, 3350 GB/s, 989 TFLOPS dense fp16 tensor, host link PCIe 5.0 x16; effective = 70 % compute, 80 % memory, 80 % link"),
     ];
 

@@ -37,9 +37,11 @@ public sealed record Workload(int Batch, int Prompt, int Generate, int MicroBatc
         }
         Positive(Batch, "batch"); Positive(Prompt, "prompt"); Positive(Generate, "generate"); Positive(MicroBatches, "microBatches");
         if ((long)Prompt + Generate > model.MaxPositions)
-            throw new ArgumentException($"workload.prompt + workload.generate ({(long)Prompt + Generate}) exceeds {model.Name}'s {model.MaxPositions} positions");
+            throw new ArgumentException($"workload.prompt + workload.generate ({(long)Prompt + Generate}) exceeds {model.Name}'s {model.MaxPositions} "
+                + "positions");
         int n = model.Layers + 2;
-        if (ResidentCount < 0 || ResidentCount > n) throw new ArgumentException($"workload.residentLayers must be from 0 to {n} (the streamed layers); got {ResidentCount}");
+        if (ResidentCount < 0 || ResidentCount > n) throw new ArgumentException($"workload.residentLayers must be from 0 to {n} (the streamed layers); got "
+            + $"{ResidentCount}");
         if (!ResidentLayers.IsDefault)
             foreach (var i in ResidentLayers)
                 if (i < 0 || i >= n) throw new ArgumentException($"workload.residentLayers index {i} is outside 0..{n - 1}");
@@ -120,7 +122,8 @@ public static class SimulationSpecs
     /// <summary>A built-in MODEL@GPU spec: fp16 weights, batch 1, prompt 512, 32 new tokens, KV cache on the device,
     /// policy window 2/1.</summary>
     public static SimulationSpec Of(TransformerShape model, GpuSpec gpu) =>
-        new SimulationSpec($"{model.Name}@{gpu.Name}", model, WeightFormat.Fp16, gpu, HostSpec.Default, Workload.Default, SimulationSpec.DefaultPolicy, []).Validated();
+        new SimulationSpec($"{model.Name}@{gpu.Name}", model, WeightFormat.Fp16, gpu, HostSpec.Default, Workload.Default, SimulationSpec.DefaultPolicy,
+            []).Validated();
 
     /// <summary>A file path (JSON) or a built-in name; throws a one-line <see cref="ArgumentException"/> naming what is wrong.</summary>
     public static SimulationSpec Resolve(string fileOrName)
@@ -145,7 +148,8 @@ public static class SimulationSpecs
             var gpu = GpuCatalog.Find(at[1]) ?? throw new ArgumentException($"--spec '{name}': unknown GPU '{at[1]}' (known: {KnownGpus})");
             return Of(model, gpu);
         }
-        throw new ArgumentException($"--spec '{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; GPUs: {KnownGpus}) or a calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
+        throw new ArgumentException($"--spec '{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; GPUs: {KnownGpus}) or a "
+            + $"calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
     }
 
     static string KnownModels => string.Join(", ", ModelCatalog.Shapes.Select(m => m.Name));
@@ -184,8 +188,10 @@ public static class SimulationSpecs
         if (root.ValueKind != JsonValueKind.Object) throw new ArgumentException("the spec must be a JSON object");
         CheckFields(root, TopFields, "");
 
-        var model = root.TryGetProperty("model", out var m) ? ReadModel(m) : throw new ArgumentException("'model' is missing (a built-in name such as llama2-70b, or an object)");
-        var gpu = root.TryGetProperty("gpu", out var g) ? ReadGpu(g) : throw new ArgumentException("'gpu' is missing (a built-in name such as a100-80gb, or an object)");
+        var model = root.TryGetProperty("model", out var m) ? ReadModel(m) : throw new ArgumentException("'model' is missing (a built-in name such as "
+            + "llama2-70b, or an object)");
+        var gpu = root.TryGetProperty("gpu", out var g) ? ReadGpu(g) : throw new ArgumentException("'gpu' is missing (a built-in name such as a100-80gb, or "
+            + "an object)");
         var format = root.TryGetProperty("dtype", out var d) ? WeightFormat.Parse(String(d, "dtype"), "'dtype'") : WeightFormat.Fp16;
         var host = root.TryGetProperty("host", out var h) ? ReadHost(h) : HostSpec.Default;
         var workload = root.TryGetProperty("workload", out var w) ? ReadWorkload(w) : Workload.Default;

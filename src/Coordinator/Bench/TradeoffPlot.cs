@@ -2,7 +2,7 @@ using System.Globalization;
 using ScottPlot;
 using SkiaSharp;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Bench;
 
 /// <summary>tradeoff.png, drawn with ScottPlot (SkiaSharp underneath; its native library comes from the
 /// SkiaSharp.NativeAssets.Linux.NoDependencies package, so nothing is installed on the machine): peak device memory

@@ -218,13 +218,18 @@ public sealed class SimulationSpecsTests
     [InlineData("{ \"gpu\": \"t4\" }", "x.json: 'model' is missing")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"wokload\": {} }", "x.json: unknown field 'wokload' (known: ")]
     [InlineData("{ \"model\": \"gpt-5\", \"gpu\": \"t4\" }", "x.json: 'model' 'gpt-5' is not a built-in model")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"batch\": \"eight\" } }", "x.json: 'workload.batch' must be a whole number; got \"eight\"")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"batch\": \"eight\" } }",
+        "x.json: 'workload.batch' must be a whole number; got \"eight\"")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"batch\": 0 } }", "x.json: 'workload.batch' must be at least 1; got 0")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"kvCache\": \"disk\" } }", "x.json: 'workload.kvCache' must be device or host; got 'disk'")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"dtype\": \"int3\" }", "x.json: 'dtype' must be one of fp32, fp16, bf16, int8, int4; got 'int3'")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"kvCache\": \"disk\" } }",
+        "x.json: 'workload.kvCache' must be device or host; got 'disk'")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"dtype\": \"int3\" }",
+        "x.json: 'dtype' must be one of fp32, fp16, bf16, int8, int4; got 'int3'")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"policy\": \"window:0:1\" }", "x.json: 'policy' 'window:0:1' has k 0, below 1")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"prompt\": 4000, \"generate\": 200 } }", "x.json: workload.prompt + workload.generate (4200) exceeds llama2-7b's 4096 positions")]
-    [InlineData("{ \"model\": { \"family\": \"llama\", \"layers\": 2, \"hidden\": 100, \"heads\": 3, \"ffn\": 10, \"vocab\": 10 }, \"gpu\": \"t4\" }", "x.json: model custom: hidden (100) must be a multiple of heads (3)")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"prompt\": 4000, \"generate\": 200 } }",
+        "x.json: workload.prompt + workload.generate (4200) exceeds llama2-7b's 4096 positions")]
+    [InlineData("{ \"model\": { \"family\": \"llama\", \"layers\": 2, \"hidden\": 100, \"heads\": 3, \"ffn\": 10, \"vocab\": 10 }, \"gpu\": \"t4\" }",
+        "x.json: model custom: hidden (100) must be a multiple of heads (3)")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": { \"memoryGiB\": 16, \"linkGBps\": 12 } }", "x.json: 'gpu.tflops' is missing")]
     public void Bad_json_is_one_line_naming_the_field(string json, string message)
     {
@@ -239,7 +244,8 @@ public sealed class SimulationSpecsTests
         var spec = SimulationSpecs.Parse("""
             {
               "name": "tiny", "dtype": "int8",
-              "model": { "name": "tiny-llama", "family": "llama", "layers": 4, "hidden": 256, "heads": 8, "kvHeads": 2, "ffn": 688, "vocab": 1000, "maxPositions": 512 },
+              "model": { "name": "tiny-llama", "family": "llama", "layers": 4, "hidden": 256, "heads": 8, "kvHeads": 2, "ffn": 688,
+                         "vocab": 1000, "maxPositions": 512 },
               "gpu": { "name": "toy", "memoryGiB": 0.05, "linkGBps": 1, "tflops": 1, "memoryGBps": 100, "latencyUs": 0 },
               "host": { "attentionGflops": 5 },
               "workload": { "batch": 2, "prompt": 16, "generate": 3, "microBatches": 2, "kvCache": "host", "residentLayers": [0] },
@@ -280,8 +286,10 @@ public sealed class SimulationSpecsTests
         var rows = Calibration.Run();
         Assert.Equal(Calibration.Cases.Length, rows.Length);
         Assert.Contains(rows, r => r.Case.System == "FlexGen" && r.Case.PublishedTokensPerSecond == 7.32 && r.Case.Spec.Policy.Kind == PolicyKind.Batched);
-        Assert.Contains(rows, r => r.Case.System == "HF Accelerate" && r.Case.PublishedTokensPerSecond == 0.62 && r.Case.Spec.Policy.Kind == PolicyKind.Synchronous);
-        Assert.Contains(rows, r => r.Case.PublishedTokensPerSecond == 21.84 && r.Case.Spec.Policy.Kind == PolicyKind.ByteBudget && r.Case.Spec.Format == WeightFormat.Int4);
+        Assert.Contains(rows, r => r.Case.System == "HF Accelerate" && r.Case.PublishedTokensPerSecond == 0.62
+            && r.Case.Spec.Policy.Kind == PolicyKind.Synchronous);
+        Assert.Contains(rows, r => r.Case.PublishedTokensPerSecond == 21.84 && r.Case.Spec.Policy.Kind == PolicyKind.ByteBudget
+            && r.Case.Spec.Format == WeightFormat.Int4);
         foreach (var r in rows)
         {
             Assert.True(r.Result.Fits, $"{r.Case.Spec.Name}: {r.Result.OutOfMemory}");

@@ -102,7 +102,8 @@ public sealed class SubmitClient : IAsyncDisposable
     public ChannelReader<IJobEvent> Submit(SubmitJob job)
     {
         var channel = Channel.CreateUnbounded<IJobEvent>(new UnboundedChannelOptions { SingleReader = true });
-        _system.ActorOf(ClientActor.ViaClusterClient(_clusterClient, job, channel.Writer, _settings.PassTimeout, _settings.ResubmitAfter), $"job-{Guid.NewGuid():N}");
+        var props = ClientActor.ViaClusterClient(_clusterClient, job, channel.Writer, _settings.PassTimeout, _settings.ResubmitAfter);
+        _system.ActorOf(props, $"job-{Guid.NewGuid():N}");
         return channel.Reader;
     }
 

@@ -69,7 +69,8 @@ public static class BenchHarness
     /// <summary>A block's compute time as the engine times it inside a streamed pass (window 3, swap 1, no link emulation):
     /// the median over every block of two passes. That is what the link is matched to. For reference, also the median of
     /// the first block run alone, repeatedly, on the device's compute thread (its weights stay hot in cache, so it is faster).</summary>
-    public static async Task<BlockCost> MeasureBlockAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, int count, TextWriter log, CancellationToken cancel)
+    public static async Task<BlockCost> MeasureBlockAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, int count, TextWriter log,
+        CancellationToken cancel)
     {
         var inPass = new List<double>();
         for (int i = 0; i < 2; i++)

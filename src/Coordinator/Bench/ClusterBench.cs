@@ -46,7 +46,8 @@ public static class ClusterBench
                 var warm = await client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)));
                 if (warm is not JobSucceeded) throw new InvalidOperationException($"warm-up job did not succeed: {warm}");
                 var clock = Stopwatch.StartNew();
-                var answers = await Task.WhenAll(Enumerable.Range(0, jobs).Select(_ => client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)))));
+                var answers = await Task.WhenAll(Enumerable.Range(0, jobs)
+                    .Select(_ => client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)))));
                 clock.Stop();
                 foreach (var a in answers)
                 {

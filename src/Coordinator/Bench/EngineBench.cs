@@ -56,7 +56,8 @@ public static class EngineBench
             overhead = await MeasureOverheadAsync(host, spec, model, repeats, log, cancel);
             if (!overhead.HandMatchesEngine)
             {
-                var line = $"FAIL: the hand loop's output (sha256 {overhead.HandOutputSha256}) differs from the engine's ({overhead.EngineOutputSha256}): the overhead comparison is not fair";
+                var line = $"FAIL: the hand loop's output (sha256 {overhead.HandOutputSha256}) differs from the engine's " +
+                    $"({overhead.EngineOutputSha256}): the overhead comparison is not fair";
                 output.WriteLine(line);
                 log.WriteLine(line);
             }
@@ -86,7 +87,8 @@ public static class EngineBench
 
     // ---------------------------------------------------------------- (a) engine overhead
 
-    static async Task<EngineOverhead> MeasureOverheadAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, int repeats, TextWriter log, CancellationToken cancel)
+    static async Task<EngineOverhead> MeasureOverheadAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, int repeats, TextWriter log,
+        CancellationToken cancel)
     {
         await using var loop = await HandLoop.CreateAsync(host.Device, spec, model);
         log.WriteLine("bench (a): warming up the resident engine and the hand loop");
@@ -141,7 +143,8 @@ public static class EngineBench
 
     // ---------------------------------------------------------------- (c) peak device bytes
 
-    static async Task<PeakMemory> MeasurePeakAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, EngineOverhead resident, TextWriter log, CancellationToken cancel)
+    static async Task<PeakMemory> MeasurePeakAsync(EmbeddedHost host, ModelSpec spec, LayeredModel model, EngineOverhead resident, TextWriter log,
+        CancellationToken cancel)
     {
         var run = await BenchHarness.EnginePassAsync(host, spec, new PolicySpec(2, 1), cancel);
         double ratio = run.Report.PeakDeviceBytes / (double)resident.ResidentPeakDeviceBytes;
@@ -152,7 +155,8 @@ public static class EngineBench
 
     // ---------------------------------------------------------------- (b) overlap under link emulation
 
-    static async Task<Overlap> MeasureOverlapAsync(ModelSpec spec, LayeredModel model, long capacity, BenchHarness.BlockCost block, int repeats, TextWriter log, CancellationToken cancel)
+    static async Task<Overlap> MeasureOverlapAsync(ModelSpec spec, LayeredModel model, long capacity, BenchHarness.BlockCost block, int repeats,
+        TextWriter log, CancellationToken cancel)
     {
         double gbps = block.Bytes / block.MedianSeconds / 1e9;
         log.WriteLine($"bench (b): link {gbps:0.000} GB/s, so one block's transfer takes as long as its compute");
@@ -174,7 +178,8 @@ public static class EngineBench
             sync.Add(y.Report);
             streamedFaults.Add(s.MinorFaults);
             syncFaults.Add(y.MinorFaults);
-            log.WriteLine($"bench (b) {i + 1}/{repeats}: streamed {s.Report.WallSeconds:0.0000} s (lower bound {s.Report.LowerBoundSeconds:0.0000} s), synchronous {y.Report.WallSeconds:0.0000} s");
+            log.WriteLine($"bench (b) {i + 1}/{repeats}: streamed {s.Report.WallSeconds:0.0000} s (lower bound {s.Report.LowerBoundSeconds:0.0000} s), " +
+                $"synchronous {y.Report.WallSeconds:0.0000} s");
         }
 
         var blocks = Enumerable.Range(1, spec.Blocks).ToArray();
@@ -274,7 +279,8 @@ public sealed record BenchReport(
 public sealed record Ratios(double EngineOverHand, double StreamedOverLowerBound, double SyncOverStreamed, double PeakWindow2OverResident);
 
 /// <summary>The goal of each ratio.</summary>
-public sealed record Goals(double EngineOverHandAtMost, double StreamedOverLowerBoundAtMost, double SyncOverStreamedAtLeast, double PeakWindow2OverResidentAtMost);
+public sealed record Goals(double EngineOverHandAtMost, double StreamedOverLowerBoundAtMost, double SyncOverStreamedAtLeast,
+    double PeakWindow2OverResidentAtMost);
 
 /// <summary>Whether each goal was met.</summary>
 public sealed record Met(bool EngineOverhead, bool StreamedOverLowerBound, bool SyncOverStreamed, bool PeakWindow2);

@@ -20,11 +20,13 @@ public static class SimulationReport
         var m = spec.Model;
         var streamed = spec.Streamed();
         w.WriteLine($"superpipeline simulate: {spec.Name}{(spec.Notes is null ? "" : $" ({spec.Notes})")}");
-        w.WriteLine($"model     {m}; {F(m.ParameterCount / 1e9, "0.00")} B parameters; {spec.Format}: {ByteSize.Format(streamed.Sum())} streamed per pass over {streamed.Length} layers (largest {ByteSize.Format(streamed.Max())})");
+        w.WriteLine($"model     {m}; {F(m.ParameterCount / 1e9, "0.00")} B parameters; {spec.Format}: {ByteSize.Format(streamed.Sum())} streamed per pass " +
+            $"over {streamed.Length} layers (largest {ByteSize.Format(streamed.Max())})");
         w.WriteLine($"gpu       {spec.Gpu}");
         var wl = spec.Workload;
         var resident = wl.ResidentSet(streamed.Length);
-        w.WriteLine($"workload  batch {wl.Batch} × {wl.MicroBatches} micro-batch{(wl.MicroBatches == 1 ? "" : "es")}, prompt {wl.Prompt}, generate {wl.Generate} (1 prefill + {wl.Generate - 1} decode passes), " +
+        w.WriteLine($"workload  batch {wl.Batch} × {wl.MicroBatches} micro-batch{(wl.MicroBatches == 1 ? "" : "es")}, prompt {wl.Prompt}, " +
+            $"generate {wl.Generate} (1 prefill + {wl.Generate - 1} decode passes), " +
             $"KV cache on the {(wl.Kv == KvPlacement.Device ? "device" : $"host (attention at {F(spec.Host.AttentionFlopsPerSecond / 1e9, "0.##")} GFLOPS)")}" +
             (resident.Count > 0 ? $", {resident.Count} layer{(resident.Count == 1 ? "" : "s")} resident for the job" : ""));
         w.WriteLine();
@@ -46,8 +48,10 @@ public static class SimulationReport
                 if (pass is null) continue;
                 int n = pass.Pass.Timeline.Length;
                 w.WriteLine();
-                w.WriteLine($"timeline: {first.Policy.Describe()}, {pass.Phase} pass{(pass.Index > 0 ? $" {pass.Index} ({pass.PastTokens} cached tokens)" : $" ({pass.Tokens} tokens)")}: " +
-                    $"makespan {Seconds(pass.Pass.MakespanSeconds)} s, lower bound {Seconds(pass.Pass.LowerBoundSeconds)} s; {(timelineRows < n ? $"first {timelineRows} of {n} layers" : $"{n} layers")}");
+                string which = pass.Index > 0 ? $" {pass.Index} ({pass.PastTokens} cached tokens)" : $" ({pass.Tokens} tokens)";
+                string rows = timelineRows < n ? $"first {timelineRows} of {n} layers" : $"{n} layers";
+                w.WriteLine($"timeline: {first.Policy.Describe()}, {pass.Phase} pass{which}: " +
+                    $"makespan {Seconds(pass.Pass.MakespanSeconds)} s, lower bound {Seconds(pass.Pass.LowerBoundSeconds)} s; {rows}");
                 var timeline = new MarkdownTable("layer>", "name", "streamed>", "load start s>", "load s>", "compute start s>", "compute s>", "evicted at s>");
                 foreach (var t in pass.Pass.Timeline.Take(timelineRows))
                     timeline.Row($"{t.Index}", t.Name, ByteSize.Format(t.Bytes), F(t.LoadStart, "0.0000"), F(t.LoadSeconds, "0.0000"),
@@ -57,7 +61,9 @@ public static class SimulationReport
         }
         w.WriteLine();
         int passes = results.Sum(r => r.Passes.Length);
-        w.WriteLine($"simulated {results.Count} polic{(results.Count == 1 ? "y" : "ies")}, {passes} pass{(passes == 1 ? "" : "es")} of {streamed.Length} layers, in {F(wallSeconds * 1e3, "0.0")} ms of wall time");
+        w.WriteLine($"simulated {results.Count} polic{(results.Count == 1 ? "y" : "ies")}, {passes} pass{(passes == 1 ? "" : "es")} " +
+            $"of {streamed.Length} layers, " +
+            $"in {F(wallSeconds * 1e3, "0.0")} ms of wall time");
         return w.ToString();
     }
 
@@ -78,7 +84,8 @@ public static class SimulationReport
                 F(g.MemoryBytesPerSecond / 1e9, "0"), F(g.TransferLatencySeconds * 1e6, "0.#"));
         gpus.WriteTo(w);
         w.WriteLine();
-        w.WriteLine("specs: every MODEL@GPU above (fp16, batch 1, prompt 512, generate 32, KV cache on the device, policy window:2:1), and the calibration cases:");
+        w.WriteLine("specs: every MODEL@GPU above (fp16, batch 1, prompt 512, generate 32, KV cache on the device, policy window:2:1), " +
+            "and the calibration cases:");
         foreach (var c in Calibration.Cases)
             w.WriteLine($"  {c.Spec.Name}  ({c.System}, {c.Spec.Policy.Describe()}, published {F(c.PublishedTokensPerSecond, "0.##")} tokens/s)");
         w.WriteLine();
@@ -106,7 +113,9 @@ public static class SimulationReport
         foreach (var r in rows)
         {
             var res = r.Result;
-            w.WriteLine($"{r.Case.Spec.Name} — {r.Case.System}: {F(res.TokensGenerated, "0")} tokens in {Seconds(res.TotalSeconds)} s (prefill {Seconds(res.PrefillSeconds)} s, decode {Seconds(res.DecodeSeconds)} s), peak device {ByteSize.Format(res.PeakDeviceBytes)}{(res.Fits ? "" : $"; {res.OutOfMemory}")}");
+            w.WriteLine($"{r.Case.Spec.Name} — {r.Case.System}: {F(res.TokensGenerated, "0")} tokens in {Seconds(res.TotalSeconds)} s " +
+                $"(prefill {Seconds(res.PrefillSeconds)} s, decode {Seconds(res.DecodeSeconds)} s), peak device {ByteSize.Format(res.PeakDeviceBytes)}" +
+                (res.Fits ? "" : $"; {res.OutOfMemory}"));
             w.WriteLine($"  published: {r.Case.Source}");
             foreach (var i in r.Case.Inputs) w.WriteLine($"  - {i}");
         }

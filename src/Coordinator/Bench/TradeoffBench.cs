@@ -13,7 +13,8 @@ namespace Superpipeline.Coordinator.Bench;
 /// <param name="Repeats">Measured repetitions per grid point; null for the default (5, or 3 with <paramref name="Quick"/>).</param>
 /// <param name="TransferOverCompute">The emulated link is set so that one block's transfer takes this fraction of its
 /// compute time (as measured in a streamed pass without link emulation).</param>
-public sealed record TradeoffOptions(string OutDir = "bench-results", bool Quick = false, int? Repeats = null, double TransferOverCompute = TradeoffBench.DefaultTransferOverCompute);
+public sealed record TradeoffOptions(string OutDir = "bench-results", bool Quick = false, int? Repeats = null,
+    double TransferOverCompute = TradeoffBench.DefaultTransferOverCompute);
 
 /// <summary><c>superpipeline bench --tradeoff</c>: the paper's memory-against-time figure, measured. The real engine
 /// runs on the simulated accelerator, under link emulation, over a grid of (k, k') including window = all; each point
@@ -57,7 +58,8 @@ public static class TradeoffBench
         long capacity = BenchHarness.CapacityFor(model);
         var grid = Grid(o.Quick).Select(p => (Spec: p, Policy: StreamPolicy.Create(p, model.Layers.Count))).ToArray();
         var started = DateTimeOffset.UtcNow;
-        log.WriteLine($"tradeoff: {(o.Quick ? "quick, " : "")}{grid.Length} points × {repeats} repeats; model {BenchHarness.Describe(spec, model)}; device capacity {capacity:N0} bytes");
+        log.WriteLine($"tradeoff: {(o.Quick ? "quick, " : "")}{grid.Length} points × {repeats} repeats; model {BenchHarness.Describe(spec, model)}; " +
+            $"device capacity {capacity:N0} bytes");
 
         // 1. The link, matched to a block's compute time inside streamed passes without link emulation, as bench (b)
         //    does; but to the fast quartile of those times rather than their median. A machine that slows down during
@@ -101,7 +103,8 @@ public static class TradeoffBench
                 }
                 double warm = Stats.Quantile(warmBlocks, 0.25);
                 double ratio = block.Bytes / linkBytesPerSecond / warm;
-                log.WriteLine($"tradeoff: warm-up: block compute {warm * 1e3:0.00} ms (fast quartile of {warmBlocks.Count}), so transfer ÷ compute = {ratio:0.00}");
+                log.WriteLine($"tradeoff: warm-up: block compute {warm * 1e3:0.00} ms (fast quartile of {warmBlocks.Count}), " +
+                    $"so transfer ÷ compute = {ratio:0.00}");
                 if (rematches > 0 || Math.Abs(ratio / o.TransferOverCompute - 1) <= 0.25) break;
                 rematches++;
                 blockSeconds = warm;
@@ -120,7 +123,8 @@ public static class TradeoffBench
                     runs[g].Add((cost.Flops / calibration.Report.LayerTimings.Sum(t => t.ComputeSeconds), run));
                 }
                 log.WriteLine($"tradeoff: round {r + 1}/{repeats}: " +
-                    string.Join(", ", grid.Select((p, g) => $"{Label(p.Policy)} {runs[g][^1].Run.Report.WallSeconds:0.000} s ({runs[g][^1].Rate / 1e9:0} GFLOP/s)")));
+                    string.Join(", ", grid.Select((p, g) =>
+                        $"{Label(p.Policy)} {runs[g][^1].Run.Report.WallSeconds:0.000} s ({runs[g][^1].Rate / 1e9:0} GFLOP/s)")));
             }
         }
         finally
@@ -197,7 +201,8 @@ public static class TradeoffBench
 
     static string Markdown(TradeoffReport r, string png)
     {
-        string F(double v, string format) => v.ToString(format, CultureInfo.InvariantCulture);
+        static string F(double v, string format) => v.ToString(format, CultureInfo.InvariantCulture);
+        static string Bytes(IEnumerable<long> bytes) => string.Join(", ", bytes.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)));
         var m = r.Model;
         var c = r.LinkCalibration;
         var lines = new List<string>
@@ -212,7 +217,8 @@ public static class TradeoffBench
             $"(a block's transfer = {F(c.TransferOverCompute, "0.##")} × its {F(c.BlockComputeSeconds * 1e3, "0.00")} ms compute, the fast quartile of " +
             (c.LinkRematches == 0
                 ? "a calibration without the link"
-                : $"the warm-up round's calibration passes, the first calibration ({F(c.FirstBlockComputeSeconds * 1e3, "0.00")} ms) having been more than 25 % off") +
+                : $"the warm-up round's calibration passes, the first calibration ({F(c.FirstBlockComputeSeconds * 1e3, "0.00")} ms) " +
+                    "having been more than 25 % off") +
             $"; {F(c.EffectiveTransferOverCompute, "0.00")} × at the median rate below). " +
             $"Prediction: PassSimulator with the emulated link, no transfer latency, and the compute rate of a calibration pass " +
             $"({c.CalibrationPolicy}) run just before each measured pass: median {F(c.FlopsPerSecond / 1e9, "0.0")} GFLOP/s, " +
@@ -241,8 +247,8 @@ public static class TradeoffBench
                 "predicted peak (at the median compute rate) changes when compute runs 20 % faster or slower: whether one more layer's load starts " +
                 "before a compute ends is a race there, so a pass may land on either side of it, and its peak varies from pass to pass.");
             foreach (var p in r.Points.Where(p => !p.PeakEqual || p.MeasuredPeakBytesPerRepeat.Distinct().Count() > 1))
-                lines.Add($"- {p.Label}: measured peaks per repeat {string.Join(", ", p.MeasuredPeakBytesPerRepeat.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)))}; " +
-                    $"predicted (each with its own calibration pass) {string.Join(", ", p.PredictedPeakBytesPerRepeat.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)))}.");
+                lines.Add($"- {p.Label}: measured peaks per repeat {Bytes(p.MeasuredPeakBytesPerRepeat)}; " +
+                    $"predicted (each with its own calibration pass) {Bytes(p.PredictedPeakBytesPerRepeat)}.");
         }
         lines.Add("");
         lines.Add($"![peak device memory against time per pass]({png})");
@@ -267,8 +273,9 @@ public sealed record TradeoffReport(
 /// <param name="CalibrationPasses">One before every measured pass; each gives a compute rate, the model's FLOPs ÷ the sum
 /// of its layers' compute seconds, that predicts the pass after it.</param>
 /// <param name="FlopsPerSecond">The median of those rates (the figure in the plot's legend).</param>
-public sealed record LinkCalibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds, int LinkRematches, double TransferOverCompute, double LinkGBps,
-    double EffectiveTransferOverCompute, string CalibrationPolicy, int CalibrationPasses, double MinFlopsPerSecond, double MaxFlopsPerSecond, double FlopsPerSecond, double ModelFlops, double TransferLatencySeconds);
+public sealed record LinkCalibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds,
+    int LinkRematches, double TransferOverCompute, double LinkGBps, double EffectiveTransferOverCompute, string CalibrationPolicy, int CalibrationPasses,
+    double MinFlopsPerSecond, double MaxFlopsPerSecond, double FlopsPerSecond, double ModelFlops, double TransferLatencySeconds);
 
 /// <summary>One (k, k') measured and predicted.</summary>
 /// <param name="MeasuredSeconds">Median wall time per pass of the real engine.</param>

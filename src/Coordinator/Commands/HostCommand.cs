@@ -8,7 +8,10 @@ public static class HostCommand
     public static Command Build()
     {
         var role = new Option<string>("--role") { Description = "coordinator, worker or both", DefaultValueFactory = _ => "both" };
-        var hostname = new Option<string>("--hostname") { Description = "the interface to bind to and to be reached at", DefaultValueFactory = _ => "127.0.0.1" };
+        var hostname = new Option<string>("--hostname")
+        {
+            Description = "the interface to bind to and to be reached at", DefaultValueFactory = _ => "127.0.0.1",
+        };
         var port = new Option<int>("--port") { Description = "TCP port (0 picks a free one)", DefaultValueFactory = _ => 4053 };
         var seed = new Option<string[]>("--seed")
         {

@@ -56,7 +56,8 @@ public static class PlanCommand
         var plan = Planner.Choose(ForBatch, batches, device, budget);
         var b = plan.Best;
         string size = $"{first.Layers.Length} layers, {ByteSize.Format(first.Bytes)}", batch = batches.Count > 1 ? $" --batch {b.Batch}" : "";
-        console.MarkupLineInterpolated($"[bold]plan[/] for {spec.Name} ({size}) in {ByteSize.Format(budget)}: [bold]--window {b.Window} --swap {b.Swap}[/]{batch}");
+        string memory = ByteSize.Format(budget);
+        console.MarkupLineInterpolated($"[bold]plan[/] for {spec.Name} ({size}) in {memory}: [bold]--window {b.Window} --swap {b.Swap}[/]{batch}");
         var table = new Table().AddColumn("measure").AddColumn(new TableColumn("value").RightAligned());
         void Row(string m, string v) => table.AddRow(new Text(m), new Text(v));
         Row("predicted time per pass", $"{b.MakespanSeconds:0.0000} s");

@@ -25,7 +25,10 @@ public static class RunCommand
                 "for the device memory)",
             DefaultValueFactory = _ => "3",
         };
-        var swap = new Option<string>("--swap") { Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all" };
+        var swap = new Option<string>("--swap")
+        {
+            Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
+        };
         var memory = new Option<string>("--device-memory")
         {
             Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,

@@ -38,13 +38,23 @@ public static class SimulateCommand
 
     public static Command Build()
     {
-        var spec = new Option<string>("--spec") { Description = $"JSON spec file, or a built-in: MODEL@GPU or a calibration case (see --list); default {DefaultSpec}", DefaultValueFactory = _ => DefaultSpec };
+        var spec = new Option<string>("--spec")
+        {
+            Description = $"JSON spec file, or a built-in: MODEL@GPU or a calibration case (see --list); default {DefaultSpec}",
+            DefaultValueFactory = _ => DefaultSpec,
+        };
         var policy = new Option<string>("--policy") { Description = $"policy instead of the spec's: {SimPolicy.Grammar}" };
         var compare = new Option<bool>("--compare") { Description = "simulate the peer policies side by side (sync, window, byte budgets, batched, resident)" };
-        var timeline = new Option<int>("--timeline") { Description = "per-layer timeline rows to print per pass (0: none)", DefaultValueFactory = _ => DefaultTimelineRows };
+        var timeline = new Option<int>("--timeline")
+        {
+            Description = "per-layer timeline rows to print per pass (0: none)", DefaultValueFactory = _ => DefaultTimelineRows,
+        };
         var json = new Option<string>("--json") { Description = "write everything (spec, results, pass summaries, timelines) to this JSON file" };
         var list = new Option<bool>("--list") { Description = "list the built-in models, GPUs and specs" };
-        var calibrate = new Option<bool>("--calibrate") { Description = "simulate the published FlexGen / Accelerate / ZeRO-Inference experiments and compare" };
+        var calibrate = new Option<bool>("--calibrate")
+        {
+            Description = "simulate the published FlexGen / Accelerate / ZeRO-Inference experiments and compare",
+        };
         var batch = new Option<int?>("--batch") { Description = "sequences per micro-batch (overrides the spec)" };
         var prompt = new Option<int?>("--prompt") { Description = "prompt tokens (overrides the spec)" };
         var generate = new Option<int?>("--generate") { Description = "tokens to generate (overrides the spec)" };
@@ -52,8 +62,10 @@ public static class SimulateCommand
         var dtype = new Option<string>("--dtype") { Description = "weight format: fp32, fp16, bf16, int8, int4 (overrides the spec)" };
         var kv = new Option<string>("--kv") { Description = "KV cache placement: device or host (overrides the spec)" };
 
-        var command = new Command("simulate", "Simulate generation (prefill + decode) of a model on a GPU under streaming policies, from a cost model; --calibrate checks it against published throughputs.");
-        foreach (var o in new Option[] { spec, policy, compare, timeline, json, list, calibrate, batch, prompt, generate, micro, dtype, kv }) command.Options.Add(o);
+        var command = new Command("simulate", "Simulate generation (prefill + decode) of a model on a GPU under streaming policies, from a cost model; " +
+            "--calibrate checks it against published throughputs.");
+        foreach (var o in new Option[] { spec, policy, compare, timeline, json, list, calibrate, batch, prompt, generate, micro, dtype, kv })
+            command.Options.Add(o);
         command.SetAction((r, cancel) => RunAsync(new SimulateOptions(
             r.GetValue(spec)!, r.GetValue(policy), r.GetValue(compare), r.GetValue(timeline), r.GetValue(json), r.GetValue(list), r.GetValue(calibrate),
             r.GetValue(batch), r.GetValue(prompt), r.GetValue(generate), r.GetValue(micro), r.GetValue(dtype), r.GetValue(kv)), Console.Out, cancel));

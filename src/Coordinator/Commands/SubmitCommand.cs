@@ -51,7 +51,10 @@ public static class SubmitCommand
             var job = new SubmitJob(r.GetValue(id) is { } given ? new JobId(given) : JobId.New(), spec, policy);
             await using var client = SubmitClient.Start(contacts, r.GetValue(hostname)!, ConfigFile.Read(r.GetValue(config)), r.GetValue(verbose));
             if (!await client.ConnectAsync(timeout, cancel))
-                throw new TimeoutException($"no coordinator answered at {string.Join(", ", contacts)} within {timeout.TotalSeconds:0.###} s (--connect-timeout)");
+            {
+                string at = string.Join(", ", contacts);
+                throw new TimeoutException($"no coordinator answered at {at} within {timeout.TotalSeconds:0.###} s (--connect-timeout)");
+            }
             Console.Error.WriteLine($"superpipeline submit: job {job.Id} to {string.Join(", ", contacts)}");
             var answer = await client.RunAsync(job, p =>
             {

@@ -33,6 +33,11 @@ public static class Cli
         {
             return Refuse(Flags.Describe(e, parsed.CommandResult.Command));
         }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("superpipeline: cancelled");
+            return 130;
+        }
         catch (Exception e) when (e is ArgumentException or DeviceOutOfMemoryException or IOException or UnauthorizedAccessException
             or InvalidOperationException or TimeoutException)
         {

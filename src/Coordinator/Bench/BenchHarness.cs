@@ -32,8 +32,6 @@ public static class BenchHarness
         $"{m.Layers.Count} layers ({s.Blocks} blocks + embeddings + head), hidden {s.Hidden}, heads {s.Heads}, vocab {s.Vocab}, " +
         $"batch {s.Batch} × sequence {s.Sequence}, {m.Bytes:N0} bytes";
 
-    public sealed record EngineRun(PassReport Report, string Sha256, long? MinorFaults);
-
     /// <summary>One pass through the engine, exactly as <c>superpipeline run</c> submits it.</summary>
     public static async Task<EngineRun> EnginePassAsync(EmbeddedHost host, ModelSpec spec, PolicySpec policy, CancellationToken cancel)
     {
@@ -62,9 +60,6 @@ public static class BenchHarness
             return null;
         }
     }
-
-    public sealed record BlockCost(int Layer, string Name, long Bytes, IReadOnlyList<double> ComputeSeconds, double MedianSeconds,
-        IReadOnlyList<double> IsolatedSeconds, double IsolatedMedianSeconds);
 
     /// <summary>A block's compute time as the engine times it inside a streamed pass (window 3, swap 1, no link emulation):
     /// the median over every block of two passes. That is what the link is matched to. For reference, also the median of
@@ -120,6 +115,13 @@ public static class BenchHarness
         return cost;
     }
 }
+
+/// <summary>One engine pass: its report, the output's SHA-256, and the process's minor page faults during it (null off Linux).</summary>
+public sealed record EngineRun(PassReport Report, string Sha256, long? MinorFaults);
+
+/// <summary>A block's compute seconds inside streamed passes (their median sets a matched link) and, for reference, alone.</summary>
+public sealed record BlockCost(int Layer, string Name, long Bytes, IReadOnlyList<double> ComputeSeconds, double MedianSeconds,
+    IReadOnlyList<double> IsolatedSeconds, double IsolatedMedianSeconds);
 
 /// <summary>Where the bench ran.</summary>
 public sealed record MachineInfo(int Cores, string Os, string Runtime, int TorchThreads);

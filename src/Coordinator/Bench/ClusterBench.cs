@@ -66,7 +66,7 @@ public static class ClusterBench
         }
 
         double one = await Measure(1), two = await Measure(2);
-        var report = new ClusterReport(DateTimeOffset.UtcNow.ToString("O", System.Globalization.CultureInfo.InvariantCulture), Environment.ProcessorCount,
+        var report = new ClusterReport(DateTime.UtcNow.ToString("O", System.Globalization.CultureInfo.InvariantCulture), Environment.ProcessorCount,
             jobs, model.Blocks + 2, model.Hidden, linkGBps, one, two, two / one, SpeedupGoal, identical);
         await ReportWriter.WriteAsync(files, Markdown(report), report, output, cancel);
         return 0;

@@ -50,7 +50,7 @@ public static class EngineBench
 
         EngineOverhead overhead;
         PeakMemory peak;
-        BenchHarness.BlockCost block;
+        BlockCost block;
         await using (var host = EmbeddedHost.Start(new DeviceSpec("sim", capacity, null)))
         {
             overhead = await MeasureOverheadAsync(host, spec, model, repeats, log, cancel);
@@ -155,7 +155,7 @@ public static class EngineBench
 
     // ---------------------------------------------------------------- (b) overlap under link emulation
 
-    static async Task<Overlap> MeasureOverlapAsync(ModelSpec spec, LayeredModel model, long capacity, BenchHarness.BlockCost block, int repeats,
+    static async Task<Overlap> MeasureOverlapAsync(ModelSpec spec, LayeredModel model, long capacity, BlockCost block, int repeats,
         TextWriter log, CancellationToken cancel)
     {
         double gbps = block.Bytes / block.MedianSeconds / 1e9;

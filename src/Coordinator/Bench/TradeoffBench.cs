@@ -65,7 +65,7 @@ public static class TradeoffBench
         //    does; but to the fast quartile of those times rather than their median. A machine that slows down during
         //    the run then only makes passes more compute-bound, where the peak does not depend on timing; what can flip
         //    a peak is compute getting faster than the link was matched to (see PeakSensitiveToTiming).
-        BenchHarness.BlockCost block;
+        BlockCost block;
         await using (var plain = EmbeddedHost.Start(new DeviceSpec("sim", capacity, null)))
         {
             for (int i = 0; i < 2; i++) await BenchHarness.EnginePassAsync(plain, spec, new PolicySpec(3, 1), cancel); // deploys and warms up
@@ -86,7 +86,7 @@ public static class TradeoffBench
         //    25 % away from the target (the first measurement fell in a slow or fast spell), the link is matched again
         //    to them and the warm-up round repeated, once.
         var calibrationPolicy = new PolicySpec(3, 1);
-        var runs = grid.Select(_ => new List<(double Rate, BenchHarness.EngineRun Run)>()).ToArray();
+        var runs = grid.Select(_ => new List<(double Rate, EngineRun Run)>()).ToArray();
         EmbeddedHost? host = null;
         int rematches = 0, threads = 0;
         try
@@ -164,7 +164,7 @@ public static class TradeoffBench
 
     /// <summary>A point measured and predicted: each repeat is predicted with the compute rate of the calibration pass
     /// just before it; the point's times are medians over the repeats, its peaks the largest over the repeats.</summary>
-    static TradeoffPoint Point(StreamPolicy policy, List<(double Rate, BenchHarness.EngineRun Run)> runs, ModelCost cost, DeviceCost device)
+    static TradeoffPoint Point(StreamPolicy policy, List<(double Rate, EngineRun Run)> runs, ModelCost cost, DeviceCost device)
     {
         var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
         var predictions = runs.Select(x => PassSimulator.Run(cost, device with { FlopsPerSecond = x.Rate }, new WindowGate(policy, bytes))).ToArray();

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Bench;
 using Xunit;
 
 namespace Superpipeline.Tests;
@@ -15,7 +15,7 @@ public sealed class BenchCommandTests
         try
         {
             var output = new StringWriter();
-            int code = await BenchCommand.RunAsync(new BenchOptions(dir.FullName, Quick: true), output, CancellationToken.None);
+            int code = await EngineBench.RunAsync(new BenchOptions(dir.FullName, Quick: true), output, CancellationToken.None);
 
             Assert.Equal(0, code);
             var md = Path.Combine(dir.FullName, "bench.md");

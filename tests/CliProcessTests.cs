@@ -1,6 +1,9 @@
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using Superpipeline.Engine.IO;
 using Xunit;
 
@@ -28,13 +31,15 @@ public sealed class CliProcessTests : IDisposable
     public void Run_writes_report_trace_and_npy_that_agree_with_each_other()
     {
         string report = Path.Combine(_dir, "r.json"), trace = Path.Combine(_dir, "t.json"), npy = Path.Combine(_dir, "o.npy");
-        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "2", "--swap", "1", "--device-memory", "1MiB", "--report", report, "--trace", trace, "--output", npy]);
+        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "2", "--swap", "1", "--device-memory", "1MiB",
+            "--report", report, "--trace", trace, "--output", npy]);
         Assert.True(code == 0, stderr);
         Assert.Contains("output sha256", stdout);
 
         using var json = JsonDocument.Parse(File.ReadAllText(report));
         var r = json.RootElement;
-        foreach (var field in new[] { "outputSha256", "layers", "window", "swap", "modelBytes", "peakDeviceBytes", "bytesTransferred", "wallSeconds", "lowerBoundSeconds", "overlapEfficiency", "perLayer" })
+        foreach (var field in new[] { "outputSha256", "layers", "window", "swap", "modelBytes", "peakDeviceBytes", "bytesTransferred", "wallSeconds",
+            "lowerBoundSeconds", "overlapEfficiency", "perLayer" })
             Assert.True(r.TryGetProperty(field, out _), $"report lacks {field}");
         Assert.Equal(5, r.GetProperty("layers").GetInt32());
         Assert.Equal(2, r.GetProperty("window").GetInt32());
@@ -74,7 +79,8 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--swap must be from 1 to the window (3); got 4", "--window", "3", "--swap", "4")]
     [InlineData("--swap must be a whole number; got 'one'", "--swap", "one")]
     [InlineData("--device-memory must be a positive size in bytes, optionally with a KiB/MiB/GiB suffix; got 'lots'", "--device-memory", "lots")]
-    [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes (with activations it needs 56,960)", "--device-memory", "20000")]
+    [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes (with activations it needs 56,960)",
+        "--device-memory", "20000")]
     [InlineData("unknown model 'llama-9000' (known: demo, gpt)", "--model", "llama-9000")]
     [InlineData("--link-gbps must be a positive number of GB/s; got '-1'", "--link-gbps", "-1")]
     [InlineData("--swap cannot be given with --window auto: the planner chooses both", "--window", "auto", "--swap", "2")]
@@ -98,7 +104,8 @@ public sealed class CliProcessTests : IDisposable
         Assert.InRange(k, 1, 5);
         Assert.InRange(s, 1, k);
         Assert.True(r.GetProperty("peakDeviceBytes").GetInt64() <= 300 * 1024);
-        Assert.Equal(JsonDocument.Parse(File.ReadAllText(resident)).RootElement.GetProperty("outputSha256").GetString(), r.GetProperty("outputSha256").GetString());
+        Assert.Equal(JsonDocument.Parse(File.ReadAllText(resident)).RootElement.GetProperty("outputSha256").GetString(),
+            r.GetProperty("outputSha256").GetString());
     }
 
     [Fact]
@@ -127,6 +134,62 @@ public sealed class CliProcessTests : IDisposable
         Assert.NotEqual(0, code);
         Assert.StartsWith("superpipeline: ", stderr.Trim());
         Assert.Contains("many", stderr);
+        Assert.DoesNotContain('\n', stderr.Trim());
+    }
+
+    [Fact]
+    public void A_model_whose_host_weights_exceed_the_available_memory_is_refused_before_any_work_naming_both_figures()
+    {
+        var (code, stdout, stderr) = Run("run", "--layers", "100000");
+        Assert.NotEqual(0, code);
+        var line = stderr.Trim();
+        Assert.DoesNotContain('\n', line);
+        // The demo decoder at its defaults (hidden 512, vocab 4096, sequence 128), fp32: a block holds 12h² + 13h parameters
+        // (QKV and output projections, the two MLP matrices, their biases, two LayerNorms); the embeddings V·h + S·h; the
+        // head a final LayerNorm (2h) and an unbiased V·h projection.
+        const long h = 512, v = 4096, seq = 128, blocks = 100_000;
+        long weights = 4 * (blocks * (12 * h * h + 13 * h) + (v * h + seq * h) + (2 * h + v * h));
+        var m = Regex.Match(line, @"^superpipeline: the model's weights need ([\d,]+) bytes .* more than the ([\d,]+) bytes .* of memory available " +
+            @"\(MemAvailable in /proc/meminfo\); nothing was started$");
+        Assert.True(m.Success, line);
+        Assert.Equal(weights, long.Parse(m.Groups[1].Value.Replace(",", ""), System.Globalization.CultureInfo.InvariantCulture));
+        long available = long.Parse(m.Groups[2].Value.Replace(",", ""), System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(available, 1, weights - 1);
+        Assert.Equal("", stdout.Trim());
+    }
+
+    [Fact]
+    public void Submit_to_an_address_where_no_coordinator_listens_gives_up_after_the_connect_timeout_with_one_line_and_no_akka_log()
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop(); // nothing listens there now
+        var (code, stdout, stderr) = Run(["submit", "--contact", $"127.0.0.1:{port}", "--connect-timeout", "3s", .. Small]);
+        Assert.NotEqual(0, code);
+        Assert.Equal($"superpipeline: no coordinator answered at 127.0.0.1:{port} within 3 s (--connect-timeout)", stderr.Trim());
+        Assert.Equal("", stdout.Trim()); // Akka's logger writes to stdout: nothing of it without --verbose
+    }
+
+    [Fact]
+    public void Submit_refuses_a_window_the_model_cannot_take_before_it_contacts_anyone()
+    {
+        var (code, stdout, stderr) = Run(["submit", "--contact", "127.0.0.1:1", .. Small, "--window", "9"]);
+        Assert.NotEqual(0, code);
+        Assert.Equal("superpipeline: --window must be from 1 to 5 (the model's layers) or 'all'; got 9", stderr.Trim());
+        Assert.Equal("", stdout.Trim());
+    }
+
+    [Theory]
+    [InlineData("--policy 'fast' is not a policy; expected ", "--policy", "fast")]
+    [InlineData("--policy window:99:1: k = 99 is above the model's 82 streamed layers", "--policy", "window:99:1")]
+    [InlineData("--micro-batches must be at least 1; got 0", "--micro-batches", "0")]
+    [InlineData("--prompt + --generate (100032) exceeds llama2-70b's 4096 positions", "--prompt", "100000")]
+    public void Simulate_refusals_name_its_flags(string message, params string[] bad)
+    {
+        var (code, _, stderr) = Run(["simulate", .. bad]);
+        Assert.NotEqual(0, code);
+        Assert.StartsWith($"superpipeline: {message}", stderr.Trim());
         Assert.DoesNotContain('\n', stderr.Trim());
     }
 

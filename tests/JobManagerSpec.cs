@@ -99,8 +99,8 @@ public sealed class JobManagerSpec : TestKit, IDisposable
 
     [Theory]
     [InlineData("bert", 1, 1, "unknown model 'bert' (known: demo, gpt)")]
-    [InlineData("demo", 9, 1, "--window must be from 1 to 5 (the model's layers) or 'all'; got 9")]
-    [InlineData("demo", 2, 3, "--swap must be from 1 to the window (2); got 3")]
+    [InlineData("demo", 9, 1, "window must be from 1 to 5 (the model's layers) or 'all'; got 9")]
+    [InlineData("demo", 2, 3, "swap must be from 1 to the window (2); got 3")]
     public void Bad_jobs_are_refused_before_any_work_with_one_line(string model, int window, int swap, string reason)
     {
         var failed = Assert.IsType<JobFailed>(Answer(new SubmitJob(JobId.New(), Tiny with { Name = model }, new PolicySpec(window, swap))));

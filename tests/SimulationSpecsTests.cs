@@ -1,6 +1,9 @@
 using Superpipeline.Engine.Models;
 using System.Text.Json;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Bench;
+using Superpipeline.Coordinator.Commands;
+using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Xunit;
 
@@ -161,27 +164,41 @@ public sealed class SimulationSpecsTests
     public void Policy_sizes_take_suffixes() => Assert.Equal(SimPolicy.BytesOf(2L << 30, 512L << 20), SimPolicy.Parse("bytes:2GiB:512MiB"));
 
     [Theory]
-    [InlineData("fast", "--policy 'fast' is not a policy")]
-    [InlineData("window:3", "--policy 'window:3' is not a policy")]
-    [InlineData("window:x:1", "--policy 'window:x:1' has k 'x', not a whole number")]
-    [InlineData("window:2:3", "--policy 'window:2:3' has k' = 3 above k = 2")]
-    [InlineData("batched:2:1:0", "--policy 'batched:2:1:0' has micro-batches M 0, below 1")]
-    [InlineData("bytes:lots:1GiB", "--policy 'bytes:lots:1GiB' live budget must be a positive size")]
-    public void A_bad_policy_is_one_line_naming_what_is_wrong(string text, string message)
+    [InlineData("fast", "'fast' is not a policy")]
+    [InlineData("window:3", "'window:3' is not a policy")]
+    [InlineData("window:x:1", "'window:x:1' has k 'x', not a whole number")]
+    [InlineData("window:2:3", "'window:2:3' has k' = 3 above k = 2")]
+    [InlineData("batched:2:1:0", "'batched:2:1:0' has micro-batches M 0, below 1")]
+    [InlineData("bytes:lots:1GiB", "'bytes:lots:1GiB': live budget must be a positive size")]
+    public void A_bad_policy_is_one_line_naming_the_field_and_what_is_wrong(string text, string problem)
     {
-        var e = Assert.Throws<ArgumentException>(() => SimPolicy.Parse(text));
-        Assert.StartsWith(message, e.Message);
+        var e = Assert.Throws<FieldException>(() => SimPolicy.Parse(text));
+        Assert.Equal("policy", e.Field);
+        Assert.StartsWith(problem, e.Problem);
+        Assert.StartsWith($"policy {problem}", e.Message);
         Assert.DoesNotContain('\n', e.Message);
+        Assert.DoesNotContain("--", e.Message);
+    }
+
+    [Fact]
+    public void The_cli_names_a_refused_field_by_its_own_flag_only_where_the_command_has_that_flag()
+    {
+        var policy = Assert.Throws<FieldException>(() => SimPolicy.Parse("fast"));
+        Assert.StartsWith("--policy 'fast' is not a policy", Flags.Describe(policy, SimulateCommand.Build()));
+        Assert.StartsWith("policy 'fast' is not a policy", Flags.Describe(policy, RunCommand.Build()));
+        var window = Assert.Throws<FieldException>(() => StreamPolicy.Create(new(9, 1), layers: 5));
+        Assert.Equal("--window must be from 1 to 5 (the model's layers) or 'all'; got 9", Flags.Describe(window, RunCommand.Build()));
+        Assert.Equal("window must be from 1 to 5 (the model's layers) or 'all'; got 9", Flags.Describe(window, SimulateCommand.Build()));
     }
 
     [Fact]
     public void A_policy_that_does_not_fit_the_model_is_refused_naming_it()
     {
         var spec = SimulationSpecs.BuiltIn("llama2-7b@t4");
-        var window = Assert.Throws<ArgumentException>(() => GenerationSimulator.Run(spec, SimPolicy.Parse("window:99:1")));
-        Assert.Equal("--policy window:99:1: k = 99 is above the model's 34 streamed layers", window.Message);
-        var bytes = Assert.Throws<ArgumentException>(() => GenerationSimulator.Run(spec, SimPolicy.Parse("bytes:1MiB:1MiB")));
-        Assert.StartsWith("--policy bytes:1048576:1048576: live-parameter budget", bytes.Message);
+        var window = Assert.Throws<FieldException>(() => GenerationSimulator.Run(spec, SimPolicy.Parse("window:99:1")));
+        Assert.Equal("policy window:99:1: k = 99 is above the model's 34 streamed layers", window.Message);
+        var bytes = Assert.Throws<FieldException>(() => GenerationSimulator.Run(spec, SimPolicy.Parse("bytes:1MiB:1MiB")));
+        Assert.StartsWith("policy bytes:1048576:1048576: live-parameter budget", bytes.Message);
     }
 
     [Theory]
@@ -202,13 +219,18 @@ public sealed class SimulationSpecsTests
     [InlineData("{ \"gpu\": \"t4\" }", "x.json: 'model' is missing")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"wokload\": {} }", "x.json: unknown field 'wokload' (known: ")]
     [InlineData("{ \"model\": \"gpt-5\", \"gpu\": \"t4\" }", "x.json: 'model' 'gpt-5' is not a built-in model")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"batch\": \"eight\" } }", "x.json: 'workload.batch' must be a whole number; got \"eight\"")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"batch\": \"eight\" } }",
+        "x.json: 'workload.batch' must be a whole number; got \"eight\"")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"batch\": 0 } }", "x.json: 'workload.batch' must be at least 1; got 0")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"kvCache\": \"disk\" } }", "x.json: 'workload.kvCache' must be device or host; got 'disk'")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"dtype\": \"int3\" }", "x.json: 'dtype' must be one of fp32, fp16, bf16, int8, int4; got 'int3'")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"kvCache\": \"disk\" } }",
+        "x.json: 'workload.kvCache' must be device or host; got 'disk'")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"dtype\": \"int3\" }",
+        "x.json: 'dtype' must be one of fp32, fp16, bf16, int8, int4; got 'int3'")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"policy\": \"window:0:1\" }", "x.json: 'policy' 'window:0:1' has k 0, below 1")]
-    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"prompt\": 4000, \"generate\": 200 } }", "x.json: workload.prompt + workload.generate (4200) exceeds llama2-7b's 4096 positions")]
-    [InlineData("{ \"model\": { \"family\": \"llama\", \"layers\": 2, \"hidden\": 100, \"heads\": 3, \"ffn\": 10, \"vocab\": 10 }, \"gpu\": \"t4\" }", "x.json: model custom: hidden (100) must be a multiple of heads (3)")]
+    [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": \"t4\", \"workload\": { \"prompt\": 4000, \"generate\": 200 } }",
+        "x.json: workload.prompt + workload.generate (4200) exceeds llama2-7b's 4096 positions")]
+    [InlineData("{ \"model\": { \"family\": \"llama\", \"layers\": 2, \"hidden\": 100, \"heads\": 3, \"ffn\": 10, \"vocab\": 10 }, \"gpu\": \"t4\" }",
+        "x.json: model custom: hidden (100) must be a multiple of heads (3)")]
     [InlineData("{ \"model\": \"llama2-7b\", \"gpu\": { \"memoryGiB\": 16, \"linkGBps\": 12 } }", "x.json: 'gpu.tflops' is missing")]
     public void Bad_json_is_one_line_naming_the_field(string json, string message)
     {
@@ -223,7 +245,8 @@ public sealed class SimulationSpecsTests
         var spec = SimulationSpecs.Parse("""
             {
               "name": "tiny", "dtype": "int8",
-              "model": { "name": "tiny-llama", "family": "llama", "layers": 4, "hidden": 256, "heads": 8, "kvHeads": 2, "ffn": 688, "vocab": 1000, "maxPositions": 512 },
+              "model": { "name": "tiny-llama", "family": "llama", "layers": 4, "hidden": 256, "heads": 8, "kvHeads": 2, "ffn": 688,
+                         "vocab": 1000, "maxPositions": 512 },
               "gpu": { "name": "toy", "memoryGiB": 0.05, "linkGBps": 1, "tflops": 1, "memoryGBps": 100, "latencyUs": 0 },
               "host": { "attentionGflops": 5 },
               "workload": { "batch": 2, "prompt": 16, "generate": 3, "microBatches": 2, "kvCache": "host", "residentLayers": [0] },
@@ -264,8 +287,10 @@ public sealed class SimulationSpecsTests
         var rows = Calibration.Run();
         Assert.Equal(Calibration.Cases.Length, rows.Length);
         Assert.Contains(rows, r => r.Case.System == "FlexGen" && r.Case.PublishedTokensPerSecond == 7.32 && r.Case.Spec.Policy.Kind == PolicyKind.Batched);
-        Assert.Contains(rows, r => r.Case.System == "HF Accelerate" && r.Case.PublishedTokensPerSecond == 0.62 && r.Case.Spec.Policy.Kind == PolicyKind.Synchronous);
-        Assert.Contains(rows, r => r.Case.PublishedTokensPerSecond == 21.84 && r.Case.Spec.Policy.Kind == PolicyKind.ByteBudget && r.Case.Spec.Format == WeightFormat.Int4);
+        Assert.Contains(rows, r => r.Case.System == "HF Accelerate" && r.Case.PublishedTokensPerSecond == 0.62
+            && r.Case.Spec.Policy.Kind == PolicyKind.Synchronous);
+        Assert.Contains(rows, r => r.Case.PublishedTokensPerSecond == 21.84 && r.Case.Spec.Policy.Kind == PolicyKind.ByteBudget
+            && r.Case.Spec.Format == WeightFormat.Int4);
         // One row per published measurement: a figure simulated twice would count one data point as two.
         Assert.Equal(rows.Length, rows.Select(r => (r.Case.System, r.Case.PublishedTokensPerSecond)).Distinct().Count());
         foreach (var r in rows)
@@ -275,7 +300,7 @@ public sealed class SimulationSpecsTests
             Assert.Equal((r.PredictedTokensPerSecond / r.Case.PublishedTokensPerSecond - 1) * 100, r.ErrorPercent, 9);
             Assert.NotEmpty(r.Case.Inputs);
         }
-        var text = SimulateCommand.CalibrationText(rows, 0.01);
+        var text = SimulationReport.CalibrationText(rows, 0.01);
         Assert.Contains("| case | system | policy | GPU | weights | batch | predicted tok/s | published tok/s | error | within 25 % |", text);
     }
 
@@ -317,9 +342,9 @@ public sealed class SimulationSpecsTests
     public async Task Simulate_refuses_bad_input_before_any_work()
     {
         var output = new StringWriter();
-        var e = await Assert.ThrowsAsync<ArgumentException>(() => SimulateCommand.RunAsync(new SimulateOptions(Spec: "llama2-7b@t4", Policy: "fast"), output));
-        Assert.StartsWith("--policy 'fast' is not a policy", e.Message);
-        e = await Assert.ThrowsAsync<ArgumentException>(() => SimulateCommand.RunAsync(new SimulateOptions(Spec: "llama2-7b@t4", Batch: 0), output));
+        var f = await Assert.ThrowsAsync<FieldException>(() => SimulateCommand.RunAsync(new SimulateOptions(Spec: "llama2-7b@t4", Policy: "fast"), output));
+        Assert.StartsWith("--policy 'fast' is not a policy", Flags.Describe(f, SimulateCommand.Build()));
+        var e = await Assert.ThrowsAsync<ArgumentException>(() => SimulateCommand.RunAsync(new SimulateOptions(Spec: "llama2-7b@t4", Batch: 0), output));
         Assert.Equal("--batch must be at least 1; got 0", e.Message);
         e = await Assert.ThrowsAsync<ArgumentException>(() => SimulateCommand.RunAsync(new SimulateOptions(Spec: "llama2-7b@t4", Kv: "disk"), output));
         Assert.Equal("--kv must be device or host; got 'disk'", e.Message);

@@ -32,27 +32,28 @@ public sealed class StreamPolicyTests
     }
 
     [Theory]
-    [InlineData(0, 1, "--window must be from 1 to 5")]
-    [InlineData(6, 1, "--window must be from 1 to 5")]
-    [InlineData(-2, 1, "--window must be from 1 to 5")]
-    [InlineData(3, 4, "--swap must be from 1 to the window (3); got 4")]
-    [InlineData(3, 0, "--swap must be from 1 to the window (3); got 0")]
-    public void Out_of_range_knobs_are_refused_naming_the_knob_and_range(int window, int swap, string message)
+    [InlineData(0, 1, "window", "window must be from 1 to 5")]
+    [InlineData(6, 1, "window", "window must be from 1 to 5")]
+    [InlineData(-2, 1, "window", "window must be from 1 to 5")]
+    [InlineData(3, 4, "swap", "swap must be from 1 to the window (3); got 4")]
+    [InlineData(3, 0, "swap", "swap must be from 1 to the window (3); got 0")]
+    public void Out_of_range_knobs_are_refused_naming_the_knob_and_range(int window, int swap, string field, string message)
     {
-        var e = Assert.Throws<ArgumentException>(() => StreamPolicy.Create(new PolicySpec(window, swap), layers: 5));
+        var e = Assert.Throws<FieldException>(() => StreamPolicy.Create(new PolicySpec(window, swap), layers: 5));
+        Assert.Equal(field, e.Field);
         Assert.StartsWith(message, e.Message);
         Assert.DoesNotContain('\n', e.Message);
     }
 
     [Theory]
-    [InlineData("three", "--window must be a whole number, 'all' or 'auto'; got 'three'")]
-    [InlineData("2.5", "--window must be a whole number, 'all' or 'auto'; got '2.5'")]
+    [InlineData("three", "window must be a whole number, 'all' or 'auto'; got 'three'")]
+    [InlineData("2.5", "window must be a whole number, 'all' or 'auto'; got '2.5'")]
     public void Window_that_is_not_a_number_is_refused(string text, string message) =>
-        Assert.Equal(message, Assert.Throws<ArgumentException>(() => StreamPolicy.ParseWindow(text)).Message);
+        Assert.Equal(message, Assert.Throws<FieldException>(() => StreamPolicy.ParseWindow(text)).Message);
 
     [Fact]
     public void Swap_that_is_not_a_number_is_refused() =>
-        Assert.Equal("--swap must be a whole number; got 'x'", Assert.Throws<ArgumentException>(() => StreamPolicy.ParseSwap("x")).Message);
+        Assert.Equal("swap must be a whole number; got 'x'", Assert.Throws<FieldException>(() => StreamPolicy.ParseSwap("x")).Message);
 
     [Theory]
     [InlineData("1048576", 1048576L)]

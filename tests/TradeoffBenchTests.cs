@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
-using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Bench;
 using Xunit;
 
 namespace Superpipeline.Tests;

@@ -1,54 +1,68 @@
-using System.Text.Json;
-using System.Text.Json.Serialization;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Bench;
 using Superpipeline.Messages;
 
 namespace Superpipeline.Coordinator;
 
-/// <summary>The JSON report of a run: what a script reads to compare runs.</summary>
+/// <summary>The JSON report of a run (<c>run --report</c>, <c>submit --report</c>): what a script reads to compare runs.</summary>
 public static class JsonReport
 {
-    static readonly JsonSerializerOptions Options = new()
-    {
-        WriteIndented = true,
-        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
-        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
-    };
-
-    public static object Build(ModelSpec model, PassReport r, TensorPayload output, string outputSha256) => new
-    {
+    public static RunReport Build(ModelSpec model, PassReport r, TensorPayload output, string outputSha256) => new(
         outputSha256,
-        outputShape = output.Shape,
-        outputDType = output.DType,
-        model = new { name = model.Name, blocks = model.Blocks, hidden = model.Hidden, heads = model.Heads, vocab = model.Vocab, sequence = model.Sequence, batch = model.Batch, seed = model.Seed },
-        device = r.Device,
-        deviceCapacityBytes = r.DeviceCapacityBytes,
-        layers = r.Layers,
-        window = r.Window,
-        swap = r.Swap,
-        prefetchDepth = r.Window - r.Swap,
-        modelBytes = r.ModelBytes,
-        peakDeviceBytes = r.PeakDeviceBytes,
-        bytesTransferred = r.BytesTransferred,
-        wallSeconds = r.WallSeconds,
-        lowerBoundSeconds = r.LowerBoundSeconds,
-        overlapEfficiency = r.OverlapEfficiency,
-        microBatches = r.MicroBatches,
-        stages = r.Stages.Select(s => new { stage = s.Stage, node = s.Node, device = s.Device, firstLayer = s.FirstLayer, layerCount = s.LayerCount, window = s.Window, swap = s.Swap, bytes = s.Bytes, flops = s.Flops, peakDeviceBytes = s.PeakDeviceBytes, wallSeconds = s.WallSeconds }),
-        perLayer = r.LayerTimings.Select(l => new
-        {
-            index = l.Index,
-            name = l.Name,
-            bytes = l.Bytes,
-            loadStart = l.LoadStart,
-            loadSeconds = l.LoadSeconds,
-            computeStart = l.ComputeStart,
-            computeSeconds = l.ComputeSeconds,
-            evictAt = l.EvictAt,
-        }),
-    };
+        output.Shape,
+        output.DType,
+        new RunModel(model.Name, model.Blocks, model.Hidden, model.Heads, model.Vocab, model.Sequence, model.Batch, model.Seed),
+        r.Device,
+        r.DeviceCapacityBytes,
+        r.Layers,
+        r.Window,
+        r.Swap,
+        r.Window - r.Swap,
+        r.ModelBytes,
+        r.PeakDeviceBytes,
+        r.BytesTransferred,
+        r.WallSeconds,
+        r.LowerBoundSeconds,
+        r.OverlapEfficiency,
+        r.MicroBatches,
+        [.. r.Stages.Select(s => new RunStage(s.Stage, s.Node, s.Device, s.FirstLayer, s.LayerCount, s.Window, s.Swap, s.Bytes, s.Flops,
+            s.PeakDeviceBytes, s.WallSeconds))],
+        [.. r.LayerTimings.Select(l => new RunLayer(l.Index, l.Name, l.Bytes, l.LoadStart, l.LoadSeconds, l.ComputeStart, l.ComputeSeconds, l.EvictAt))]);
 
-    public static void Write(string path, object report) => File.WriteAllText(path, JsonSerializer.Serialize(report, Options));
-
-    public static string Serialize(object value) => JsonSerializer.Serialize(value, Options);
+    public static void Write(string path, RunReport report) => ReportWriter.WriteJson(path, report);
 }
+
+/// <summary>The run report; its JSON keys are the camelCase of these names, in this order.</summary>
+/// <param name="PrefetchDepth">k − k': layers loaded ahead while a swap group is in transfer.</param>
+/// <param name="Stages">The placement, when the job ran as pipeline stages across devices (submit); empty for run.</param>
+/// <param name="PerLayer">Per layer, as the engine timed it (seconds from the start of the pass).</param>
+public sealed record RunReport(
+    string OutputSha256,
+    IReadOnlyList<long> OutputShape,
+    string OutputDType,
+    RunModel Model,
+    string Device,
+    long DeviceCapacityBytes,
+    int Layers,
+    int Window,
+    int Swap,
+    int PrefetchDepth,
+    long ModelBytes,
+    long PeakDeviceBytes,
+    long BytesTransferred,
+    double WallSeconds,
+    double LowerBoundSeconds,
+    double OverlapEfficiency,
+    int MicroBatches,
+    IReadOnlyList<RunStage> Stages,
+    IReadOnlyList<RunLayer> PerLayer);
+
+/// <summary>The model as it was asked for; <paramref name="Blocks"/> is --layers.</summary>
+public sealed record RunModel(string Name, int Blocks, int Hidden, int Heads, int Vocab, int Sequence, int Batch, long Seed);
+
+public sealed record RunStage(int Stage, string Node, string Device, int FirstLayer, int LayerCount, int Window, int Swap, long Bytes, double Flops,
+    long PeakDeviceBytes, double WallSeconds);
+
+/// <param name="EvictAt">When its device bytes were freed (−1 if still resident when the pass ended).</param>
+public sealed record RunLayer(int Index, string Name, long Bytes, double LoadStart, double LoadSeconds, double ComputeStart, double ComputeSeconds,
+    double EvictAt);

@@ -16,36 +16,36 @@ public sealed record StreamPolicy
     /// <summary>k − k': layers loaded ahead while a swap group is in transfer.</summary>
     public int PrefetchDepth => Window - Swap;
 
-    /// <summary>Checks <paramref name="spec"/> for a model of <paramref name="layers"/> layers; throws
-    /// <see cref="ArgumentException"/> with a one-line message naming the knob and its valid range.</summary>
+    /// <summary>Checks <paramref name="spec"/> for a model of <paramref name="layers"/> layers; throws a
+    /// <see cref="FieldException"/> naming the knob (window or swap) and its valid range.</summary>
     public static StreamPolicy Create(PolicySpec spec, int layers)
     {
         if (layers < 1) throw new ArgumentException($"the model has no layers");
-        if (spec.Auto) throw new ArgumentException("--window auto must be planned before it is run");
+        if (spec.Auto) throw new FieldException(FieldException.Window, "auto must be planned before it is run");
         bool resident = spec.Window is null;
         int window = spec.Window ?? layers;
         if (window < 1 || window > layers)
-            throw new ArgumentException($"--window must be from 1 to {layers} (the model's layers) or 'all'; got {window}");
+            throw new FieldException(FieldException.Window, $"must be from 1 to {layers} (the model's layers) or 'all'; got {window}");
         int swap = spec.Swap ?? (resident ? layers : 1);
         if (swap < 1 || swap > window)
-            throw new ArgumentException($"--swap must be from 1 to the window ({window}); got {swap}");
+            throw new FieldException(FieldException.Swap, $"must be from 1 to the window ({window}); got {swap}");
         return new StreamPolicy(window, swap, resident);
     }
 
-    /// <summary>Parses the --window text: a whole number or "all" (null).</summary>
+    /// <summary>Parses a window's text: a whole number or "all" (null). ("auto" is a front end's word: it plans first.)</summary>
     public static int? ParseWindow(string text)
     {
         if (string.Equals(text.Trim(), "all", StringComparison.OrdinalIgnoreCase)) return null;
-        return ParseKnob(text, "--window", "a whole number, 'all' or 'auto'");
+        return ParseKnob(text, FieldException.Window, "a whole number, 'all' or 'auto'");
     }
 
-    /// <summary>Parses the --swap text: a whole number.</summary>
-    public static int ParseSwap(string text) => ParseKnob(text, "--swap", "a whole number");
+    /// <summary>Parses a swap's text: a whole number.</summary>
+    public static int ParseSwap(string text) => ParseKnob(text, FieldException.Swap, "a whole number");
 
-    static int ParseKnob(string text, string knob, string expected) =>
+    static int ParseKnob(string text, string field, string expected) =>
         int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var v)
             ? v
-            : throw new ArgumentException($"{knob} must be {expected}; got '{text}'");
+            : throw new FieldException(field, $"must be {expected}; got '{text}'");
 
     public override string ToString() => Resident ? $"window=all ({Window}), swap={Swap}" : $"window={Window}, swap={Swap}";
 }

@@ -34,18 +34,24 @@ public sealed record SimPolicy(PolicyKind Kind, int Window, int Swap, long LiveB
     /// <summary>Micro-batches that share one weight load: M for batched, 1 otherwise.</summary>
     public int SharedMicroBatches => Kind == PolicyKind.Batched ? MicroBatches : 1;
 
-    /// <summary>Parses the policy text; throws <see cref="ArgumentException"/> naming <paramref name="what"/> and the grammar.</summary>
-    public static SimPolicy Parse(string text, string what = "--policy")
+    /// <summary>Parses the policy text; throws a <see cref="FieldException"/> naming <paramref name="field"/> (the spec's
+    /// field the text came from: policy, or compare[i]) and the grammar.</summary>
+    public static SimPolicy Parse(string text, string field = FieldException.Policy)
     {
         var t = (text ?? "").Trim();
         var parts = t.Split(':');
-        string Bad(string why) => $"{what} '{text}' {why}; expected {Grammar}";
+        FieldException Bad(string why) => new(field, $"'{text}' {why}; expected {Grammar}");
         int Int(string s, string knob)
         {
             if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v))
-                throw new ArgumentException(Bad($"has {knob} '{s}', not a whole number"));
-            if (v < 1) throw new ArgumentException(Bad($"has {knob} {v}, below 1"));
+                throw Bad($"has {knob} '{s}', not a whole number");
+            if (v < 1) throw Bad($"has {knob} {v}, below 1");
             return v;
+        }
+        long ParseSize(string s, string budget)
+        {
+            try { return ByteSize.Parse(s, budget); }
+            catch (ArgumentException e) { throw new FieldException(field, $"'{text}': {e.Message}"); }
         }
         switch (parts[0].ToLowerInvariant())
         {
@@ -57,27 +63,25 @@ public sealed record SimPolicy(PolicyKind Kind, int Window, int Swap, long LiveB
             case "window" when parts.Length == 3:
             {
                 int k = Int(parts[1], "k"), s = Int(parts[2], "k'");
-                if (s > k) throw new ArgumentException(Bad($"has k' = {s} above k = {k}"));
+                if (s > k) throw Bad($"has k' = {s} above k = {k}");
                 return WindowOf(k, s);
             }
             case "bytes" when parts.Length == 3:
             {
-                long live = ParseSize(parts[1], $"{what} '{text}' live budget");
-                long prefetch = parts[2].Trim() == "0" ? 0 : ParseSize(parts[2], $"{what} '{text}' prefetch budget");
+                long live = ParseSize(parts[1], "live budget");
+                long prefetch = parts[2].Trim() == "0" ? 0 : ParseSize(parts[2], "prefetch budget");
                 return BytesOf(live, prefetch);
             }
             case "batched" when parts.Length == 4:
             {
                 int k = Int(parts[1], "k"), s = Int(parts[2], "k'"), m = Int(parts[3], "micro-batches M");
-                if (s > k) throw new ArgumentException(Bad($"has k' = {s} above k = {k}"));
+                if (s > k) throw Bad($"has k' = {s} above k = {k}");
                 return BatchedOf(k, s, m);
             }
             default:
-                throw new ArgumentException(Bad("is not a policy"));
+                throw Bad("is not a policy");
         }
     }
-
-    static long ParseSize(string s, string what) => ByteSize.Parse(s, what);
 
     /// <summary>The gate for a model of <paramref name="layerBytes"/>; throws naming the policy when it does not fit the model.</summary>
     public LoadGate CreateGate(IReadOnlyList<long> layerBytes)
@@ -90,11 +94,11 @@ public sealed record SimPolicy(PolicyKind Kind, int Window, int Swap, long LiveB
             case PolicyKind.Resident:
                 return new WindowGate(StreamPolicy.Create(PolicySpec.Resident, n), layerBytes);
             case PolicyKind.Window or PolicyKind.Batched:
-                if (Window > n) throw new ArgumentException($"--policy {this}: k = {Window} is above the model's {n} streamed layers");
+                if (Window > n) throw new FieldException(FieldException.Policy, $"{this}: k = {Window} is above the model's {n} streamed layers");
                 return new WindowGate(StreamPolicy.Create(new PolicySpec(Window, Swap), n), layerBytes);
             default:
                 try { return new ByteBudgetGate(LiveBytes, PrefetchBytes, layerBytes); }
-                catch (ArgumentException e) { throw new ArgumentException($"--policy {this}: {e.Message}"); }
+                catch (ArgumentException e) { throw new FieldException(FieldException.Policy, $"{this}: {e.Message}"); }
         }
     }
 

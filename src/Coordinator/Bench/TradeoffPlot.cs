@@ -2,7 +2,7 @@ using System.Globalization;
 using ScottPlot;
 using SkiaSharp;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Bench;
 
 /// <summary>tradeoff.png, drawn with ScottPlot (SkiaSharp underneath; its native library comes from the
 /// SkiaSharp.NativeAssets.Linux.NoDependencies package, so nothing is installed on the machine): peak device memory
@@ -61,8 +61,10 @@ public static class TradeoffPlot
         Label(plot, px, py, pts, pixelsPerSecond, yMax, predictedColor.Darken(0.2), bold: false, Alignment.UpperLeft, offsetY: 5);
 
         var m = r.Model;
+        string error = r.MeanAbsoluteErrorPercent.ToString("0.0", CultureInfo.InvariantCulture);
         plot.Title($"Peak device memory against time per pass over (k, k'): {m.Layers}-layer demo decoder" +
-            $"{(r.Quick ? " (quick)" : "")}\nlabels are k/k' (window/swap); dotted lines join a measurement to its prediction; mean |prediction error| {r.MeanAbsoluteErrorPercent.ToString("0.0", CultureInfo.InvariantCulture)} %", 15);
+            $"{(r.Quick ? " (quick)" : "")}\nlabels are k/k' (window/swap); dotted lines join a measurement to its prediction; " +
+            $"mean |prediction error| {error} %", 15);
         plot.XLabel("time per pass (s)");
         plot.YLabel("peak device memory (MiB)");
         plot.ShowLegend(Alignment.UpperRight);

@@ -1,24 +1,66 @@
+using System.CommandLine;
 using System.Security.Cryptography;
 using Spectre.Console;
+using Superpipeline.Contracts;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
+using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Commands;
 
 /// <summary>What <c>superpipeline run</c> was asked to do, already parsed.</summary>
 public sealed record RunOptions(ModelSpec Model, PolicySpec Policy, DeviceSpec Device, string? ReportPath, string? TracePath, string? OutputPath);
 
+/// <summary><c>superpipeline run</c>: one forward pass in an embedded host (the job manager and a node agent in this process).</summary>
 public static class RunCommand
 {
-    /// <summary>Runs one pass in an embedded host, prints the summary, writes the files. Returns the exit code.</summary>
+    public static Command Build()
+    {
+        var model = new ModelOptions();
+        var window = new Option<string>("--window")
+        {
+            Description = "k: layers resident on the device at once (a number, 'all' for no offload, or 'auto' to let the planner choose k and k' " +
+                "for the device memory)",
+            DefaultValueFactory = _ => "3",
+        };
+        var swap = new Option<string>("--swap")
+        {
+            Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
+        };
+        var memory = new Option<string>("--device-memory")
+        {
+            Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
+        };
+        var link = new Option<string>("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
+        var device = new Option<string>("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
+        var report = new Option<string>("--report") { Description = "write the JSON report to this file" };
+        var trace = new Option<string>("--trace") { Description = "write a Chrome trace (chrome://tracing, Perfetto) of load, compute and evict per layer" };
+        var output = new Option<string>("--output") { Description = "write the output tensor to this NumPy .npy file" };
+
+        var run = new Command("run", "Run one forward pass of a model on a device smaller than the model " +
+            "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
+        model.AddTo(run);
+        foreach (var o in new Option[] { window, swap, memory, link, device, report, trace, output }) run.Options.Add(o);
+        run.SetAction((r, cancel) => RunAsync(new RunOptions(
+                model.Read(r),
+                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
+                new DeviceSpec(r.GetValue(device)!, Flags.ParseBytes(r.GetValue(memory)!, "--device-memory"), Flags.ParseGbps(r.GetValue(link))),
+                r.GetValue(report), r.GetValue(trace), r.GetValue(output)),
+            AnsiConsole.Console, cancel));
+        return run;
+    }
+
+    /// <summary>Checks the job against the model's definition and this machine's memory, runs one pass in an embedded
+    /// host, prints the summary and writes the files. Returns the exit code.</summary>
     public static async Task<int> RunAsync(RunOptions o, IAnsiConsole console, CancellationToken cancel)
     {
         OutputPaths.CheckWritable(o.ReportPath, "--report");
         OutputPaths.CheckWritable(o.TracePath, "--trace");
         OutputPaths.CheckWritable(o.OutputPath, "--output");
+        var model = Preflight.Model(o.Model, o.Policy);
+        Preflight.HostWeightsFit(model, HostMemory.Read(WorkerConfig.Load("worker")));
 
         await using var host = EmbeddedHost.Start(o.Device);
         var job = new SubmitJob(JobId.New(), o.Model, o.Policy);
@@ -55,7 +97,9 @@ public static class RunCommand
     {
         var r = ok.Report;
         double ratio = r.ModelBytes / (double)r.DeviceCapacityBytes;
-        console.MarkupLineInterpolated($"[bold]superpipeline run[/]: model [bold]{o.Model.Name}[/] ({r.Layers} layers, {ByteSize.Format(r.ModelBytes)}) on [bold]{r.Device}[/] ({ByteSize.Format(r.DeviceCapacityBytes)}){(ratio > 1 ? $": the model is {ratio:0.0}× larger than the device" : "")}");
+        string size = $"{r.Layers} layers, {ByteSize.Format(r.ModelBytes)}", capacity = ByteSize.Format(r.DeviceCapacityBytes);
+        string larger = ratio > 1 ? $": the model is {ratio:0.0}× larger than the device" : "";
+        console.MarkupLineInterpolated($"[bold]superpipeline run[/]: model [bold]{o.Model.Name}[/] ({size}) on [bold]{r.Device}[/] ({capacity}){larger}");
         var table = new Table().AddColumn("measure").AddColumn(new TableColumn("value").RightAligned());
         void Row(string measure, string value) => table.AddRow(new Text(measure), new Text(value));
         Row(o.Policy.Auto ? "window k / swap k' / prefetch (planned)" : "window k / swap k' / prefetch", $"{r.Window} / {r.Swap} / {r.Window - r.Swap}");

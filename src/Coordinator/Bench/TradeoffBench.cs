@@ -1,12 +1,11 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Bench;
 
 /// <summary>What <c>superpipeline bench --tradeoff</c> was asked to do, already parsed.</summary>
 /// <param name="OutDir">Folder for tradeoff.md, tradeoff.json and tradeoff.png (created if missing).</param>
@@ -14,7 +13,8 @@ namespace Superpipeline.Coordinator;
 /// <param name="Repeats">Measured repetitions per grid point; null for the default (5, or 3 with <paramref name="Quick"/>).</param>
 /// <param name="TransferOverCompute">The emulated link is set so that one block's transfer takes this fraction of its
 /// compute time (as measured in a streamed pass without link emulation).</param>
-public sealed record TradeoffOptions(string OutDir = "bench-results", bool Quick = false, int? Repeats = null, double TransferOverCompute = TradeoffBench.DefaultTransferOverCompute);
+public sealed record TradeoffOptions(string OutDir = "bench-results", bool Quick = false, int? Repeats = null,
+    double TransferOverCompute = TradeoffBench.DefaultTransferOverCompute);
 
 /// <summary><c>superpipeline bench --tradeoff</c>: the paper's memory-against-time figure, measured. The real engine
 /// runs on the simulated accelerator, under link emulation, over a grid of (k, k') including window = all; each point
@@ -47,36 +47,31 @@ public static class TradeoffBench
     public static async Task<int> RunAsync(TradeoffOptions o, TextWriter output, CancellationToken cancel, TextWriter? log = null)
     {
         log ??= TextWriter.Null;
-        int repeats = o.Repeats ?? (o.Quick ? 3 : 5);
-        if (repeats < 1) throw new ArgumentException($"--repeats must be at least 1; got {repeats}");
+        int repeats = Stats.Repeats(o.Repeats, o.Quick ? 3 : 5);
         if (!(o.TransferOverCompute > 0) || double.IsInfinity(o.TransferOverCompute))
             throw new ArgumentException($"the transfer ÷ compute ratio must be a positive number; got {o.TransferOverCompute}");
-        if (string.IsNullOrWhiteSpace(o.OutDir)) throw new ArgumentException("--out must name a folder");
-        var dir = Directory.CreateDirectory(o.OutDir).FullName;
-        var mdPath = Path.Combine(dir, "tradeoff.md");
-        var jsonPath = Path.Combine(dir, "tradeoff.json");
-        var pngPath = Path.Combine(dir, "tradeoff.png");
-        foreach (var p in new[] { mdPath, jsonPath, pngPath }) OutputPaths.CheckWritable(p, "--out");
+        var files = ReportWriter.Prepare(o.OutDir, "tradeoff", "tradeoff.png");
 
         var spec = o.Quick ? QuickModel : FullModel;
         var model = ModelCatalog.Create(spec);
         var cost = ModelCost.From(model);
-        long capacity = BenchCommand.CapacityFor(model);
+        long capacity = BenchHarness.CapacityFor(model);
         var grid = Grid(o.Quick).Select(p => (Spec: p, Policy: StreamPolicy.Create(p, model.Layers.Count))).ToArray();
         var started = DateTimeOffset.UtcNow;
-        log.WriteLine($"tradeoff: {(o.Quick ? "quick, " : "")}{grid.Length} points × {repeats} repeats; model {BenchCommand.Describe(spec, model)}; device capacity {capacity:N0} bytes");
+        log.WriteLine($"tradeoff: {(o.Quick ? "quick, " : "")}{grid.Length} points × {repeats} repeats; model {BenchHarness.Describe(spec, model)}; " +
+            $"device capacity {capacity:N0} bytes");
 
         // 1. The link, matched to a block's compute time inside streamed passes without link emulation, as bench (b)
         //    does; but to the fast quartile of those times rather than their median. A machine that slows down during
         //    the run then only makes passes more compute-bound, where the peak does not depend on timing; what can flip
         //    a peak is compute getting faster than the link was matched to (see PeakSensitiveToTiming).
-        BenchCommand.BlockCost block;
+        BlockCost block;
         await using (var plain = EmbeddedHost.Start(new DeviceSpec("sim", capacity, null)))
         {
-            for (int i = 0; i < 2; i++) await BenchCommand.EnginePassAsync(plain, spec, new PolicySpec(3, 1), cancel); // deploys and warms up
-            block = await BenchCommand.MeasureBlockAsync(plain, spec, model, 3, log, cancel);
+            for (int i = 0; i < 2; i++) await BenchHarness.EnginePassAsync(plain, spec, new PolicySpec(3, 1), cancel); // deploys and warms up
+            block = await BenchHarness.MeasureBlockAsync(plain, spec, model, 3, log, cancel);
         }
-        double firstBlockSeconds = Quantile(block.ComputeSeconds, 0.25), blockSeconds = firstBlockSeconds;
+        double firstBlockSeconds = Stats.Quantile(block.ComputeSeconds, 0.25), blockSeconds = firstBlockSeconds;
         double LinkFor(double seconds) => block.Bytes / (o.TransferOverCompute * seconds);
         double linkBytesPerSecond = LinkFor(blockSeconds);
         log.WriteLine($"tradeoff: link {linkBytesPerSecond / 1e9:0.000} GB/s, so one block's transfer takes {o.TransferOverCompute:0.##} × its compute " +
@@ -91,7 +86,7 @@ public static class TradeoffBench
         //    25 % away from the target (the first measurement fell in a slow or fast spell), the link is matched again
         //    to them and the warm-up round repeated, once.
         var calibrationPolicy = new PolicySpec(3, 1);
-        var runs = grid.Select(_ => new List<(double Rate, BenchCommand.EngineRun Run)>()).ToArray();
+        var runs = grid.Select(_ => new List<(double Rate, EngineRun Run)>()).ToArray();
         EmbeddedHost? host = null;
         int rematches = 0, threads = 0;
         try
@@ -102,13 +97,14 @@ public static class TradeoffBench
                 var warmBlocks = new List<double>();
                 foreach (var (p, _) in grid)
                 {
-                    var calibration = await BenchCommand.EnginePassAsync(host, spec, calibrationPolicy, cancel);
+                    var calibration = await BenchHarness.EnginePassAsync(host, spec, calibrationPolicy, cancel);
                     warmBlocks.AddRange(Enumerable.Range(1, spec.Blocks).Select(b => calibration.Report.LayerTimings[b].ComputeSeconds));
-                    await BenchCommand.EnginePassAsync(host, spec, p, cancel);
+                    await BenchHarness.EnginePassAsync(host, spec, p, cancel);
                 }
-                double warm = Quantile(warmBlocks, 0.25);
+                double warm = Stats.Quantile(warmBlocks, 0.25);
                 double ratio = block.Bytes / linkBytesPerSecond / warm;
-                log.WriteLine($"tradeoff: warm-up: block compute {warm * 1e3:0.00} ms (fast quartile of {warmBlocks.Count}), so transfer ÷ compute = {ratio:0.00}");
+                log.WriteLine($"tradeoff: warm-up: block compute {warm * 1e3:0.00} ms (fast quartile of {warmBlocks.Count}), " +
+                    $"so transfer ÷ compute = {ratio:0.00}");
                 if (rematches > 0 || Math.Abs(ratio / o.TransferOverCompute - 1) <= 0.25) break;
                 rematches++;
                 blockSeconds = warm;
@@ -122,12 +118,13 @@ public static class TradeoffBench
             {
                 for (int g = 0; g < grid.Length; g++)
                 {
-                    var calibration = await BenchCommand.EnginePassAsync(host, spec, calibrationPolicy, cancel);
-                    var run = await BenchCommand.EnginePassAsync(host, spec, grid[g].Spec, cancel);
+                    var calibration = await BenchHarness.EnginePassAsync(host, spec, calibrationPolicy, cancel);
+                    var run = await BenchHarness.EnginePassAsync(host, spec, grid[g].Spec, cancel);
                     runs[g].Add((cost.Flops / calibration.Report.LayerTimings.Sum(t => t.ComputeSeconds), run));
                 }
                 log.WriteLine($"tradeoff: round {r + 1}/{repeats}: " +
-                    string.Join(", ", grid.Select((p, g) => $"{Label(p.Policy)} {runs[g][^1].Run.Report.WallSeconds:0.000} s ({runs[g][^1].Rate / 1e9:0} GFLOP/s)")));
+                    string.Join(", ", grid.Select((p, g) =>
+                        $"{Label(p.Policy)} {runs[g][^1].Run.Report.WallSeconds:0.000} s ({runs[g][^1].Rate / 1e9:0} GFLOP/s)")));
             }
         }
         finally
@@ -136,7 +133,7 @@ public static class TradeoffBench
         }
         double gbps = linkBytesPerSecond / 1e9;
         var rates = runs.SelectMany(x => x.Select(y => y.Rate)).ToArray();
-        double flopsPerSecond = BenchCommand.Median(rates);
+        double flopsPerSecond = Stats.Median(rates);
         var device = new DeviceCost("sim (calibrated)", capacity, linkBytesPerSecond, flopsPerSecond, TransferLatencySeconds: 0).Validated();
         log.WriteLine($"tradeoff: compute rate {flopsPerSecond / 1e9:0.00} GFLOP/s (median of {rates.Length} calibration passes at {calibrationPolicy}; " +
             $"{rates.Min() / 1e9:0.0} to {rates.Max() / 1e9:0.0})");
@@ -144,7 +141,7 @@ public static class TradeoffBench
         var points = grid.Select((p, g) => Point(p.Policy, runs[g], cost, device)).ToArray();
         var report = new TradeoffReport(
             Timestamp: started.ToString("O", CultureInfo.InvariantCulture),
-            Machine: new MachineInfo(Environment.ProcessorCount, RuntimeInformation.OSDescription, RuntimeInformation.FrameworkDescription, threads),
+            Machine: BenchHarness.Machine(threads),
             Quick: o.Quick,
             Repeats: repeats,
             Model: ModelShape.Of(spec, model),
@@ -157,22 +154,9 @@ public static class TradeoffBench
             PeaksEqual: points.Count(p => p.PeakEqual),
             OutputsIdentical: points.Select(p => p.OutputSha256).Distinct().Count() == 1 && points.All(p => p.OutputSha256 != "differs"));
 
-        var markdown = Markdown(report, Path.GetFileName(pngPath));
-        await File.WriteAllTextAsync(mdPath, markdown, cancel);
-        await File.WriteAllTextAsync(jsonPath, JsonReport.Serialize(report), cancel);
-        TradeoffPlot.Save(pngPath, report);
-        output.Write(markdown);
-        output.WriteLine();
-        output.WriteLine($"written: {mdPath}, {jsonPath}, {pngPath}");
+        var png = files.Others[0];
+        await ReportWriter.WriteAsync(files, Markdown(report, Path.GetFileName(png)), report, output, cancel, () => TradeoffPlot.Save(png, report));
         return 0;
-    }
-
-    static double Quantile(IReadOnlyList<double> values, double q)
-    {
-        var a = values.Order().ToArray();
-        double at = q * (a.Length - 1);
-        int lo = (int)Math.Floor(at), hi = (int)Math.Ceiling(at);
-        return a[lo] + (a[hi] - a[lo]) * (at - lo);
     }
 
     /// <summary>"3/1", or "all" for the resident baseline.</summary>
@@ -180,26 +164,26 @@ public static class TradeoffBench
 
     /// <summary>A point measured and predicted: each repeat is predicted with the compute rate of the calibration pass
     /// just before it; the point's times are medians over the repeats, its peaks the largest over the repeats.</summary>
-    static TradeoffPoint Point(StreamPolicy policy, List<(double Rate, BenchCommand.EngineRun Run)> runs, ModelCost cost, DeviceCost device)
+    static TradeoffPoint Point(StreamPolicy policy, List<(double Rate, EngineRun Run)> runs, ModelCost cost, DeviceCost device)
     {
         var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
         var predictions = runs.Select(x => PassSimulator.Run(cost, device with { FlopsPerSecond = x.Rate }, new WindowGate(policy, bytes))).ToArray();
-        double rate = BenchCommand.Median(runs.Select(x => x.Rate));
+        double rate = Stats.Median(runs.Select(x => x.Rate));
         var atMedianRate = PassSimulator.Run(cost, device with { FlopsPerSecond = rate }, new WindowGate(policy, bytes));
         var reports = runs.Select(x => x.Run.Report).ToArray();
-        double measured = BenchCommand.Median(reports.Select(r => r.WallSeconds));
-        double predicted = BenchCommand.Median(predictions.Select(p => p.MakespanSeconds));
+        double measured = Stats.Median(reports.Select(r => r.WallSeconds));
+        double predicted = Stats.Median(predictions.Select(p => p.MakespanSeconds));
         var peaks = reports.Select(r => r.PeakDeviceBytes).ToArray();
         var predictedPeaks = predictions.Select(p => p.PeakDeviceBytes).ToArray();
         var shas = runs.Select(x => x.Run.Sha256).Distinct().ToArray();
         return new TradeoffPoint(
             Label(policy), policy.Window, policy.Swap, policy.Resident, policy.PrefetchDepth,
             measured, reports.Select(r => r.WallSeconds).ToArray(),
-            BenchCommand.Median(reports.Select(r => r.LowerBoundSeconds)),
-            cost.Flops / BenchCommand.Median(reports.Select(r => r.LayerTimings.Sum(t => t.ComputeSeconds))),
+            Stats.Median(reports.Select(r => r.LowerBoundSeconds)),
+            cost.Flops / Stats.Median(reports.Select(r => r.LayerTimings.Sum(t => t.ComputeSeconds))),
             runs.Select(x => x.Rate).ToArray(),
             predicted, predictions.Select(p => p.MakespanSeconds).ToArray(),
-            BenchCommand.Median(predictions.Select(p => p.LowerBoundSeconds)),
+            Stats.Median(predictions.Select(p => p.LowerBoundSeconds)),
             (predicted - measured) / measured * 100,
             peaks.Max(), peaks, predictedPeaks.Max(), predictedPeaks, peaks.SequenceEqual(predictedPeaks),
             PeakSensitiveToTiming(cost, device with { FlopsPerSecond = rate }, policy, atMedianRate.PeakDeviceBytes),
@@ -217,7 +201,8 @@ public static class TradeoffBench
 
     static string Markdown(TradeoffReport r, string png)
     {
-        string F(double v, string format) => v.ToString(format, CultureInfo.InvariantCulture);
+        static string F(double v, string format) => v.ToString(format, CultureInfo.InvariantCulture);
+        static string Bytes(IEnumerable<long> bytes) => string.Join(", ", bytes.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)));
         var m = r.Model;
         var c = r.LinkCalibration;
         var lines = new List<string>
@@ -230,23 +215,27 @@ public static class TradeoffBench
             $"batch {m.Batch} × sequence {m.Sequence}, {m.ModelBytes:N0} bytes; one block {m.BlockBytes:N0} bytes. " +
             $"Simulated device of {r.DeviceCapacityBytes:N0} bytes, link emulated at {F(c.LinkGBps, "0.000")} GB/s " +
             $"(a block's transfer = {F(c.TransferOverCompute, "0.##")} × its {F(c.BlockComputeSeconds * 1e3, "0.00")} ms compute, the fast quartile of " +
-            (c.LinkRematches == 0 ? "a calibration without the link" : $"the warm-up round's calibration passes, the first calibration ({F(c.FirstBlockComputeSeconds * 1e3, "0.00")} ms) having been more than 25 % off") +
+            (c.LinkRematches == 0
+                ? "a calibration without the link"
+                : $"the warm-up round's calibration passes, the first calibration ({F(c.FirstBlockComputeSeconds * 1e3, "0.00")} ms) " +
+                    "having been more than 25 % off") +
             $"; {F(c.EffectiveTransferOverCompute, "0.00")} × at the median rate below). " +
             $"Prediction: PassSimulator with the emulated link, no transfer latency, and the compute rate of a calibration pass " +
             $"({c.CalibrationPolicy}) run just before each measured pass: median {F(c.FlopsPerSecond / 1e9, "0.0")} GFLOP/s, " +
             $"from {F(c.MinFlopsPerSecond / 1e9, "0.0")} to {F(c.MaxFlopsPerSecond / 1e9, "0.0")} over {c.CalibrationPasses} passes. " +
             $"Measured and predicted times are medians of {r.Repeats} passes, peaks the largest of them; error = (predicted − measured) ÷ measured.",
             "",
-            "| k | k' | measured s | predicted s | error % | measured peak bytes | predicted peak bytes | peak MiB |",
-            "|---|---|---|---|---|---|---|---|",
         };
+        var table = new MarkdownTable("k", "k'", "measured s", "predicted s", "error %", "measured peak bytes", "predicted peak bytes", "peak MiB");
         foreach (var p in r.Points)
         {
             string k = p.Resident ? $"all ({p.Window})" : p.Window.ToString(CultureInfo.InvariantCulture);
             string peak = p.PeakEqual ? "" : " ≠";
-            lines.Add($"| {k} | {p.Swap} | {F(p.MeasuredSeconds, "0.0000")} | {F(p.PredictedSeconds, "0.0000")} | {F(p.ErrorPercent, "+0.0;-0.0;0.0")} | " +
-                $"{p.MeasuredPeakBytes:N0}{peak} | {p.PredictedPeakBytes:N0}{(p.PeakSensitiveToTiming ? " (timing-sensitive)" : "")} | {F(p.MeasuredPeakBytes / (double)(1 << 20), "0.0")} |");
+            table.Row(k, $"{p.Swap}", F(p.MeasuredSeconds, "0.0000"), F(p.PredictedSeconds, "0.0000"), F(p.ErrorPercent, "+0.0;-0.0;0.0"),
+                $"{p.MeasuredPeakBytes:N0}{peak}", $"{p.PredictedPeakBytes:N0}{(p.PeakSensitiveToTiming ? " (timing-sensitive)" : "")}",
+                F(p.MeasuredPeakBytes / (double)(1 << 20), "0.0"));
         }
+        lines.AddRange(table.Lines());
         lines.Add("");
         lines.Add($"Mean absolute prediction error (time per pass): {F(r.MeanAbsoluteErrorPercent, "0.0")} %. " +
             $"Predicted peak bytes equal measured peak bytes (every repeat) at {r.PeaksEqual} of {r.Points.Count} points. " +
@@ -258,8 +247,8 @@ public static class TradeoffBench
                 "predicted peak (at the median compute rate) changes when compute runs 20 % faster or slower: whether one more layer's load starts " +
                 "before a compute ends is a race there, so a pass may land on either side of it, and its peak varies from pass to pass.");
             foreach (var p in r.Points.Where(p => !p.PeakEqual || p.MeasuredPeakBytesPerRepeat.Distinct().Count() > 1))
-                lines.Add($"- {p.Label}: measured peaks per repeat {string.Join(", ", p.MeasuredPeakBytesPerRepeat.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)))}; " +
-                    $"predicted (each with its own calibration pass) {string.Join(", ", p.PredictedPeakBytesPerRepeat.Select(b => b.ToString("N0", CultureInfo.InvariantCulture)))}.");
+                lines.Add($"- {p.Label}: measured peaks per repeat {Bytes(p.MeasuredPeakBytesPerRepeat)}; " +
+                    $"predicted (each with its own calibration pass) {Bytes(p.PredictedPeakBytesPerRepeat)}.");
         }
         lines.Add("");
         lines.Add($"![peak device memory against time per pass]({png})");
@@ -284,8 +273,9 @@ public sealed record TradeoffReport(
 /// <param name="CalibrationPasses">One before every measured pass; each gives a compute rate, the model's FLOPs ÷ the sum
 /// of its layers' compute seconds, that predicts the pass after it.</param>
 /// <param name="FlopsPerSecond">The median of those rates (the figure in the plot's legend).</param>
-public sealed record LinkCalibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds, int LinkRematches, double TransferOverCompute, double LinkGBps,
-    double EffectiveTransferOverCompute, string CalibrationPolicy, int CalibrationPasses, double MinFlopsPerSecond, double MaxFlopsPerSecond, double FlopsPerSecond, double ModelFlops, double TransferLatencySeconds);
+public sealed record LinkCalibration(int BlockLayer, string BlockName, long BlockBytes, double FirstBlockComputeSeconds, double BlockComputeSeconds,
+    int LinkRematches, double TransferOverCompute, double LinkGBps, double EffectiveTransferOverCompute, string CalibrationPolicy, int CalibrationPasses,
+    double MinFlopsPerSecond, double MaxFlopsPerSecond, double FlopsPerSecond, double ModelFlops, double TransferLatencySeconds);
 
 /// <summary>One (k, k') measured and predicted.</summary>
 /// <param name="MeasuredSeconds">Median wall time per pass of the real engine.</param>

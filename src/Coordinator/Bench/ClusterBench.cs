@@ -1,11 +1,10 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Akka.Cluster;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Bench;
 
 /// <summary><c>bench --cluster</c>: job throughput of an in-process cluster with one worker node against two, in one
 /// run. Each worker node has one simulated accelerator with an emulated link; concurrent jobs for the same model
@@ -14,13 +13,12 @@ namespace Superpipeline.Coordinator;
 /// through ClusterClient exactly as `submit` sends them.</summary>
 public static class ClusterBench
 {
-    public sealed record Result(int Jobs, int Layers, double LinkGBps, double OneNodeJobsPerSecond, double TwoNodesJobsPerSecond, bool OutputsIdentical)
-    {
-        public double Speedup => TwoNodesJobsPerSecond / OneNodeJobsPerSecond;
-    }
+    /// <summary>The goal of two worker nodes' throughput over one node's.</summary>
+    public const double SpeedupGoal = 1.8;
 
-    public static async Task<int> RunAsync(string outDir, bool quick, TextWriter output, TextWriter log)
+    public static async Task<int> RunAsync(string outDir, bool quick, TextWriter output, TextWriter log, CancellationToken cancel = default)
     {
+        var files = ReportWriter.Prepare(outDir, "cluster");
         var model = new ModelSpec("demo", Blocks: quick ? 6 : 10, Hidden: 256, Heads: 4, Vocab: 256, Sequence: 32, Batch: 2, Seed: 3);
         int jobs = quick ? 8 : 64;
         const double linkGBps = 0.05; // slow link: passes are transfer-bound, as offloaded passes of big models are
@@ -48,7 +46,8 @@ public static class ClusterBench
                 var warm = await client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)));
                 if (warm is not JobSucceeded) throw new InvalidOperationException($"warm-up job did not succeed: {warm}");
                 var clock = Stopwatch.StartNew();
-                var answers = await Task.WhenAll(Enumerable.Range(0, jobs).Select(_ => client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)))));
+                var answers = await Task.WhenAll(Enumerable.Range(0, jobs)
+                    .Select(_ => client.RunAsync(new SubmitJob(JobId.New(), model, new PolicySpec(2, 1)))));
                 clock.Stop();
                 foreach (var a in answers)
                 {
@@ -67,23 +66,36 @@ public static class ClusterBench
         }
 
         double one = await Measure(1), two = await Measure(2);
-        var result = new Result(jobs, model.Blocks + 2, linkGBps, one, two, identical);
-        Directory.CreateDirectory(outDir);
-        var md = $"""
-            # superpipeline bench --cluster
-
-            {DateTime.UtcNow:O} · {Environment.ProcessorCount} cores · model {model.Blocks + 2} layers (hidden {model.Hidden}), {jobs} concurrent jobs, window 2 / swap 1 per stage, one simulated device per worker node with a {linkGBps} GB/s link.
-
-            | measure | value | goal | met |
-            |---|---|---|---|
-            | throughput, 1 worker node | {one:0.00} jobs/s | | |
-            | throughput, 2 worker nodes | {two:0.00} jobs/s | | |
-            | 2 nodes ÷ 1 node | {result.Speedup:0.00}× | ≥ 1.8× | {(result.Speedup >= 1.8 ? "yes" : "no")} |
-            | outputs identical across all jobs and both clusters | {(identical ? "yes" : "no")} | yes | {(identical ? "yes" : "no")} |
-            """;
-        await File.WriteAllTextAsync(Path.Combine(outDir, "cluster.md"), md);
-        await File.WriteAllTextAsync(Path.Combine(outDir, "cluster.json"), JsonSerializer.Serialize(new { result.Jobs, result.Layers, result.LinkGBps, result.OneNodeJobsPerSecond, result.TwoNodesJobsPerSecond, result.Speedup, result.OutputsIdentical }, new JsonSerializerOptions { WriteIndented = true }));
-        output.WriteLine(md);
+        var report = new ClusterReport(DateTime.UtcNow.ToString("O", System.Globalization.CultureInfo.InvariantCulture), Environment.ProcessorCount,
+            jobs, model.Blocks + 2, model.Hidden, linkGBps, one, two, two / one, SpeedupGoal, identical);
+        await ReportWriter.WriteAsync(files, Markdown(report), report, output, cancel);
         return 0;
     }
+
+    static string Markdown(ClusterReport r)
+    {
+        static string Yes(bool b) => b ? "yes" : "no";
+        var table = new MarkdownTable("measure", "value", "goal", "met")
+            .Row("throughput, 1 worker node", $"{r.OneNodeJobsPerSecond:0.00} jobs/s", "", "")
+            .Row("throughput, 2 worker nodes", $"{r.TwoNodesJobsPerSecond:0.00} jobs/s", "", "")
+            .Row("2 nodes ÷ 1 node", $"{r.Speedup:0.00}×", $"≥ {r.SpeedupGoal:0.0}×", Yes(r.Speedup >= r.SpeedupGoal))
+            .Row("outputs identical across all jobs and both clusters", Yes(r.OutputsIdentical), "yes", Yes(r.OutputsIdentical));
+        string[] lines =
+        [
+            "# superpipeline bench --cluster",
+            "",
+            $"{r.Timestamp} · {r.Cores} cores · model {r.Layers} layers (hidden {r.Hidden}), {r.Jobs} concurrent jobs, window 2 / swap 1 per stage, " +
+            $"one simulated device per worker node with a {r.LinkGBps} GB/s link.",
+            "",
+            .. table.Lines(),
+            "",
+        ];
+        return string.Join('\n', lines);
+    }
 }
+
+/// <summary>cluster.json: job throughput with one worker node and with two, in one run.</summary>
+/// <param name="Speedup">Two nodes' jobs per second ÷ one node's; the goal is <paramref name="SpeedupGoal"/> or more.</param>
+/// <param name="OutputsIdentical">Every job of both clusters produced the same output bytes.</param>
+public sealed record ClusterReport(string Timestamp, int Cores, int Jobs, int Layers, int Hidden, double LinkGBps,
+    double OneNodeJobsPerSecond, double TwoNodesJobsPerSecond, double Speedup, double SpeedupGoal, bool OutputsIdentical);

@@ -1,0 +1,44 @@
+using System.CommandLine;
+using Superpipeline.Coordinator.Bench;
+
+namespace Superpipeline.Coordinator.Commands;
+
+/// <summary><c>superpipeline bench</c>: the engine bench (<see cref="EngineBench"/>), or with <c>--tradeoff</c> the
+/// memory/time trade-off over (k, k') (<see cref="TradeoffBench"/>), or with <c>--cluster</c> the cluster's job
+/// throughput (<see cref="ClusterBench"/>).</summary>
+public static class BenchCommand
+{
+    public static Command Build()
+    {
+        var output = new Option<string>("--out")
+        {
+            Description = "folder for bench.md and bench.json (or the tradeoff or cluster files)", DefaultValueFactory = _ => "bench-results",
+        };
+        var quick = new Option<bool>("--quick") { Description = "smaller model and fewer repetitions (runs in seconds; figures are noisier)" };
+        var repeats = new Option<int?>("--repeats")
+        {
+            Description = "measured repetitions per measure (default 9, or 3 with --quick; with --tradeoff 5, or 3 with --quick)",
+        };
+        var tradeoff = new Option<bool>("--tradeoff")
+        {
+            Description = "instead: peak memory against time per pass over a grid of (k, k'), measured and predicted by the simulator; " +
+                "writes tradeoff.md, tradeoff.json and tradeoff.png",
+        };
+        var cluster = new Option<bool>("--cluster")
+        {
+            Description = "instead: job throughput of an in-process cluster with one worker node against two; writes cluster.md and cluster.json",
+        };
+        var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory; " +
+            "or, with --tradeoff, the memory/time trade-off over (k, k'); or, with --cluster, a cluster's job throughput.");
+        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster }) bench.Options.Add(o);
+        bench.SetAction((r, cancel) =>
+        {
+            string dir = r.GetValue(output)!;
+            bool fast = r.GetValue(quick);
+            if (r.GetValue(cluster)) return ClusterBench.RunAsync(dir, fast, Console.Out, Console.Error, cancel);
+            if (r.GetValue(tradeoff)) return TradeoffBench.RunAsync(new TradeoffOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
+            return EngineBench.RunAsync(new BenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
+        });
+        return bench;
+    }
+}

@@ -1,0 +1,83 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Superpipeline.Contracts;
+using Superpipeline.Engine.Policy;
+
+namespace Superpipeline.Coordinator.Commands;
+
+/// <summary>Options that size the demo model, shared by run, plan and submit.</summary>
+public sealed class ModelOptions
+{
+    public Option<string> Model { get; } = new("--model")
+    {
+        Description = "model family (demo: GPT-style decoder with seeded weights)", DefaultValueFactory = _ => ModelSpec.Demo.Name,
+    };
+    public Option<int> Layers { get; } = new("--layers")
+    {
+        Description = "transformer blocks (the model streams blocks + 2 layers: embeddings and head)", DefaultValueFactory = _ => ModelSpec.Demo.Blocks,
+    };
+    public Option<int> Hidden { get; } = new("--hidden") { Description = "hidden size", DefaultValueFactory = _ => ModelSpec.Demo.Hidden };
+    public Option<int> Heads { get; } = new("--heads") { Description = "attention heads", DefaultValueFactory = _ => ModelSpec.Demo.Heads };
+    public Option<int> Vocab { get; } = new("--vocab") { Description = "vocabulary size", DefaultValueFactory = _ => ModelSpec.Demo.Vocab };
+    public Option<int> SeqLen { get; } = new("--seq-len") { Description = "sequence length", DefaultValueFactory = _ => ModelSpec.Demo.Sequence };
+    public Option<int> Batch { get; } = new("--batch") { Description = "batch size", DefaultValueFactory = _ => ModelSpec.Demo.Batch };
+    public Option<long> Seed { get; } = new("--seed") { Description = "seed of the weights and the input", DefaultValueFactory = _ => ModelSpec.Demo.Seed };
+
+    public void AddTo(Command c)
+    {
+        foreach (var o in new Option[] { Model, Layers, Hidden, Heads, Vocab, SeqLen, Batch, Seed }) c.Options.Add(o);
+    }
+
+    public ModelSpec Read(ParseResult r) => new(r.GetValue(Model)!, r.GetValue(Layers), r.GetValue(Hidden), r.GetValue(Heads),
+        r.GetValue(Vocab), r.GetValue(SeqLen), r.GetValue(Batch), r.GetValue(Seed));
+}
+
+/// <summary>The CLI's side of the boundary: its flags' texts converted to domain values, and the domain's fields named
+/// by the flags that carry them.</summary>
+public static class Flags
+{
+    public const string DefaultDeviceMemory = "64MiB";
+
+    /// <summary>The flag that carries each domain field the engine names in its refusals.</summary>
+    static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
+    {
+        [FieldException.Window] = "--window",
+        [FieldException.Swap] = "--swap",
+        [FieldException.Policy] = "--policy",
+    };
+
+    /// <summary>A refusal in the words of <paramref name="command"/>: its flag for the field when it has one, else the domain's.</summary>
+    public static string Describe(FieldException e, Command command) =>
+        FlagOfField.TryGetValue(e.Field, out var flag) && command.Options.Any(o => o.Name == flag) ? e.MessageFor(flag) : e.Message;
+
+    /// <summary>--window (number, all or auto) and --swap; auto chooses both, so a --swap beside it is refused.</summary>
+    public static PolicySpec ParsePolicy(string window, string? swap)
+    {
+        if (string.Equals(window.Trim(), "auto", StringComparison.OrdinalIgnoreCase))
+            return swap is null ? PolicySpec.Planned : throw new ArgumentException("--swap cannot be given with --window auto: the planner chooses both");
+        return new PolicySpec(StreamPolicy.ParseWindow(window), swap is null ? null : StreamPolicy.ParseSwap(swap));
+    }
+
+    public static double? ParseGbps(string? text)
+    {
+        if (text is null) return null;
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !(v > 0) || double.IsInfinity(v))
+            throw new ArgumentException($"--link-gbps must be a positive number of GB/s; got '{text}'");
+        return v;
+    }
+
+    public static long ParseBytes(string text, string flag) => ByteSize.Parse(text, flag);
+
+    /// <summary>A positive duration: a number of seconds, or with an ms, s or m suffix ("3s", "500ms", "1m").</summary>
+    public static TimeSpan ParseDuration(string text, string flag)
+    {
+        var m = Regex.Match(text.Trim(), @"^(\d+(?:\.\d+)?)\s*(ms|s|m)?$");
+        if (m.Success && double.TryParse(m.Groups[1].Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && v > 0)
+        {
+            var span = m.Groups[2].Value switch { "ms" => TimeSpan.FromMilliseconds(v), "m" => TimeSpan.FromMinutes(v), _ => TimeSpan.FromSeconds(v) };
+            if (span <= TimeSpan.FromDays(1)) return span;
+        }
+        throw new ArgumentException($"{flag} must be a positive duration up to a day, like 30s, 500ms or 2m; got '{text}'");
+    }
+}

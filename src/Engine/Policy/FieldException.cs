@@ -1,0 +1,16 @@
+namespace Superpipeline.Engine.Policy;
+
+/// <summary>Input the engine refuses, naming the domain field it came from (<see cref="Field"/>: "window", "swap",
+/// "policy") and what is wrong with it (<see cref="Problem"/>). The message reads "window must be from 1 to 5 ...";
+/// a front end that took the field from one of its own inputs names that input instead (the CLI: "--window must be
+/// from 1 to 5 ...") by joining its name to <see cref="Problem"/>, never by rewriting the message.</summary>
+public sealed class FieldException(string field, string problem) : ArgumentException($"{field} {problem}")
+{
+    public const string Window = "window", Swap = "swap", Policy = "policy";
+
+    public string Field { get; } = field;
+    public string Problem { get; } = problem;
+
+    /// <summary>The same refusal in the words of a front end that calls the field <paramref name="name"/>.</summary>
+    public string MessageFor(string name) => $"{name} {Problem}";
+}

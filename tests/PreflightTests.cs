@@ -1,0 +1,53 @@
+using Akka.Configuration;
+using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Commands;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Xunit;
+
+namespace Superpipeline.Tests;
+
+/// <summary>What run and submit check against the model's definition before any work: the policy against its layers,
+/// the host weights against the memory available and the configured host weight budget.</summary>
+public sealed class PreflightTests
+{
+    static readonly ModelSpec Small = new("demo", Blocks: 3, Hidden: 32, Heads: 4, Vocab: 64, Sequence: 8, Batch: 2, Seed: 1);
+
+    [Fact]
+    public void The_budget_key_is_read_when_present_and_a_missing_or_unreadable_key_is_no_budget()
+    {
+        Assert.Equal(1L << 20, HostMemory.Read(ConfigurationFactory.ParseString($"{HostMemory.BudgetKey} = 1MiB")).BudgetBytes);
+        Assert.Null(HostMemory.Read(Config.Empty).BudgetBytes);
+        Assert.Null(HostMemory.Read(ConfigurationFactory.ParseString($"{HostMemory.BudgetKey} = lots")).BudgetBytes);
+        Assert.True(HostMemory.Read(Config.Empty).AvailableBytes > 0);
+    }
+
+    [Fact]
+    public void The_limit_is_the_smaller_of_available_memory_and_budget()
+    {
+        Assert.Equal(100, new HostMemory(100, "test", null).LimitBytes);
+        Assert.Equal(40, new HostMemory(100, "test", 40).LimitBytes);
+        Assert.Equal(100, new HostMemory(100, "test", 400).LimitBytes);
+    }
+
+    [Fact]
+    public void Weights_above_the_budget_are_refused_naming_the_key_and_both_figures()
+    {
+        var model = ModelCatalog.Create(Small);
+        Preflight.HostWeightsFit(model, new HostMemory(model.Bytes, "test", null)); // exactly enough: accepted
+        var e = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostMemory(1L << 40, "test", model.Bytes - 1)));
+        Assert.Contains($"need {model.Bytes:N0} bytes", e.Message);
+        Assert.Contains($"the host weight budget ({HostMemory.BudgetKey}) of {model.Bytes - 1:N0} bytes", e.Message);
+        var a = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostMemory(model.Bytes - 1, "MemAvailable", null)));
+        Assert.Contains($"the {model.Bytes - 1:N0} bytes", a.Message);
+        Assert.Contains("(MemAvailable)", a.Message);
+    }
+
+    [Fact]
+    public void A_window_the_model_cannot_take_is_refused_naming_the_field_and_auto_is_left_to_the_planner()
+    {
+        var e = Assert.Throws<FieldException>(() => Preflight.Model(Small, new PolicySpec(9, 1)));
+        Assert.Equal(FieldException.Window, e.Field);
+        Assert.Equal(5, Preflight.Model(Small, PolicySpec.Planned).Layers.Count);
+    }
+}

@@ -14,10 +14,11 @@ public sealed record DeploymentKey(ModelSpec Model, int FirstLayer, int LayerCou
 
 /// <summary>The LayerActors holding one <see cref="DeploymentKey"/>'s host weights on a node, and its lifecycle:
 /// <paramref name="Ready"/> completes when every LayerActor holds its weights; <paramref name="InUse"/> counts the
-/// stages running on it (it is never stopped while above zero); <paramref name="LastUsed"/> orders idle ones for
-/// eviction, least recently used first.</summary>
+/// stages running on it (it is never stopped while above zero); <paramref name="LastUsed"/> is when a stage last took or
+/// released it (for the idle timeout) and <paramref name="Recency"/> orders those uses (idle ones are evicted least
+/// recently used first, even when the clock has not moved).</summary>
 public sealed record Deployment(
-    DeploymentKey Key, ImmutableArray<IActorRef> Layers, ImmutableArray<long> LayerBytes, Task Ready, DateTimeOffset LastUsed, int InUse)
+    DeploymentKey Key, ImmutableArray<IActorRef> Layers, ImmutableArray<long> LayerBytes, Task Ready, DateTimeOffset LastUsed, long Recency, int InUse)
 {
     public long HostBytes => LayerBytes.Sum();
     public bool Idle => InUse == 0;
@@ -34,17 +35,19 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
     readonly Dictionary<IActorRef, long> _stopping = []; // told to stop, not yet terminated
     long _liveBytes;
     long _stoppingBytes;
+    long _uses;
 
     public long? Budget => budget;
     /// <summary>Bytes of host weights held now: live deployments and LayerActors still stopping.</summary>
     public long HostBytes => _liveBytes + _stoppingBytes;
     /// <summary>The most <see cref="HostBytes"/> ever held at once.</summary>
     public long PeakHostBytes { get; private set; }
-    public int Count => _deployments.Count;
+    /// <summary>The deployments held, least recently used first.</summary>
+    public IEnumerable<Deployment> Deployments => _deployments.Values.OrderBy(d => d.Recency);
 
     /// <summary>Why a deployment of <paramref name="bytes"/> can never fit, or null if it can.</summary>
     public string? TooLarge(DeploymentKey key, long bytes) => bytes > budget
-        ? $"{key} needs {bytes:N0} bytes of host weights, above this worker's host weight budget of {budget:N0} bytes"
+        ? $"{key} need {bytes:N0} bytes of host weights, above this worker's host weight budget of {budget:N0} bytes"
         : null;
 
     /// <summary>Takes the deployment for <paramref name="key"/> for a stage that starts now: the existing one, or a new one
@@ -55,7 +58,7 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
         Func<(ImmutableArray<IActorRef> Layers, ImmutableArray<long> LayerBytes, Task Ready)> deploy)
     {
         if (_deployments.TryGetValue(key, out var existing))
-            return _deployments[key] = existing with { InUse = existing.InUse + 1, LastUsed = now };
+            return _deployments[key] = existing with { InUse = existing.InUse + 1, LastUsed = now, Recency = ++_uses };
         if (!mayAdd) return null;
         if (budget is { } limit)
         {
@@ -64,7 +67,7 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
             if (HostBytes + bytes > limit) return null;
         }
         var (layers, layerBytes, ready) = deploy();
-        var made = new Deployment(key, layers, layerBytes, ready, now, InUse: 1);
+        var made = new Deployment(key, layers, layerBytes, ready, now, ++_uses, InUse: 1);
         _deployments[key] = made;
         _liveBytes += made.HostBytes;
         PeakHostBytes = Math.Max(PeakHostBytes, HostBytes);
@@ -76,7 +79,7 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
     public void Release(DeploymentKey key, DateTimeOffset now)
     {
         if (!_deployments.TryGetValue(key, out var d)) return;
-        d = _deployments[key] = d with { InUse = Math.Max(0, d.InUse - 1), LastUsed = now };
+        d = _deployments[key] = d with { InUse = Math.Max(0, d.InUse - 1), LastUsed = now, Recency = ++_uses };
         if (d.Idle && d.Ready.IsCompleted && !d.Ready.IsCompletedSuccessfully) Evict(d);
     }
 
@@ -96,7 +99,7 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
         return true;
     }
 
-    Deployment? LeastRecentlyUsedIdle() => _deployments.Values.Where(d => d.Idle).MinBy(d => d.LastUsed);
+    Deployment? LeastRecentlyUsedIdle() => _deployments.Values.Where(d => d.Idle).MinBy(d => d.Recency);
 
     void Evict(Deployment d)
     {

@@ -37,7 +37,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Tidy() { }
     }
 
-    private sealed record StageFinished(StageAssignment Stage, object Answer) : INoSerializationVerificationNeeded;
+    private sealed record StageFinished(StageAttempt Attempt, StageAssignment Stage, object Answer) : INoSerializationVerificationNeeded;
 
     /// <summary>In-process: ask for the agent's figures; the answer is <see cref="Status"/>.</summary>
     public sealed record GetStatus : INoSerializationVerificationNeeded
@@ -46,12 +46,13 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         GetStatus() { }
     }
 
-    /// <summary>Host weight bytes held now and at most so far, the budget (null: none), deployments and attempts held.</summary>
-    public sealed record Status(long HostWeightBytes, long PeakHostWeightBytes, long? HostWeightBudget, int Deployments, int Attempts)
-        : INoSerializationVerificationNeeded;
+    /// <summary>Host weight bytes held now and at most so far, the budget (null: none), the deployments held (least
+    /// recently used first) and how many attempts the agent keeps state for (tombstones included).</summary>
+    public sealed record Status(long HostWeightBytes, long PeakHostWeightBytes, long? HostWeightBudget, ImmutableArray<DeploymentKey> Deployments,
+        int Attempts) : INoSerializationVerificationNeeded;
 
     /// <summary>A stage waiting for room in the host weight budget.</summary>
-    sealed record StageRef(AttemptId Attempt, int Stage);
+    sealed record StageRef(StageAttempt Attempt, int Stage);
 
     readonly string _node;
     readonly IReadOnlyDictionary<string, IDevice> _devices;
@@ -92,7 +93,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Receive<Terminated>(t => OnTerminated(t.ActorRef));
         Receive<Tidy>(_ => OnTidy());
         Receive<GetStatus>(_ => Sender.Tell(new Status(_deployments.HostBytes, _deployments.PeakHostBytes, _deployments.Budget,
-            _deployments.Count, _attempts.Count)));
+            [.. _deployments.Deployments.Select(d => d.Key)], _attempts.Count)));
     }
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -111,11 +112,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
-        foreach (var attempt in _attempts.Values)
-        {
-            attempt.Cancel(Now);
-            attempt.Dispose();
-        }
+        foreach (var attempt in _attempts.Values) attempt.Cancel(Now); // their passes stop and free their device bytes
         _attempts.Clear();
     }
 
@@ -124,11 +121,21 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
 
     DateTimeOffset Now => Context.System.Scheduler.Now;
 
-    /// <summary>The attempt <paramref name="id"/>, made on its first message; null once it was cancelled (never resurrected).</summary>
-    StageAttempt? Live(AttemptId id)
+    /// <summary>The attempt <paramref name="id"/>, made on its first message; null once it was cancelled (never resurrected).
+    /// The same id placed by another <paramref name="coordinator"/> (one that restarted) is a new attempt: the old is stopped.</summary>
+    StageAttempt? Live(AttemptId id, IActorRef? coordinator = null)
     {
-        if (_attempts.TryGetValue(id, out var attempt)) return attempt.Cancelled ? null : attempt;
-        return _attempts[id] = new StageAttempt(id, Now);
+        if (_attempts.TryGetValue(id, out var attempt))
+        {
+            if (coordinator is null || attempt.PlacedBy(coordinator)) return attempt.Cancelled ? null : attempt;
+            _log.Info("attempt {0} placed again by another coordinator; the old one is stopped", id);
+            attempt.Cancel(Now);
+            _attempts.Remove(id);
+            if (!attempt.AnyRunning) attempt.Dispose();
+        }
+        attempt = _attempts[id] = new StageAttempt(id, Now);
+        if (coordinator is not null) attempt.PlacedBy(coordinator);
+        return attempt;
     }
 
     void OnAssignment(StageAssignment a)
@@ -138,7 +145,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, $"node {_node} has no device {a.Device}"));
             return;
         }
-        if (Live(new AttemptId(a.Job, a.Attempt)) is not { } attempt)
+        if (Live(new AttemptId(a.Job, a.Attempt), a.Coordinator) is not { } attempt)
         {
             _log.Debug("assignment of stage {0} of cancelled attempt {1} dropped", a.Stage, a.Attempt);
             return;
@@ -205,7 +212,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         if (deployment is null)
         {
             var waiting = new StageState(a.Stage, StagePhase.WaitingForHostMemory, a, activations);
-            if (attempt[a.Stage]?.Phase != StagePhase.WaitingForHostMemory) _waitingForHostMemory.Enqueue(new StageRef(attempt.Id, a.Stage));
+            if (attempt[a.Stage]?.Phase != StagePhase.WaitingForHostMemory) _waitingForHostMemory.Enqueue(new StageRef(attempt, a.Stage));
             attempt.Set(waiting, Now);
             return;
         }
@@ -236,7 +243,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
                 var answer = t.IsCompletedSuccessfully
                     ? t.Result
                     : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!);
-                return new StageFinished(a, answer);
+                return new StageFinished(attempt, a, answer);
             }, TaskScheduler.Default)
             .PipeTo(self);
     }
@@ -244,7 +251,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     void OnFinished(StageFinished f)
     {
         var a = f.Stage;
-        var attempt = _attempts[new AttemptId(a.Job, a.Attempt)]; // an attempt with a running stage is never trimmed
+        var attempt = f.Attempt;
         if (attempt[a.Stage] is { Deployment: { } key }) _deployments.Release(key, Now);
         attempt.Set(attempt[a.Stage]!.Finished(), Now);
         if (f.Answer is DeviceLoaderActor.PassSucceeded ok)
@@ -281,6 +288,12 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     /// as a tombstone until <see cref="OnTidy"/> trims it.</summary>
     void Forget(StageAttempt attempt)
     {
+        bool current = _attempts.TryGetValue(attempt.Id, out var known) && ReferenceEquals(known, attempt);
+        if (!current)
+        {
+            if (!attempt.AnyRunning) attempt.Dispose(); // replaced by a new attempt of the same id: its last pass ended
+            return;
+        }
         if (attempt.Cancelled || !attempt.AllFinished) return;
         _attempts.Remove(attempt.Id);
         attempt.Dispose();
@@ -291,7 +304,8 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         while (_waitingForHostMemory.TryPeek(out var next))
         {
-            if (!_attempts.TryGetValue(next.Attempt, out var attempt) || attempt[next.Stage] is not { Phase: StagePhase.WaitingForHostMemory } stage)
+            var attempt = next.Attempt;
+            if (attempt[next.Stage] is not { Phase: StagePhase.WaitingForHostMemory } stage)
             {
                 _waitingForHostMemory.Dequeue(); // cancelled meanwhile
                 continue;

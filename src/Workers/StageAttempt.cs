@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using Akka.Actor;
 using Superpipeline.Contracts;
 using static Superpipeline.Messages.StageProtocol;
 
@@ -50,6 +51,17 @@ public sealed class StageAttempt(AttemptId id, DateTimeOffset now) : IDisposable
     public bool Cancelled { get; private set; }
     /// <summary>Passed to every pass of the attempt: cancelled when the attempt is stopped.</summary>
     public CancellationToken Stop => _stop.Token;
+
+    /// <summary>The coordinator that placed the attempt (from its first assignment): a coordinator that restarted numbers
+    /// attempts afresh, so the same id from another coordinator is another attempt.</summary>
+    public IActorRef? Coordinator { get; private set; }
+
+    /// <summary>Whether <paramref name="coordinator"/> placed this attempt; the first one to assign a stage did.</summary>
+    public bool PlacedBy(IActorRef coordinator)
+    {
+        Coordinator ??= coordinator;
+        return Coordinator.Equals(coordinator);
+    }
 
     public StageState? this[int stage] => _stages.GetValueOrDefault(stage);
     public IEnumerable<StageState> Stages => _stages.Values;

@@ -106,8 +106,9 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         Register();
         Timers.StartPeriodicTimer("heartbeat", Heartbeat.Instance, _heartbeat);
-        var tidy = TimeSpan.FromTicks(Math.Min(_worker.DeploymentIdleTimeout.Ticks, _worker.AttemptRetention.Ticks) / 2);
-        Timers.StartPeriodicTimer("tidy", Tidy.Instance, tidy);
+        // Often enough that nothing outlives its timeout by more than half the shorter of the two.
+        long shortest = Math.Min(_worker.DeploymentIdleTimeout.Ticks, _worker.AttemptRetention.Ticks);
+        Timers.StartPeriodicTimer("tidy", Tidy.Instance, TimeSpan.FromTicks(Math.Max(shortest / 2, TimeSpan.TicksPerMillisecond)));
     }
 
     protected override void PostStop()

@@ -18,7 +18,10 @@ namespace Superpipeline.Workers;
 /// coordinator (again every heartbeat, so a coordinator that moved learns them), deploys LayerActors for the
 /// stages placed here (reading their weights itself), and runs each stage when its input arrives. A stage's
 /// output goes to the next stage's agent (in memory when that is this node) or, from the last stage, to the
-/// coordinator; large activations travel chunked.</summary>
+/// coordinator; large activations travel chunked.
+/// Each attempt placed here is a <see cref="StageAttempt"/> whose stop (on <see cref="CancelAttempt"/>) cancels its
+/// passes. Deployments (<see cref="DeploymentPool"/>) live under the host weight budget: least recently used idle
+/// ones are stopped to make room, and any idle past <c>superpipeline.worker.deployment-idle-timeout</c>.</summary>
 public sealed class NodeAgentActor : ReceiveActor, IWithTimers
 {
     private sealed record Heartbeat : INoSerializationVerificationNeeded
@@ -27,7 +30,29 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Heartbeat() { }
     }
 
-    private sealed record StageFinished(StageAssignment Stage, object Answer) : INoSerializationVerificationNeeded;
+    /// <summary>Evict idle deployments and trim attempts that are over.</summary>
+    private sealed record Tidy : INoSerializationVerificationNeeded
+    {
+        public static readonly Tidy Instance = new();
+        Tidy() { }
+    }
+
+    private sealed record StageFinished(StageAttempt Attempt, StageAssignment Stage, object Answer) : INoSerializationVerificationNeeded;
+
+    /// <summary>In-process: ask for the agent's figures; the answer is <see cref="Status"/>.</summary>
+    public sealed record GetStatus : INoSerializationVerificationNeeded
+    {
+        public static readonly GetStatus Instance = new();
+        GetStatus() { }
+    }
+
+    /// <summary>Host weight bytes held now and at most so far, the budget (null: none), the deployments held (least
+    /// recently used first) and how many attempts the agent keeps state for (tombstones included).</summary>
+    public sealed record Status(long HostWeightBytes, long PeakHostWeightBytes, long? HostWeightBudget, ImmutableArray<DeploymentKey> Deployments,
+        int Attempts) : INoSerializationVerificationNeeded;
+
+    /// <summary>A stage waiting for room in the host weight budget.</summary>
+    sealed record StageRef(StageAttempt Attempt, int Stage);
 
     readonly string _node;
     readonly IReadOnlyDictionary<string, IDevice> _devices;
@@ -35,11 +60,10 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly IActorRef _coordinator;
     readonly TimeSpan _heartbeat;
     readonly TimeSpan _askTimeout;
-    readonly Dictionary<(JobId, int, int), StageAssignment> _assigned = [];
-    readonly Dictionary<(JobId, int, int), ImmutableArray<TensorPayload>> _early = []; // inputs that beat their assignment here
-    readonly Dictionary<(ModelSpec, int, int), (IActorRef[] Layers, Task Ready)> _deployments = [];
-    readonly HashSet<(JobId, int)> _cancelled = [];
-    readonly Dictionary<(JobId, int), CancellationTokenSource> _stops = []; // per attempt with a stage here
+    readonly WorkerSettings _worker;
+    readonly Dictionary<AttemptId, StageAttempt> _attempts = [];
+    readonly DeploymentPool _deployments;
+    readonly Queue<StageRef> _waitingForHostMemory = new(); // first come, first deployed
     readonly ChunkAssembler _assembler;
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
@@ -52,6 +76,8 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         _coordinator = coordinator;
         _heartbeat = settings.Heartbeat;
         _askTimeout = settings.AskTimeout;
+        _worker = settings.Worker;
+        _deployments = new DeploymentPool(_worker.HostWeightBudget, StopLayer);
         _assembler = new ChunkAssembler(Context.System);
         _sender = ChunkingSender.For(Context.System);
         foreach (var d in devices)
@@ -63,12 +89,11 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Receive<StageAssignment>(OnAssignment);
         Receive<StageInput>(OnInput);
         Receive<StageFinished>(OnFinished);
-        Receive<CancelAttempt>(c =>
-        {
-            _cancelled.Add((c.Job, c.Attempt));
-            if (_stops.Remove((c.Job, c.Attempt), out var stop)) { stop.Cancel(); stop.Dispose(); }
-            foreach (var key in _assigned.Keys.Where(k => k.Item1 == c.Job && k.Item2 == c.Attempt).ToArray()) _assigned.Remove(key);
-        });
+        Receive<CancelAttempt>(c => OnCancel(new AttemptId(c.Job, c.Attempt)));
+        Receive<Terminated>(t => OnTerminated(t.ActorRef));
+        Receive<Tidy>(_ => OnTidy());
+        Receive<GetStatus>(_ => Sender.Tell(new Status(_deployments.HostBytes, _deployments.PeakHostBytes, _deployments.Budget,
+            [.. _deployments.Deployments.Select(d => d.Key)], _attempts.Count)));
     }
 
     public ITimerScheduler Timers { get; set; } = null!;
@@ -81,10 +106,38 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         Register();
         Timers.StartPeriodicTimer("heartbeat", Heartbeat.Instance, _heartbeat);
+        // Often enough that nothing outlives its timeout by more than half the shorter of the two.
+        long shortest = Math.Min(_worker.DeploymentIdleTimeout.Ticks, _worker.AttemptRetention.Ticks);
+        Timers.StartPeriodicTimer("tidy", Tidy.Instance, TimeSpan.FromTicks(Math.Max(shortest / 2, TimeSpan.TicksPerMillisecond)));
+    }
+
+    protected override void PostStop()
+    {
+        foreach (var attempt in _attempts.Values) attempt.Cancel(Now); // their passes stop and free their device bytes
+        _attempts.Clear();
     }
 
     void Register() => _coordinator.Tell(new RegisterWorker(Self, _node,
         [.. _devices.Values.Select(d => new DeviceInfo(d.Name, d.Kind, d.Memory.Capacity, d.LinkBytesPerSecond / 1e9))]));
+
+    DateTimeOffset Now => Context.System.Scheduler.Now;
+
+    /// <summary>The attempt <paramref name="id"/>, made on its first message; null once it was cancelled (never resurrected).
+    /// The same id placed by another <paramref name="coordinator"/> (one that restarted) is a new attempt: the old is stopped.</summary>
+    StageAttempt? Live(AttemptId id, IActorRef? coordinator = null)
+    {
+        if (_attempts.TryGetValue(id, out var attempt))
+        {
+            if (coordinator is null || attempt.PlacedBy(coordinator)) return attempt.Cancelled ? null : attempt;
+            _log.Info("attempt {0} placed again by another coordinator; the old one is stopped", id);
+            attempt.Cancel(Now);
+            _attempts.Remove(id);
+            if (!attempt.AnyRunning) attempt.Dispose();
+        }
+        attempt = _attempts[id] = new StageAttempt(id, Now);
+        if (coordinator is not null) attempt.PlacedBy(coordinator);
+        return attempt;
+    }
 
     void OnAssignment(StageAssignment a)
     {
@@ -93,8 +146,13 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, $"node {_node} has no device {a.Device}"));
             return;
         }
-        var key = (a.Job, a.Attempt, a.Stage);
-        _assigned[key] = a;
+        if (Live(new AttemptId(a.Job, a.Attempt), a.Coordinator) is not { } attempt)
+        {
+            _log.Debug("assignment of stage {0} of cancelled attempt {1} dropped", a.Stage, a.Attempt);
+            return;
+        }
+        var known = attempt[a.Stage];
+        if (known is { Phase: not StagePhase.WaitingForAssignment }) return; // a repeated assignment
         if (a.Stage == 0)
         {
             var model = ModelCatalog.Create(a.Model);
@@ -103,21 +161,34 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
                 using var input = model.MakeInput(seed);
                 return TensorPayloads.From(input);
             }).ToImmutableArray();
-            Run(a, inputs);
+            Start(attempt, a, inputs);
         }
-        else if (_early.Remove(key, out var early)) Run(a, early);
+        else if (known is { } early) Start(attempt, a, early.Input);
+        else attempt.Set(StageState.Assigned(a), Now);
     }
 
     void OnInput(StageInput input)
     {
-        var key = (input.Job, input.Attempt, input.Stage);
-        if (_assigned.TryGetValue(key, out var a)) Run(a, input.Activations);
-        else _early[key] = input.Activations;
+        if (Live(new AttemptId(input.Job, input.Attempt)) is not { } attempt)
+        {
+            _log.Debug("input of stage {0} of cancelled attempt {1} dropped", input.Stage, input.Attempt);
+            return;
+        }
+        var stage = attempt[input.Stage];
+        if (stage is { Phase: StagePhase.WaitingForInput, Assignment: { } a }) Start(attempt, a, input.Activations);
+        else if (stage is null) attempt.Set(StageState.EarlyInput(input.Stage, input.Activations), Now);
     }
 
-    void Run(StageAssignment a, ImmutableArray<TensorPayload> activations)
+    void OnCancel(AttemptId id)
     {
-        if (_cancelled.Contains((a.Job, a.Attempt))) { _assigned.Remove((a.Job, a.Attempt, a.Stage)); return; }
+        if (!_attempts.TryGetValue(id, out var attempt)) _attempts[id] = attempt = new StageAttempt(id, Now);
+        attempt.Cancel(Now);
+    }
+
+    /// <summary>Runs the stage now if its deployment is (or can be made) resident within the host weight budget; else
+    /// the stage waits for room. A stage that can never run here fails at once.</summary>
+    void Start(StageAttempt attempt, StageAssignment a, ImmutableArray<TensorPayload> activations, bool first = false)
+    {
         StreamPolicy policy;
         LayeredModel stage;
         try
@@ -128,26 +199,52 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         }
         catch (ArgumentException e)
         {
-            a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, e.Message));
+            Fail(attempt, a, e.Message);
             return;
         }
-        var (layers, ready) = Deploy(a.Model, a.FirstLayer, stage);
+        var key = DeploymentKey.Of(a.Model, a.FirstLayer, a.LayerCount);
+        long bytes = stage.Layers.Sum(l => l.Bytes);
+        if (_deployments.TooLarge(key, bytes) is { } why)
+        {
+            Fail(attempt, a, why);
+            return;
+        }
+        var deployment = _deployments.TryAcquire(key, bytes, Now, first || _waitingForHostMemory.Count == 0, () => Deploy(a.Model, stage));
+        if (deployment is null)
+        {
+            var waiting = new StageState(a.Stage, StagePhase.WaitingForHostMemory, a, activations);
+            if (attempt[a.Stage]?.Phase != StagePhase.WaitingForHostMemory) _waitingForHostMemory.Enqueue(new StageRef(attempt, a.Stage));
+            attempt.Set(waiting, Now);
+            return;
+        }
+        attempt.Set(new StageState(a.Stage, StagePhase.Running, a, default, key), Now);
+        Run(attempt, a, stage, policy, deployment, activations);
+    }
+
+    void Run(StageAttempt attempt, StageAssignment a, LayeredModel stage, StreamPolicy policy, Deployment deployment,
+        ImmutableArray<TensorPayload> activations)
+    {
+        var (layers, ready) = (deployment.Layers, deployment.Ready);
         var inputs = activations.Select(TensorPayloads.ToTensor).ToArray();
         var coordinator = a.Coordinator;
         var self = Self;
         int offset = a.FirstLayer;
-        if (!_stops.TryGetValue((a.Job, a.Attempt), out var stopSource)) _stops[(a.Job, a.Attempt)] = stopSource = new CancellationTokenSource();
         var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
             p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); })
-        { Stop = stopSource.Token };
+        { Stop = attempt.Stop };
         var loader = _loaders[a.Device];
         // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.
-        ready.ContinueWith(r => r.IsCompletedSuccessfully ? loader.Ask<object>(pass, Timeout.InfiniteTimeSpan) : Task.FromException<object>(r.Exception!.GetBaseException()), TaskScheduler.Default)
+        ready.ContinueWith(r => r.IsCompletedSuccessfully
+                ? loader.Ask<object>(pass, Timeout.InfiniteTimeSpan)
+                : Task.FromException<object>(r.Exception!.GetBaseException()), TaskScheduler.Default)
             .Unwrap()
             .ContinueWith(t =>
             {
                 foreach (var i in inputs) i.Dispose();
-                return new StageFinished(a, t.IsCompletedSuccessfully ? t.Result : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!));
+                var answer = t.IsCompletedSuccessfully
+                    ? t.Result
+                    : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!);
+                return new StageFinished(attempt, a, answer);
             }, TaskScheduler.Default)
             .PipeTo(self);
     }
@@ -155,33 +252,104 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     void OnFinished(StageFinished f)
     {
         var a = f.Stage;
-        _assigned.Remove((a.Job, a.Attempt, a.Stage));
-        if (!_assigned.Keys.Any(k => k.Item1 == a.Job && k.Item2 == a.Attempt) && _stops.Remove((a.Job, a.Attempt), out var stop)) stop.Dispose();
+        var attempt = f.Attempt;
+        if (attempt[a.Stage] is { Deployment: { } key }) _deployments.Release(key, Now);
+        attempt.Set(attempt[a.Stage]!.Finished(), Now);
         if (f.Answer is DeviceLoaderActor.PassSucceeded ok)
         {
             var output = ok.Outputs.Select(t => { using (t) return TensorPayloads.From(t); }).ToImmutableArray();
-            if (_cancelled.Contains((a.Job, a.Attempt))) return;
-            a.Coordinator.Tell(new StageDone(a.Job, a.Attempt, a.Stage, _node, ok.Report with { Device = a.Device }));
-            if (a.Stage == a.Stages - 1) _sender.Tell(a.Coordinator, new StageOutput(a.Job, a.Attempt, output), Self);
-            else _sender.Tell(a.Next!, new StageInput(a.Job, a.Attempt, a.Stage + 1, output), Self);
+            if (!attempt.Cancelled)
+            {
+                a.Coordinator.Tell(new StageDone(a.Job, a.Attempt, a.Stage, _node, ok.Report with { Device = a.Device }));
+                if (a.Stage == a.Stages - 1) _sender.Tell(a.Coordinator, new StageOutput(a.Job, a.Attempt, output), Self);
+                else _sender.Tell(a.Next!, new StageInput(a.Job, a.Attempt, a.Stage + 1, output), Self);
+            }
         }
         else if (f.Answer is DeviceLoaderActor.PassFailed failed)
         {
-            _log.Warning("stage {0} of job {1} failed on {2}: {3}", a.Stage, a.Job, a.Device, failed.Reason);
-            a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, failed.Reason));
+            if (attempt.Cancelled) _log.Debug("stage {0} of cancelled attempt {1} stopped: {2}", a.Stage, attempt.Id, failed.Reason);
+            else
+            {
+                _log.Warning("stage {0} of job {1} failed on {2}: {3}", a.Stage, a.Job, a.Device, failed.Reason);
+                a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, failed.Reason));
+            }
+        }
+        Forget(attempt);
+        StartWaiting();
+    }
+
+    void Fail(StageAttempt attempt, StageAssignment a, string reason)
+    {
+        attempt.Set(new StageState(a.Stage, StagePhase.Finished, a, default), Now);
+        a.Coordinator.Tell(new StageFailed(a.Job, a.Attempt, a.Stage, reason));
+        Forget(attempt);
+    }
+
+    /// <summary>An attempt none of whose stages here will run again is dropped, unless it was cancelled: that one stays
+    /// as a tombstone until <see cref="OnTidy"/> trims it.</summary>
+    void Forget(StageAttempt attempt)
+    {
+        bool current = _attempts.TryGetValue(attempt.Id, out var known) && ReferenceEquals(known, attempt);
+        if (!current)
+        {
+            if (!attempt.AnyRunning) attempt.Dispose(); // replaced by a new attempt of the same id: its last pass ended
+            return;
+        }
+        if (attempt.Cancelled || !attempt.AllFinished) return;
+        _attempts.Remove(attempt.Id);
+        attempt.Dispose();
+    }
+
+    /// <summary>Starts the stages waiting for host memory, first come first, while their deployments fit.</summary>
+    void StartWaiting()
+    {
+        while (_waitingForHostMemory.TryPeek(out var next))
+        {
+            var attempt = next.Attempt;
+            if (attempt[next.Stage] is not { Phase: StagePhase.WaitingForHostMemory } stage)
+            {
+                _waitingForHostMemory.Dequeue(); // cancelled meanwhile
+                continue;
+            }
+            Start(attempt, stage.Assignment!, stage.Input, first: true);
+            if (attempt[next.Stage]?.Phase == StagePhase.WaitingForHostMemory) return; // still no room
+            _waitingForHostMemory.Dequeue();
         }
     }
 
-    /// <summary>LayerActors for a stage's layers, made once per model and layer range on this node.</summary>
-    (IActorRef[] Layers, Task Ready) Deploy(ModelSpec spec, int first, LayeredModel stage)
+    void OnTerminated(IActorRef actor)
     {
-        var key = (spec with { Batch = 0 }, first, stage.Layers.Count);
-        if (_deployments.TryGetValue(key, out var existing)) return existing;
+        if (_deployments.Stopped(actor)) StartWaiting();
+    }
+
+    void OnTidy()
+    {
+        var now = Now;
+        if (_deployments.EvictIdle(now, _worker.DeploymentIdleTimeout) > 0) _log.Debug("stopped idle deployments");
+        var over = _attempts.Values
+            .Where(t => !t.AnyRunning && (t.Cancelled || t.OnlyEarlyInputs) && now - t.Since >= _worker.AttemptRetention)
+            .ToArray();
+        foreach (var attempt in over)
+        {
+            _attempts.Remove(attempt.Id);
+            attempt.Dispose();
+        }
+    }
+
+    /// <summary>LayerActors for a stage's layers on this node, watched so that their bytes count until they have stopped.</summary>
+    (ImmutableArray<IActorRef> Layers, ImmutableArray<long> LayerBytes, Task Ready) Deploy(ModelSpec spec, LayeredModel stage)
+    {
         int n = ++_deploymentCounter;
         var weights = ModelCatalog.Weights(spec);
         bool pin = _devices.Values.Any(d => d.WantsPinnedHost);
-        var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToArray();
+        var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToImmutableArray();
         var ready = Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
-        return _deployments[key] = (layers, ready);
+        return (layers, [.. stage.Layers.Select(l => l.Bytes)], ready);
+    }
+
+    void StopLayer(IActorRef layer)
+    {
+        Context.Watch(layer);
+        Context.Stop(layer);
     }
 }

@@ -1,5 +1,7 @@
+using System.Globalization;
 using System.Reflection;
 using Akka.Configuration;
+using Superpipeline.Engine.Policy;
 
 namespace Superpipeline.Workers;
 
@@ -39,6 +41,8 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
     public int MaxMicroBatches { get; init; } = 4;
     /// <summary>How often a client resubmits a job (same id) that has had no answer.</summary>
     public TimeSpan ResubmitAfter { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>The node agent's settings (superpipeline.worker { }).</summary>
+    public WorkerSettings Worker { get; init; } = WorkerSettings.Default;
 
     public static SuperpipelineSettings Create(Config config)
     {
@@ -61,6 +65,78 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
         if (micro < 1) throw new ArgumentException("superpipeline.max-micro-batches must be at least 1");
         int records = s.GetInt("max-job-records", 100_000);
         if (records < 1) throw new ArgumentException("superpipeline.max-job-records must be at least 1");
-        return new SuperpipelineSettings(ask, pass, capacity) { Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit, MaxMicroBatches = micro, MaxJobRecords = records };
+        return new SuperpipelineSettings(ask, pass, capacity)
+        {
+            Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit,
+            MaxMicroBatches = micro, MaxJobRecords = records, Worker = WorkerSettings.Create(config),
+        };
+    }
+}
+
+/// <summary>Typed view of superpipeline.worker { }: how much host memory a node agent's deployments (the
+/// LayerActors holding one model's weights for one layer range) may take, and how long idle state is kept.</summary>
+/// <param name="HostWeightBudget">Most bytes of host weights held at once; null: no limit (<c>off</c>).</param>
+/// <param name="DeploymentIdleTimeout">A deployment no stage has used for this long is stopped (its weights freed).</param>
+/// <param name="AttemptRetention">How long an attempt the coordinator cancelled is remembered after its passes here
+/// ended (a late input for it is dropped, not run), and how long an input waits for its stage's assignment.</param>
+public sealed record WorkerSettings(long? HostWeightBudget, TimeSpan DeploymentIdleTimeout, TimeSpan AttemptRetention)
+{
+    /// <summary>The share of the host's available memory that <c>host-weight-budget = auto</c> gives to weights.</summary>
+    public const double AutoBudgetShare = 0.75;
+
+    /// <summary>No budget, 5 minutes idle, 1 minute retention: what a settings record built without a config has.</summary>
+    public static WorkerSettings Default { get; } = new(null, TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(1));
+
+    public static WorkerSettings Create(Config config) => Create(config, HostMemory.AvailableBytes);
+
+    /// <param name="availableBytes">The host's available memory (null if unknown), read when the budget is <c>auto</c>.</param>
+    public static WorkerSettings Create(Config config, Func<long?> availableBytes)
+    {
+        const string section = "superpipeline.worker";
+        var text = config.GetString($"{section}.host-weight-budget", "auto")?.Trim() ?? "auto";
+        long? budget = text.ToLowerInvariant() switch
+        {
+            "off" => null,
+            "auto" => availableBytes() is { } available ? (long)(available * AutoBudgetShare) : null,
+            _ => ParseBudget(text, $"{section}.host-weight-budget"),
+        };
+        var idle = config.GetTimeSpan($"{section}.deployment-idle-timeout", TimeSpan.FromMinutes(5));
+        if (idle <= TimeSpan.Zero) throw new ArgumentException($"{section}.deployment-idle-timeout must be positive");
+        var retention = config.GetTimeSpan($"{section}.attempt-retention", TimeSpan.FromMinutes(1));
+        if (retention <= TimeSpan.Zero) throw new ArgumentException($"{section}.attempt-retention must be positive");
+        return new WorkerSettings(budget, idle, retention);
+    }
+
+    static long ParseBudget(string text, string key)
+    {
+        try
+        {
+            return ByteSize.Parse(text, key);
+        }
+        catch (ArgumentException)
+        {
+            throw new ArgumentException($"{key} must be 'auto', 'off' or a positive size in bytes (e.g. 8GiB); got '{text}'");
+        }
+    }
+}
+
+/// <summary>The host's memory as the kernel reports it.</summary>
+public static class HostMemory
+{
+    /// <summary>MemAvailable from /proc/meminfo in bytes, or null where it cannot be read (not Linux).</summary>
+    public static long? AvailableBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/meminfo"))
+            {
+                if (!line.StartsWith("MemAvailable:", StringComparison.Ordinal)) continue;
+                var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                return long.Parse(parts[1], CultureInfo.InvariantCulture) * 1024; // the kernel writes kB, meaning KiB
+            }
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return null;
     }
 }

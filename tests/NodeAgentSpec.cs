@@ -1,0 +1,165 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using Superpipeline.Contracts;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Models;
+using Superpipeline.Messages;
+using Superpipeline.Workers;
+using TorchSharp;
+using Xunit;
+using static Superpipeline.Messages.StageProtocol;
+
+namespace Superpipeline.Tests;
+
+/// <summary>The node agent alone, with the test as its coordinator and time under TestScheduler: stage attempts end
+/// with their cancellation and are not brought back by late messages, and deployments live under the host weight
+/// budget and the idle timeout.</summary>
+public sealed class NodeAgentSpec : TestKit, IDisposable
+{
+    const string Config = """
+        akka.scheduler.implementation = "Akka.TestKit.TestScheduler, Akka.TestKit"
+        superpipeline.worker.deployment-idle-timeout = 5m
+        superpipeline.worker.attempt-retention = 1m
+        """;
+
+    readonly SimulatedDevice _device = new("sim:0", 64L << 20);
+
+    public NodeAgentSpec() : base(WorkerConfig.Load(null, Config))
+    {
+        IgnoreMessages(m => m is WorkerProtocol.RegisterWorker or JobProtocol.JobProgress); // heartbeats and progress
+    }
+
+    TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
+
+    IActorRef Agent(long? budget = null)
+    {
+        var settings = SuperpipelineSettings.Create(Sys.Settings.Config);
+        settings = settings with { Worker = settings.Worker with { HostWeightBudget = budget } };
+        return Sys.ActorOf(NodeAgentActor.Props("local", [_device], TestActor, settings));
+    }
+
+    static ModelSpec Model(long seed) => EngineHarness.Tiny(seed);
+
+    /// <summary>Stage <paramref name="stage"/> of <paramref name="stages"/>, each stage one equal share of the model's layers.</summary>
+    StageAssignment Assign(string job, int attempt, long seed, int stage = 0, int stages = 1)
+    {
+        int layers = ModelCatalog.Create(Model(seed)).Layers.Count;
+        int first = stage * layers / stages, count = (stage + 1) * layers / stages - first;
+        return new StageAssignment(new JobId(job), attempt, stage, stages, Model(seed), [seed], first, count, "sim:0",
+            new PolicySpec(1, 1), stage + 1 < stages ? TestActor : null, TestActor);
+    }
+
+    NodeAgentActor.Status Status(IActorRef agent) => agent.Ask<NodeAgentActor.Status>(NodeAgentActor.GetStatus.Instance, TimeSpan.FromSeconds(10)).Result;
+
+    object Next() => ExpectMsg<object>(TimeSpan.FromSeconds(60));
+
+    /// <summary>Any payload will do for a stage that must never run.</summary>
+    static TensorPayload Junk => new("Float32", [1], [0, 0, 0, 0]);
+
+    void RunToOutput(IActorRef agent, string job, long seed)
+    {
+        agent.Tell(Assign(job, 1, seed));
+        Assert.IsType<StageDone>(Next());
+        Assert.IsType<StageOutput>(Next());
+    }
+
+    [Fact]
+    public void A_cancelled_attempt_runs_nothing_for_an_assignment_or_input_that_arrives_after_its_cancellation()
+    {
+        var agent = Agent();
+        agent.Tell(new CancelAttempt(new JobId("a"), 1));
+        agent.Tell(Assign("a", 1, 7)); // would run at once (stage 0) if the attempt came back
+        agent.Tell(Assign("b", 1, 7, stage: 1, stages: 2));
+        agent.Tell(new CancelAttempt(new JobId("b"), 1));
+        agent.Tell(new StageInput(new JobId("b"), 1, 1, [Junk]));
+        ExpectNoMsg(TimeSpan.FromMilliseconds(500));
+        Assert.Equal(2, Status(agent).Attempts); // two tombstones, nothing else
+        Assert.Empty(Status(agent).Deployments);
+
+        agent.Tell(Assign("c", 1, 7)); // the agent still serves
+        Assert.IsType<StageDone>(Next());
+        Assert.IsType<StageOutput>(Next());
+    }
+
+    [Fact]
+    public void Tombstones_and_inputs_that_never_get_their_assignment_are_forgotten_after_the_retention()
+    {
+        var agent = Agent();
+        agent.Tell(new CancelAttempt(new JobId("gone"), 3));
+        agent.Tell(new StageInput(new JobId("orphan"), 1, 1, [Junk]));
+        AwaitAssert(() => Assert.Equal(2, Status(agent).Attempts), TimeSpan.FromSeconds(10));
+        Scheduler.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal(2, Status(agent).Attempts); // within the retention: kept
+        Scheduler.Advance(TimeSpan.FromSeconds(61));
+        AwaitAssert(() => Assert.Equal(0, Status(agent).Attempts), TimeSpan.FromSeconds(10));
+        agent.Tell(new StageInput(new JobId("gone"), 3, 1, [Junk])); // later still: held, not run, then forgotten
+        AwaitAssert(() => Assert.Equal(1, Status(agent).Attempts), TimeSpan.FromSeconds(10));
+        Scheduler.Advance(TimeSpan.FromSeconds(91));
+        AwaitAssert(() => Assert.Equal(0, Status(agent).Attempts), TimeSpan.FromSeconds(10));
+        ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+    }
+
+    [Fact]
+    public void A_finished_attempt_leaves_nothing_behind_but_its_deployment()
+    {
+        var agent = Agent();
+        RunToOutput(agent, "done", 7);
+        var status = Status(agent);
+        Assert.Equal(0, status.Attempts);
+        Assert.Equal([DeploymentKey.Of(Model(7), 0, 5)], status.Deployments.ToArray());
+        Assert.Equal(ModelCatalog.Create(Model(7)).Layers.Sum(l => l.Bytes), status.HostWeightBytes);
+    }
+
+    [Fact]
+    public void An_idle_deployment_is_stopped_after_the_idle_timeout_and_its_host_tensors_are_freed()
+    {
+        var agent = Agent();
+        long tensors = torch.Tensor.TotalCount;
+        RunToOutput(agent, "first", 7);
+        Assert.True(torch.Tensor.TotalCount > tensors, "the LayerActors hold host tensors");
+        Scheduler.Advance(TimeSpan.FromMinutes(4));
+        Assert.Single(Status(agent).Deployments); // idle, but not for long enough
+        RunToOutput(agent, "again", 7); // used again: its idle time starts over
+        Scheduler.Advance(TimeSpan.FromMinutes(4));
+        Assert.Single(Status(agent).Deployments);
+        Scheduler.Advance(TimeSpan.FromMinutes(2));
+        AwaitAssert(() => Assert.Equal((0L, 0), (Status(agent).HostWeightBytes, Status(agent).Deployments.Length)), TimeSpan.FromSeconds(10));
+        AwaitAssert(() => Assert.Equal(tensors, torch.Tensor.TotalCount), TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
+    public void Over_the_budget_the_least_recently_used_idle_deployment_is_stopped_first()
+    {
+        long bytes = ModelCatalog.Create(Model(1)).Layers.Sum(l => l.Bytes);
+        var agent = Agent(budget: 2 * bytes);
+        RunToOutput(agent, "a", 1);
+        RunToOutput(agent, "b", 2);
+        RunToOutput(agent, "a-again", 1); // model 2 is now the least recently used
+        RunToOutput(agent, "c", 3);
+        var status = Status(agent);
+        Assert.Equal([DeploymentKey.Of(Model(1), 0, 5), DeploymentKey.Of(Model(3), 0, 5)], status.Deployments.ToArray());
+        Assert.Equal(2 * bytes, status.PeakHostWeightBytes);
+        AwaitAssert(() => Assert.Equal(2 * bytes, Status(agent).HostWeightBytes), TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
+    public void A_stage_whose_weights_alone_exceed_the_budget_fails_naming_both_figures()
+    {
+        long bytes = ModelCatalog.Create(Model(7)).Layers.Sum(l => l.Bytes);
+        var agent = Agent(budget: bytes - 1);
+        agent.Tell(Assign("big", 1, 7));
+        var failed = Assert.IsType<StageFailed>(Next());
+        Assert.Equal($"layers 0-4 of model demo (seed 7) need {bytes:N0} bytes of host weights, above this worker's host weight budget of {bytes - 1:N0} bytes",
+            failed.Reason);
+        Assert.Empty(Status(agent).Deployments);
+        Assert.Equal(0, Status(agent).Attempts);
+    }
+
+    void IDisposable.Dispose()
+    {
+        Shutdown();
+        _device.Dispose();
+    }
+}

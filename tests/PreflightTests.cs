@@ -3,6 +3,7 @@ using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Workers;
 using Xunit;
 
 namespace Superpipeline.Tests;
@@ -14,31 +15,35 @@ public sealed class PreflightTests
     static readonly ModelSpec Small = new("demo", Blocks: 3, Hidden: 32, Heads: 4, Vocab: 64, Sequence: 8, Batch: 2, Seed: 1);
 
     [Fact]
-    public void The_budget_key_is_read_when_present_and_a_missing_or_unreadable_key_is_no_budget()
+    public void The_budget_is_the_workers_own_reading_of_the_key()
     {
-        Assert.Equal(1L << 20, HostMemory.Read(ConfigurationFactory.ParseString($"{HostMemory.BudgetKey} = 1MiB")).BudgetBytes);
-        Assert.Null(HostMemory.Read(Config.Empty).BudgetBytes);
-        Assert.Null(HostMemory.Read(ConfigurationFactory.ParseString($"{HostMemory.BudgetKey} = lots")).BudgetBytes);
-        Assert.True(HostMemory.Read(Config.Empty).AvailableBytes > 0);
+        static Config parse(string hocon) => ConfigurationFactory.ParseString(hocon);
+        Assert.Equal(1L << 20, HostWeightLimit.Read(parse($"{HostWeightLimit.BudgetKey} = 1MiB")).BudgetBytes);
+        Assert.Null(HostWeightLimit.Read(parse($"{HostWeightLimit.BudgetKey} = off")).BudgetBytes);
+        var auto = HostWeightLimit.Read(Config.Empty); // the default is auto: 3/4 of what is available
+        Assert.True(auto.AvailableBytes > 0);
+        Assert.Equal((long)(auto.AvailableBytes * WorkerSettings.AutoBudgetShare), auto.BudgetBytes);
+        var e = Assert.Throws<ArgumentException>(() => HostWeightLimit.Read(parse($"{HostWeightLimit.BudgetKey} = lots")));
+        Assert.Contains(HostWeightLimit.BudgetKey, e.Message);
     }
 
     [Fact]
     public void The_limit_is_the_smaller_of_available_memory_and_budget()
     {
-        Assert.Equal(100, new HostMemory(100, "test", null).LimitBytes);
-        Assert.Equal(40, new HostMemory(100, "test", 40).LimitBytes);
-        Assert.Equal(100, new HostMemory(100, "test", 400).LimitBytes);
+        Assert.Equal(100, new HostWeightLimit(100, "test", null).LimitBytes);
+        Assert.Equal(40, new HostWeightLimit(100, "test", 40).LimitBytes);
+        Assert.Equal(100, new HostWeightLimit(100, "test", 400).LimitBytes);
     }
 
     [Fact]
     public void Weights_above_the_budget_are_refused_naming_the_key_and_both_figures()
     {
         var model = ModelCatalog.Create(Small);
-        Preflight.HostWeightsFit(model, new HostMemory(model.Bytes, "test", null)); // exactly enough: accepted
-        var e = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostMemory(1L << 40, "test", model.Bytes - 1)));
+        Preflight.HostWeightsFit(model, new HostWeightLimit(model.Bytes, "test", null)); // exactly enough: accepted
+        var e = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostWeightLimit(1L << 40, "test", model.Bytes - 1)));
         Assert.Contains($"need {model.Bytes:N0} bytes", e.Message);
-        Assert.Contains($"the host weight budget ({HostMemory.BudgetKey}) of {model.Bytes - 1:N0} bytes", e.Message);
-        var a = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostMemory(model.Bytes - 1, "MemAvailable", null)));
+        Assert.Contains($"the host weight budget ({HostWeightLimit.BudgetKey}) of {model.Bytes - 1:N0} bytes", e.Message);
+        var a = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostWeightLimit(model.Bytes - 1, "MemAvailable", null)));
         Assert.Contains($"the {model.Bytes - 1:N0} bytes", a.Message);
         Assert.Contains("(MemAvailable)", a.Message);
     }

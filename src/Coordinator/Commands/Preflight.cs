@@ -1,59 +1,31 @@
-using System.Globalization;
 using Akka.Configuration;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Workers;
 
 namespace Superpipeline.Coordinator.Commands;
 
-/// <summary>The host memory a process may fill with model weights: what the machine has available now and, when the
-/// configuration sets one, the workers' host weight budget. <see cref="LimitBytes"/> is the smaller of the two.</summary>
+/// <summary>The host memory a process may fill with model weights: what the machine has available now and the
+/// workers' host weight budget as a node agent computes it (<see cref="WorkerSettings"/>: a size, <c>auto</c> = a share of
+/// the available memory, or <c>off</c>). <see cref="LimitBytes"/> is the smaller of the two.</summary>
 /// <param name="AvailableBytes">MemAvailable from /proc/meminfo (the kernel's estimate of memory that can be used
 /// without swapping); elsewhere the GC's <c>TotalAvailableMemoryBytes</c>.</param>
 /// <param name="Source">Where <paramref name="AvailableBytes"/> came from, for the message.</param>
-/// <param name="BudgetBytes">superpipeline.worker.host-weight-budget, or null when the configuration has none.</param>
-public sealed record HostMemory(long AvailableBytes, string Source, long? BudgetBytes)
+/// <param name="BudgetBytes">The host weight budget, or null when it is <c>off</c>.</param>
+public sealed record HostWeightLimit(long AvailableBytes, string Source, long? BudgetBytes)
 {
     public const string BudgetKey = "superpipeline.worker.host-weight-budget";
 
     public long LimitBytes => BudgetBytes is { } b ? Math.Min(b, AvailableBytes) : AvailableBytes;
 
-    public static HostMemory Read(Config config)
+    /// <summary>Reads both figures; a budget that is not a size, <c>auto</c> or <c>off</c> is refused naming the key.</summary>
+    public static HostWeightLimit Read(Config config)
     {
-        var (bytes, source) = Available();
-        return new HostMemory(bytes, source, Budget(config));
-    }
-
-    /// <summary>The budget key, read defensively: a missing key, or one that is not a size, is no budget.</summary>
-    static long? Budget(Config config)
-    {
-        try
-        {
-            return config.HasPath(BudgetKey) && config.GetByteSize(BudgetKey) is { } b && b > 0 ? b : null;
-        }
-        catch (Exception e) when (e is ConfigurationException or FormatException or OverflowException or ArgumentException)
-        {
-            return null;
-        }
-    }
-
-    static (long Bytes, string Source) Available()
-    {
-        try
-        {
-            if (OperatingSystem.IsLinux())
-                foreach (var line in File.ReadLines("/proc/meminfo"))
-                {
-                    var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                    if (parts is ["MemAvailable:", var kb, "kB"] && long.TryParse(kb, NumberStyles.Integer, CultureInfo.InvariantCulture, out var k))
-                        return (k * 1024, "MemAvailable in /proc/meminfo");
-                }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // fall through to the GC's figure
-        }
-        return (GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, "the runtime's available memory");
+        var (bytes, source) = HostMemory.AvailableBytes() is { } available
+            ? (available, "MemAvailable in /proc/meminfo")
+            : (GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, "the runtime's available memory");
+        return new HostWeightLimit(bytes, source, WorkerSettings.Create(config, () => bytes).HostWeightBudget);
     }
 }
 
@@ -70,12 +42,12 @@ public static class Preflight
 
     /// <summary>Refuses a model whose host weights (every layer, as the LayerActors of one process hold them) exceed
     /// <paramref name="memory"/>'s limit, with one line that gives both figures.</summary>
-    public static void HostWeightsFit(LayeredModel model, HostMemory memory)
+    public static void HostWeightsFit(LayeredModel model, HostWeightLimit memory)
     {
         long need = model.Bytes;
         if (need <= memory.LimitBytes) return;
         string limit = memory.BudgetBytes is { } b && b <= memory.AvailableBytes
-            ? $"the host weight budget ({HostMemory.BudgetKey}) of {b:N0} bytes ({ByteSize.Format(b)})"
+            ? $"the host weight budget ({HostWeightLimit.BudgetKey}) of {b:N0} bytes ({ByteSize.Format(b)})"
             : $"the {memory.AvailableBytes:N0} bytes ({ByteSize.Format(memory.AvailableBytes)}) of memory available ({memory.Source})";
         throw new ArgumentException(
             $"the model's weights need {need:N0} bytes ({ByteSize.Format(need)}) of host memory, more than {limit}; nothing was started");

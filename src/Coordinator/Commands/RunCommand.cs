@@ -60,7 +60,7 @@ public static class RunCommand
         OutputPaths.CheckWritable(o.TracePath, "--trace");
         OutputPaths.CheckWritable(o.OutputPath, "--output");
         var model = Preflight.Model(o.Model, o.Policy);
-        Preflight.HostWeightsFit(model, HostMemory.Read(WorkerConfig.Load("worker")));
+        Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
 
         await using var host = EmbeddedHost.Start(o.Device);
         var job = new SubmitJob(JobId.New(), o.Model, o.Policy);

@@ -6,6 +6,7 @@ using System.Security.Cryptography;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
@@ -120,7 +121,7 @@ public static class BenchCommand
     /// <summary>Room for the resident pass (every layer, the input and the two live activations) with a margin.</summary>
     internal static long CapacityFor(LayeredModel model)
     {
-        long need = model.Bytes + model.ActivationBoundBytes() + TensorBytes.Of(model.InputShape, model.InputDType);
+        long need = model.Bytes + ModelCost.From(model).ActivationBoundBytes() + TensorBytes.Of(model.InputShape, model.InputDType);
         const long mib = 1L << 20;
         return (need * 5 / 4 + mib - 1) / mib * mib;
     }

@@ -163,7 +163,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     {
         var largest = model.Layers.MaxBy(l => l.Bytes)!;
         long capacity = _workers.Values.SelectMany(w => w.Devices).Max(d => d.CapacityBytes);
-        long need = largest.Bytes + model.ActivationBoundBytes();
+        long need = largest.Bytes + ModelCost.From(model).ActivationBoundBytes();
         return need > capacity
             ? $"--device-memory {capacity:N0} bytes is below the largest layer, {largest.Index} ({largest.Name}) of {largest.Bytes:N0} bytes (with activations it needs {need:N0})"
             : null;

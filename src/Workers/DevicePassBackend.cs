@@ -22,6 +22,7 @@ public sealed class DevicePassBackend : IPassBackend
     readonly Action<LayerProgress> _progress;
     readonly TimeSpan _askTimeout;
     readonly IReadOnlyList<(long[] Shape, ScalarType DType)> _activations;
+    readonly long[] _workspace; // per layer: its temporaries while it computes one micro-batch
     readonly ConcurrentDictionary<int, DeviceTensors> _resident = new();
     readonly ConcurrentDictionary<int, Task<LayerActor.HostWeights>> _weights = new();
     readonly Stopwatch _clock = new();
@@ -47,6 +48,7 @@ public sealed class DevicePassBackend : IPassBackend
         _progress = progress ?? (_ => { });
         _askTimeout = askTimeout;
         _activations = model.ActivationShapes();
+        _workspace = [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape))];
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
         _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
@@ -108,6 +110,8 @@ public sealed class DevicePassBackend : IPassBackend
             Tensor output;
             try
             {
+                // The forward's temporaries live until its scope ends; their bytes are held exactly as long.
+                using var workspace = _device.Memory.Reserve(_workspace[layer], $"the workspace of layer {layer} ({def.Name})");
                 using var scope = NewDisposeScope();
                 using var noGrad = inference_mode();
                 var y = def.Forward(_resident[layer].Tensors, _microBatches[m]!.Tensor);

@@ -89,11 +89,13 @@ public sealed class VirtualPassBackend : IPassBackend
         var cost = _model.Layers[layer];
         double start = _now;
         _memory.Reserve(start, cost.OutputBytes, $"the output of layer {layer} ({cost.Name})");
+        _memory.Reserve(start, cost.WorkspaceBytes, $"the workspace of layer {layer} ({cost.Name})");
         _computeStart[layer] = start;
         _computeEnd[layer] = start + _device.ComputeSeconds(cost.Flops);
         return At(_computeEnd[layer], () =>
         {
-            _memory.Free(_now, layer == 0 ? _model.InputBytes : _model.Layers[layer - 1].OutputBytes, $"the input of layer {layer}");
+            _memory.Free(_now, cost.WorkspaceBytes, $"the workspace of layer {layer}");
+            _memory.Free(_now, _model.InputBytesOf(layer), $"the input of layer {layer}");
             foreach (var e in evictAfter)
             {
                 _memory.Free(_now, _model.Layers[e].Bytes, $"layer {e} weights");

@@ -54,17 +54,17 @@ public sealed class AutoPlanSpec() : TestKit(WorkerConfig.Load())
     }
 
     [Fact]
-    public void A_worker_registers_each_device_as_measured_once()
+    public async Task A_worker_registers_each_device_as_measured_once()
     {
         using var device = new SimulatedDevice("sim:0", 64L << 20, linkGBps: 2);
         var coordinator = CreateTestProbe();
         Sys.ActorOf(NodeAgentActor.Props("n1", [device], coordinator.Ref, SuperpipelineSettings.Create(Sys.Settings.Config)));
-        var register = coordinator.ExpectMsg<RegisterWorker>(TimeSpan.FromSeconds(30));
+        var register = await coordinator.ExpectMsgAsync<RegisterWorker>(TimeSpan.FromSeconds(30));
         var info = Assert.Single(register.Devices);
         Assert.True(info.MeasuredFlopsPerSecond > 0);
         Assert.Equal(2e9, info.MeasuredLinkBytesPerSecond); // the emulated link is what a transfer gets
         Assert.Same(DeviceCalibration.MeasureOnceAsync(device), DeviceCalibration.MeasureOnceAsync(device));
-        Assert.Equal(info.MeasuredFlopsPerSecond, DeviceCalibration.MeasureOnceAsync(device).Result.FlopsPerSecond);
+        Assert.Equal(info.MeasuredFlopsPerSecond, (await DeviceCalibration.MeasureOnceAsync(device)).FlopsPerSecond);
 
         var serializer = Sys.Serialization.FindSerializerFor(register);
         var back = (RegisterWorker)Sys.Serialization.Deserialize(serializer.ToBinary(register), serializer.Identifier,

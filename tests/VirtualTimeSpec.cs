@@ -96,7 +96,8 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             select (n, bytes, flops, acts, workspace, bw, rate, latency, k, s, budgets, live, prefetch);
         gen.Sample(c =>
         {
-            var model = new ModelCost("random", c.acts[0], [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1], c.workspace[i]))]);
+            var model = new ModelCost("random", c.acts[0],
+                [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1], c.workspace[i]))]);
             var device = new DeviceCost("gpu", 1L << 40, c.bw, c.rate, c.latency);
             long largest = c.bytes.Max();
             Func<LoadGate> gate = c.budgets

@@ -39,7 +39,8 @@ public sealed class DevicePassBackend : IPassBackend
         if (inputs.Count == 0) throw new ArgumentException("a pass needs at least one input");
         foreach (var input in inputs)
             if (!input.shape.SequenceEqual(model.InputShape) || input.dtype != model.InputDType)
-                throw new ArgumentException($"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
+                throw new ArgumentException(
+                    $"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
         _device = device;
         _model = model;
         _layerActors = layerActors;
@@ -116,7 +117,8 @@ public sealed class DevicePassBackend : IPassBackend
                 using var noGrad = inference_mode();
                 var y = def.Forward(_resident[layer].Tensors, _microBatches[m]!.Tensor);
                 if (!y.shape.SequenceEqual(shape) || y.dtype != dtype)
-                    throw new InvalidOperationException($"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
+                    throw new InvalidOperationException(
+                        $"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
                 output = y.MoveToOuterDisposeScope();
             }
             catch
@@ -166,7 +168,8 @@ public sealed class DevicePassBackend : IPassBackend
         var timings = Enumerable.Range(0, n).Select(i => new LayerTiming(i, _model.Layers[i].Name, _model.Layers[i].Bytes,
             _loadStart[i], _loadSeconds[i], _computeStart[i], _computeSeconds[i], _evictAt[i])).ToImmutableArray();
         return new PassReport(_device.Name, n, window, swap, _model.Bytes, _device.Memory.Capacity,
-            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds, PassReport.LowerBound(timings), timings);
+            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds,
+            PassReport.LowerBound(timings), timings);
     }
 
     /// <summary>The live activation on the device with the bytes it holds.</summary>

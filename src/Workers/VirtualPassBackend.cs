@@ -115,7 +115,8 @@ public sealed class VirtualPassBackend : IPassBackend
     public string Describe()
     {
         lock (_lock)
-            return $"logical time {_now:R} s, {_pending.Count} steps pending" + (_pending.TryPeek(out var s, out _) ? $", next at {s.T:R} s (due {s.Due:O})" : "");
+            return $"logical time {_now:R} s, {_pending.Count} steps pending"
+                + (_pending.TryPeek(out var s, out _) ? $", next at {s.T:R} s (due {s.Due:O})" : "");
     }
 
     public Task FreeAllAsync() => Task.CompletedTask; // nothing real is held; the memory log keeps the record

@@ -34,7 +34,8 @@ public sealed record SimulatedPass(
     {
         var (peak, at, what) = memory.Peak();
         return peak > device.CapacityBytes
-            ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={at:0.###} s ({what}), {ByteSize.Format(device.CapacityBytes)} available"
+            ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={at:0.###} s ({what}), "
+              + $"{ByteSize.Format(device.CapacityBytes)} available"
             : null;
     }
 }

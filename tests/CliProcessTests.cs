@@ -79,7 +79,7 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--swap must be from 1 to the window (3); got 4", "--window", "3", "--swap", "4")]
     [InlineData("--swap must be a whole number; got 'one'", "--swap", "one")]
     [InlineData("--device-memory must be a positive size in bytes, optionally with a KiB/MiB/GiB suffix; got 'lots'", "--device-memory", "lots")]
-    [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes (with activations it needs 56,960)",
+    [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes (with activations it needs 93,824)",
         "--device-memory", "20000")]
     [InlineData("unknown model 'llama-9000' (known: demo, gpt)", "--model", "llama-9000")]
     [InlineData("--link-gbps must be a positive number of GB/s; got '-1'", "--link-gbps", "-1")]

@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using CsCheck;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
@@ -80,7 +81,7 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
             var (resident, _) = h.Pass(h.Policy(null)).GetAwaiter().GetResult();
             var (output, report) = h.Pass(h.Policy(c.k, c.s)).GetAwaiter().GetResult();
             return resident.AsSpan().SequenceEqual(output)
-                && report.PeakDeviceBytes <= h.Model.LargestLayersBytes(c.k) + h.Model.ActivationBoundBytes()
+                && report.PeakDeviceBytes <= ModelCost.From(h.Model).LargestLayersBytes(c.k) + ModelCost.From(h.Model).ActivationBoundBytes()
                 && h.Device.Memory.Reserved == 0;
         }, iter: 25, threads: 1);
     }
@@ -96,7 +97,7 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
             for (int s = 1; s <= k; s++)
             {
                 var (_, report) = await h.Pass(h.Policy(k, s));
-                long bound = h.Model.LargestLayersBytes(k) + h.Model.ActivationBoundBytes();
+                long bound = ModelCost.From(h.Model).LargestLayersBytes(k) + ModelCost.From(h.Model).ActivationBoundBytes();
                 Assert.True(report.PeakDeviceBytes <= bound, $"k={k}, k'={s}: peak {report.PeakDeviceBytes} > bound {bound}");
                 Assert.Equal(h.Model.Bytes + TensorBytes(h), report.BytesTransferred);
             }
@@ -149,7 +150,8 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
         var model = Engine.Models.ModelCatalog.Create(spec);
         // Room for two blocks and activations, not for the embedding and two blocks: window 3 with swap 3 loads
         // layers 0, 1 and 2 before it may evict any, so it must fail part-way with out-of-memory.
-        long capacity = model.LargestLayersBytes(2) + model.ActivationBoundBytes() + 1024;
+        var cost = ModelCost.From(model);
+        long capacity = cost.LargestLayersBytes(2) + cost.ActivationBoundBytes() + 1024;
         using var h = new EngineHarness(Sys, spec, capacity);
         var (good, _) = await h.Pass(h.Policy(2, 1));
         long tensors = torch.Tensor.TotalCount;
@@ -190,7 +192,7 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
             Assert.NotEqual(together[0], together[1]);
             // Weights cross the link once for all three micro-batches.
             Assert.Equal(h.Model.Bytes + inputs.Sum(i => Engine.TensorBytes.Of(i)), report.BytesTransferred);
-            Assert.True(report.PeakDeviceBytes <= h.Model.LargestLayersBytes(2) + 3 * h.Model.ActivationBoundBytes());
+            Assert.True(report.PeakDeviceBytes <= ModelCost.From(h.Model).LargestLayersBytes(2) + 3 * ModelCost.From(h.Model).ActivationBoundBytes());
             Assert.Equal(0, h.Device.Memory.Reserved);
         }
         finally

@@ -84,6 +84,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             from bytes in Gen.Long[1, 50_000_000].Array[n]
             from flops in Gen.Double[1e6, 5e10].Array[n]
             from acts in Gen.Long[1, 5_000_000].Array[n + 1]
+            from workspace in Gen.Long[0, 5_000_000].Array[n]
             from bw in Gen.Double[1e8, 3e10]
             from rate in Gen.Double[1e11, 1e14]
             from latency in Gen.Double[0, 1e-4]
@@ -92,10 +93,11 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             from budgets in Gen.Bool
             from live in Gen.Double[1, 4]
             from prefetch in Gen.Double[0, 3]
-            select (n, bytes, flops, acts, bw, rate, latency, k, s, budgets, live, prefetch);
+            select (n, bytes, flops, acts, workspace, bw, rate, latency, k, s, budgets, live, prefetch);
         gen.Sample(c =>
         {
-            var model = new ModelCost("random", c.acts[0], [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1]))]);
+            var model = new ModelCost("random", c.acts[0],
+                [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1], c.workspace[i]))]);
             var device = new DeviceCost("gpu", 1L << 40, c.bw, c.rate, c.latency);
             long largest = c.bytes.Max();
             Func<LoadGate> gate = c.budgets

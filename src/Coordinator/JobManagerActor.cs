@@ -163,7 +163,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     {
         var largest = model.Layers.MaxBy(l => l.Bytes)!;
         long capacity = _workers.Values.SelectMany(w => w.Devices).Max(d => d.CapacityBytes);
-        long need = largest.Bytes + model.ActivationBoundBytes();
+        long need = largest.Bytes + ModelCost.From(model).ActivationBoundBytes();
         return need > capacity
             ? $"--device-memory {capacity:N0} bytes is below the largest layer, {largest.Index} ({largest.Name}) of {largest.Bytes:N0} bytes (with activations it needs {need:N0})"
             : null;
@@ -219,7 +219,9 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
-        var device = new DeviceCost(smallest.Name, smallest.CapacityBytes, (smallest.LinkGBps ?? 16) * 1e9, 1e11);
+        if (smallest.MeasuredFlopsPerSecond is not { } flops || smallest.MeasuredLinkBytesPerSecond is not { } link)
+            throw new ArgumentException($"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
+        var device = new DeviceCost(smallest.Name, smallest.CapacityBytes, link, flops).Validated();
         return Planner.Choose(cost, device, smallest.CapacityBytes).Policy;
     }
 

@@ -22,6 +22,7 @@ public sealed class DevicePassBackend : IPassBackend
     readonly Action<LayerProgress> _progress;
     readonly TimeSpan _askTimeout;
     readonly IReadOnlyList<(long[] Shape, ScalarType DType)> _activations;
+    readonly long[] _workspace; // per layer: its temporaries while it computes one micro-batch
     readonly ConcurrentDictionary<int, DeviceTensors> _resident = new();
     readonly ConcurrentDictionary<int, Task<LayerActor.HostWeights>> _weights = new();
     readonly Stopwatch _clock = new();
@@ -38,7 +39,8 @@ public sealed class DevicePassBackend : IPassBackend
         if (inputs.Count == 0) throw new ArgumentException("a pass needs at least one input");
         foreach (var input in inputs)
             if (!input.shape.SequenceEqual(model.InputShape) || input.dtype != model.InputDType)
-                throw new ArgumentException($"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
+                throw new ArgumentException(
+                    $"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
         _device = device;
         _model = model;
         _layerActors = layerActors;
@@ -47,6 +49,7 @@ public sealed class DevicePassBackend : IPassBackend
         _progress = progress ?? (_ => { });
         _askTimeout = askTimeout;
         _activations = model.ActivationShapes();
+        _workspace = [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape))];
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
         _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
@@ -108,11 +111,14 @@ public sealed class DevicePassBackend : IPassBackend
             Tensor output;
             try
             {
+                // The forward's temporaries live until its scope ends; their bytes are held exactly as long.
+                using var workspace = _device.Memory.Reserve(_workspace[layer], $"the workspace of layer {layer} ({def.Name})");
                 using var scope = NewDisposeScope();
                 using var noGrad = inference_mode();
                 var y = def.Forward(_resident[layer].Tensors, _microBatches[m]!.Tensor);
                 if (!y.shape.SequenceEqual(shape) || y.dtype != dtype)
-                    throw new InvalidOperationException($"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
+                    throw new InvalidOperationException(
+                        $"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
                 output = y.MoveToOuterDisposeScope();
             }
             catch
@@ -162,7 +168,8 @@ public sealed class DevicePassBackend : IPassBackend
         var timings = Enumerable.Range(0, n).Select(i => new LayerTiming(i, _model.Layers[i].Name, _model.Layers[i].Bytes,
             _loadStart[i], _loadSeconds[i], _computeStart[i], _computeSeconds[i], _evictAt[i])).ToImmutableArray();
         return new PassReport(_device.Name, n, window, swap, _model.Bytes, _device.Memory.Capacity,
-            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds, PassReport.LowerBound(timings), timings);
+            _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds,
+            PassReport.LowerBound(timings), timings);
     }
 
     /// <summary>The live activation on the device with the bytes it holds.</summary>

@@ -117,8 +117,20 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         _attempts.Clear();
     }
 
-    void Register() => _coordinator.Tell(new RegisterWorker(Self, _node,
-        [.. _devices.Values.Select(d => new DeviceInfo(d.Name, d.Kind, d.Memory.Capacity, d.LinkBytesPerSecond / 1e9))]));
+    /// <summary>Registers once every device has been measured (once per device, <see cref="DeviceCalibration.MeasureOnceAsync"/>),
+    /// so that the coordinator plans `--window auto` from the measured device; until then a heartbeat follows the measurement.</summary>
+    void Register()
+    {
+        var measured = _devices.Values.Select(d => (Device: d, Cost: DeviceCalibration.MeasureOnceAsync(d))).ToArray();
+        if (measured.Any(m => !m.Cost.IsCompleted))
+        {
+            Task.WhenAll(measured.Select(m => m.Cost)).ContinueWith(_ => Heartbeat.Instance, TaskScheduler.Default).PipeTo(Self);
+            return;
+        }
+        _coordinator.Tell(new RegisterWorker(Self, _node, [.. measured.Select(m => new DeviceInfo(m.Device.Name, m.Device.Kind, m.Device.Memory.Capacity,
+            m.Device.LinkBytesPerSecond / 1e9, m.Cost.IsCompletedSuccessfully ? m.Cost.Result.FlopsPerSecond : null,
+            m.Cost.IsCompletedSuccessfully ? m.Cost.Result.LinkBytesPerSecond : null))]));
+    }
 
     DateTimeOffset Now => Context.System.Scheduler.Now;
 

@@ -89,11 +89,13 @@ public sealed class VirtualPassBackend : IPassBackend
         var cost = _model.Layers[layer];
         double start = _now;
         _memory.Reserve(start, cost.OutputBytes, $"the output of layer {layer} ({cost.Name})");
+        _memory.Reserve(start, cost.WorkspaceBytes, $"the workspace of layer {layer} ({cost.Name})");
         _computeStart[layer] = start;
         _computeEnd[layer] = start + _device.ComputeSeconds(cost.Flops);
         return At(_computeEnd[layer], () =>
         {
-            _memory.Free(_now, layer == 0 ? _model.InputBytes : _model.Layers[layer - 1].OutputBytes, $"the input of layer {layer}");
+            _memory.Free(_now, cost.WorkspaceBytes, $"the workspace of layer {layer}");
+            _memory.Free(_now, _model.InputBytesOf(layer), $"the input of layer {layer}");
             foreach (var e in evictAfter)
             {
                 _memory.Free(_now, _model.Layers[e].Bytes, $"layer {e} weights");
@@ -113,7 +115,8 @@ public sealed class VirtualPassBackend : IPassBackend
     public string Describe()
     {
         lock (_lock)
-            return $"logical time {_now:R} s, {_pending.Count} steps pending" + (_pending.TryPeek(out var s, out _) ? $", next at {s.T:R} s (due {s.Due:O})" : "");
+            return $"logical time {_now:R} s, {_pending.Count} steps pending"
+                + (_pending.TryPeek(out var s, out _) ? $", next at {s.T:R} s (due {s.Due:O})" : "");
     }
 
     public Task FreeAllAsync() => Task.CompletedTask; // nothing real is held; the memory log keeps the record

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Models;
 using Superpipeline.Messages;
@@ -23,7 +24,7 @@ public static class BenchHarness
     /// <summary>Room for the resident pass (every layer, the input and the two live activations) with a margin.</summary>
     public static long CapacityFor(LayeredModel model)
     {
-        long need = model.Bytes + model.ActivationBoundBytes() + TensorBytes.Of(model.InputShape, model.InputDType);
+        long need = model.Bytes + ModelCost.From(model).ActivationBoundBytes() + TensorBytes.Of(model.InputShape, model.InputDType);
         const long mib = 1L << 20;
         return (need * 5 / 4 + mib - 1) / mib * mib;
     }

@@ -14,7 +14,8 @@ public abstract class Accelerator : IDevice
 
     protected Accelerator(string name, long capacityBytes, double? linkGBps)
     {
-        if (linkGBps is <= 0 or double.NaN) throw new ArgumentOutOfRangeException(nameof(linkGBps), linkGBps, "link bandwidth must be a positive number of GB/s");
+        if (linkGBps is <= 0 or double.NaN)
+            throw new ArgumentOutOfRangeException(nameof(linkGBps), linkGBps, "link bandwidth must be a positive number of GB/s");
         Name = name;
         Memory = new DeviceMemory(name, capacityBytes);
         LinkBytesPerSecond = linkGBps * 1e9;

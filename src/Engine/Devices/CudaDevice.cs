@@ -16,7 +16,8 @@ public sealed class CudaDevice : Accelerator
     static string CheckedName(int ordinal)
     {
         if (!cuda.is_available()) throw new InvalidOperationException("CUDA is not available: build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU");
-        if (ordinal < 0 || ordinal >= cuda.device_count()) throw new ArgumentOutOfRangeException(nameof(ordinal), ordinal, $"CUDA has {cuda.device_count()} devices");
+        if (ordinal < 0 || ordinal >= cuda.device_count())
+            throw new ArgumentOutOfRangeException(nameof(ordinal), ordinal, $"CUDA has {cuda.device_count()} devices");
         return $"cuda:{ordinal}";
     }
 

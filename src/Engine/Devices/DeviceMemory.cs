@@ -19,7 +19,9 @@ public sealed class DeviceMemory(string device, long capacityBytes)
     long _peak;
 
     public string Device { get; } = device;
-    public long Capacity { get; } = capacityBytes > 0 ? capacityBytes : throw new ArgumentOutOfRangeException(nameof(capacityBytes), capacityBytes, "device capacity must be positive");
+    public long Capacity { get; } = capacityBytes > 0
+        ? capacityBytes
+        : throw new ArgumentOutOfRangeException(nameof(capacityBytes), capacityBytes, "device capacity must be positive");
     public long Reserved { get { lock (_gate) return _reserved; } }
     public long Free => Capacity - Reserved;
     public long Peak { get { lock (_gate) return _peak; } }

@@ -65,6 +65,10 @@ public sealed class GptEmbedding(int index, GptConfig c) : Layer(index, "embed")
 
     public override double Flops(long[] input) => 2.0 * input[0] * input[1] * c.Hidden;
 
+    /// <summary>The gathered token rows [B, T, H] (index_select materialises them; the view and the narrowed
+    /// position table are views); the sum with the positions is the output.</summary>
+    public override long WorkspaceBytes(long[] input) => input[0] * input[1] * c.Hidden * sizeof(float);
+
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor ids)
     {
         long b = ids.shape[0], t = ids.shape[1];
@@ -104,6 +108,22 @@ public sealed class GptBlock(int index, int block, GptConfig c) : Layer(index, $
         return 2 * tokens * 12 * h * h + 2 * 2 * tokens * t * h; // projections + scores and weighted sum
     }
 
+    /// <summary>Counted from <see cref="Forward"/> as it runs inside the pass's dispose scope, which keeps every
+    /// tensor the forward makes alive until the layer is done, so the workspace is their sum, not a running
+    /// maximum. For B·T tokens of H floats (N·H): ln_1 (N·H), c_attn's q, k, v in one tensor (3·N·H; the view,
+    /// permute and the three selects are views), the attention output (N·H; the CPU kernel lays it out so that the
+    /// transpose and reshape to [B, T, H] are views), c_proj (N·H), the first residual sum (N·H), ln_2 (N·H),
+    /// c_fc (4·N·H), its GELU (4·N·H) and the MLP's c_proj (N·H): 17·N·H. The second residual sum is the output,
+    /// reserved as such. Inside the attention call: the scores [B, heads, T, T] and their softmax, as a kernel
+    /// that materialises them holds them (libtorch's CPU flash kernel works in blocks and holds less, plus a
+    /// log-sum-exp [B, heads, T] that the forward drops), so this is an upper bound there and exact elsewhere.
+    /// tests/WorkspaceAccountingSpec.cs checks the 17·N·H against the storages the forward's scope holds.</summary>
+    public override long WorkspaceBytes(long[] input)
+    {
+        long tokens = input[0] * input[1], scores = input[0] * c.Heads * input[1] * input[1];
+        return (17 * tokens * c.Hidden + 2 * scores) * sizeof(float);
+    }
+
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
     {
         long b = x.shape[0], t = x.shape[1], hd = c.Hidden / c.Heads;
@@ -141,6 +161,9 @@ public sealed class GptHead(int index, GptConfig c) : Layer(index, "head")
     }
 
     public override double Flops(long[] input) => 2.0 * input[0] * input[1] * c.Hidden * c.Vocab;
+
+    /// <summary>ln_f's output [B, T, H]; the logits are the output.</summary>
+    public override long WorkspaceBytes(long[] input) => input[0] * input[1] * c.Hidden * sizeof(float);
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
         F.linear(F.layer_norm(x, [c.Hidden], w["ln_f.weight"], w["ln_f.bias"]), w["lm_head.weight"]);

@@ -29,6 +29,12 @@ public abstract class Layer(int index, string name)
     /// <summary>Floating-point operations of one forward pass (multiply-add = 2).</summary>
     public abstract double Flops(long[] input);
 
+    /// <summary>Device bytes of the temporaries the forward holds at its fullest for an input of <paramref name="input"/>
+    /// shape, beyond its input, its output and its weights (normalised inputs, projections, attention, MLP
+    /// intermediates, residual sums). The pass reserves them while the layer computes and the cost model adds the
+    /// same figure, so predicted and measured peaks include them.</summary>
+    public abstract long WorkspaceBytes(long[] input);
+
     /// <summary>The forward function. Runs on the device's compute thread inside the caller's dispose scope.</summary>
     public abstract Tensor Forward(IReadOnlyDictionary<string, Tensor> weights, Tensor input);
 
@@ -60,13 +66,6 @@ public sealed class LayeredModel(string name, IReadOnlyList<Layer> layers, long[
         return list;
     }
 
-    /// <summary>Most activation bytes on a device at once: a layer's input and output are both live while it computes.</summary>
-    public long ActivationBoundBytes()
-    {
-        var acts = ActivationShapes().Select(a => TensorBytes.Of(a.Shape, a.DType)).ToArray();
-        return Enumerable.Range(0, Layers.Count).Max(i => acts[i] + acts[i + 1]);
-    }
-
     /// <summary>Layers [<paramref name="first"/>, first + <paramref name="count"/>) as a model of their own (a pipeline
     /// stage): its input is the activation entering layer <paramref name="first"/>. Layers keep their indices, so
     /// their weights are the same wherever they run.</summary>
@@ -79,7 +78,4 @@ public sealed class LayeredModel(string name, IReadOnlyList<Layer> layers, long[
         return new LayeredModel($"{Name}[{first}..{first + count - 1}]", Layers.Skip(first).Take(count).ToArray(), shape, dtype,
             _ => throw new InvalidOperationException($"a stage starting at layer {first} takes its input from the previous stage"));
     }
-
-    /// <summary>Sum of the <paramref name="k"/> largest layers' bytes.</summary>
-    public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
 }

@@ -25,7 +25,8 @@ public sealed class SeededWeights(long seed) : IWeightSource
             if (!weights.TryGetValue(spec.Name, out var t))
                 throw new InvalidOperationException($"layer {layer.Name}: initializer did not produce '{spec.Name}'");
             if (!t.shape.SequenceEqual(spec.Shape) || t.dtype != spec.DType)
-                throw new InvalidOperationException($"layer {layer.Name}: '{spec.Name}' is {t.dtype}[{string.Join(",", t.shape)}], expected {spec.DType}[{string.Join(",", spec.Shape)}]");
+                throw new InvalidOperationException(
+                    $"layer {layer.Name}: '{spec.Name}' is {t.dtype}[{string.Join(",", t.shape)}], expected {spec.DType}[{string.Join(",", spec.Shape)}]");
         }
         return weights;
     }

@@ -3,9 +3,10 @@ using Superpipeline.Engine.Models;
 
 namespace Superpipeline.Engine.Simulation;
 
-/// <summary>What one layer costs: bytes of weights to move, floating-point operations to compute, and the bytes
-/// of the activation it produces. Derived from the model definition, never guessed.</summary>
-public sealed record LayerCost(string Name, long Bytes, double Flops, long OutputBytes);
+/// <summary>What one layer costs: bytes of weights to move, floating-point operations to compute, the bytes of the
+/// activation it produces, and the bytes of the temporaries it holds while it computes (<see cref="Layer.WorkspaceBytes"/>).
+/// Derived from the model definition, never guessed.</summary>
+public sealed record LayerCost(string Name, long Bytes, double Flops, long OutputBytes, long WorkspaceBytes = 0);
 
 /// <summary>A model as the cost model sees it: its input activation and its layers in order.</summary>
 public sealed record ModelCost(string Name, long InputBytes, ImmutableArray<LayerCost> Layers)
@@ -17,14 +18,19 @@ public sealed record ModelCost(string Name, long InputBytes, ImmutableArray<Laye
     public static ModelCost From(LayeredModel model)
     {
         var acts = model.ActivationShapes();
-        var layers = model.Layers.Select((l, i) => new LayerCost(l.Name, l.Bytes, l.Flops(acts[i].Shape), TensorBytes.Of(acts[i + 1].Shape, acts[i + 1].DType)));
+        var layers = model.Layers.Select((l, i) =>
+            new LayerCost(l.Name, l.Bytes, l.Flops(acts[i].Shape), TensorBytes.Of(acts[i + 1].Shape, acts[i + 1].DType), l.WorkspaceBytes(acts[i].Shape)));
         return new ModelCost(model.Name, TensorBytes.Of(acts[0].Shape, acts[0].DType), [.. layers]);
     }
 
-    /// <summary>Most activation bytes live at once: a layer's input and output while it computes.</summary>
-    public long ActivationBoundBytes() =>
-        Enumerable.Range(0, Layers.Length).Max(i => (i == 0 ? InputBytes : Layers[i - 1].OutputBytes) + Layers[i].OutputBytes);
+    /// <summary>Bytes of the input of layer <paramref name="i"/>: the model's input or the previous layer's output.</summary>
+    public long InputBytesOf(int i) => i == 0 ? InputBytes : Layers[i - 1].OutputBytes;
 
+    /// <summary>Most bytes besides weights live at once: a layer's input, its output and its workspace while it computes.</summary>
+    public long ActivationBoundBytes() =>
+        Enumerable.Range(0, Layers.Length).Max(i => InputBytesOf(i) + Layers[i].OutputBytes + Layers[i].WorkspaceBytes);
+
+    /// <summary>Sum of the <paramref name="k"/> largest layers' weight bytes.</summary>
     public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
 }
 

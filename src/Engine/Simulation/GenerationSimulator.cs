@@ -54,7 +54,8 @@ public sealed record GenerationResult(
 /// effective rate and its device-memory traffic at the effective memory bandwidth (decode is memory-bound);
 /// plus, with the KV cache on the host, decode attention at the host rate, after the device part (as FlexGen's own
 /// cost model adds them). A batched policy (M micro-batches per weight load) multiplies compute and activations by
-/// M (activations by 1 when they wait on the host, <see cref="Workload.ActivationsOnHost"/>). The pass simulator takes one compute rate, so each layer's time t reaches it as FLOPs = t × device rate.</para>
+/// M (activations by 1 when they wait on the host, <see cref="Workload.ActivationsOnHost"/>). The pass simulator takes one
+/// compute rate, so each layer's time t reaches it as FLOPs = t × device rate.</para>
 ///
 /// <para>Bytes resident for the whole job (never streamed, loaded before the job starts as the published
 /// benchmarks exclude loading): resident layers, every layer under the resident policy, and a device KV cache
@@ -92,7 +93,8 @@ public static class GenerationSimulator
             var work = model.Work(spec.Format, w.Batch, tokens, past, kvOnDevice);
             var seconds = work.Select(l => m * LayerSeconds(l, gpu, spec.Host)).ToImmutableArray();
             var layers = work.Select((l, i) => new LayerCost(l.Name, passBytes[i], seconds[i] * device.FlopsPerSecond, onDevice * l.OutputBytes));
-            var cost = new ModelCost($"{model.Name} {(t == 0 ? "prefill" : $"decode {t}")}", onDevice * TransformerShape.InputBytes(w.Batch, tokens), [.. layers]);
+            var name = $"{model.Name} {(t == 0 ? "prefill" : $"decode {t}")}";
+            var cost = new ModelCost(name, onDevice * TransformerShape.InputBytes(w.Batch, tokens), [.. layers]);
             var pass = PassSimulator.Run(cost, device, policy.CreateGate(passBytes));
             passes.Add(new GenerationPass(t, past, tokens, cost, work, seconds, pass));
         }
@@ -104,7 +106,8 @@ public static class GenerationSimulator
         long tokensGenerated = (long)sequences * w.Generate;
         long peak = all.Max(p => p.Pass.PeakDeviceBytes) + fixedBytes;
         string? oom = peak > gpu.CapacityBytes
-            ? $"device {gpu.Name} out of memory: {ByteSize.Format(peak)} needed ({ByteSize.Format(fixedBytes)} resident for the job + {ByteSize.Format(peak - fixedBytes)} peak of a pass), {ByteSize.Format(gpu.CapacityBytes)} available"
+            ? $"device {gpu.Name} out of memory: {ByteSize.Format(peak)} needed ({ByteSize.Format(fixedBytes)} resident for the job + "
+              + $"{ByteSize.Format(peak - fixedBytes)} peak of a pass), {ByteSize.Format(gpu.CapacityBytes)} available"
             : null;
         return new GenerationResult(policy, all[0].Pass.Policy, sequences, tokensGenerated, repeats, prefill, decode, total,
             tokensGenerated / total, peak, fixedBytes, repeats * all.Sum(p => p.Pass.BytesTransferred), oom, all);

@@ -34,7 +34,8 @@ public sealed record SimulatedPass(
     {
         var (peak, at, what) = memory.Peak();
         return peak > device.CapacityBytes
-            ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={at:0.###} s ({what}), {ByteSize.Format(device.CapacityBytes)} available"
+            ? $"device {device.Name} out of memory: {ByteSize.Format(peak)} needed at t={at:0.###} s ({what}), "
+              + $"{ByteSize.Format(device.CapacityBytes)} available"
             : null;
     }
 }
@@ -43,8 +44,8 @@ public sealed record SimulatedPass(
 /// rules exactly: the input goes up first; layers load one at a time over the link, in order, each when the
 /// <see cref="LoadGate"/> admits it; layer i computes when it is loaded and layer i−1 has computed; a group
 /// closed by a compute is evicted when that compute ends; the output comes back over the link last. Weights
-/// are reserved when their load starts, a layer's output when its compute starts, and its input is freed
-/// when its compute ends.</summary>
+/// are reserved when their load starts, a layer's output and workspace when its compute starts, and its
+/// workspace and input are freed when its compute ends.</summary>
 public static class PassSimulator
 {
     public static SimulatedPass Run(ModelCost model, DeviceCost device, LoadGate gate)
@@ -75,6 +76,7 @@ public static class PassSimulator
                 int i = nextCompute++;
                 computeStart[i] = Math.Max(now, computeFree);
                 memory.Reserve(computeStart[i], model.Layers[i].OutputBytes, $"the output of layer {i} ({model.Layers[i].Name})");
+                memory.Reserve(computeStart[i], model.Layers[i].WorkspaceBytes, $"the workspace of layer {i} ({model.Layers[i].Name})");
                 groups[i] = gate.GroupClosedBy(i);
                 computeEnd[i] = computeStart[i] + device.ComputeSeconds(model.Layers[i].Flops);
                 computeBusy = true;
@@ -100,7 +102,8 @@ public static class PassSimulator
                 int i = e.Layer;
                 computeBusy = false;
                 computeFree = now;
-                memory.Free(now, i == 0 ? model.InputBytes : model.Layers[i - 1].OutputBytes, $"the input of layer {i}");
+                memory.Free(now, model.Layers[i].WorkspaceBytes, $"the workspace of layer {i}");
+                memory.Free(now, model.InputBytesOf(i), $"the input of layer {i}");
                 foreach (var g in groups[i])
                 {
                     memory.Free(now, model.Layers[g].Bytes, $"layer {g} weights");

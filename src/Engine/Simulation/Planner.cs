@@ -36,7 +36,7 @@ public static class Planner
             {
                 if (!cache.TryGetValue((k, s), out var p))
                 {
-                    var pass = PassSimulator.Run(model, device, new WindowGate(StreamPolicy.Create(new PolicySpec(k, s), n), [.. model.Layers.Select(l => l.Bytes)]));
+                    var pass = PassSimulator.Run(model, device, Gate(model, k, s));
                     cache[(k, s)] = p = new PlanPoint(k, s, batch, pass.MakespanSeconds, pass.PeakDeviceBytes);
                     simulated++;
                 }
@@ -44,7 +44,8 @@ public static class Planner
             }
             for (int s = 1; s <= n; s++)
             {
-                if (Eval(s, s).PeakDeviceBytes > budgetBytes) continue; // the smallest window with this swap does not fit (a larger swap still may: layer sizes differ)
+                // The smallest window with this swap does not fit (a larger swap still may: layer sizes differ).
+                if (Eval(s, s).PeakDeviceBytes > budgetBytes) continue;
                 int lo = s, hi = n; // invariant: Eval(lo, s) fits
                 while (lo < hi)
                 {
@@ -63,6 +64,9 @@ public static class Planner
             : new Plan(best, simulated, budgetBytes);
     }
 
+    static WindowGate Gate(ModelCost model, int k, int s) =>
+        new(StreamPolicy.Create(new PolicySpec(k, s), model.Layers.Length), [.. model.Layers.Select(l => l.Bytes)]);
+
     public static Plan Choose(ModelCost model, DeviceCost device, long budgetBytes) => Choose(_ => model, [1], device, budgetBytes);
 
     /// <summary>Every (k, k') that fits the budget: the exhaustive grid the planner is checked against.</summary>
@@ -73,7 +77,7 @@ public static class Planner
         for (int k = 1; k <= n; k++)
             for (int s = 1; s <= k; s++)
             {
-                var pass = PassSimulator.Run(model, device, new WindowGate(StreamPolicy.Create(new PolicySpec(k, s), n), [.. model.Layers.Select(l => l.Bytes)]));
+                var pass = PassSimulator.Run(model, device, Gate(model, k, s));
                 if (pass.PeakDeviceBytes <= budgetBytes) points.Add(new PlanPoint(k, s, batch, pass.MakespanSeconds, pass.PeakDeviceBytes));
             }
         return points;

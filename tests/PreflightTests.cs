@@ -42,7 +42,9 @@ public sealed class PreflightTests
         Preflight.HostWeightsFit(model, new HostWeightLimit(model.Bytes, "test", null)); // exactly enough: accepted
         var e = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostWeightLimit(1L << 40, "test", model.Bytes - 1)));
         Assert.Contains($"need {model.Bytes:N0} bytes", e.Message);
-        Assert.Contains($"the host weight budget ({HostWeightLimit.BudgetKey}) of {model.Bytes - 1:N0} bytes", e.Message);
+        Assert.Contains($"the host weight budget of {model.Bytes - 1:N0} bytes", e.Message);
+        Assert.Contains(HostWeightLimit.BudgetKey, e.Message);
+        Assert.Contains($"with {1L << 40:N0} bytes of memory available (test)", e.Message);
         var a = Assert.Throws<ArgumentException>(() => Preflight.HostWeightsFit(model, new HostWeightLimit(model.Bytes - 1, "MemAvailable", null)));
         Assert.Contains($"the {model.Bytes - 1:N0} bytes", a.Message);
         Assert.Contains("(MemAvailable)", a.Message);

@@ -47,7 +47,8 @@ public static class Preflight
         long need = model.Bytes;
         if (need <= memory.LimitBytes) return;
         string limit = memory.BudgetBytes is { } b && b <= memory.AvailableBytes
-            ? $"the host weight budget ({HostWeightLimit.BudgetKey}) of {b:N0} bytes ({ByteSize.Format(b)})"
+            ? $"the host weight budget of {b:N0} bytes ({ByteSize.Format(b)}; {HostWeightLimit.BudgetKey}), with "
+                + $"{memory.AvailableBytes:N0} bytes of memory available ({memory.Source})"
             : $"the {memory.AvailableBytes:N0} bytes ({ByteSize.Format(memory.AvailableBytes)}) of memory available ({memory.Source})";
         throw new ArgumentException(
             $"the model's weights need {need:N0} bytes ({ByteSize.Format(need)}) of host memory, more than {limit}; nothing was started");

@@ -89,14 +89,15 @@ public static class HandSchedules
 /// layer sizes, where loads are fast, so the order, the groups and the peak all follow from the rule.</summary>
 public sealed class LoadGateSpec
 {
-    /// <summary>Admits every layer the gate allows, then computes the next one and evicts what it closes; repeats.
+    /// <summary>Admits every layer the gate allows, then computes the next one (trying again to admit while it computes)
+    /// and evicts what it closes; repeats.
     /// Records "Lj" per admission and "Ea,b" per group, and the most weight bytes the gate counted resident.</summary>
     static (string Order, long PeakBytes) Step(LoadGate gate, int layers)
     {
         var log = new List<string>();
         long peak = 0;
         int next = 0;
-        for (int c = 0; c < layers; c++)
+        void AdmitAll()
         {
             while (next < layers && gate.CanAdmit(next))
             {
@@ -104,8 +105,13 @@ public sealed class LoadGateSpec
                 log.Add($"L{next++}");
                 peak = Math.Max(peak, gate.ResidentBytes);
             }
+        }
+        for (int c = 0; c < layers; c++)
+        {
+            AdmitAll();
             Assert.True(c < next, $"layer {c} was never admitted: the gate stalled ({gate.Describe()}, {gate.ResidentCount} resident)");
             var group = gate.GroupClosedBy(c);
+            AdmitAll(); // while layer c computes: nothing it will evict is free yet
             gate.Computed(c, group);
             if (group.Count > 0) log.Add("E" + string.Join(",", group));
         }

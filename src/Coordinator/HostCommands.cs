@@ -36,6 +36,7 @@ public static class HostCommands
             await using var member = ClusterHost.Start(new HostOptions(roles, r.GetValue(hostname)!, p, r.GetValue(seed) ?? [], deviceSpecs, ReadConfig(r.GetValue(config))));
             Console.WriteLine($"superpipeline host: {string.Join("+", roles)} at {member.Address}" +
                 (deviceSpecs.Count > 0 ? $" with {string.Join(", ", member.Devices.Select(d => $"{d.Name} ({d.Memory.Capacity:N0} bytes)"))}" : ""));
+            Console.WriteLine($"superpipeline host: listening on {member.Address.Host}:{member.Address.Port}"); // the bound port, also with --port 0
             var stopped = new TaskCompletionSource();
             member.System.WhenTerminated.ContinueWith(_ => stopped.TrySetResult());
             using var registration = cancel.Register(() => stopped.TrySetResult());

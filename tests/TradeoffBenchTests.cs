@@ -21,7 +21,9 @@ public sealed class TradeoffBenchTests
         try
         {
             var output = new StringWriter();
-            int code = await TradeoffBench.RunAsync(new TradeoffOptions(dir.FullName, Quick: true), output, CancellationToken.None);
+            // Bounded: a few minutes on a busy 2-core machine; the bench stops at its next pass when cancelled.
+            using var cancel = new CancellationTokenSource(TimeSpan.FromMinutes(8));
+            int code = await TradeoffBench.RunAsync(new TradeoffOptions(dir.FullName, Quick: true), output, cancel.Token).WaitAsync(TimeSpan.FromMinutes(9));
             Assert.Equal(0, code);
 
             // The plot is a real PNG with a nonzero size.

@@ -59,8 +59,10 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
             // and released before a child binds it.
             var coordinator = StartHost("coordinator", ["--role", "coordinator", "--hostname", "127.0.0.1", "--port", "0", "--config", config]);
             int cPort = await coordinator.BoundPort(Patience);
-            var a = StartHost("worker-a", ["--role", "worker", "--hostname", "127.0.0.1", "--port", "0", "--seed", $"127.0.0.1:{cPort}", "--devices", WorkerDevices, "--config", config]);
-            var b = StartHost("worker-b", ["--role", "worker", "--hostname", "127.0.0.1", "--port", "0", "--seed", $"127.0.0.1:{cPort}", "--devices", WorkerDevices, "--config", config]);
+            string[] worker =
+                ["--role", "worker", "--hostname", "127.0.0.1", "--port", "0", "--seed", $"127.0.0.1:{cPort}", "--devices", WorkerDevices, "--config", config];
+            var a = StartHost("worker-a", worker);
+            var b = StartHost("worker-b", worker);
             int aPort = await a.BoundPort(Patience), bPort = await b.BoundPort(Patience);
 
             // The reference, in this process on one device, while the members start.
@@ -73,7 +75,8 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
 
             // With both workers' four devices registered, the placement is four stages over both nodes; stages are
             // ordered by node name, so one worker runs the first two stages and the other the last two.
-            var nodes = new[] { (Node: $"127.0.0.1:{aPort}", Host: a), (Node: $"127.0.0.1:{bPort}", Host: b) }.OrderBy(n => n.Node, StringComparer.Ordinal).ToArray();
+            var nodes = new[] { (Node: $"127.0.0.1:{aPort}", Host: a), (Node: $"127.0.0.1:{bPort}", Host: b) }
+                .OrderBy(n => n.Node, StringComparer.Ordinal).ToArray();
             var planned = PlannedStages(nodes.Select(n => n.Node).ToArray());
             Assert.Equal(4, planned.Count);
             Assert.Equal(new[] { nodes[0].Node, nodes[0].Node, nodes[1].Node, nodes[1].Node }, planned.Select(p => p.Slot.Node));
@@ -126,7 +129,8 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
     /// <summary>What the coordinator's placement makes of two workers with two 64 MiB devices each.</summary>
     static IReadOnlyList<StagePlacement> PlannedStages(IReadOnlyList<string> nodes)
     {
-        var slots = nodes.SelectMany(n => Enumerable.Range(0, 2).Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", "sim", 64L << 20, 0.05)))).ToArray();
+        var slots = nodes.SelectMany(n => Enumerable.Range(0, 2)
+            .Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", "sim", 64L << 20, 0.05)))).ToArray();
         return Placement.Place(ModelCost.From(ModelCatalog.Create(Model)), slots, Policy);
     }
 

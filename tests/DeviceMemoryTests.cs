@@ -55,7 +55,8 @@ public sealed class DeviceMemoryTests
     {
         using var device = new SimulatedDevice("sim:0", 100);
         using var a = TorchSharp.torch.ones(10, 20);
-        var e = await Assert.ThrowsAsync<DeviceOutOfMemoryException>(() => device.OnTransferThread(() => device.Upload([("a", a)], "big")).WaitAsync(TimeSpan.FromSeconds(30)));
+        var e = await Assert.ThrowsAsync<DeviceOutOfMemoryException>(
+            () => device.OnTransferThread(() => device.Upload([("a", a)], "big")).WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(800, e.Requested);
         Assert.Equal(0, device.Memory.Reserved);
     }

@@ -263,7 +263,11 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
         using var stop = new CancellationTokenSource();
         var events = new List<LayerProgress>();
         var answer = h.Loader.Ask<object>(new DeviceLoaderActor.RunPass(h.Model, h.Layers, h.Input, h.Policy(2, 1),
-            p => { lock (events) events.Add(p); if (p.Phase == LayerPhase.Computed && p.Layer == 1) stop.Cancel(); }) { Stop = stop.Token }, TimeSpan.FromMinutes(1));
+            p =>
+            {
+                lock (events) events.Add(p);
+                if (p.Phase == LayerPhase.Computed && p.Layer == 1) stop.Cancel();
+            }) { Stop = stop.Token }, TimeSpan.FromMinutes(1));
         Assert.IsType<DeviceLoaderActor.PassFailed>(await answer);
         Assert.True(events.Count(e => e.Phase == LayerPhase.Computed) < h.Model.Layers.Count, "the pass stopped before its end");
         Assert.Equal(0, h.Device.Memory.Reserved);

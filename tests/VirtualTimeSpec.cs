@@ -44,7 +44,8 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
         {
             // Nothing due yet: the stream is between steps. Wait for the pass (woken at once if it ends), bounded.
             if (!backend.AdvanceToNext(Scheduler.AdvanceTo)) ((IAsyncResult)pass).AsyncWaitHandle.WaitOne(1);
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"the virtual pass did not complete: {backend.Describe()}, scheduler at {Scheduler.Now:O}");
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"the virtual pass did not complete: {backend.Describe()}, scheduler at {Scheduler.Now:O}");
         }
         pass.GetAwaiter().GetResult();
         return backend.Result(g.Describe());
@@ -109,7 +110,8 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             select (n, bytes, flops, acts, bw, rate, latency, k, s, budgets, live, prefetch);
         gen.Sample(c =>
         {
-            var model = new ModelCost("random", c.acts[0], [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1]))]);
+            var model = new ModelCost("random", c.acts[0],
+                [.. Enumerable.Range(0, c.n).Select(i => new LayerCost($"l{i}", c.bytes[i], c.flops[i], c.acts[i + 1]))]);
             var device = new DeviceCost("gpu", 1L << 40, c.bw, c.rate, c.latency);
             long largest = c.bytes.Max();
             Func<LoadGate> gate = c.budgets

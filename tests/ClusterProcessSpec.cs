@@ -1,7 +1,6 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using System.Text;
+using System.Text.RegularExpressions;
 using Akka.Actor;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Models;
@@ -56,11 +55,15 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
         {
             var config = Path.Combine(_dir, "fast.conf");
             File.WriteAllText(config, FastConfig);
-            var (cPort, aPort, bPort) = (FreePort(), FreePort(), FreePort());
-            var coordinator = StartHost("coordinator", ["--role", "coordinator", "--port", $"{cPort}", "--config", config]);
-            await coordinator.WaitForLine("superpipeline host: coordinator at", Patience);
-            var a = StartHost("worker-a", ["--role", "worker", "--port", $"{aPort}", "--seed", $"127.0.0.1:{cPort}", "--devices", WorkerDevices, "--config", config]);
-            var b = StartHost("worker-b", ["--role", "worker", "--port", $"{bPort}", "--seed", $"127.0.0.1:{cPort}", "--devices", WorkerDevices, "--config", config]);
+            // Every host binds port 0 and the test reads the port it got from its stdout: no port is picked by the test
+            // and released before a child binds it.
+            var coordinator = StartHost("coordinator", ["--role", "coordinator", "--hostname", "127.0.0.1", "--port", "0", "--config", config]);
+            int cPort = await coordinator.BoundPort(Patience);
+            string[] worker =
+                ["--role", "worker", "--hostname", "127.0.0.1", "--port", "0", "--seed", $"127.0.0.1:{cPort}", "--devices", WorkerDevices, "--config", config];
+            var a = StartHost("worker-a", worker);
+            var b = StartHost("worker-b", worker);
+            int aPort = await a.BoundPort(Patience), bPort = await b.BoundPort(Patience);
 
             // The reference, in this process on one device, while the members start.
             TensorPayload reference;
@@ -72,7 +75,8 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
 
             // With both workers' four devices registered, the placement is four stages over both nodes; stages are
             // ordered by node name, so one worker runs the first two stages and the other the last two.
-            var nodes = new[] { (Node: $"127.0.0.1:{aPort}", Host: a), (Node: $"127.0.0.1:{bPort}", Host: b) }.OrderBy(n => n.Node, StringComparer.Ordinal).ToArray();
+            var nodes = new[] { (Node: $"127.0.0.1:{aPort}", Host: a), (Node: $"127.0.0.1:{bPort}", Host: b) }
+                .OrderBy(n => n.Node, StringComparer.Ordinal).ToArray();
             var planned = PlannedStages(nodes.Select(n => n.Node).ToArray());
             Assert.Equal(4, planned.Count);
             Assert.Equal(new[] { nodes[0].Node, nodes[0].Node, nodes[1].Node, nodes[1].Node }, planned.Select(p => p.Slot.Node));
@@ -111,7 +115,8 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
 
             // The id is idempotent: asking again returns the stored answer without running the job again.
             var again = new List<IJobEvent>();
-            await foreach (var e in client.Submit(job).ReadAllAsync(new CancellationTokenSource(Patience).Token)) again.Add(e);
+            using (var cancel = new CancellationTokenSource(Patience))
+                await foreach (var e in client.Submit(job).ReadAllAsync(cancel.Token)) again.Add(e);
             Assert.Equal(reference, Assert.IsType<JobSucceeded>(Assert.Single(again)).Output);
         }
         catch
@@ -124,7 +129,8 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
     /// <summary>What the coordinator's placement makes of two workers with two 64 MiB devices each.</summary>
     static IReadOnlyList<StagePlacement> PlannedStages(IReadOnlyList<string> nodes)
     {
-        var slots = nodes.SelectMany(n => Enumerable.Range(0, 2).Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", "sim", 64L << 20, 0.05)))).ToArray();
+        var slots = nodes.SelectMany(n => Enumerable.Range(0, 2)
+            .Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", "sim", 64L << 20, 0.05)))).ToArray();
         return Placement.Place(ModelCost.From(ModelCatalog.Create(Model)), slots, Policy);
     }
 
@@ -133,14 +139,6 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
         var p = HostProcess.Start(name, ["host", .. args]);
         _processes.Add(p);
         return p;
-    }
-
-    static int FreePort()
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        try { return ((IPEndPoint)listener.LocalEndpoint).Port; }
-        finally { listener.Stop(); }
     }
 
     public void Dispose()
@@ -154,6 +152,8 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
     {
         readonly Process _process;
         readonly StringBuilder _log = new();
+        /// <summary>Completed (and replaced) whenever a line arrives or the process exits.</summary>
+        TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         HostProcess(string name, Process process)
         {
@@ -169,10 +169,11 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
             psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
             foreach (var a in args) psi.ArgumentList.Add(a);
-            var process = new Process { StartInfo = psi };
+            var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
             var host = new HostProcess(name, process);
             process.OutputDataReceived += (_, e) => host.Append("out", e.Data);
             process.ErrorDataReceived += (_, e) => host.Append("err", e.Data);
+            process.Exited += (_, _) => host.Signal();
             process.Start();
             process.BeginOutputReadLine();
             process.BeginErrorReadLine();
@@ -182,8 +183,16 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
 
         void Append(string stream, string? line)
         {
-            if (line is null) return;
+            if (line is null) { Signal(); return; }
             lock (_log) _log.Append(stream).Append("| ").AppendLine(line);
+            Signal();
+        }
+
+        void Signal()
+        {
+            TaskCompletionSource changed;
+            lock (_log) (changed, _changed) = (_changed, new(TaskCreationOptions.RunContinuationsAsynchronously));
+            changed.TrySetResult();
         }
 
         public string Transcript()
@@ -197,15 +206,30 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
         }
 
         /// <summary>Waits until a line of its output contains <paramref name="text"/>; fails if the process exits first.</summary>
-        public async Task WaitForLine(string text, TimeSpan timeout)
+        public async Task WaitForLine(string text, TimeSpan timeout) => await WaitFor(new Regex(Regex.Escape(text)), $"'{text}'", timeout);
+
+        /// <summary>The port the host bound: with --port 0 it prints "listening on HOST:PORT" once bound.</summary>
+        public async Task<int> BoundPort(TimeSpan timeout) =>
+            int.Parse((await WaitFor(new Regex(@"listening on [^\s:]+:(\d+)"), "the port it listens on", timeout)).Groups[1].Value);
+
+        /// <summary>Waits (woken by each new line, bounded by <paramref name="timeout"/>) for a line matching
+        /// <paramref name="pattern"/> on stdout or stderr.</summary>
+        async Task<Match> WaitFor(Regex pattern, string what, TimeSpan timeout)
         {
             var deadline = DateTime.UtcNow + timeout;
             while (true)
             {
-                lock (_log) if (_log.ToString().Contains(text, StringComparison.Ordinal)) return;
-                if (HasExited() && !Killed) throw new InvalidOperationException($"{Name} exited (code {_process.ExitCode}) before printing '{text}'");
-                if (DateTime.UtcNow > deadline) throw new TimeoutException($"{Name} did not print '{text}' within {timeout}");
-                await Task.Delay(100);
+                Task changed;
+                lock (_log)
+                {
+                    var m = pattern.Match(_log.ToString());
+                    if (m.Success) return m;
+                    changed = _changed.Task;
+                }
+                if (HasExited() && !Killed) throw new InvalidOperationException($"{Name} exited (code {_process.ExitCode}) before printing {what}");
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero) throw new TimeoutException($"{Name} did not print {what} within {timeout}");
+                try { await changed.WaitAsync(left); } catch (TimeoutException) { }
             }
         }
 

@@ -42,7 +42,7 @@ public sealed class DeviceMemoryTests
         using var device = new SimulatedDevice("sim:0", 1 << 20);
         using var a = TorchSharp.torch.ones(10, 20); // 800 bytes
         using var b = TorchSharp.torch.zeros(new long[] { 5 }, TorchSharp.torch.ScalarType.Int64); // 40 bytes
-        var placed = await device.OnTransferThread(() => device.Upload([("a", a), ("b", b)], "test"));
+        var placed = await device.OnTransferThread(() => device.Upload([("a", a), ("b", b)], "test")).WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(840, placed.Bytes);
         Assert.Equal(840, device.Memory.Reserved);
         Assert.Equal(a.data<float>().ToArray(), placed["a"].data<float>().ToArray());
@@ -55,7 +55,8 @@ public sealed class DeviceMemoryTests
     {
         using var device = new SimulatedDevice("sim:0", 100);
         using var a = TorchSharp.torch.ones(10, 20);
-        var e = await Assert.ThrowsAsync<DeviceOutOfMemoryException>(() => device.OnTransferThread(() => device.Upload([("a", a)], "big")));
+        var e = await Assert.ThrowsAsync<DeviceOutOfMemoryException>(
+            () => device.OnTransferThread(() => device.Upload([("a", a)], "big")).WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(800, e.Requested);
         Assert.Equal(0, device.Memory.Reserved);
     }

@@ -132,11 +132,12 @@ public sealed class DevicePassBackend : IPassBackend
         _computeStart[layer] = start;
         _computeSeconds[layer] = Now - start;
         _progress(new LayerProgress(layer, Layers, LayerPhase.Computed, Now));
+        double evictAt = Now; // one time for the group, so the report shows which layers left together
         foreach (var e in evictAfter)
         {
             if (_resident.TryRemove(e, out var placed)) placed.Dispose();
-            _evictAt[e] = Now;
-            _progress(new LayerProgress(e, Layers, LayerPhase.Evicted, _evictAt[e]));
+            _evictAt[e] = evictAt;
+            _progress(new LayerProgress(e, Layers, LayerPhase.Evicted, evictAt));
         }
         return 0;
     });

@@ -41,6 +41,7 @@ public static class HostCommand
             await using var member = ClusterHost.Start(options);
             var brought = deviceSpecs.Count > 0 ? $" with {string.Join(", ", member.Devices.Select(d => $"{d.Name} ({d.Memory.Capacity:N0} bytes)"))}" : "";
             Console.WriteLine($"superpipeline host: {string.Join("+", roles)} at {member.Address}{brought}");
+            Console.WriteLine($"superpipeline host: listening on {member.Address.Host}:{member.Address.Port}"); // the bound port, also with --port 0
             // Until the member's actor system stops (e.g. it was downed) or Ctrl+C cancels the command.
             await Task.WhenAny(member.System.WhenTerminated, Task.Delay(Timeout.Infinite, cancel));
             return 0;

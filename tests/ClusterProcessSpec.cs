@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Text;
 using Akka.Actor;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Xunit;

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
@@ -103,8 +104,8 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     [InlineData("demo", 2, 3, "--swap must be from 1 to the window (2); got 3")]
     public void Bad_jobs_are_refused_before_any_work_with_one_line(string model, int window, int swap, string reason)
     {
-        var failed = Assert.IsType<JobFailed>(Answer(new SubmitJob(JobId.New(), Tiny with { Name = model }, new PolicySpec(window, swap))));
-        Assert.Equal(reason, failed.Reason);
+        var refused = Assert.IsType<JobRefused>(Answer(new SubmitJob(JobId.New(), Tiny with { Name = model }, new PolicySpec(window, swap))));
+        Assert.Equal(reason, refused.Reason);
         Assert.Equal(0, _device.Memory.Reserved);
     }
 

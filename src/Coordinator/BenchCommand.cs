@@ -7,6 +7,7 @@ using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 using static TorchSharp.torch;

@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using Spectre.Console;
 using Superpipeline.Engine.IO;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 

@@ -3,6 +3,7 @@ using Spectre.Console;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 

@@ -59,7 +59,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
 
         Receive<Heartbeat>(_ => Register());
         Receive<WorkerRegistered>(_ => { });
-        Receive<MessageChunk>(c => { if (_assembler.Add(c) is { } whole) Self.Forward(whole); });
+        Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<StageAssignment>(OnAssignment);
         Receive<StageInput>(OnInput);
         Receive<StageFinished>(OnFinished);
@@ -138,7 +138,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         int offset = a.FirstLayer;
         if (!_stops.TryGetValue((a.Job, a.Attempt), out var stopSource)) _stops[(a.Job, a.Attempt)] = stopSource = new CancellationTokenSource();
         var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
-            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); })
+            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new StageProgress(a.Job, a.Attempt, a.Stage, p.Layer + offset, p.Phase, p.AtSeconds), self); })
         { Stop = stopSource.Token };
         var loader = _loaders[a.Device];
         // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.

@@ -25,6 +25,7 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
         ("register", typeof(RegisterWorker)), ("registered", typeof(WorkerRegistered)),
         ("stage", typeof(StageAssignment)), ("stage-input", typeof(StageInput)), ("stage-done", typeof(StageDone)),
         ("stage-output", typeof(StageOutput)), ("stage-failed", typeof(StageFailed)), ("cancel", typeof(CancelAttempt)),
+        ("stage-progress", typeof(StageProgress)),
         ("chunk", typeof(MessageChunk)),
     ];
 

@@ -4,7 +4,7 @@ using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>A device the coordinator can place a stage on: the worker's agent, its node, the device.</summary>
 public sealed record DeviceSlot(IActorRef Agent, string Node, DeviceInfo Device);

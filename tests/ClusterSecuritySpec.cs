@@ -24,6 +24,7 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
         akka.cluster.failure-detector.heartbeat-interval = 500ms
         superpipeline.heartbeat = 500ms
         superpipeline.resubmit-after = 2s
+        superpipeline.pass-timeout = 60s
         """;
 
     static readonly ModelSpec Model = new("demo", Blocks: 4, Hidden: 64, Heads: 4, Vocab: 256, Sequence: 32, Batch: 2, Seed: 5);
@@ -68,8 +69,8 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
             Assert.True(h.System.Settings.Config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl"));
 
         TensorPayload reference;
-        await using (var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null)))
-            reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1)))).Output;
+        await using (var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null), Timings))
+            reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1))).WaitAsync(TimeSpan.FromSeconds(60))).Output;
 
         var secure = Client(coordinator, tls);
         var ok = Assert.IsType<JobSucceeded>(await secure.RunAsync(new SubmitJob(new JobId("over-tls"), Model, new PolicySpec(2, 1))).WaitAsync(TimeSpan.FromSeconds(60)));
@@ -127,7 +128,7 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
 
     SubmitClient Client(ClusterHost contact, string extra)
     {
-        var client = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], "127.0.0.1", $"{extra}\n{Timings}");
+        var client = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], "127.0.0.1", $"{Timings}\n{extra}"); // the test's own keys win
         _clients.Add(client);
         return client;
     }

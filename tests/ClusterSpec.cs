@@ -11,7 +11,8 @@ using static Superpipeline.Messages.JobProtocol;
 namespace Superpipeline.Tests;
 
 /// <summary>In-process clusters on 127.0.0.1 (port 0): a coordinator and workers as separate ActorSystems, every
-/// message serialized as it would be on the wire.</summary>
+/// message serialized as it would be on the wire. Every wait is bounded (a client gives up after the short pass
+/// timeout of the test config, a test after <see cref="Wait"/>), so a regression fails instead of hanging.</summary>
 public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
 {
     public const string TestConfig = """
@@ -21,7 +22,14 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         akka.cluster.failure-detector.heartbeat-interval = 500ms
         superpipeline.heartbeat = 500ms
         superpipeline.resubmit-after = 3s
+        superpipeline.pass-timeout = 90s
         """;
+
+    /// <summary>The longest a test waits for one answer or one condition.</summary>
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(120);
+
+    /// <summary>A host of one process with the test's short pass timeout, for reference outputs.</summary>
+    static EmbeddedHost Single(long capacity) => EmbeddedHost.Start(new DeviceSpec("sim", capacity, null), "superpipeline.pass-timeout = 90s");
 
     readonly List<ClusterHost> _hosts = [];
     readonly List<SubmitClient> _clients = [];
@@ -49,11 +57,21 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         return c;
     }
 
-    static async Task WaitForMembers(ClusterHost host, int count)
+    static Task WaitForMembers(ClusterHost host, int count)
     {
         var cluster = Cluster.Get(host.System);
-        for (int i = 0; i < 200 && cluster.State.Members.Count(m => m.Status == MemberStatus.Up) < count; i++) await Task.Delay(100);
-        Assert.Equal(count, cluster.State.Members.Count(m => m.Status == MemberStatus.Up));
+        return Until(() => cluster.State.Members.Count(m => m.Status == MemberStatus.Up) == count, TimeSpan.FromSeconds(30), $"{count} members up");
+    }
+
+    /// <summary>Polls <paramref name="condition"/> until it holds; fails the test if it does not within <paramref name="timeout"/>.</summary>
+    static async Task Until(Func<bool> condition, TimeSpan timeout, string what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"not within {timeout}: {what}");
+            await Task.Delay(50);
+        }
     }
 
     [Fact]
@@ -64,11 +82,11 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         Worker(coordinator);
         await WaitForMembers(coordinator, 3);
 
-        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 256L << 20, null));
-        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1))));
+        await using var single = Single(256L << 20);
+        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1))).WaitAsync(Wait));
 
         var client = Client(coordinator);
-        var answer = await client.RunAsync(new SubmitJob(new JobId("split"), Model, new PolicySpec(2, 1)));
+        var answer = await client.RunAsync(new SubmitJob(new JobId("split"), Model, new PolicySpec(2, 1))).WaitAsync(Wait);
         var ok = Assert.IsType<JobSucceeded>(answer);
         Assert.Equal(reference.Output, ok.Output);
         Assert.Equal(4, ok.Report.Stages.Length); // 8 layers over 4 devices
@@ -86,8 +104,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
 
         public Recorder()
         {
-            var assembler = new Superpipeline.Messages.Serialization.ChunkAssembler(Context.System);
-            Receive<MessageChunk>(c => { if (assembler.Add(c) is { } whole) Self.Forward(whole); });
+            Receive<MessageChunk>(Superpipeline.Messages.Serialization.ChunkAssembler.Receiver(Context));
             Receive<IJobEvent>(e => Events.GetOrAdd(e.Id.Value, _ => new()).Enqueue(e));
         }
     }
@@ -96,12 +113,6 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
 
     static void SubmitRaw(SubmitClient client, IActorRef recorder, SubmitJob job) =>
         client.ClusterClientRef.Tell(new Akka.Cluster.Tools.Client.ClusterClient.Send(ClusterHost.JobManagerProxyPath, job, localAffinity: false), recorder);
-
-    static async Task WaitUntil(Func<bool> condition, TimeSpan timeout)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (!condition() && DateTime.UtcNow < deadline) await Task.Delay(100);
-    }
 
     static ModelSpec Small => new("demo", Blocks: 2, Hidden: 64, Heads: 4, Vocab: 128, Sequence: 16, Batch: 2, Seed: 5);
 
@@ -112,26 +123,31 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         Worker(coordinator);
         var doomed = Worker(coordinator);
         await WaitForMembers(coordinator, 3);
-        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null));
-        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Small, new PolicySpec(1, 1))));
+        await using var single = Single(64L << 20);
+        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Small, new PolicySpec(1, 1))).WaitAsync(Wait));
 
         var client = Client(coordinator);
         var recorder = client.System.ActorOf(Props.Create(() => new Recorder()));
         var ids = Enumerable.Range(0, 100).Select(i => $"fault-{i}").ToArray();
         foreach (var id in ids) SubmitRaw(client, recorder, new SubmitJob(new JobId(id), Small, new PolicySpec(1, 1)));
-        int Answered() => ids.Count(id => Recorder.Events.TryGetValue(id, out var q) && q.Any(Terminal));
+        int Answers(string id) => Recorder.Events.TryGetValue(id, out var q) ? q.Count(Terminal) : 0;
+        int Answered() => ids.Count(id => Answers(id) > 0);
 
-        await WaitUntil(() => Answered() >= 10, TimeSpan.FromSeconds(60));
+        await Until(() => Answered() >= 10, Wait, "ten answers");
         Assert.True(Answered() < 100, "the worker must be lost while jobs are still running");
         await doomed.System.Terminate(); // no leaving: the others see it become unreachable
-        await WaitUntil(() => Answered() == 100, TimeSpan.FromSeconds(120));
-        await Task.Delay(2000); // a second answer, if any, would arrive now
+        await Until(() => Answered() == 100, Wait, "an answer to each of the 100 jobs");
 
+        // Every id once more: the coordinator answers each from its record (nothing runs again). Once these second
+        // answers are in, every answer the first submissions caused is in too (one coordinator, one path to the client).
+        foreach (var id in ids) SubmitRaw(client, recorder, new SubmitJob(new JobId(id), Small, new PolicySpec(1, 1)));
+        await Until(() => ids.All(id => Answers(id) >= 2), Wait, "a second answer, from the record, to each resubmitted id");
         foreach (var id in ids)
         {
             var terminal = Recorder.Events[id].Where(Terminal).ToArray();
-            Assert.True(terminal.Length == 1, $"{id}: {terminal.Length} answers");
+            Assert.True(terminal.Length == 2, $"{id}: {terminal.Length} answers to two submissions");
             Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(terminal[0]).Output);
+            Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(terminal[1]).Output);
         }
         output.WriteLine($"jobs re-placed onto {string.Join(", ", Recorder.Events.Values.SelectMany(q => q.OfType<JobSucceeded>()).SelectMany(s => s.Report.Stages.Select(x => x.Node)).Distinct())}");
     }
@@ -147,7 +163,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         var recorder = client.System.ActorOf(Props.Create(() => new Recorder()));
         var ids = Enumerable.Range(0, 500).Select(i => $"burst-{i}").ToArray();
         foreach (var id in ids) SubmitRaw(client, recorder, new SubmitJob(new JobId(id), Small, new PolicySpec(1, 1)));
-        await WaitUntil(() => ids.All(id => Recorder.Events.TryGetValue(id, out var q) && q.Any(Terminal)), TimeSpan.FromSeconds(180));
+        await Until(() => ids.All(id => Recorder.Events.TryGetValue(id, out var q) && q.Any(Terminal)), Wait, "an answer to each of the 500 jobs");
         var answers = ids.Select(id => Recorder.Events.TryGetValue(id, out var q) ? q.Where(Terminal).ToArray() : []).ToArray();
         Assert.All(answers, a => Assert.Single(a));
         int done = answers.Count(a => a[0] is JobSucceeded), refused = answers.Count(a => a[0] is JobRefused);
@@ -163,10 +179,14 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         var coordinator = Coordinator();
         Worker(coordinator, "sim:2x1MiB");
         await WaitForMembers(coordinator, 2);
-        await Task.Delay(1500); // the worker's registration reaches the coordinator
         var client = Client(coordinator);
-        var answer = await client.RunAsync(new SubmitJob(new JobId("too-big"), Model with { Vocab = 4096, Hidden = 256 }, new PolicySpec(1, 1)));
-        var refused = Assert.IsType<JobRefused>(answer);
+        // A job that fits runs only once the worker's registration has reached the coordinator.
+        Assert.IsType<JobSucceeded>(await client.RunAsync(new SubmitJob(new JobId("fits"), Small, new PolicySpec(1, 1))).WaitAsync(Wait));
+        var events = new List<IJobEvent>();
+        await foreach (var e in client.Submit(new SubmitJob(new JobId("too-big"), Model with { Vocab = 4096, Hidden = 256 }, new PolicySpec(1, 1)))
+            .ReadAllAsync().WithCancellation(new CancellationTokenSource(Wait).Token))
+            events.Add(e);
+        var refused = Assert.IsType<JobRefused>(Assert.Single(events)); // refused at admission: never accepted
         Assert.Contains("below the largest layer", refused.Reason);
     }
 
@@ -178,16 +198,16 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         _hosts.Add(second);
         Worker(first);
         await WaitForMembers(first, 3);
-        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null));
-        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(1, 1))));
+        await using var single = Single(64L << 20);
+        var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(1, 1))).WaitAsync(Wait));
 
         var client = SubmitClient.Start([$"127.0.0.1:{first.Address.Port}", $"127.0.0.1:{second.Address.Port}"], extraConfig: TestConfig);
         _clients.Add(client);
         var jobs = Enumerable.Range(0, 40).Select(i => client.RunAsync(new SubmitJob(new JobId($"moved-{i}"), Model, new PolicySpec(1, 1)))).ToArray();
-        await WaitUntil(() => jobs.Any(j => j.IsCompleted), TimeSpan.FromSeconds(60));
+        await Until(() => jobs.Any(j => j.IsCompleted), Wait, "a first answer");
         Assert.True(jobs.Count(j => j.IsCompleted) < jobs.Length, "the coordinator must be lost while jobs are outstanding");
         await first.System.Terminate(); // the singleton's node is gone without leaving
-        var answers = await Task.WhenAll(jobs);
+        var answers = await Task.WhenAll(jobs).WaitAsync(Wait);
         Assert.All(answers, a => Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(a).Output));
     }
 
@@ -199,14 +219,15 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         Worker(coordinator);
         Worker(coordinator);
         await WaitForMembers(coordinator, 3);
-        await using var single = EmbeddedHost.Start(new DeviceSpec("sim", 256L << 20, null));
+        await using var single = Single(256L << 20);
         var seeds = Enumerable.Range(1, 7).Select(i => (long)i).ToArray();
         var alone = new Dictionary<long, TensorPayload>();
         foreach (var seed in seeds)
-            alone[seed] = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1), InputSeed: seed))).Output;
+            alone[seed] = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1), InputSeed: seed)).WaitAsync(Wait)).Output;
 
         var client = Client(coordinator);
-        var answers = await Task.WhenAll(seeds.Select(seed => client.RunAsync(new SubmitJob(new JobId($"micro-{seed}"), Model, new PolicySpec(2, 1), InputSeed: seed))));
+        var jobs = seeds.Select(seed => client.RunAsync(new SubmitJob(new JobId($"micro-{seed}"), Model, new PolicySpec(2, 1), InputSeed: seed)));
+        var answers = await Task.WhenAll(jobs).WaitAsync(Wait);
         for (int i = 0; i < seeds.Length; i++)
             Assert.Equal(alone[seeds[i]], Assert.IsType<JobSucceeded>(answers[i]).Output);
         Assert.NotEqual(alone[1], alone[2]); // different inputs, different outputs: nothing was mixed up

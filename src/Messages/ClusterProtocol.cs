@@ -37,7 +37,12 @@ public static class StageProtocol
     /// stage's first layer plus its index in the stage), <paramref name="AtSeconds"/> the time since the stage's pass began.
     /// The coordinator passes it on to the clients of the attempt's jobs as <see cref="JobProtocol.JobProgress"/>,
     /// with the model's layer count.</summary>
-    public sealed record StageProgress(JobId Job, int Attempt, int Stage, int Layer, LayerPhase Phase, double AtSeconds) : IProtocolMessage;
+    public sealed record StageProgress(JobId Job, int Attempt, int Stage, int Layer, LayerPhase Phase, double AtSeconds) : IProtocolMessage
+    {
+        /// <summary>The progress of <paramref name="stage"/>'s pass, whose own layer <paramref name="progress"/> counts from 0.</summary>
+        public static StageProgress Of(StageAssignment stage, LayerProgress progress) =>
+            new(stage.Job, stage.Attempt, stage.Stage, stage.FirstLayer + progress.Layer, progress.Phase, progress.AtSeconds);
+    }
 
     /// <summary>A stage finished: its report (a part of the job's combined report).</summary>
     public sealed record StageDone(JobId Job, int Attempt, int Stage, string Node, PassReport Report) : IProtocolMessage;
@@ -56,6 +61,7 @@ public static class StageProtocol
 public sealed record MessageChunk(Guid Message, string Manifest, int Index, int Count, ImmutableArray<byte> Bytes) : IProtocolMessage
 {
     public bool Equals(MessageChunk? other) =>
-        other is not null && Message == other.Message && Manifest == other.Manifest && Index == other.Index && Count == other.Count && Bytes.AsSpan().SequenceEqual(other.Bytes.AsSpan());
+        other is not null && Message == other.Message && Manifest == other.Manifest && Index == other.Index && Count == other.Count
+        && Bytes.AsSpan().SequenceEqual(other.Bytes.AsSpan());
     public override int GetHashCode() => HashCode.Combine(Message, Index);
 }

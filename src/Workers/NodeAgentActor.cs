@@ -138,7 +138,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         int offset = a.FirstLayer;
         if (!_stops.TryGetValue((a.Job, a.Attempt), out var stopSource)) _stops[(a.Job, a.Attempt)] = stopSource = new CancellationTokenSource();
         var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
-            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new StageProgress(a.Job, a.Attempt, a.Stage, p.Layer + offset, p.Phase, p.AtSeconds), self); })
+            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(StageProgress.Of(a, p), self); })
         { Stop = stopSource.Token };
         var loader = _loaders[a.Device];
         // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.

@@ -14,7 +14,8 @@ using Superpipeline.Workers;
 namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>What a host process is: its roles, where it listens, whom it joins, which devices it brings.</summary>
-public sealed record HostOptions(IReadOnlyList<string> Roles, string Hostname, int Port, IReadOnlyList<string> Seeds, IReadOnlyList<DeviceSpec> Devices, string? ExtraConfig = null);
+public sealed record HostOptions(
+    IReadOnlyList<string> Roles, string Hostname, int Port, IReadOnlyList<string> Seeds, IReadOnlyList<DeviceSpec> Devices, string? ExtraConfig = null);
 
 /// <summary>A cluster member: coordinator (the job manager as a cluster singleton, offered to clients through the
 /// ClusterClient receptionist), worker (a node agent with its devices), or both.</summary>

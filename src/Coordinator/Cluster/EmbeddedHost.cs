@@ -41,7 +41,8 @@ public sealed class EmbeddedHost : IAsyncDisposable
     public ChannelReader<IJobEvent> Submit(SubmitJob job)
     {
         var channel = Channel.CreateUnbounded<IJobEvent>(new UnboundedChannelOptions { SingleReader = true });
-        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout, Settings.ResubmitAfter), $"client-{job.Id.Value}-{Guid.NewGuid():N}");
+        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout, Settings.ResubmitAfter),
+            $"client-{job.Id.Value}-{Guid.NewGuid():N}");
         return channel.Reader;
     }
 

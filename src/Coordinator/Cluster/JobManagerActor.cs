@@ -63,9 +63,6 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     public ITimerScheduler Timers { get; set; } = null!;
 
-    /// <summary>The job state as of the last message handled (for tests and diagnostics).</summary>
-    internal JobManagerState State => _state;
-
     /// <summary>Runs on the host dispatcher: it builds models to check jobs and turns tensors into reports.</summary>
     public static Props Props(SuperpipelineSettings settings) =>
         Akka.Actor.Props.Create(() => new JobManagerActor(settings)).WithDispatcher(Dispatchers.Host);

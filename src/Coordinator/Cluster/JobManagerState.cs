@@ -23,7 +23,8 @@ public enum JobPhase
 
 /// <summary>One accepted job: what was submitted, who waits for it, its phase, the attempt it is placed in
 /// (0 while queued) and, once answered, its answer.</summary>
-public sealed record JobRecord(SubmitJob Submit, LayeredModel Model, ImmutableList<IActorRef> Clients, JobPhase Phase, int Attempt = 0, IJobEvent? Answer = null)
+public sealed record JobRecord(
+    SubmitJob Submit, LayeredModel Model, ImmutableList<IActorRef> Clients, JobPhase Phase, int Attempt = 0, IJobEvent? Answer = null)
 {
     public JobId Id => Submit.Id;
 }

@@ -20,9 +20,9 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
 {
     const string Timings = """
         akka.cluster.split-brain-resolver.stable-after = 2s
-        akka.cluster.failure-detector.acceptable-heartbeat-pause = 2s
+        akka.cluster.failure-detector.acceptable-heartbeat-pause = 5s
         akka.cluster.failure-detector.heartbeat-interval = 500ms
-        superpipeline.heartbeat = 500ms
+        superpipeline.heartbeat = 1s
         superpipeline.resubmit-after = 2s
         superpipeline.pass-timeout = 60s
         """;

@@ -110,7 +110,8 @@ public sealed class ClusterHost : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
+        if (!System.WhenTerminated.IsCompleted) // a system already terminated (a crash in a test) has nothing to leave
+            await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
         foreach (var d in Devices) d.Dispose();
     }
 }

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using Akka.Actor;
 using Akka.Cluster;
 using Superpipeline.Coordinator;
@@ -107,7 +108,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
     /// <summary>Records every job event that reaches it (chunked answers put back together), to count answers per job.</summary>
     sealed class Recorder : ReceiveActor
     {
-        public static readonly System.Collections.Concurrent.ConcurrentDictionary<string, System.Collections.Concurrent.ConcurrentQueue<IJobEvent>> Events = new();
+        public static readonly ConcurrentDictionary<string, ConcurrentQueue<IJobEvent>> Events = new();
 
         public Recorder()
         {
@@ -156,13 +157,15 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
             Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(terminal[0]).Output);
             Assert.Equal(reference.Output, Assert.IsType<JobSucceeded>(terminal[1]).Output);
         }
-        output.WriteLine($"jobs re-placed onto {string.Join(", ", Recorder.Events.Values.SelectMany(q => q.OfType<JobSucceeded>()).SelectMany(s => s.Report.Stages.Select(x => x.Node)).Distinct())}");
+        var nodes = Recorder.Events.Values.SelectMany(q => q.OfType<JobSucceeded>()).SelectMany(s => s.Report.Stages.Select(x => x.Node)).Distinct();
+        output.WriteLine($"jobs re-placed onto {string.Join(", ", nodes)}");
     }
 
     [Fact]
     public async Task A_burst_of_500_submissions_ends_with_every_job_completed_or_refused_none_dropped()
     {
-        var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], TestConfig + "\nsuperpipeline.max-queued-jobs = 40\nsuperpipeline.max-running-jobs = 2"));
+        var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [],
+            TestConfig + "\nsuperpipeline.max-queued-jobs = 40\nsuperpipeline.max-running-jobs = 2"));
         _hosts.Add(coordinator);
         Worker(coordinator);
         await WaitForMembers(coordinator, 2);
@@ -230,7 +233,8 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
     [Fact]
     public async Task Concurrent_jobs_of_one_model_are_coalesced_into_micro_batches_and_each_keeps_its_own_output()
     {
-        var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], TestConfig + "\nsuperpipeline.max-running-jobs = 1\nsuperpipeline.max-micro-batches = 3"));
+        var coordinator = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [],
+            TestConfig + "\nsuperpipeline.max-running-jobs = 1\nsuperpipeline.max-micro-batches = 3"));
         _hosts.Add(coordinator);
         Worker(coordinator);
         Worker(coordinator);
@@ -239,7 +243,10 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         var seeds = Enumerable.Range(1, 7).Select(i => (long)i).ToArray();
         var alone = new Dictionary<long, TensorPayload>();
         foreach (var seed in seeds)
-            alone[seed] = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1), InputSeed: seed)).WaitAsync(Wait)).Output;
+        {
+            var answer = await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1), InputSeed: seed)).WaitAsync(Wait);
+            alone[seed] = Assert.IsType<JobSucceeded>(answer).Output;
+        }
 
         var client = Client(coordinator);
         var jobs = seeds.Select(seed => client.RunAsync(new SubmitJob(new JobId($"micro-{seed}"), Model, new PolicySpec(2, 1), InputSeed: seed)));

@@ -81,7 +81,9 @@ public sealed class JobManagerStateSpec
     [Fact]
     public void A_queued_job_answered_without_running_leaves_the_queue()
     {
-        var s = Replay([new JobQueued(Job("a"), Client), new JobQueued(Job("b"), Client), new JobAnswered(new JobId("a"), new JobRefused(new JobId("a"), "x"))]);
+        var s = Replay([
+            new JobQueued(Job("a"), Client), new JobQueued(Job("b"), Client), new JobAnswered(new JobId("a"), new JobRefused(new JobId("a"), "x")),
+        ]);
         Assert.Equal(["b"], s.Queue.Select(id => id.Value));
         Assert.Equal(JobPhase.Answered, Phase(s, "a"));
     }

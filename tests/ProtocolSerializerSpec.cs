@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using System.Runtime.CompilerServices;
 using System.Runtime.Serialization;
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
@@ -46,7 +47,7 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
             ["StageAssignment"] = "stage", ["StageInput"] = "stage-input", ["StageProgress"] = "stage-progress", ["StageDone"] = "stage-done",
             ["StageOutput"] = "stage-output", ["StageFailed"] = "stage-failed", ["CancelAttempt"] = "cancel", ["MessageChunk"] = "chunk",
         };
-        var actual = ProtocolTypes().ToDictionary(t => t.Name, t => Serializer.Manifest(System.Runtime.CompilerServices.RuntimeHelpers.GetUninitializedObject(t)));
+        var actual = ProtocolTypes().ToDictionary(t => t.Name, t => Serializer.Manifest(RuntimeHelpers.GetUninitializedObject(t)));
         Assert.Equal(expected.OrderBy(kv => kv.Key), actual.OrderBy(kv => kv.Key));
     }
 
@@ -91,7 +92,11 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
         var report = new PassReport("127.0.0.1:4054/sim:0,127.0.0.1:4055/sim:1", 8, 2, 1, 1 << 20, 64 << 20, 1 << 19, 3 << 20, 1.25, 0.75,
             [.. Enumerable.Range(0, 8).Select(i => new LayerTiming(i, $"block.{i}", 1000 + i, i * 0.1, 0.01, i * 0.1 + 0.01, 0.02, i * 0.1 + 0.03))])
         {
-            Stages = [new StagePlan(0, "127.0.0.1:4054", "sim:0", 0, 4, 2, 1, 4000, 1e6, 2000, 0.5), new StagePlan(1, "127.0.0.1:4055", "sim:1", 4, 4, 2, 1, 4000, 1e6, 2000, 0.6)],
+            Stages =
+            [
+                new StagePlan(0, "127.0.0.1:4054", "sim:0", 0, 4, 2, 1, 4000, 1e6, 2000, 0.5),
+                new StagePlan(1, "127.0.0.1:4055", "sim:1", 4, 4, 2, 1, 4000, 1e6, 2000, 0.6),
+            ],
         };
         var message = new JobSucceeded(new JobId("big"), output, report);
 

@@ -1,5 +1,6 @@
 using Akka.TestKit.Xunit2;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Akka.Actor;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;

@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Akka.Cluster;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Xunit;
@@ -19,11 +20,14 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
 {
     const string Timings = """
         akka.cluster.split-brain-resolver.stable-after = 2s
-        akka.cluster.failure-detector.acceptable-heartbeat-pause = 2s
+        akka.cluster.failure-detector.acceptable-heartbeat-pause = 5s
         akka.cluster.failure-detector.heartbeat-interval = 500ms
-        superpipeline.heartbeat = 500ms
+        superpipeline.heartbeat = 1s
         superpipeline.resubmit-after = 2s
+        superpipeline.pass-timeout = 60s
         """;
+
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
 
     static readonly ModelSpec Model = new("demo", Blocks: 4, Hidden: 64, Heads: 4, Vocab: 256, Sequence: 32, Batch: 2, Seed: 5);
 
@@ -47,7 +51,8 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
             .SelectMany(n => n.GetIPProperties().UnicastAddresses.Select(a => a.Address))
             .Where(a => a.AddressFamily == AddressFamily.InterNetwork && !IPAddress.IsLoopback(a))
             .ToArray();
-        output.WriteLine($"other local IPv4 addresses: {(others.Length == 0 ? "none (only the bound address is checked)" : string.Join(", ", others.Select(a => a.ToString())))}");
+        var listed = others.Length == 0 ? "none (only the bound address is checked)" : string.Join(", ", others.Select(a => a.ToString()));
+        output.WriteLine($"other local IPv4 addresses: {listed}");
         foreach (var address in others)
         {
             using var client = new TcpClient();
@@ -67,11 +72,11 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
             Assert.True(h.System.Settings.Config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl"));
 
         TensorPayload reference;
-        await using (var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null)))
-            reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1)))).Output;
+        await using (var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null), Timings))
+            reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1))).WaitAsync(Wait)).Output;
 
         var secure = Client(coordinator, tls);
-        var ok = Assert.IsType<JobSucceeded>(await secure.RunAsync(new SubmitJob(new JobId("over-tls"), Model, new PolicySpec(2, 1))).WaitAsync(TimeSpan.FromSeconds(60)));
+        var ok = Assert.IsType<JobSucceeded>(await secure.RunAsync(new SubmitJob(new JobId("over-tls"), Model, new PolicySpec(2, 1))).WaitAsync(Wait));
         Assert.Equal(reference, ok.Output);
         Assert.Equal(2, ok.Report.Stages.Length);
         Assert.All(ok.Report.Stages, s => Assert.Equal($"127.0.0.1:{worker.Address.Port}", s.Node));
@@ -119,14 +124,15 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
 
     ClusterHost Start(IReadOnlyList<string> roles, IReadOnlyList<DeviceSpec> devices, string? extra, ClusterHost? seed = null)
     {
-        var host = ClusterHost.Start(new HostOptions(roles, "127.0.0.1", 0, seed is null ? [] : [$"127.0.0.1:{seed.Address.Port}"], devices, $"{extra}\n{Timings}"));
+        string[] seeds = seed is null ? [] : [$"127.0.0.1:{seed.Address.Port}"];
+        var host = ClusterHost.Start(new HostOptions(roles, "127.0.0.1", 0, seeds, devices, $"{extra}\n{Timings}"));
         _hosts.Add(host);
         return host;
     }
 
     SubmitClient Client(ClusterHost contact, string extra)
     {
-        var client = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], "127.0.0.1", $"{extra}\n{Timings}");
+        var client = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], "127.0.0.1", $"{Timings}\n{extra}"); // the test's own keys win
         _clients.Add(client);
         return client;
     }

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;

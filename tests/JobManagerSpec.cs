@@ -1,23 +1,33 @@
+using System.Collections.Immutable;
 using Akka.Actor;
+using Akka.TestKit;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using Xunit;
 using static Superpipeline.Messages.JobProtocol;
+using static Superpipeline.Messages.StageProtocol;
+using static Superpipeline.Messages.WorkerProtocol;
 
 namespace Superpipeline.Tests;
 
 /// <summary>Jobs through the job manager: checked before any work, exactly one answer each, and the
-/// system keeps serving after a failure.</summary>
+/// system keeps serving after a failure. Some tests play the node agent with a probe, to see exactly what the
+/// job manager sends and how it treats stale answers.</summary>
 public sealed class JobManagerSpec : TestKit, IDisposable
 {
+    /// <summary>A client gives up well before CI does: a regression fails instead of hanging.</summary>
+    const string TestConfig = "superpipeline.pass-timeout = 60s";
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
+
     readonly SimulatedDevice _device = new("sim:0", 64L << 20);
     readonly IActorRef _manager;
 
-    public JobManagerSpec() : base(WorkerConfig.Load())
+    public JobManagerSpec() : base(WorkerConfig.Load(null, TestConfig))
     {
         _manager = Start(_device);
     }
@@ -53,6 +63,9 @@ public sealed class JobManagerSpec : TestKit, IDisposable
         }, TimeSpan.FromSeconds(60));
         var ok = Assert.IsType<JobSucceeded>(done);
         Assert.Equal(5, progress.Count(p => p.Phase == LayerPhase.Computed));
+        // Embedding, 3 blocks, head: every progress names the whole model's 5 layers, in order.
+        Assert.All(progress, p => Assert.Equal(5, p.Layers));
+        Assert.Equal(Enumerable.Range(0, 5), progress.Select(p => p.Layer));
         Assert.Equal("Float32", ok.Output.DType);
         Assert.Equal(new long[] { 2, 8, 64 }, ok.Output.Shape);
         ExpectNoMsg(TimeSpan.FromMilliseconds(200));
@@ -103,8 +116,10 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     [InlineData("demo", 2, 3, "swap must be from 1 to the window (2); got 3")]
     public void Bad_jobs_are_refused_before_any_work_with_one_line(string model, int window, int swap, string reason)
     {
-        var failed = Assert.IsType<JobFailed>(Answer(new SubmitJob(JobId.New(), Tiny with { Name = model }, new PolicySpec(window, swap))));
-        Assert.Equal(reason, failed.Reason);
+        _manager.Tell(new SubmitJob(JobId.New(), Tiny with { Name = model }, new PolicySpec(window, swap)), TestActor);
+        var refused = ExpectMsg<JobRefused>(Wait); // the first and only answer: never accepted, so nothing ran
+        Assert.Equal(reason, refused.Reason);
+        ExpectNoMsg(TimeSpan.FromMilliseconds(200));
         Assert.Equal(0, _device.Memory.Reserved);
     }
 
@@ -138,11 +153,98 @@ public sealed class JobManagerSpec : TestKit, IDisposable
     [Fact]
     public async Task Embedded_host_runs_a_job_to_the_same_output_as_resident()
     {
-        await using var host = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null));
-        var resident = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), Tiny, PolicySpec.Resident)));
-        var streamed = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), Tiny, new PolicySpec(1, 1))));
+        await using var host = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null), TestConfig);
+        var resident = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), Tiny, PolicySpec.Resident)).WaitAsync(Wait));
+        var streamed = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), Tiny, new PolicySpec(1, 1))).WaitAsync(Wait));
         Assert.Equal(resident.Output, streamed.Output);
         Assert.True(streamed.Report.PeakDeviceBytes < resident.Report.PeakDeviceBytes);
+    }
+
+    /// <summary>A job manager whose one worker is a probe (the test plays its node agent) with one 64 MiB device. The
+    /// heartbeat is long so that the silent probe is not swept away during the test.</summary>
+    (IActorRef Manager, TestProbe Worker) WithProbeWorker(int maxRunning = 4, int maxMicroBatches = 4)
+    {
+        var settings = SuperpipelineSettings.Create(Sys.Settings.Config) with
+        {
+            Heartbeat = TimeSpan.FromHours(1), MaxRunningJobs = maxRunning, MaxMicroBatches = maxMicroBatches,
+        };
+        var manager = Sys.ActorOf(JobManagerActor.Props(settings));
+        var worker = CreateTestProbe();
+        manager.Tell(new RegisterWorker(worker.Ref, "probe", [new DeviceInfo("sim:0", "sim", 64L << 20, null)]), worker.Ref);
+        worker.ExpectMsg<WorkerRegistered>(Wait);
+        return (manager, worker);
+    }
+
+    static ImmutableArray<TensorPayload> Outputs(params byte[] values) =>
+        [.. values.Select(v => new TensorPayload("UInt8", [1], ImmutableArray.Create(v)))];
+
+    [Fact]
+    public void Progress_of_the_current_attempt_reaches_the_client_with_the_model_s_layer_count_and_stale_messages_do_not()
+    {
+        var (manager, worker) = WithProbeWorker();
+        var id = new JobId("p1");
+        manager.Tell(new SubmitJob(id, Tiny, new PolicySpec(1, 1)), TestActor);
+        ExpectMsg<JobAccepted>(Wait);
+        var stage = worker.ExpectMsg<StageAssignment>(Wait);
+        Assert.Equal((id, 0, 1, 0, 5), (stage.Job, stage.Stage, stage.Stages, stage.FirstLayer, stage.LayerCount));
+
+        manager.Tell(new StageProgress(id, stage.Attempt, 0, 3, LayerPhase.Computed, 0.5), worker.Ref);
+        Assert.Equal(new JobProgress(id, new LayerProgress(3, 5, LayerPhase.Computed, 0.5)), ExpectMsg<JobProgress>(Wait));
+
+        var stranger = CreateTestProbe();
+        manager.Tell(new StageProgress(id, stage.Attempt + 1, 0, 4, LayerPhase.Computed, 0.6), worker.Ref); // another attempt
+        manager.Tell(new StageProgress(id, stage.Attempt, 0, 4, LayerPhase.Computed, 0.6), stranger.Ref);  // not its stage's agent
+        manager.Tell(new StageProgress(id, stage.Attempt, 1, 4, LayerPhase.Computed, 0.6), worker.Ref);    // no such stage
+        manager.Tell(new StageOutput(id, stage.Attempt + 1, Outputs(9)), worker.Ref);                         // another attempt's output
+        ExpectNoMsg(TimeSpan.FromMilliseconds(300));
+
+        manager.Tell(new StageOutput(id, stage.Attempt, Outputs(7)), worker.Ref);
+        var ok = ExpectMsg<JobSucceeded>(Wait);
+        Assert.Equal(Outputs(7)[0], ok.Output);
+        Assert.Equal(1, ok.Report.MicroBatches);
+        manager.Tell(new StageOutput(id, stage.Attempt, Outputs(8)), worker.Ref); // the attempt is over: answered once only
+        ExpectNoMsg(TimeSpan.FromMilliseconds(300));
+    }
+
+    [Fact]
+    public void Jobs_queued_behind_a_running_one_are_coalesced_by_model_and_policy_when_it_is_answered()
+    {
+        var (manager, worker) = WithProbeWorker(maxRunning: 1, maxMicroBatches: 3);
+        var ids = Enumerable.Range(1, 6).Select(i => new JobId($"c{i}")).ToArray();
+        var other = new PolicySpec(2, 1);
+        for (int i = 0; i < ids.Length; i++)
+            manager.Tell(new SubmitJob(ids[i], Tiny, i == 2 ? other : new PolicySpec(1, 1), InputSeed: 100 + i), TestActor);
+        for (int i = 0; i < ids.Length; i++) ExpectMsg<JobAccepted>(a => a.Id == ids[i], Wait);
+
+        // c1 was placed alone when it arrived; the rest waited for room.
+        var first = worker.ExpectMsg<StageAssignment>(Wait);
+        Assert.Equal(ids[0], first.Job);
+        Assert.Equal(new long[] { 100 }, first.Seeds.ToArray());
+        worker.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
+        manager.Tell(new StageOutput(first.Job, first.Attempt, Outputs(1)), worker.Ref);
+        Assert.Equal(ids[0], ExpectMsg<JobSucceeded>(Wait).Id);
+
+        // Then c2, c4, c5 (same model and policy, up to three) in one attempt; c3 (its own policy) and c6 keep their places.
+        var second = worker.ExpectMsg<StageAssignment>(Wait);
+        Assert.Equal(ids[1], second.Job);
+        Assert.Equal(new long[] { 101, 103, 104 }, second.Seeds.ToArray());
+        Assert.True(second.Attempt > first.Attempt);
+        manager.Tell(new StageOutput(second.Job, second.Attempt, Outputs(2, 4, 5)), worker.Ref);
+        var answers = Enumerable.Range(0, 3).Select(_ => ExpectMsg<JobSucceeded>(Wait)).ToDictionary(a => a.Id, a => a.Output);
+        Assert.Equal(Outputs(2)[0], answers[ids[1]]);
+        Assert.Equal(Outputs(4)[0], answers[ids[3]]);
+        Assert.Equal(Outputs(5)[0], answers[ids[4]]);
+
+        var third = worker.ExpectMsg<StageAssignment>(Wait);
+        Assert.Equal((ids[2], other), (third.Job, third.Policy));
+        Assert.Equal(new long[] { 102 }, third.Seeds.ToArray());
+        manager.Tell(new StageFailed(third.Job, third.Attempt, 0, "device sim:0 out of memory"), worker.Ref);
+        Assert.Equal(new CancelAttempt(ids[2], third.Attempt), worker.ExpectMsg<CancelAttempt>(Wait));
+        Assert.Equal(new JobFailed(ids[2], "device sim:0 out of memory"), ExpectMsg<JobFailed>(Wait));
+
+        var last = worker.ExpectMsg<StageAssignment>(Wait);
+        Assert.Equal(ids[5], last.Job);
+        Assert.Equal(new long[] { 105 }, last.Seeds.ToArray());
     }
 
     void IDisposable.Dispose()

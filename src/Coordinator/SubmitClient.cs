@@ -4,6 +4,7 @@ using Akka.Actor;
 using Akka.Cluster.Tools.Client;
 using Akka.Configuration;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;

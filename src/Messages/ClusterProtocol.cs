@@ -36,7 +36,18 @@ public static class StageProtocol
     /// <summary>The activations entering a stage, one per micro-batch.</summary>
     public sealed record StageInput(JobId Job, int Attempt, int Stage, ImmutableArray<TensorPayload> Activations) : IProtocolMessage;
 
-    /// <summary>A stage finished: its report (progress for the client, and the job's combined report).</summary>
+    /// <summary>A stage's progress through its layers: <paramref name="Layer"/> is the layer's index in the whole model (the
+    /// stage's first layer plus its index in the stage), <paramref name="AtSeconds"/> the time since the stage's pass began.
+    /// The coordinator passes it on to the clients of the attempt's jobs as <see cref="JobProtocol.JobProgress"/>,
+    /// with the model's layer count.</summary>
+    public sealed record StageProgress(JobId Job, int Attempt, int Stage, int Layer, LayerPhase Phase, double AtSeconds) : IProtocolMessage
+    {
+        /// <summary>The progress of <paramref name="stage"/>'s pass, whose own layer <paramref name="progress"/> counts from 0.</summary>
+        public static StageProgress Of(StageAssignment stage, LayerProgress progress) =>
+            new(stage.Job, stage.Attempt, stage.Stage, stage.FirstLayer + progress.Layer, progress.Phase, progress.AtSeconds);
+    }
+
+    /// <summary>A stage finished: its report (a part of the job's combined report).</summary>
     public sealed record StageDone(JobId Job, int Attempt, int Stage, string Node, PassReport Report) : IProtocolMessage;
 
     /// <summary>The model's outputs, one per micro-batch, from the last stage.</summary>
@@ -49,10 +60,11 @@ public static class StageProtocol
 }
 
 /// <summary>A message too large for one transport frame travels as numbered chunks of its serialized bytes and is
-/// put back together by the receiver (<see cref="Serialization.ChunkAssembler"/>).</summary>
+/// put back together by the receiver (<see cref="Serialization.ChunkAssembler.Receiver"/>, the one hook every receiving actor uses).</summary>
 public sealed record MessageChunk(Guid Message, string Manifest, int Index, int Count, ImmutableArray<byte> Bytes) : IProtocolMessage
 {
     public bool Equals(MessageChunk? other) =>
-        other is not null && Message == other.Message && Manifest == other.Manifest && Index == other.Index && Count == other.Count && Bytes.AsSpan().SequenceEqual(other.Bytes.AsSpan());
+        other is not null && Message == other.Message && Manifest == other.Manifest && Index == other.Index && Count == other.Count
+        && Bytes.AsSpan().SequenceEqual(other.Bytes.AsSpan());
     public override int GetHashCode() => HashCode.Combine(Message, Index);
 }

@@ -3,7 +3,8 @@ using Superpipeline.Contracts;
 namespace Superpipeline.Messages;
 
 /// <summary>The conversation between a client and the job manager: submit a job, hear progress, receive
-/// exactly one <see cref="JobSucceeded"/> or one <see cref="JobFailed"/>.</summary>
+/// exactly one answer: <see cref="JobSucceeded"/>, <see cref="JobFailed"/> (it did not complete) or
+/// <see cref="JobRefused"/> (it was not run).</summary>
 public static class JobProtocol
 {
     public interface IJobCommand : IProtocolMessage { JobId Id { get; } }
@@ -15,11 +16,15 @@ public static class JobProtocol
     public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null) : IJobCommand;
 
     public sealed record JobAccepted(JobId Id) : IJobEvent;
+
+    /// <summary>A layer of the job's model was computed: <see cref="LayerProgress.Layer"/> of <see cref="LayerProgress.Layers"/>
+    /// (the whole model's layer count, whichever stage ran it).</summary>
     public sealed record JobProgress(JobId Id, LayerProgress Progress) : IJobEvent;
     public sealed record JobSucceeded(JobId Id, TensorPayload Output, PassReport Report) : IJobEvent;
     /// <summary>The job did not complete; <paramref name="Reason"/> is a one-line message for a person.</summary>
     public sealed record JobFailed(JobId Id, string Reason) : IJobEvent;
 
-    /// <summary>The job was not accepted (queue full, cannot be placed, bad input); nothing ran.</summary>
+    /// <summary>The job was not run (bad model or knobs, no device can hold it, queue full, id already used for a
+    /// different job); nothing ran for it. <paramref name="Reason"/> is a one-line message for a person.</summary>
     public sealed record JobRefused(JobId Id, string Reason) : IJobEvent;
 }

@@ -64,7 +64,6 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly Dictionary<AttemptId, StageAttempt> _attempts = [];
     readonly DeploymentPool _deployments;
     readonly Queue<StageRef> _waitingForHostMemory = new(); // first come, first deployed
-    readonly ChunkAssembler _assembler;
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
     int _deploymentCounter;
@@ -78,14 +77,13 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         _askTimeout = settings.AskTimeout;
         _worker = settings.Worker;
         _deployments = new DeploymentPool(_worker.HostWeightBudget, StopLayer);
-        _assembler = new ChunkAssembler(Context.System);
         _sender = ChunkingSender.For(Context.System);
         foreach (var d in devices)
             _loaders[d.Name] = Context.ActorOf(DeviceLoaderActor.Props(d, settings.AskTimeout), $"{d.Name.Replace(':', '-')}-loader");
 
         Receive<Heartbeat>(_ => Register());
         Receive<WorkerRegistered>(_ => { });
-        Receive<MessageChunk>(c => { if (_assembler.Add(c) is { } whole) Self.Forward(whole); });
+        Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<StageAssignment>(OnAssignment);
         Receive<StageInput>(OnInput);
         Receive<StageFinished>(OnFinished);
@@ -240,9 +238,8 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         var inputs = activations.Select(TensorPayloads.ToTensor).ToArray();
         var coordinator = a.Coordinator;
         var self = Self;
-        int offset = a.FirstLayer;
         var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
-            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(new JobProtocol.JobProgress(a.Job, p with { Layer = p.Layer + offset, Layers = -1 }), self); })
+            p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(StageProgress.Of(a, p), self); })
         { Stop = attempt.Stop };
         var loader = _loaders[a.Device];
         // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Akka.Cluster;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 
@@ -39,7 +40,7 @@ public static class ClusterBench
                 for (int w = 0; w < workers; w++)
                     hosts.Add(ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{coordinator.Address.Port}"],
                         [new DeviceSpec("sim", 256L << 20, linkGBps)], config)));
-                var cluster = Cluster.Get(coordinator.System);
+                var cluster = Akka.Cluster.Cluster.Get(coordinator.System);
                 for (int i = 0; i < 200 && cluster.State.Members.Count(m => m.Status == MemberStatus.Up) < workers + 1; i++) await Task.Delay(100);
                 await Task.Delay(1500); // the workers' registrations reach the job manager
                 await using var client = SubmitClient.Start([$"127.0.0.1:{coordinator.Address.Port}"], extraConfig: config);

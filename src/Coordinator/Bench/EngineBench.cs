@@ -4,6 +4,7 @@ using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 

@@ -3,6 +3,7 @@ using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 
 namespace Superpipeline.Coordinator.Bench;

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Superpipeline.Coordinator.Cluster;
 
 namespace Superpipeline.Coordinator.Commands;
 

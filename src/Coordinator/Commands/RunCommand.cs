@@ -4,6 +4,7 @@ using Spectre.Console;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;

@@ -44,10 +44,24 @@ public sealed class ChunkingSender(ActorSystem system, int maxChunkBytes)
 }
 
 /// <summary>Puts chunked messages back together; the actor handles the whole message as if it had arrived in one piece.
-/// Chunks arrive in order over one association, but the assembler does not rely on it.</summary>
+/// Chunks arrive in order over one association, but the assembler does not rely on it. Actors do not hold one
+/// themselves: they register <see cref="Receiver"/>, the one place where chunks are received.</summary>
 public sealed class ChunkAssembler(ActorSystem system)
 {
     readonly Dictionary<Guid, ImmutableArray<byte>[]> _partial = [];
+
+    /// <summary>The one hook by which an actor receives chunked messages: <c>Receive&lt;MessageChunk&gt;(ChunkAssembler.Receiver(Context));</c>
+    /// in its constructor. Once every chunk of a message is in, the whole message is sent to the actor itself with
+    /// the chunks' sender as its sender, and is handled like any other message.</summary>
+    public static Action<MessageChunk> Receiver(IActorContext context)
+    {
+        var assembler = new ChunkAssembler(context.System);
+        var self = context.Self;
+        return chunk =>
+        {
+            if (assembler.Add(chunk) is { } whole) self.Tell(whole, context.Sender);
+        };
+    }
 
     /// <summary>Adds a chunk; returns the whole message once every chunk is in, else null.</summary>
     public object? Add(MessageChunk chunk)

@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using System.Runtime.Serialization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -25,6 +26,7 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
         ("register", typeof(RegisterWorker)), ("registered", typeof(WorkerRegistered)),
         ("stage", typeof(StageAssignment)), ("stage-input", typeof(StageInput)), ("stage-done", typeof(StageDone)),
         ("stage-output", typeof(StageOutput)), ("stage-failed", typeof(StageFailed)), ("cancel", typeof(CancelAttempt)),
+        ("stage-progress", typeof(StageProgress)),
         ("chunk", typeof(MessageChunk)),
     ];
 
@@ -74,7 +76,7 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
 
     public override object FromBinary(byte[] bytes, string manifest)
     {
-        if (!TypeOf.TryGetValue(manifest, out var type)) throw new System.Runtime.Serialization.SerializationException($"unknown Superpipeline manifest '{manifest}'");
+        if (!TypeOf.TryGetValue(manifest, out var type)) throw new SerializationException($"unknown Superpipeline manifest '{manifest}'");
         using var reader = new BinaryReader(new MemoryStream(bytes, writable: false));
         var json = reader.ReadBytes(reader.ReadInt32());
         int count = reader.ReadInt32();
@@ -83,7 +85,7 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
         _blobs = blobs;
         try
         {
-            return JsonSerializer.Deserialize(json, type, _options) ?? throw new System.Runtime.Serialization.SerializationException($"empty {manifest} message");
+            return JsonSerializer.Deserialize(json, type, _options) ?? throw new SerializationException($"empty {manifest} message");
         }
         finally { _blobs = null; }
     }

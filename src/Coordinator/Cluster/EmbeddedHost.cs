@@ -1,13 +1,12 @@
 using System.Threading.Channels;
 using Akka.Actor;
-using Akka.Event;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>Role "both" in one process: the same job manager and node agent as a cluster, in one actor system
 /// with one device. It is what <c>superpipeline run</c> and <c>bench</c> use, and what tests drive.</summary>
@@ -32,7 +31,7 @@ public sealed class EmbeddedHost : IAsyncDisposable
         var settings = SuperpipelineSettings.Create(config);
         var dev = DeviceFactory.Create(device);
         var system = ActorSystem.Create("superpipeline", config);
-        DeadLetterMonitor.Attach(system);
+        DeadLetters.Monitor(system);
         var manager = system.ActorOf(JobManagerActor.Props(settings), "job-manager");
         system.ActorOf(NodeAgentActor.Props("local", [dev], manager, settings), "node-agent");
         return new EmbeddedHost(system, dev, manager, settings);
@@ -42,7 +41,8 @@ public sealed class EmbeddedHost : IAsyncDisposable
     public ChannelReader<IJobEvent> Submit(SubmitJob job)
     {
         var channel = Channel.CreateUnbounded<IJobEvent>(new UnboundedChannelOptions { SingleReader = true });
-        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout, Settings.ResubmitAfter), $"client-{job.Id.Value}-{Guid.NewGuid():N}");
+        System.ActorOf(ClientActor.Props(JobManager, job, channel.Writer, Settings.PassTimeout, Settings.ResubmitAfter),
+            $"client-{job.Id.Value}-{Guid.NewGuid():N}");
         return channel.Reader;
     }
 
@@ -70,26 +70,4 @@ public static class JobEvents
         }
         return last ?? new JobFailed(id, "the client stopped without an answer");
     }
-}
-
-/// <summary>Dead letters would mean a message was lost: the safety-net mailbox overflowed or an actor was gone.
-/// They are logged as errors, never silently dropped.</summary>
-public sealed class DeadLetterMonitor : ReceiveActor
-{
-    public DeadLetterMonitor()
-    {
-        var log = Context.GetLogger();
-        // Only our own messages: Akka's internal gossip and heartbeats go to dead letters normally at shutdown.
-        Receive<DeadLetter>(d =>
-        {
-            if (d.Message.GetType().Namespace?.StartsWith("Superpipeline", StringComparison.Ordinal) == true)
-                log.Error("undelivered {0} from {1} to {2}", d.Message.GetType().Name, d.Sender, d.Recipient);
-        });
-    }
-
-    public static Props Props() => Akka.Actor.Props.Create(() => new DeadLetterMonitor());
-
-    /// <summary>Starts the monitor and subscribes it to the system's dead letters.</summary>
-    public static void Attach(ActorSystem system) =>
-        system.EventStream.Subscribe(system.ActorOf(Props(), "dead-letter-monitor"), typeof(DeadLetter));
 }

@@ -5,7 +5,7 @@ using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
 using static Superpipeline.Messages.JobProtocol;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>Submits one job and passes its events to a channel the caller reads: progress, then exactly one
 /// result, failure or refusal. Until an answer comes it resubmits the job under the same id (ids are idempotent,
@@ -18,7 +18,6 @@ public sealed class ClientActor : ReceiveActor, IWithTimers
     readonly ChannelWriter<IJobEvent> _events;
     readonly SubmitJob _job;
     readonly Action<SubmitJob, IActorRef> _send;
-    readonly ChunkAssembler _assembler;
     bool _done;
 
     /// <param name="send">How the job reaches the job manager: a plain Tell in one process, a ClusterClient.Send from outside the cluster.</param>
@@ -27,8 +26,7 @@ public sealed class ClientActor : ReceiveActor, IWithTimers
         _events = events;
         _job = job;
         _send = send;
-        _assembler = new ChunkAssembler(Context.System);
-        Receive<MessageChunk>(c => { if (_assembler.Add(c) is { } whole) Self.Forward(whole); });
+        Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<JobSucceeded>(Terminal);
         Receive<JobFailed>(Terminal);
         Receive<JobRefused>(Terminal);

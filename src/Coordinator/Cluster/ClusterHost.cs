@@ -11,10 +11,11 @@ using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>What a host process is: its roles, where it listens, whom it joins, which devices it brings.</summary>
-public sealed record HostOptions(IReadOnlyList<string> Roles, string Hostname, int Port, IReadOnlyList<string> Seeds, IReadOnlyList<DeviceSpec> Devices, string? ExtraConfig = null);
+public sealed record HostOptions(
+    IReadOnlyList<string> Roles, string Hostname, int Port, IReadOnlyList<string> Seeds, IReadOnlyList<DeviceSpec> Devices, string? ExtraConfig = null);
 
 /// <summary>A cluster member: coordinator (the job manager as a cluster singleton, offered to clients through the
 /// ClusterClient receptionist), worker (a node agent with its devices), or both.</summary>
@@ -31,7 +32,7 @@ public sealed class ClusterHost : IAsyncDisposable
 
     public ActorSystem System { get; }
     public IReadOnlyList<IDevice> Devices { get; }
-    public Address Address => Cluster.Get(System).SelfAddress;
+    public Address Address => Akka.Cluster.Cluster.Get(System).SelfAddress;
 
     public static ClusterHost Start(HostOptions o)
     {
@@ -53,13 +54,13 @@ public sealed class ClusterHost : IAsyncDisposable
             .WithFallback(configured)
             // Every member must know the cluster tools' serializers (pub-sub, singleton, client), whatever its role.
             .WithFallback(Akka.Cluster.Tools.PublishSubscribe.DistributedPubSub.DefaultConfig())
-            .WithFallback(ClusterSingletonManager.DefaultConfig())
+            .WithFallback(ClusterSingleton.DefaultConfig())
             .WithFallback(ClusterClientReceptionist.DefaultConfig());
         var settings = SuperpipelineSettings.Create(config);
         var devices = o.Devices.Select((spec, i) => DeviceFactory.Create(spec, i)).ToArray();
         var system = ActorSystem.Create(SystemName, config);
-        if (o.Seeds.Count == 0) Cluster.Get(system).Join(Cluster.Get(system).SelfAddress); // the first node founds the cluster
-        DeadLetterMonitor.Attach(system);
+        if (o.Seeds.Count == 0) Akka.Cluster.Cluster.Get(system).Join(Akka.Cluster.Cluster.Get(system).SelfAddress); // the first node founds the cluster
+        DeadLetters.Monitor(system);
 
         if (coordinator)
             system.ActorOf(ClusterSingletonManager.Props(JobManagerActor.Props(settings), PoisonPill.Instance,
@@ -69,7 +70,7 @@ public sealed class ClusterHost : IAsyncDisposable
         if (coordinator) ClusterClientReceptionist.Get(system).RegisterService(proxy);
         if (worker)
         {
-            var node = $"{o.Hostname}:{Cluster.Get(system).SelfAddress.Port}";
+            var node = $"{o.Hostname}:{Akka.Cluster.Cluster.Get(system).SelfAddress.Port}";
             system.ActorOf(NodeAgentActor.Props(node, devices, proxy, settings), "node-agent");
         }
         return new ClusterHost(system, devices);
@@ -109,7 +110,8 @@ public sealed class ClusterHost : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
+        if (!System.WhenTerminated.IsCompleted) // a system already terminated (a crash in a test) has nothing to leave
+            await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
         foreach (var d in Devices) d.Dispose();
     }
 }

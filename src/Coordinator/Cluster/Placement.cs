@@ -4,7 +4,7 @@ using Superpipeline.Engine.Simulation;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>A device the coordinator can place a stage on: the worker's agent, its node, the device.</summary>
 public sealed record DeviceSlot(IActorRef Agent, string Node, DeviceInfo Device);
@@ -56,11 +56,14 @@ public static class Placement
             return result;
         }
         var largestLayer = model.Layers.Select((l, i) => (l, i)).MaxBy(x => x.l.Bytes);
-        throw new ArgumentException($"the job cannot be placed: layer {largestLayer.i} ({largestLayer.l.Name}) needs {largestLayer.l.Bytes + act:N0} bytes with its activations; the largest device has {devices.Max(d => d.Device.CapacityBytes):N0}");
+        throw new ArgumentException($"the job cannot be placed: layer {largestLayer.i} ({largestLayer.l.Name}) needs {largestLayer.l.Bytes + act:N0} bytes "
+            + $"with its activations; the largest device has {devices.Max(d => d.Device.CapacityBytes):N0}");
     }
 
     static PolicySpec Clip(PolicySpec policy, int layers) =>
-        policy.Window is null || policy.Auto ? policy : new PolicySpec(Math.Min(policy.Window.Value, layers), policy.Swap is { } s ? Math.Min(s, Math.Min(policy.Window.Value, layers)) : null);
+        policy.Window is null || policy.Auto
+            ? policy
+            : new PolicySpec(Math.Min(policy.Window.Value, layers), policy.Swap is { } s ? Math.Min(s, Math.Min(policy.Window.Value, layers)) : null);
 
     /// <summary>Contiguous split of n layers into exactly <paramref name="stages"/> non-empty parts minimising the
     /// largest cost (dynamic programming, O(stages·n²)); null when every split has an infinite cost.</summary>

@@ -1,0 +1,306 @@
+using System.Collections.Immutable;
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Event;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
+using Superpipeline.Contracts;
+using Superpipeline.Messages;
+using Superpipeline.Messages.Serialization;
+using Superpipeline.Workers;
+using static Superpipeline.Messages.JobProtocol;
+using static Superpipeline.Messages.StageProtocol;
+using static Superpipeline.Messages.WorkerProtocol;
+
+namespace Superpipeline.Coordinator.Cluster;
+
+/// <summary>The coordinator: keeps the device inventory that workers register, admits jobs into a bounded queue,
+/// places each on the devices as contiguous pipeline stages, and answers every submitted job exactly once
+/// (<see cref="JobSucceeded"/>, <see cref="JobFailed"/> or <see cref="JobRefused"/>). A submission that cannot run
+/// (bad model or knobs, no device can hold it, full queue, an id reused for a different job) is refused before
+/// anything runs; a job that ran and did not complete fails. A resubmitted id is never run twice. When a worker
+/// leaves (unreachable, removed, or silent past three heartbeats) the attempts that used it are cancelled and the
+/// jobs placed again on what remains; answers of a stale attempt are ignored. In a cluster it runs as a singleton;
+/// in one process (`run`) it is the same actor beside one node agent.
+/// <para>Its job state is one <see cref="JobManagerState"/> (a <see cref="JobRecord"/> per job with its
+/// <see cref="JobPhase"/>, an <see cref="Attempt"/> per placed run), changed only by <see cref="Apply"/> with an
+/// <see cref="IJobManagerEvent"/>. Queued work is placed after each message is handled, never from inside a handler.</para></summary>
+public sealed class JobManagerActor : ReceiveActor, IWithTimers
+{
+    private sealed record Sweep : INoSerializationVerificationNeeded
+    {
+        public static readonly Sweep Instance = new();
+        Sweep() { }
+    }
+
+    /// <summary>A registered worker; the inventory is rebuilt from registrations, so it is not journaled job state.</summary>
+    sealed record Worker(IActorRef Agent, string Node, ImmutableArray<DeviceInfo> Devices, DateTime LastSeen);
+
+    readonly SuperpipelineSettings _settings;
+    readonly Dictionary<Address, Worker> _workers = [];
+    JobManagerState _state = JobManagerState.Empty;
+    readonly ChunkingSender _sender;
+    readonly ILoggingAdapter _log = Context.GetLogger();
+
+    public JobManagerActor(SuperpipelineSettings settings)
+    {
+        _settings = settings;
+        _sender = ChunkingSender.For(Context.System);
+        Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
+        Receive<RegisterWorker>(OnRegister);
+        Receive<SubmitJob>(OnSubmit);
+        Receive<StageProgress>(OnProgress);
+        Receive<StageDone>(OnStageDone);
+        Receive<StageOutput>(OnOutput);
+        Receive<StageFailed>(OnStageFailed);
+        Receive<ClusterEvent.UnreachableMember>(m => Lost(m.Member.Address, "unreachable"));
+        Receive<ClusterEvent.MemberRemoved>(m => Lost(m.Member.Address, "removed"));
+        Receive<ClusterEvent.IMemberEvent>(_ => { });
+        Receive<Sweep>(_ => SweepSilentWorkers());
+    }
+
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    /// <summary>Runs on the host dispatcher: it builds models to check jobs and turns tensors into reports.</summary>
+    public static Props Props(SuperpipelineSettings settings) =>
+        Akka.Actor.Props.Create(() => new JobManagerActor(settings)).WithDispatcher(Dispatchers.Host);
+
+    /// <summary>In a cluster the manager follows membership; in one process (`run`) only heartbeats.</summary>
+    bool InCluster => Context.System.Settings.ProviderClass.Contains("Cluster", StringComparison.Ordinal);
+
+    protected override void PreStart()
+    {
+        if (InCluster)
+            Akka.Cluster.Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
+                typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.MemberRemoved));
+        Timers.StartPeriodicTimer("sweep", Sweep.Instance, _settings.Heartbeat);
+    }
+
+    protected override void PostStop()
+    {
+        if (InCluster)
+            Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
+    }
+
+    /// <summary>Each message is handled to the end first; then queued jobs are placed if there is room and devices.</summary>
+    protected override bool AroundReceive(Receive receive, object message)
+    {
+        bool handled = base.AroundReceive(receive, message);
+        Dispatch();
+        return handled;
+    }
+
+    /// <summary>The one place where job state changes (what a journal would persist and replay).</summary>
+    void Apply(IJobManagerEvent e) => _state = _state.Apply(e);
+
+    void OnRegister(RegisterWorker r)
+    {
+        bool known = _workers.ContainsKey(r.Agent.Path.Address);
+        _workers[r.Agent.Path.Address] = new Worker(r.Agent, r.Node, r.Devices, DateTime.UtcNow);
+        if (!known)
+        {
+            _log.Info("worker {0} registered {1} device(s)", r.Node, r.Devices.Length);
+            r.Agent.Tell(new WorkerRegistered(_workers.Count));
+        }
+    }
+
+    void OnSubmit(SubmitJob submit)
+    {
+        if (_state.Jobs.TryGetValue(submit.Id, out var existing))
+        {
+            if (existing.Submit != submit)
+                Sender.Tell(new JobRefused(submit.Id, $"job id {submit.Id} was already used for a different job; choose a new id"));
+            else if (existing.Answer is { } answer)
+                _sender.Tell(Sender, answer, Self);
+            else if (!existing.Clients.Contains(Sender))
+                Apply(new ClientJoined(submit.Id, Sender));
+            return;
+        }
+        if (Refusal(submit) is { } why)
+        {
+            Sender.Tell(new JobRefused(submit.Id, why));
+            return;
+        }
+        Apply(new JobQueued(submit, Sender));
+        Sender.Tell(new JobAccepted(submit.Id));
+    }
+
+    /// <summary>Why a new submission cannot be accepted (nothing has run for it), or null if it can.</summary>
+    string? Refusal(SubmitJob submit)
+    {
+        LayeredModel model;
+        try
+        {
+            model = ModelCatalog.Create(submit.Model);
+            if (!submit.Policy.Auto) StreamPolicy.Create(submit.Policy, model.Layers.Count);
+        }
+        catch (ArgumentException e)
+        {
+            return e.Message;
+        }
+        if (_workers.Count > 0 && Unplaceable(model) is { } why) return why;
+        if (_state.Queue.Count >= _settings.MaxQueuedJobs) return $"the job queue is full ({_state.Queue.Count} jobs waiting); submit again later";
+        return null;
+    }
+
+    /// <summary>Why no registered device can take the model, or null if one can.</summary>
+    string? Unplaceable(LayeredModel model)
+    {
+        var largest = model.Layers.MaxBy(l => l.Bytes)!;
+        long capacity = _workers.Values.SelectMany(w => w.Devices).Max(d => d.CapacityBytes);
+        long need = largest.Bytes + ModelCost.From(model).ActivationBoundBytes();
+        return need > capacity
+            ? $"--device-memory {capacity:N0} bytes is below the largest layer, {largest.Index} ({largest.Name}) of {largest.Bytes:N0} bytes "
+              + $"(with activations it needs {need:N0})"
+            : null;
+    }
+
+    /// <summary>Places queued jobs while there is room to run them and devices to run them on. Queued jobs of the same
+    /// model (same weights) and policy are coalesced into one attempt, up to the micro-batch limit, so that each layer's
+    /// weights are loaded once for all of them (their inputs may differ); attempts are pipelined through the stages.</summary>
+    void Dispatch()
+    {
+        while (_state.Attempts.Count < _settings.MaxRunningJobs && _state.Queue.Count > 0 && _workers.Count > 0)
+        {
+            var batch = NextBatch();
+            var first = batch[0];
+            var slots = _workers.Values.SelectMany(w => w.Devices.Select(d => new DeviceSlot(w.Agent, w.Node, d))).ToArray();
+            IReadOnlyList<StagePlacement> placement;
+            try
+            {
+                var cost = ModelCost.From(first.Model);
+                placement = Placement.Place(cost, slots, first.Submit.Policy.Auto ? PlanFor(cost, slots) : first.Submit.Policy);
+            }
+            catch (ArgumentException e)
+            {
+                foreach (var job in batch) Answer(job, new JobRefused(job.Id, Unplaceable(job.Model) ?? e.Message));
+                continue;
+            }
+            var attempt = new Attempt(_state.LastAttempt + 1, [.. batch.Select(j => j.Id)], [.. placement], Stopwatch.GetTimestamp());
+            Apply(new AttemptPlaced(attempt));
+            var seeds = batch.Select(j => j.Submit.InputSeed ?? j.Submit.Model.Seed).ToImmutableArray();
+            for (int s = placement.Count - 1; s >= 0; s--)
+            {
+                var p = placement[s];
+                var next = s + 1 < placement.Count ? placement[s + 1].Slot.Agent : null;
+                p.Slot.Agent.Tell(new StageAssignment(attempt.Run, attempt.Number, s, placement.Count, first.Submit.Model, seeds, p.FirstLayer, p.LayerCount,
+                    p.Slot.Device.Name, p.Policy, next, Self));
+            }
+        }
+    }
+
+    /// <summary>The first queued job and, behind it, queued jobs of the same model and policy up to the micro-batch limit.</summary>
+    List<JobRecord> NextBatch()
+    {
+        var first = _state.Jobs[_state.Queue[0]];
+        var batch = new List<JobRecord> { first };
+        foreach (var id in _state.Queue.Skip(1))
+        {
+            if (batch.Count >= _settings.MaxMicroBatches) break;
+            var candidate = _state.Jobs[id];
+            if (candidate.Submit.Model == first.Submit.Model && candidate.Submit.Policy == first.Submit.Policy) batch.Add(candidate);
+        }
+        return batch;
+    }
+
+    /// <summary>--window auto across devices: the smallest device's budget decides one window for every stage.</summary>
+    static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots)
+    {
+        var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
+        if (smallest.MeasuredFlopsPerSecond is not { } flops || smallest.MeasuredLinkBytesPerSecond is not { } link)
+            throw new ArgumentException($"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
+        var device = new DeviceCost(smallest.Name, smallest.CapacityBytes, link, flops).Validated();
+        return Planner.Choose(cost, device, smallest.CapacityBytes).Policy;
+    }
+
+    /// <summary>A stage's progress goes to the clients of every job of its attempt, with the model's layer count.</summary>
+    void OnProgress(StageProgress p)
+    {
+        if (!_state.Current(p.Job, p.Attempt, out var attempt) || !attempt.IsStage(p.Stage, Sender)) return; // stale, or not from its stage
+        if (!attempt.Started) Apply(new AttemptStarted(attempt.Number));
+        var progress = new LayerProgress(p.Layer, _state.Jobs[attempt.Run].Model.Layers.Count, p.Phase, p.AtSeconds);
+        foreach (var id in attempt.Jobs)
+            foreach (var c in _state.Jobs[id].Clients) c.Tell(new JobProgress(id, progress));
+    }
+
+    void OnStageDone(StageDone d)
+    {
+        if (_state.Current(d.Job, d.Attempt, out _)) Apply(new StageCompleted(d.Attempt, d.Stage, new StageResult(d.Node, d.Report)));
+    }
+
+    void OnStageFailed(StageFailed f)
+    {
+        if (!_state.Current(f.Job, f.Attempt, out var attempt)) return;
+        attempt.Cancel(Self);
+        Apply(new AttemptEnded(attempt.Number));
+        foreach (var id in attempt.Jobs) Answer(_state.Jobs[id], new JobFailed(id, f.Reason));
+    }
+
+    void OnOutput(StageOutput o)
+    {
+        if (!_state.Current(o.Job, o.Attempt, out var attempt)) return;
+        var wall = Stopwatch.GetElapsedTime(attempt.StartedAt);
+        Apply(new AttemptEnded(attempt.Number));
+        var jobs = attempt.Jobs.Select(id => _state.Jobs[id]).ToArray();
+        if (o.Outputs.Length != jobs.Length)
+        {
+            foreach (var job in jobs) Answer(job, new JobFailed(job.Id, $"the last stage returned {o.Outputs.Length} outputs for {jobs.Length} jobs"));
+            return;
+        }
+        var report = Combine(attempt, jobs[0].Model, wall);
+        for (int i = 0; i < jobs.Length; i++)
+            Answer(jobs[i], new JobSucceeded(jobs[i].Id, o.Outputs[i], report));
+    }
+
+    /// <summary>One report for the whole job: every stage's layers in order, peak of the fullest device, the plan.</summary>
+    static PassReport Combine(Attempt attempt, LayeredModel model, TimeSpan wall)
+    {
+        var placement = attempt.Placement;
+        var stages = placement.Select(p => (p, attempt.Stages.TryGetValue(p.Stage, out var s) ? s.Report : null)).ToArray();
+        var timings = stages.SelectMany(s => s.Item2 is null ? [] : s.Item2.LayerTimings.Select(t => t with { Index = t.Index + s.p.FirstLayer }))
+            .ToImmutableArray();
+        var plan = stages.Select(s => new StagePlan(s.p.Stage, s.p.Slot.Node, s.p.Slot.Device.Name, s.p.FirstLayer, s.p.LayerCount,
+            s.Item2?.Window ?? 0, s.Item2?.Swap ?? 0, s.p.Bytes, s.p.Flops, s.Item2?.PeakDeviceBytes ?? 0, s.Item2?.WallSeconds ?? 0)).ToImmutableArray();
+        var first = stages[0].Item2;
+        return new PassReport(
+            placement.Length == 1 ? placement[0].Slot.Device.Name : string.Join(",", placement.Select(p => $"{p.Slot.Node}/{p.Slot.Device.Name}")),
+            model.Layers.Count, first?.Window ?? 0, first?.Swap ?? 0, model.Bytes,
+            placement.Min(p => p.Slot.Device.CapacityBytes),
+            stages.Max(s => s.Item2?.PeakDeviceBytes ?? 0),
+            stages.Sum(s => s.Item2?.BytesTransferred ?? 0),
+            placement.Length == 1 && first is not null ? first.WallSeconds : wall.TotalSeconds,
+            stages.Sum(s => s.Item2?.LowerBoundSeconds ?? 0),
+            timings) { Stages = plan, MicroBatches = attempt.Jobs.Length };
+    }
+
+    /// <summary>The job's one answer: recorded, sent to every client waiting for it; the oldest records beyond the limit are forgotten.</summary>
+    void Answer(JobRecord job, IJobEvent answer)
+    {
+        Apply(new JobAnswered(job.Id, answer));
+        while (_state.Answered.Count > _settings.MaxJobRecords) Apply(new JobForgotten(_state.Answered[0]));
+        foreach (var c in job.Clients) _sender.Tell(c, answer, Self);
+        if (answer is not JobSucceeded) _log.Info("job {0}: {1}", job.Id, answer);
+    }
+
+    /// <summary>A worker is gone: its devices leave the inventory, and the attempts that used it are placed again
+    /// (oldest first at the front of the queue).</summary>
+    void Lost(Address address, string why)
+    {
+        if (!_workers.Remove(address, out var worker)) return;
+        _log.Warning("worker {0} is {1}; re-placing its jobs", worker.Node, why);
+        foreach (var attempt in _state.Attempts.Values.Reverse().Where(a => a.Uses(address)).ToArray())
+        {
+            attempt.Cancel(Self, address);
+            Apply(new AttemptAbandoned(attempt.Number));
+        }
+    }
+
+    void SweepSilentWorkers()
+    {
+        var deadline = DateTime.UtcNow - 3 * _settings.Heartbeat;
+        foreach (var w in _workers.Values.Where(w => w.LastSeen < deadline).ToArray())
+            Lost(w.Agent.Path.Address, "silent");
+    }
+}

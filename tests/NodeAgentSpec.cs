@@ -28,7 +28,7 @@ public sealed class NodeAgentSpec : TestKit, IDisposable
 
     public NodeAgentSpec() : base(WorkerConfig.Load(null, Config))
     {
-        IgnoreMessages(m => m is WorkerProtocol.RegisterWorker or JobProtocol.JobProgress); // heartbeats and progress
+        IgnoreMessages(m => m is WorkerProtocol.RegisterWorker or StageProtocol.StageProgress); // heartbeats and progress
     }
 
     TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;

@@ -38,10 +38,10 @@ public sealed class EngineHarness : IDisposable
     public static ModelSpec Tiny(long seed = 7, int blocks = 3, int hidden = 32, int heads = 4, int vocab = 64, int seq = 8, int batch = 2) =>
         new("demo", blocks, hidden, heads, vocab, seq, batch, seed);
 
-    public StreamPolicy Policy(int? window, int? swap = null) => StreamPolicy.Create(new PolicySpec(window, swap), Model.Layers.Count);
+    public OffloadPolicy Policy(int? window, int? swap = null) => OffloadPolicy.For(new PolicySpec(window, swap), Model.Layers.Count);
 
     /// <summary>Runs a pass and returns its output's raw bytes and report, or throws with the failure reason.</summary>
-    public async Task<(byte[] Output, PassReport Report)> Pass(StreamPolicy policy, List<LayerProgress>? progress = null)
+    public async Task<(byte[] Output, PassReport Report)> Pass(OffloadPolicy policy, List<LayerProgress>? progress = null)
     {
         var answer = await Loader.Ask<object>(new DeviceLoaderActor.RunPass(Model, Layers, Input, policy,
             progress is null ? null : p => { lock (progress) progress.Add(p); }), TimeSpan.FromMinutes(2));
@@ -54,7 +54,7 @@ public sealed class EngineHarness : IDisposable
     }
 
     /// <summary>One pass over several micro-batch inputs; returns each output's raw bytes and the report.</summary>
-    public async Task<(byte[][] Outputs, PassReport Report)> PassMany(StreamPolicy policy, IReadOnlyList<Tensor> inputs)
+    public async Task<(byte[][] Outputs, PassReport Report)> PassMany(OffloadPolicy policy, IReadOnlyList<Tensor> inputs)
     {
         var answer = await Loader.Ask<object>(new DeviceLoaderActor.RunPass(Model, Layers, inputs, policy), TimeSpan.FromMinutes(2));
         if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);

@@ -120,7 +120,7 @@ public sealed class LoadGateSpec
         return (string.Join(" ", log), peak);
     }
 
-    static WindowGate Window(int k, int s, long[] sizes) => new(StreamPolicy.Create(new PolicySpec(k, s), sizes.Length), sizes);
+    static WindowGate Window(int k, int s, long[] sizes) => new(OffloadPolicy.For(new PolicySpec(k, s), sizes.Length), sizes);
 
     [Theory]
     [MemberData(nameof(HandSchedules.Knobs), MemberType = typeof(HandSchedules))]

@@ -88,7 +88,7 @@ public sealed class SimulationSpecsTests
         var spec = SimulationSpecs.BuiltIn(name);
         spec = spec with { Workload = spec.Workload with { Generate = 5, MicroBatches = microBatches } };
         var device = spec.Gpu.ToDeviceCost();
-        var r = GenerationSimulator.Run(spec, SimPolicy.Synchronous);
+        var r = GenerationSimulator.Run(spec, OffloadPolicy.Synchronous);
 
         double total = 0;
         foreach (var pass in r.Passes)
@@ -120,7 +120,7 @@ public sealed class SimulationSpecsTests
         double previous = 0;
         foreach (int m in new[] { 1, 2, 4, 8 })
         {
-            var r = GenerationSimulator.Run(spec, SimPolicy.BatchedOf(2, 1, m));
+            var r = GenerationSimulator.Run(spec, OffloadPolicy.BatchedOf(2, 1, m));
             var decode = r.FirstDecode!.Pass;
             Assert.True(decode.Timeline.Sum(t => t.LoadSeconds) > decode.Timeline.Sum(t => t.ComputeSeconds), $"M = {m}: decode is not transfer-bound");
             Assert.True(r.Fits, r.OutOfMemory);
@@ -134,12 +134,12 @@ public sealed class SimulationSpecsTests
     public void A_resident_model_loads_nothing_during_generation_and_a_streamed_one_reloads_every_pass()
     {
         var spec = SimulationSpecs.BuiltIn("llama2-7b@a100-80gb");
-        var resident = GenerationSimulator.Run(spec, SimPolicy.Resident);
+        var resident = GenerationSimulator.Run(spec, OffloadPolicy.Resident);
         Assert.True(resident.Fits, resident.OutOfMemory);
         Assert.All(resident.Passes, p => Assert.All(p.Cost.Layers, l => Assert.Equal(0, l.Bytes)));
         Assert.True(resident.FixedDeviceBytes >= spec.Streamed().Sum());
 
-        var streamed = GenerationSimulator.Run(spec, SimPolicy.WindowOf(2, 1));
+        var streamed = GenerationSimulator.Run(spec, OffloadPolicy.WindowOf(2, 1));
         Assert.All(streamed.Passes, p => Assert.Equal(spec.Streamed().Sum(), p.Cost.Layers.Sum(l => l.Bytes)));
         Assert.True(streamed.PeakDeviceBytes < resident.PeakDeviceBytes / 5);
     }
@@ -147,7 +147,7 @@ public sealed class SimulationSpecsTests
     [Fact]
     public void The_resident_policy_reports_out_of_memory_when_the_model_is_larger_than_the_device()
     {
-        var r = GenerationSimulator.Run(SimulationSpecs.BuiltIn("llama2-70b@a100-80gb"), SimPolicy.Resident);
+        var r = GenerationSimulator.Run(SimulationSpecs.BuiltIn("llama2-70b@a100-80gb"), OffloadPolicy.Resident);
         Assert.False(r.Fits);
         Assert.StartsWith("device a100-80gb out of memory", r.OutOfMemory);
     }
@@ -158,10 +158,10 @@ public sealed class SimulationSpecsTests
     [InlineData("window:4:2")]
     [InlineData("bytes:2147483648:1073741824")]
     [InlineData("batched:2:1:3")]
-    public void Policies_read_back_their_own_text(string text) => Assert.Equal(text, SimPolicy.Parse(text).ToString());
+    public void Policies_read_back_their_own_text(string text) => Assert.Equal(text, OffloadPolicy.Parse(text).ToString());
 
     [Fact]
-    public void Policy_sizes_take_suffixes() => Assert.Equal(SimPolicy.BytesOf(2L << 30, 512L << 20), SimPolicy.Parse("bytes:2GiB:512MiB"));
+    public void Policy_sizes_take_suffixes() => Assert.Equal(OffloadPolicy.BytesOf(2L << 30, 512L << 20), OffloadPolicy.Parse("bytes:2GiB:512MiB"));
 
     [Theory]
     [InlineData("fast", "'fast' is not a policy")]
@@ -172,7 +172,7 @@ public sealed class SimulationSpecsTests
     [InlineData("bytes:lots:1GiB", "'bytes:lots:1GiB': live budget must be a positive size")]
     public void A_bad_policy_is_one_line_naming_the_field_and_what_is_wrong(string text, string problem)
     {
-        var e = Assert.Throws<FieldException>(() => SimPolicy.Parse(text));
+        var e = Assert.Throws<FieldException>(() => OffloadPolicy.Parse(text));
         Assert.Equal("policy", e.Field);
         Assert.StartsWith(problem, e.Problem);
         Assert.StartsWith($"policy {problem}", e.Message);
@@ -183,10 +183,10 @@ public sealed class SimulationSpecsTests
     [Fact]
     public void The_cli_names_a_refused_field_by_its_own_flag_only_where_the_command_has_that_flag()
     {
-        var policy = Assert.Throws<FieldException>(() => SimPolicy.Parse("fast"));
+        var policy = Assert.Throws<FieldException>(() => OffloadPolicy.Parse("fast"));
         Assert.StartsWith("--policy 'fast' is not a policy", Flags.Describe(policy, SimulateCommand.Build()));
         Assert.StartsWith("policy 'fast' is not a policy", Flags.Describe(policy, RunCommand.Build()));
-        var window = Assert.Throws<FieldException>(() => StreamPolicy.Create(new(9, 1), layers: 5));
+        var window = Assert.Throws<FieldException>(() => OffloadPolicy.For(new(9, 1), layers: 5));
         Assert.Equal("--window must be from 1 to 5 (the model's layers) or 'all'; got 9", Flags.Describe(window, RunCommand.Build()));
         Assert.Equal("window must be from 1 to 5 (the model's layers) or 'all'; got 9", Flags.Describe(window, SimulateCommand.Build()));
     }
@@ -195,9 +195,9 @@ public sealed class SimulationSpecsTests
     public void A_policy_that_does_not_fit_the_model_is_refused_naming_it()
     {
         var spec = SimulationSpecs.BuiltIn("llama2-7b@t4");
-        var window = Assert.Throws<FieldException>(() => GenerationSimulator.Run(spec, SimPolicy.Parse("window:99:1")));
+        var window = Assert.Throws<FieldException>(() => GenerationSimulator.Run(spec, OffloadPolicy.Parse("window:99:1")));
         Assert.Equal("policy window:99:1: k = 99 is above the model's 34 streamed layers", window.Message);
-        var bytes = Assert.Throws<FieldException>(() => GenerationSimulator.Run(spec, SimPolicy.Parse("bytes:1MiB:1MiB")));
+        var bytes = Assert.Throws<FieldException>(() => GenerationSimulator.Run(spec, OffloadPolicy.Parse("bytes:1MiB:1MiB")));
         Assert.StartsWith("policy bytes:1048576:1048576: live-parameter budget", bytes.Message);
     }
 
@@ -259,7 +259,7 @@ public sealed class SimulationSpecsTests
         Assert.Equal(2, spec.Model.KvHeads);
         Assert.Equal(0, spec.Gpu.TransferLatencySeconds);
         Assert.Equal(KvPlacement.Host, spec.Workload.Kv);
-        Assert.Equal(new[] { SimPolicy.Synchronous, SimPolicy.WindowOf(3, 1) }, spec.ComparePolicies().ToArray());
+        Assert.Equal(new[] { OffloadPolicy.Synchronous, OffloadPolicy.WindowOf(3, 1) }, spec.ComparePolicies().ToArray());
         var r = GenerationSimulator.Run(spec, spec.Policy);
         Assert.Equal(0, r.Prefill.Cost.Layers[0].Bytes); // the resident embedding is not streamed
         Assert.True(r.Passes[1].Work[1].HostFlops > 0);

@@ -60,7 +60,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
     public void Synchronous_mode_makespan_is_the_sum_of_every_transfer_and_compute()
     {
         var model = Uniform(10, 1_000_000, 2e9, 1000); // 1 ms per load, 2 ms per compute
-        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(1, 1), 10), Bytes(model)));
+        var pass = RunVirtual(model, Gpu, () => new WindowGate(OffloadPolicy.For(new PolicySpec(1, 1), 10), Bytes(model)));
         double expected = 1000 / 1e9 + 10 * (1e-3 + 2e-3) + 1000 / 1e9;
         Assert.Equal(expected, pass.MakespanSeconds, 12);
         Assert.Equal(1_000_000 + 2000, pass.PeakDeviceBytes);
@@ -70,7 +70,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
     public void Streamed_mode_hides_transfers_behind_compute()
     {
         var model = Uniform(10, 1_000_000, 2e9, 1000);
-        var pass = RunVirtual(model, Gpu, () => new WindowGate(StreamPolicy.Create(new PolicySpec(3, 1), 10), Bytes(model)));
+        var pass = RunVirtual(model, Gpu, () => new WindowGate(OffloadPolicy.For(new PolicySpec(3, 1), 10), Bytes(model)));
         // First load (1 ms) then ten computes back to back (2 ms each), plus input and output copies.
         Assert.Equal(1000 / 1e9 + 1e-3 + 10 * 2e-3 + 1000 / 1e9, pass.MakespanSeconds, 12);
         Assert.Equal(3 * 1_000_000 + 2000, pass.PeakDeviceBytes);
@@ -85,7 +85,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
     {
         var expected = HandSchedules.For(k, s);
         var pass = RunVirtual(HandSchedules.FastLoads, HandSchedules.FastLoadsDevice,
-            () => new WindowGate(StreamPolicy.Create(new PolicySpec(k, s), HandSchedules.Sizes.Length), HandSchedules.Sizes));
+            () => new WindowGate(OffloadPolicy.For(new PolicySpec(k, s), HandSchedules.Sizes.Length), HandSchedules.Sizes));
         HandSchedules.CheckAgainstHand(pass, expected.Order, expected.Groups, expected.PeakWeights);
     }
 
@@ -117,7 +117,7 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             long largest = c.bytes.Max();
             Func<LoadGate> gate = c.budgets
                 ? () => new ByteBudgetGate((long)(largest * c.live), (long)(largest * c.prefetch), c.bytes)
-                : () => new WindowGate(StreamPolicy.Create(new PolicySpec(c.k, c.s), c.n), c.bytes);
+                : () => new WindowGate(OffloadPolicy.For(new PolicySpec(c.k, c.s), c.n), c.bytes);
             var actor = RunVirtual(model, device, gate);
             var analytic = PassSimulator.Run(model, device, gate());
             return actor.MakespanSeconds == analytic.MakespanSeconds

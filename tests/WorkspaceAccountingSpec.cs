@@ -71,7 +71,7 @@ public sealed class WorkspaceAccountingSpec() : TestKit(WorkerConfig.Load())
         Assert.IsType<GptBlock>(model.Layers[fullest]); // a block's workspace decides (it is larger than its input and output)
 
         var cost = ModelCost.From(model);
-        var gate = new WindowGate(StreamPolicy.Create(new PolicySpec(1, 1), cost.Layers.Length), [.. cost.Layers.Select(l => l.Bytes)]);
+        var gate = new WindowGate(OffloadPolicy.For(new PolicySpec(1, 1), cost.Layers.Length), [.. cost.Layers.Select(l => l.Bytes)]);
         var predicted = PassSimulator.Run(cost, new DeviceCost("sim:0", peak, 1e9, 1e11), gate);
         Assert.Equal(peak, predicted.PeakDeviceBytes);
         Assert.True(predicted.Fits);

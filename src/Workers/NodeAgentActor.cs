@@ -199,13 +199,13 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     /// the stage waits for room. A stage that can never run here fails at once.</summary>
     void Start(StageAttempt attempt, StageAssignment a, ImmutableArray<TensorPayload> activations, bool first = false)
     {
-        StreamPolicy policy;
+        OffloadPolicy policy;
         LayeredModel stage;
         try
         {
             var model = ModelCatalog.Create(a.Model);
             stage = model.Slice(a.FirstLayer, a.LayerCount);
-            policy = StreamPolicy.Create(a.Policy, a.LayerCount);
+            policy = OffloadPolicy.For(a.Policy, a.LayerCount);
         }
         catch (ArgumentException e)
         {
@@ -231,7 +231,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Run(attempt, a, stage, policy, deployment, activations);
     }
 
-    void Run(StageAttempt attempt, StageAssignment a, LayeredModel stage, StreamPolicy policy, Deployment deployment,
+    void Run(StageAttempt attempt, StageAssignment a, LayeredModel stage, OffloadPolicy policy, Deployment deployment,
         ImmutableArray<TensorPayload> activations)
     {
         var (layers, ready) = (deployment.Layers, deployment.Ready);

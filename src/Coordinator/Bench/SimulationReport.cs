@@ -90,7 +90,7 @@ public static class SimulationReport
         foreach (var c in Calibration.Cases)
             w.WriteLine($"  {c.Spec.Name}  ({c.System}, {c.Spec.Policy.Describe()}, published {F(c.PublishedTokensPerSecond, "0.##")} tokens/s)");
         w.WriteLine();
-        w.WriteLine($"policies: {SimPolicy.Grammar}");
+        w.WriteLine($"policies: {OffloadPolicy.Grammar}");
         return w.ToString();
     }
 

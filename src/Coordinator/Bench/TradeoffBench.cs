@@ -57,7 +57,7 @@ public static class TradeoffBench
         var model = ModelCatalog.Create(spec);
         var cost = ModelCost.From(model);
         long capacity = BenchHarness.CapacityFor(model);
-        var grid = Grid(o.Quick).Select(p => (Spec: p, Policy: StreamPolicy.Create(p, model.Layers.Count))).ToArray();
+        var grid = Grid(o.Quick).Select(p => (Spec: p, Policy: OffloadPolicy.For(p, model.Layers.Count))).ToArray();
         var started = DateTimeOffset.UtcNow;
         log.WriteLine($"tradeoff: {(o.Quick ? "quick, " : "")}{grid.Length} points × {repeats} repeats; model {BenchHarness.Describe(spec, model)}; " +
             $"device capacity {capacity:N0} bytes");
@@ -161,11 +161,11 @@ public static class TradeoffBench
     }
 
     /// <summary>"3/1", or "all" for the resident baseline.</summary>
-    public static string Label(StreamPolicy p) => p.Resident ? "all" : $"{p.Window}/{p.Swap}";
+    public static string Label(OffloadPolicy p) => p.IsResident ? "all" : $"{p.Window}/{p.Swap}";
 
     /// <summary>A point measured and predicted: each repeat is predicted with the compute rate of the calibration pass
     /// just before it; the point's times are medians over the repeats, its peaks the largest over the repeats.</summary>
-    static TradeoffPoint Point(StreamPolicy policy, List<(double Rate, EngineRun Run)> runs, ModelCost cost, DeviceCost device)
+    static TradeoffPoint Point(OffloadPolicy policy, List<(double Rate, EngineRun Run)> runs, ModelCost cost, DeviceCost device)
     {
         var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
         var predictions = runs.Select(x => PassSimulator.Run(cost, device with { FlopsPerSecond = x.Rate }, new WindowGate(policy, bytes))).ToArray();
@@ -178,7 +178,7 @@ public static class TradeoffBench
         var predictedPeaks = predictions.Select(p => p.PeakDeviceBytes).ToArray();
         var shas = runs.Select(x => x.Run.Sha256).Distinct().ToArray();
         return new TradeoffPoint(
-            Label(policy), policy.Window, policy.Swap, policy.Resident, policy.PrefetchDepth,
+            Label(policy), policy.Window, policy.Swap, policy.IsResident, policy.PrefetchDepth,
             measured, reports.Select(r => r.WallSeconds).ToArray(),
             Stats.Median(reports.Select(r => r.LowerBoundSeconds)),
             cost.Flops / Stats.Median(reports.Select(r => r.LayerTimings.Sum(t => t.ComputeSeconds))),
@@ -193,7 +193,7 @@ public static class TradeoffBench
 
     /// <summary>Whether the predicted peak changes when the compute rate is 20 % off either way: the peak is then
     /// decided by a race between a load starting and a compute ending, and a measured pass may fall on either side.</summary>
-    public static bool PeakSensitiveToTiming(ModelCost cost, DeviceCost device, StreamPolicy policy, long peak)
+    public static bool PeakSensitiveToTiming(ModelCost cost, DeviceCost device, OffloadPolicy policy, long peak)
     {
         var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
         return new[] { 0.8, 1.25 }.Any(f =>

@@ -134,7 +134,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         try
         {
             model = ModelCatalog.Create(submit.Model);
-            if (!submit.Policy.Auto) StreamPolicy.Create(submit.Policy, model.Layers.Count);
+            if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy, model.Layers.Count);
         }
         catch (ArgumentException e)
         {

@@ -56,7 +56,7 @@ public static class Flags
     {
         if (string.Equals(window.Trim(), "auto", StringComparison.OrdinalIgnoreCase))
             return swap is null ? PolicySpec.Planned : throw new ArgumentException("--swap cannot be given with --window auto: the planner chooses both");
-        return new PolicySpec(StreamPolicy.ParseWindow(window), swap is null ? null : StreamPolicy.ParseSwap(swap));
+        return new PolicySpec(OffloadPolicy.ParseWindow(window), swap is null ? null : OffloadPolicy.ParseSwap(swap));
     }
 
     public static double? ParseGbps(string? text)

@@ -36,7 +36,7 @@ public static class Preflight
     public static LayeredModel Model(ModelSpec spec, PolicySpec policy)
     {
         var model = ModelCatalog.Create(spec);
-        if (!policy.Auto) StreamPolicy.Create(policy, model.Layers.Count);
+        if (!policy.Auto) OffloadPolicy.For(policy, model.Layers.Count);
         return model;
     }
 

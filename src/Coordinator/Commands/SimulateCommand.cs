@@ -43,7 +43,7 @@ public static class SimulateCommand
             Description = $"JSON spec file, or a built-in: MODEL@GPU or a calibration case (see --list); default {DefaultSpec}",
             DefaultValueFactory = _ => DefaultSpec,
         };
-        var policy = new Option<string>("--policy") { Description = $"policy instead of the spec's: {SimPolicy.Grammar}" };
+        var policy = new Option<string>("--policy") { Description = $"policy instead of the spec's: {OffloadPolicy.Grammar}" };
         var compare = new Option<bool>("--compare") { Description = "simulate the peer policies side by side (sync, window, byte budgets, batched, resident)" };
         var timeline = new Option<int>("--timeline")
         {
@@ -86,7 +86,7 @@ public static class SimulateCommand
         if (o.Calibrate) return await CalibrateAsync(o, output, cancel);
 
         var spec = Apply(SimulationSpecs.Resolve(o.Spec), o);
-        var given = o.Policy is null ? null : SimPolicy.Parse(o.Policy);
+        var given = o.Policy is null ? null : OffloadPolicy.Parse(o.Policy);
         var policies = o.Compare ? spec.ComparePolicies() : [given ?? spec.Policy];
         if (o.Compare && given is not null) policies = [given, .. policies.Where(p => p != given)];
         foreach (var p in policies) p.CreateGate(spec.Streamed()); // refuse a policy that does not fit the model before any work

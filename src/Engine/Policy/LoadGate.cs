@@ -66,13 +66,13 @@ public abstract class LoadGate
 
 /// <summary>Superpipeline's (k, k'): at most k layers resident; evicted k' at a time. k = k' = 1 is the
 /// synchronous, layer-by-layer mode of Accelerate's cpu_offload.</summary>
-public sealed class WindowGate(StreamPolicy policy, IReadOnlyList<long> layerBytes) : LoadGate(layerBytes)
+public sealed class WindowGate(OffloadPolicy policy, IReadOnlyList<long> layerBytes) : LoadGate(layerBytes)
 {
-    public StreamPolicy Policy { get; } = policy;
+    public OffloadPolicy Policy { get; } = policy;
     protected override int GroupSize => Policy.Swap;
     public override int MaxResidentLayers => Policy.Window;
     public override bool CanAdmit(int layer) => ResidentCount < Policy.Window;
-    public override string Describe() => Policy.Resident ? "resident (window all)" : $"window {Policy.Window}, swap {Policy.Swap}";
+    public override string Describe() => Policy.IsResident ? "resident (window all)" : $"window {Policy.Window}, swap {Policy.Swap}";
 }
 
 /// <summary>DeepSpeed ZeRO-Inference style: budgets in bytes rather than layers. A layer may load while the

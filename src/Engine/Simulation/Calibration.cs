@@ -47,23 +47,23 @@ public static class Calibration
 
         var accelerate = new SimulationSpec("calib-accelerate-opt30b-t4", Opt30b, WeightFormat.Fp16, T4, HostSpec.Default,
             new Workload(Batch: 8, Prompt: 512, Generate: 32, Kv: KvPlacement.Device, ResidentLayers: [0, n - 1]),
-            SimPolicy.Synchronous, [], "HF Accelerate cpu_offload baseline of the FlexGen paper").Validated();
+            OffloadPolicy.Synchronous, [], "HF Accelerate cpu_offload baseline of the FlexGen paper").Validated();
 
         int flexResident = (int)Math.Round(0.20 * n);
         var flexgen = new SimulationSpec("calib-flexgen-opt30b-t4", Opt30b, WeightFormat.Fp16, T4, HostSpec.Default,
             new Workload(Batch: 48, Prompt: 512, Generate: 32, MicroBatches: 3, Kv: KvPlacement.Host, ResidentCount: flexResident, ActivationsOnHost: true),
-            SimPolicy.BatchedOf(2, 1, 3), [], "FlexGen, fp16, no compression").Validated();
+            OffloadPolicy.BatchedOf(2, 1, 3), [], "FlexGen, fp16, no compression").Validated();
 
         var deepspeedT4 = new SimulationSpec("calib-deepspeed-opt30b-t4", Opt30b, WeightFormat.Fp16, T4, HostSpec.Default,
             new Workload(Batch: 4, Prompt: 512, Generate: 32, Kv: KvPlacement.Device),
-            SimPolicy.BytesOf(1_000_000_000L * 2, h2 * 2), [], "DeepSpeed ZeRO-Inference baseline of the FlexGen paper").Validated();
+            OffloadPolicy.BytesOf(1_000_000_000L * 2, h2 * 2), [], "DeepSpeed ZeRO-Inference baseline of the FlexGen paper").Validated();
 
         long zeroBudget = (long)(2 * h2 * WeightFormat.Int4.MatrixBytesPerParam);
         long int4Largest = Math.Max(Opt30b.BlockBytes(WeightFormat.Int4), Math.Max(Opt30b.EmbeddingBytes(WeightFormat.Int4),
             Opt30b.HeadBytes(WeightFormat.Int4)));
         var zeroWorkload = new Workload(Batch: 24, Prompt: 512, Generate: 32, Kv: KvPlacement.Device);
         var zero = new SimulationSpec("calib-zero-inference-opt30b-a6000", Opt30b, WeightFormat.Int4, A6000, HostSpec.Default,
-            zeroWorkload, SimPolicy.BytesOf(Math.Max(zeroBudget, int4Largest), zeroBudget), [], "ZeRO-Inference, 4-bit weights, KV cache on the "
+            zeroWorkload, OffloadPolicy.BytesOf(Math.Max(zeroBudget, int4Largest), zeroBudget), [], "ZeRO-Inference, 4-bit weights, KV cache on the "
                 + "GPU").Validated();
 
         return

@@ -24,7 +24,7 @@ public sealed record GenerationPass(int Index, long PastTokens, long Tokens, Mod
 /// <param name="Repeats">Times the passes run: the workload's micro-batches for a policy that serves one micro-batch
 /// per weight load (each streams the weights itself), 1 for batched.</param>
 public sealed record GenerationResult(
-    SimPolicy Policy,
+    OffloadPolicy Policy,
     string Gate,
     int Sequences,
     long TokensGenerated,
@@ -65,7 +65,7 @@ public sealed record GenerationResult(
 /// dequantization cost, and overlap between one pass's tail and the next pass's first load.</para></summary>
 public static class GenerationSimulator
 {
-    public static GenerationResult Run(SimulationSpec spec, SimPolicy policy)
+    public static GenerationResult Run(SimulationSpec spec, OffloadPolicy policy)
     {
         spec.Validated();
         var model = spec.Model;

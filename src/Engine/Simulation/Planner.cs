@@ -65,7 +65,7 @@ public static class Planner
     }
 
     static WindowGate Gate(ModelCost model, int k, int s) =>
-        new(StreamPolicy.Create(new PolicySpec(k, s), model.Layers.Length), [.. model.Layers.Select(l => l.Bytes)]);
+        new(OffloadPolicy.For(new PolicySpec(k, s), model.Layers.Length), [.. model.Layers.Select(l => l.Bytes)]);
 
     public static Plan Choose(ModelCost model, DeviceCost device, long budgetBytes) => Choose(_ => model, [1], device, budgetBytes);
 

@@ -1,3 +1,4 @@
+using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Models;
 using System.Collections.Immutable;
 using System.Globalization;
@@ -72,26 +73,26 @@ public sealed record SimulationSpec(
     GpuSpec Gpu,
     HostSpec Host,
     Workload Workload,
-    SimPolicy Policy,
-    ImmutableArray<SimPolicy> Compare,
+    OffloadPolicy Policy,
+    ImmutableArray<OffloadPolicy> Compare,
     string? Notes = null)
 {
-    public static SimPolicy DefaultPolicy { get; } = SimPolicy.WindowOf(2, 1);
+    public static OffloadPolicy DefaultPolicy { get; } = OffloadPolicy.WindowOf(2, 1);
 
     /// <summary>Policies for <c>--compare</c>: the spec's list, or sync, the spec's window policy (else window 2/1),
     /// byte budgets of two largest layers both live and ahead (the prefetch budget counts the layer computing, so
     /// this lets one layer load while one computes), batched with the window's (k, k') and the workload's
     /// micro-batches (4 when it has one), and resident.</summary>
-    public ImmutableArray<SimPolicy> ComparePolicies()
+    public ImmutableArray<OffloadPolicy> ComparePolicies()
     {
         if (!Compare.IsDefaultOrEmpty) return Compare;
         var bytes = Streamed();
         long largest = bytes.Max();
         var window = Policy.Kind == PolicyKind.Window ? Policy : DefaultPolicy;
         var batched = Policy.Kind == PolicyKind.Batched ? Policy
-            : SimPolicy.BatchedOf(window.Window, window.Swap, Workload.MicroBatches > 1 ? Workload.MicroBatches : 4);
-        var bytePolicy = Policy.Kind == PolicyKind.ByteBudget ? Policy : SimPolicy.BytesOf(2 * largest, 2 * largest);
-        return [SimPolicy.Synchronous, window, bytePolicy, batched, SimPolicy.Resident];
+            : OffloadPolicy.BatchedOf(window.Window, window.Swap, Workload.MicroBatches > 1 ? Workload.MicroBatches : 4);
+        var bytePolicy = Policy.Kind == PolicyKind.ByteBudget ? Policy : OffloadPolicy.BytesOf(2 * largest, 2 * largest);
+        return [OffloadPolicy.Synchronous, window, bytePolicy, batched, OffloadPolicy.Resident];
     }
 
     /// <summary>Streamed bytes of each layer (embedding, blocks, head).</summary>
@@ -195,12 +196,12 @@ public static class SimulationSpecs
         var format = root.TryGetProperty("dtype", out var d) ? WeightFormat.Parse(String(d, "dtype"), "'dtype'") : WeightFormat.Fp16;
         var host = root.TryGetProperty("host", out var h) ? ReadHost(h) : HostSpec.Default;
         var workload = root.TryGetProperty("workload", out var w) ? ReadWorkload(w) : Workload.Default;
-        var policy = root.TryGetProperty("policy", out var p) ? SimPolicy.Parse(String(p, "policy"), "'policy'") : SimulationSpec.DefaultPolicy;
-        ImmutableArray<SimPolicy> compare = [];
+        var policy = root.TryGetProperty("policy", out var p) ? OffloadPolicy.Parse(String(p, "policy"), "'policy'") : SimulationSpec.DefaultPolicy;
+        ImmutableArray<OffloadPolicy> compare = [];
         if (root.TryGetProperty("compare", out var c))
         {
             if (c.ValueKind != JsonValueKind.Array) throw new ArgumentException("'compare' must be an array of policy strings");
-            compare = [.. c.EnumerateArray().Select((e, i) => SimPolicy.Parse(String(e, $"compare[{i}]"), $"'compare[{i}]'"))];
+            compare = [.. c.EnumerateArray().Select((e, i) => OffloadPolicy.Parse(String(e, $"compare[{i}]"), $"'compare[{i}]'"))];
         }
         string name = root.TryGetProperty("name", out var n) ? String(n, "name") : Path.GetFileNameWithoutExtension(source);
         string? notes = root.TryGetProperty("notes", out var t) ? String(t, "notes") : null;

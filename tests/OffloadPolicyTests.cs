@@ -5,7 +5,7 @@ using Xunit;
 
 namespace Superpipeline.Tests;
 
-public sealed class StreamPolicyTests
+public sealed class OffloadPolicyTests
 {
     [Theory]
     [InlineData(1, 1, 1, 0)]
@@ -13,22 +13,32 @@ public sealed class StreamPolicyTests
     [InlineData(5, 5, 5, 0)]
     public void Valid_knobs_give_window_swap_and_prefetch_depth(int window, int swap, int expectedWindow, int expectedPrefetch)
     {
-        var p = StreamPolicy.Create(new PolicySpec(window, swap), layers: 5);
+        var p = OffloadPolicy.For(new PolicySpec(window, swap), layers: 5);
         Assert.Equal(expectedWindow, p.Window);
         Assert.Equal(swap, p.Swap);
         Assert.Equal(expectedPrefetch, p.PrefetchDepth);
-        Assert.False(p.Resident);
+        Assert.False(p.IsResident);
+    }
+
+    [Fact]
+    public void A_job_s_knobs_and_the_simulator_s_text_are_one_policy()
+    {
+        Assert.Equal(OffloadPolicy.Parse("window:3:1"), OffloadPolicy.For(new PolicySpec(3, 1), layers: 5));
+        Assert.Equal("window:3:1", OffloadPolicy.For(new PolicySpec(3, null), layers: 5).ToString());
+        var resident = OffloadPolicy.Parse("resident").CreateGate([1, 2, 3]);
+        Assert.Equal(3, resident.MaxResidentLayers); // resolved against the model when it becomes a gate
+        Assert.Equal(OffloadPolicy.For(PolicySpec.Resident, 3), ((WindowGate)resident).Policy);
     }
 
     [Fact]
     public void Window_all_keeps_every_layer_resident()
     {
-        var p = StreamPolicy.Create(PolicySpec.Resident, layers: 7);
-        Assert.True(p.Resident);
+        var p = OffloadPolicy.For(PolicySpec.Resident, layers: 7);
+        Assert.True(p.IsResident);
         Assert.Equal(7, p.Window);
         Assert.Equal(7, p.Swap);
-        Assert.Null(StreamPolicy.ParseWindow("all"));
-        Assert.Null(StreamPolicy.ParseWindow("ALL"));
+        Assert.Null(OffloadPolicy.ParseWindow("all"));
+        Assert.Null(OffloadPolicy.ParseWindow("ALL"));
     }
 
     [Theory]
@@ -39,7 +49,7 @@ public sealed class StreamPolicyTests
     [InlineData(3, 0, "swap", "swap must be from 1 to the window (3); got 0")]
     public void Out_of_range_knobs_are_refused_naming_the_knob_and_range(int window, int swap, string field, string message)
     {
-        var e = Assert.Throws<FieldException>(() => StreamPolicy.Create(new PolicySpec(window, swap), layers: 5));
+        var e = Assert.Throws<FieldException>(() => OffloadPolicy.For(new PolicySpec(window, swap), layers: 5));
         Assert.Equal(field, e.Field);
         Assert.StartsWith(message, e.Message);
         Assert.DoesNotContain('\n', e.Message);
@@ -49,11 +59,11 @@ public sealed class StreamPolicyTests
     [InlineData("three", "window must be a whole number, 'all' or 'auto'; got 'three'")]
     [InlineData("2.5", "window must be a whole number, 'all' or 'auto'; got '2.5'")]
     public void Window_that_is_not_a_number_is_refused(string text, string message) =>
-        Assert.Equal(message, Assert.Throws<FieldException>(() => StreamPolicy.ParseWindow(text)).Message);
+        Assert.Equal(message, Assert.Throws<FieldException>(() => OffloadPolicy.ParseWindow(text)).Message);
 
     [Fact]
     public void Swap_that_is_not_a_number_is_refused() =>
-        Assert.Equal("swap must be a whole number; got 'x'", Assert.Throws<FieldException>(() => StreamPolicy.ParseSwap("x")).Message);
+        Assert.Equal("swap must be a whole number; got 'x'", Assert.Throws<FieldException>(() => OffloadPolicy.ParseSwap("x")).Message);
 
     [Theory]
     [InlineData("1048576", 1048576L)]

@@ -1,3 +1,4 @@
+using Superpipeline.Coordinator.Cluster;
 using System.CommandLine;
 using System.Security.Cryptography;
 using Spectre.Console;

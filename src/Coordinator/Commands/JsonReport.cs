@@ -2,7 +2,7 @@ using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Bench;
 using Superpipeline.Messages;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Commands;
 
 /// <summary>The JSON report of a run (<c>run --report</c>, <c>submit --report</c>): what a script reads to compare runs.</summary>
 public static class JsonReport

@@ -9,7 +9,7 @@ using Superpipeline.Messages;
 using Superpipeline.Workers;
 using static Superpipeline.Messages.JobProtocol;
 
-namespace Superpipeline.Coordinator;
+namespace Superpipeline.Coordinator.Cluster;
 
 /// <summary>A process outside the cluster that submits jobs through ClusterClient (the coordinators' receptionists
 /// are its contact points). Used by <c>superpipeline submit</c>.</summary>

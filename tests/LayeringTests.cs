@@ -5,7 +5,8 @@ using Xunit;
 
 namespace Superpipeline.Tests;
 
-/// <summary>The engine is free of actors: neither it nor anything it references (transitively) is an Akka assembly.</summary>
+/// <summary>House rules the compiler does not check: the engine is free of actors (neither it nor anything it references,
+/// transitively, is an Akka assembly), the contracts depend on nothing, and no source line is over 160 characters.</summary>
 public sealed class LayeringTests
 {
     [Fact]
@@ -25,6 +26,23 @@ public sealed class LayeringTests
             }
         }
         Assert.Contains("Superpipeline.Contracts", seen);
+    }
+
+    [Fact]
+    public void No_source_line_is_over_160_characters()
+    {
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Superpipeline.sln"))) root = root.Parent;
+        Assert.NotNull(root);
+        var sep = Path.DirectorySeparatorChar;
+        var longLines = new[] { "src", "tests" }
+            .SelectMany(d => Directory.EnumerateFiles(Path.Combine(root.FullName, d), "*.cs", SearchOption.AllDirectories))
+            .Where(f => !f.Contains($"{sep}bin{sep}") && !f.Contains($"{sep}obj{sep}"))
+            .SelectMany(f => File.ReadLines(f).Select((line, i) => (File: Path.GetRelativePath(root.FullName, f), Line: i + 1, line.Length)))
+            .Where(l => l.Length > 160)
+            .Select(l => $"{l.File}:{l.Line} ({l.Length})")
+            .ToList();
+        Assert.True(longLines.Count == 0, string.Join("\n", longLines));
     }
 
     [Fact]

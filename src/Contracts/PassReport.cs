@@ -49,4 +49,5 @@ public sealed record LayerProgress(int Layer, int Layers, LayerPhase Phase, doub
 public enum LayerPhase { Loaded, Computed, Evicted }
 
 /// <summary>One pipeline stage as placed: where it ran, which layers, with which knobs.</summary>
-public sealed record StagePlan(int Stage, string Node, string Device, int FirstLayer, int LayerCount, int Window, int Swap, long Bytes, double Flops, long PeakDeviceBytes, double WallSeconds);
+public sealed record StagePlan(int Stage, string Node, string Device, int FirstLayer, int LayerCount, int Window, int Swap, long Bytes, double Flops,
+    long PeakDeviceBytes, double WallSeconds);

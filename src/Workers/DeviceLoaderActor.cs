@@ -19,7 +19,8 @@ public sealed class DeviceLoaderActor : ReceiveActor
     /// <paramref name="Progress"/>, when given, is called (from device threads) for each layer event; it must only pass the record on.</summary>
     /// <paramref name="Inputs"/> are micro-batches: each layer, once loaded, computes every one of them before it is evicted,
     /// so one weight load serves them all (FlexGen-style), while each micro-batch keeps its own shape and bits.
-    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, IReadOnlyList<Tensor> Inputs, OffloadPolicy Policy, Action<LayerProgress>? Progress = null) : INoSerializationVerificationNeeded
+    public sealed record RunPass(LayeredModel Model, IReadOnlyList<IActorRef> LayerActors, IReadOnlyList<Tensor> Inputs, OffloadPolicy Policy,
+        Action<LayerProgress>? Progress = null) : INoSerializationVerificationNeeded
     {
         public RunPass(LayeredModel model, IReadOnlyList<IActorRef> layerActors, Tensor input, OffloadPolicy policy, Action<LayerProgress>? progress = null)
             : this(model, layerActors, new[] { input }, policy, progress) { }

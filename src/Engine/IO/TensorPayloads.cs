@@ -16,7 +16,8 @@ public static class TensorPayloads
         if (!Enum.TryParse<ScalarType>(p.DType, out var dtype)) throw new ArgumentException($"unknown tensor dtype '{p.DType}'");
         var shape = p.Shape.ToArray();
         long expected = TensorBytes.Of(shape, dtype);
-        if (expected != p.Bytes.Length) throw new ArgumentException($"tensor payload has {p.Bytes.Length} bytes; {dtype}[{string.Join(",", shape)}] needs {expected}");
+        if (expected != p.Bytes.Length) throw new ArgumentException($"tensor payload has {p.Bytes.Length} bytes; {dtype}[{string.Join(",", shape)}] needs "
+            + $"{expected}");
         var t = empty(shape, dtype);
         p.Bytes.AsSpan().CopyTo(t.bytes);
         return t;

@@ -31,7 +31,7 @@ public sealed class AutoPlanSpec() : TestKit(WorkerConfig.Load())
 
         var agent = CreateTestProbe();
         var manager = Sys.ActorOf(JobManagerActor.Props(SuperpipelineSettings.Create(Sys.Settings.Config)));
-        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:0", "sim", capacity, null, flops, link)]), agent.Ref);
+        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:0", DeviceKind.Sim, capacity, null, flops, link)]), agent.Ref);
         agent.ExpectMsg<WorkerRegistered>(TimeSpan.FromSeconds(10));
         manager.Tell(new SubmitJob(new JobId("auto"), Spec, PolicySpec.Planned), TestActor);
         ExpectMsg<JobAccepted>(TimeSpan.FromSeconds(10));
@@ -44,7 +44,7 @@ public sealed class AutoPlanSpec() : TestKit(WorkerConfig.Load())
     {
         var agent = CreateTestProbe();
         var manager = Sys.ActorOf(JobManagerActor.Props(SuperpipelineSettings.Create(Sys.Settings.Config)));
-        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:7", "sim", 64L << 20, 1)]), agent.Ref);
+        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:7", DeviceKind.Sim, 64L << 20, 1)]), agent.Ref);
         agent.ExpectMsg<WorkerRegistered>(TimeSpan.FromSeconds(10));
         manager.Tell(new SubmitJob(new JobId("auto"), Spec, PolicySpec.Planned), TestActor);
         ExpectMsg<JobAccepted>(TimeSpan.FromSeconds(10));

@@ -82,6 +82,9 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes (with activations it needs 93,824)",
         "--device-memory", "20000")]
     [InlineData("unknown model 'llama-9000' (known: demo, gpt)", "--model", "llama-9000")]
+    [InlineData("--layers must be at least 1 (got 0)", "--layers", "0")]
+    [InlineData("--seq-len must be at least 1 (got 0)", "--seq-len", "0")]
+    [InlineData("--device must be sim, cuda or auto; got 'tpu'", "--device", "tpu")]
     [InlineData("--link-gbps must be a positive number of GB/s; got '-1'", "--link-gbps", "-1")]
     [InlineData("--swap cannot be given with --window auto: the planner chooses both", "--window", "auto", "--swap", "2")]
     public void Bad_input_exits_non_zero_with_one_line_naming_what_was_wrong(string message, params string[] bad)

@@ -10,7 +10,7 @@ public interface IProtocolMessage { }
 /// <summary>A device as a worker reports it: runtime name on its node, kind, capacity, configured (emulated) link
 /// bandwidth, and what the worker measured once on it (DeviceCalibration): compute rate and host→device link, from
 /// which `--window auto` plans. The measured figures are null when not measured.</summary>
-public sealed record DeviceInfo(string Name, string Kind, long CapacityBytes, double? LinkGBps,
+public sealed record DeviceInfo(string Name, DeviceKind Kind, long CapacityBytes, double? LinkGBps,
     double? MeasuredFlopsPerSecond = null, double? MeasuredLinkBytesPerSecond = null);
 
 /// <summary>Workers tell the coordinator what they have. A worker repeats its registration as a heartbeat, so a

@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
 
 namespace Superpipeline.Engine.Simulation;
 
@@ -29,6 +30,18 @@ public sealed record ModelCost(string Name, long InputBytes, ImmutableArray<Laye
     /// <summary>Most bytes besides weights live at once: a layer's input, its output and its workspace while it computes.</summary>
     public long ActivationBoundBytes() =>
         Enumerable.Range(0, Layers.Length).Max(i => InputBytesOf(i) + Layers[i].OutputBytes + Layers[i].WorkspaceBytes);
+
+    /// <summary>Why a device of <paramref name="capacityBytes"/> cannot run the model at all (its largest layer with the
+    /// activations does not fit), naming <see cref="FieldException.DeviceMemory"/>; null when it can.</summary>
+    public FieldException? DeviceMemoryRefusal(long capacityBytes)
+    {
+        int largest = Enumerable.Range(0, Layers.Length).MaxBy(i => Layers[i].Bytes);
+        long need = Layers[largest].Bytes + ActivationBoundBytes();
+        return need > capacityBytes
+            ? new FieldException(FieldException.DeviceMemory, $"{capacityBytes:N0} bytes is below the largest layer, {largest} ({Layers[largest].Name}) of "
+                + $"{Layers[largest].Bytes:N0} bytes (with activations it needs {need:N0})")
+            : null;
+    }
 
     /// <summary>Sum of the <paramref name="k"/> largest layers' weight bytes.</summary>
     public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();

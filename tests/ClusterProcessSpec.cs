@@ -131,7 +131,7 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
     static IReadOnlyList<StagePlacement> PlannedStages(IReadOnlyList<string> nodes)
     {
         var slots = nodes.SelectMany(n => Enumerable.Range(0, 2)
-            .Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", DeviceKind.Sim, 64L << 20, 0.05)))).ToArray();
+            .Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", DeviceKind.Sim, 64L << 20)))).ToArray();
         return Placement.Place(ModelCost.From(ModelCatalog.Create(Model)), slots, Policy);
     }
 

@@ -172,7 +172,7 @@ public sealed class JobManagerSpec : TestKit, IDisposable
         };
         var manager = Sys.ActorOf(JobManagerActor.Props(settings));
         var worker = CreateTestProbe();
-        manager.Tell(new RegisterWorker(worker.Ref, "probe", [new DeviceInfo("sim:0", DeviceKind.Sim, 64L << 20, null)]), worker.Ref);
+        manager.Tell(new RegisterWorker(worker.Ref, "probe", [new DeviceInfo("sim:0", DeviceKind.Sim, 64L << 20)]), worker.Ref);
         worker.ExpectMsg<WorkerRegistered>(Wait);
         return (manager, worker);
     }

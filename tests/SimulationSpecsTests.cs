@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using Superpipeline.Engine.Models;
 using System.Text.Json;
 using Superpipeline.Coordinator;

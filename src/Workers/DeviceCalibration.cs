@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Superpipeline.Engine.Devices;

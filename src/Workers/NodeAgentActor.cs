@@ -126,8 +126,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             return;
         }
         _coordinator.Tell(new RegisterWorker(Self, _node, [.. measured.Select(m => new DeviceInfo(m.Device.Name, m.Device.Kind, m.Device.Memory.Capacity,
-            m.Device.LinkBytesPerSecond / 1e9, m.Cost.IsCompletedSuccessfully ? m.Cost.Result.FlopsPerSecond : null,
-            m.Cost.IsCompletedSuccessfully ? m.Cost.Result.LinkBytesPerSecond : null))]));
+            m.Cost.IsCompletedSuccessfully ? m.Cost.Result : null))]));
     }
 
     DateTimeOffset Now => Context.System.Scheduler.Now;

@@ -204,10 +204,9 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
-        if (smallest.MeasuredFlopsPerSecond is not { } flops || smallest.MeasuredLinkBytesPerSecond is not { } link)
-            throw new ArgumentException($"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
-        var device = new DeviceCost(smallest.Name, smallest.CapacityBytes, link, flops).Validated();
-        return Planner.Choose(cost, device, smallest.CapacityBytes).Policy;
+        var device = smallest.Cost ?? throw new ArgumentException(
+            $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
+        return Planner.Choose(cost, device.Validated(), smallest.CapacityBytes).Policy;
     }
 
     /// <summary>A stage's progress goes to the clients of every job of its attempt, with the model's layer count.</summary>

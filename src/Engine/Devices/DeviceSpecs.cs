@@ -44,7 +44,8 @@ public static partial class DeviceSpecs
             double? link = null;
             if (m.Groups[4].Success)
             {
-                if (!double.TryParse(m.Groups[4].Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var gbps) || !(gbps > 0) || double.IsInfinity(gbps))
+                bool number = double.TryParse(m.Groups[4].Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var gbps);
+                if (!number || !(gbps > 0) || double.IsInfinity(gbps))
                     throw new FieldException(FieldException.Devices, $"link must be a positive number of GB/s; got '{part}'");
                 link = gbps;
             }
@@ -52,7 +53,8 @@ public static partial class DeviceSpecs
             {
                 if (kind != DeviceKind.Cuda) throw new FieldException(FieldException.Devices, $"only cuda devices can be 'all'; got '{part}'");
                 int count = torch.cuda.is_available() ? torch.cuda.device_count() : 0;
-                if (count == 0) throw new FieldException(FieldException.Devices, "cuda:all: TorchSharp sees no CUDA device here (the CPU build cannot use CUDA)");
+                if (count == 0)
+                    throw new FieldException(FieldException.Devices, "cuda:all: TorchSharp sees no CUDA device here (the CPU build cannot use CUDA)");
                 for (int i = 0; i < count; i++) list.Add(new DeviceSpec(DeviceKind.Cuda, AssumedCudaCapacityBytes, link, CapacityAssumed: true));
                 continue;
             }

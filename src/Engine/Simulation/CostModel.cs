@@ -47,20 +47,3 @@ public sealed record ModelCost(string Name, long InputBytes, ImmutableArray<Laye
     public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
 }
 
-/// <summary>A device as the cost model sees it: capacity, host↔device link bandwidth and per-transfer latency,
-/// and sustained compute rate.</summary>
-public sealed record DeviceCost(string Name, long CapacityBytes, double LinkBytesPerSecond, double FlopsPerSecond, double TransferLatencySeconds = 0)
-{
-    public double TransferSeconds(long bytes) => TransferLatencySeconds + bytes / LinkBytesPerSecond;
-    public double ComputeSeconds(double flops) => flops / FlopsPerSecond;
-
-    /// <summary>Checks the figures; throws naming the field.</summary>
-    public DeviceCost Validated()
-    {
-        if (CapacityBytes <= 0) throw new ArgumentException($"device {Name}: capacity must be positive");
-        if (!(LinkBytesPerSecond > 0)) throw new ArgumentException($"device {Name}: link bandwidth must be positive");
-        if (!(FlopsPerSecond > 0)) throw new ArgumentException($"device {Name}: compute rate must be positive");
-        if (TransferLatencySeconds < 0) throw new ArgumentException($"device {Name}: transfer latency cannot be negative");
-        return this;
-    }
-}

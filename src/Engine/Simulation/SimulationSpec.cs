@@ -146,12 +146,13 @@ public static class SimulationSpecs
         var at = name.Split('@');
         if (at.Length == 2)
         {
-            var model = ModelCatalog.FindShape(at[0]) ?? throw new FieldException(FieldException.Spec, $"'{name}': unknown model '{at[0]}' (known: {KnownModels})");
+            var model = ModelCatalog.FindShape(at[0])
+                ?? throw new FieldException(FieldException.Spec, $"'{name}': unknown model '{at[0]}' (known: {KnownModels})");
             var gpu = GpuCatalog.Find(at[1]) ?? throw new FieldException(FieldException.Spec, $"'{name}': unknown GPU '{at[1]}' (known: {KnownGpus})");
             return Of(model, gpu);
         }
-        throw new FieldException(FieldException.Spec, $"'{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; GPUs: {KnownGpus}) or a "
-            + $"calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
+        throw new FieldException(FieldException.Spec, $"'{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; "
+            + $"GPUs: {KnownGpus}) or a calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
     }
 
     static string KnownModels => string.Join(", ", ModelCatalog.Shapes.Select(m => m.Name));

@@ -27,9 +27,6 @@ public static partial class DeviceSpecs
         _ => throw new FieldException(FieldException.Device, $"must be sim, cuda or auto; got '{text}'"),
     };
 
-    /// <summary>The text of a kind, as <see cref="ParseKind"/> reads it.</summary>
-    public static string Name(DeviceKind? kind) => kind switch { DeviceKind.Sim => "sim", DeviceKind.Cuda => "cuda", _ => "auto" };
-
     /// <summary>Parses a list of devices: "sim:2x4GiB" (two simulated accelerators of 4 GiB), "sim:512MiB@8" (8 GB/s link),
     /// "cuda:all" (every GPU TorchSharp sees, each assumed to hold <see cref="AssumedCudaCapacityBytes"/>) or "cuda:2x24GiB";
     /// several entries may be separated by commas.</summary>

@@ -31,7 +31,8 @@ public sealed class AutoPlanSpec() : TestKit(WorkerConfig.Load())
 
         var agent = CreateTestProbe();
         var manager = Sys.ActorOf(JobManagerActor.Props(SuperpipelineSettings.Create(Sys.Settings.Config)));
-        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:0", "sim", capacity, null, flops, link)]), agent.Ref);
+        var measured = new DeviceCost("sim:0", capacity, link, flops);
+        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:0", DeviceKind.Sim, capacity, measured)]), agent.Ref);
         agent.ExpectMsg<WorkerRegistered>(TimeSpan.FromSeconds(10));
         manager.Tell(new SubmitJob(new JobId("auto"), Spec, PolicySpec.Planned), TestActor);
         ExpectMsg<JobAccepted>(TimeSpan.FromSeconds(10));
@@ -44,7 +45,7 @@ public sealed class AutoPlanSpec() : TestKit(WorkerConfig.Load())
     {
         var agent = CreateTestProbe();
         var manager = Sys.ActorOf(JobManagerActor.Props(SuperpipelineSettings.Create(Sys.Settings.Config)));
-        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:7", "sim", 64L << 20, 1)]), agent.Ref);
+        manager.Tell(new RegisterWorker(agent.Ref, "n1", [new DeviceInfo("sim:7", DeviceKind.Sim, 64L << 20)]), agent.Ref);
         agent.ExpectMsg<WorkerRegistered>(TimeSpan.FromSeconds(10));
         manager.Tell(new SubmitJob(new JobId("auto"), Spec, PolicySpec.Planned), TestActor);
         ExpectMsg<JobAccepted>(TimeSpan.FromSeconds(10));
@@ -62,10 +63,11 @@ public sealed class AutoPlanSpec() : TestKit(WorkerConfig.Load())
         Sys.ActorOf(NodeAgentActor.Props("n1", [device], coordinator.Ref, SuperpipelineSettings.Create(Sys.Settings.Config)));
         var register = await coordinator.ExpectMsgAsync<RegisterWorker>(TimeSpan.FromSeconds(30));
         var info = Assert.Single(register.Devices);
-        Assert.True(info.MeasuredFlopsPerSecond > 0);
-        Assert.Equal(2e9, info.MeasuredLinkBytesPerSecond); // the emulated link is what a transfer gets
+        Assert.True(info.Cost!.FlopsPerSecond > 0);
+        Assert.Equal(2e9, info.Cost.LinkBytesPerSecond); // the emulated link is what a transfer gets
+        Assert.Equal(("sim:0", 64L << 20), (info.Cost.Name, info.Cost.CapacityBytes)); // the device's own name and capacity
         Assert.Same(DeviceCalibration.MeasureOnceAsync(device), DeviceCalibration.MeasureOnceAsync(device));
-        Assert.Equal(info.MeasuredFlopsPerSecond, (await DeviceCalibration.MeasureOnceAsync(device)).FlopsPerSecond);
+        Assert.Equal(info.Cost, await DeviceCalibration.MeasureOnceAsync(device));
 
         var serializer = Sys.Serialization.FindSerializerFor(register);
         var back = (RegisterWorker)Sys.Serialization.Deserialize(serializer.ToBinary(register), serializer.Identifier,

@@ -82,11 +82,22 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--device-memory 20,000 bytes is below the largest layer, 1 (block.0) of 50,816 bytes (with activations it needs 93,824)",
         "--device-memory", "20000")]
     [InlineData("unknown model 'llama-9000' (known: demo, gpt)", "--model", "llama-9000")]
+    [InlineData("--device must be sim, cuda or auto; got 'tpu'", "--device", "tpu")]
     [InlineData("--link-gbps must be a positive number of GB/s; got '-1'", "--link-gbps", "-1")]
     [InlineData("--swap cannot be given with --window auto: the planner chooses both", "--window", "auto", "--swap", "2")]
     public void Bad_input_exits_non_zero_with_one_line_naming_what_was_wrong(string message, params string[] bad)
     {
         var (code, _, stderr) = Run(["run", .. Small, .. bad]);
+        Assert.NotEqual(0, code);
+        Assert.Equal($"superpipeline: {message}", stderr.Trim());
+    }
+
+    [Theory]
+    [InlineData("--devices count must be at least 1; got 'sim:0x1GiB'", "sim:0x1GiB")]
+    [InlineData("--devices only cuda devices can be 'all'; got 'sim:all'", "sim:all")]
+    public void Host_refuses_bad_devices_naming_its_flag_before_it_starts(string message, string devices)
+    {
+        var (code, _, stderr) = Run(["host", "--role", "worker", "--port", "0", "--devices", devices]);
         Assert.NotEqual(0, code);
         Assert.Equal($"superpipeline: {message}", stderr.Trim());
     }

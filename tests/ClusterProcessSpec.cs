@@ -68,7 +68,7 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
 
             // The reference, in this process on one device, while the members start.
             TensorPayload reference;
-            await using (var single = EmbeddedHost.Start(new DeviceSpec("sim", 256L << 20, null)))
+            await using (var single = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, 256L << 20, null)))
                 reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, Policy)).WaitAsync(Patience)).Output;
 
             await coordinator.WaitForLine($"worker 127.0.0.1:{aPort} registered 2 device(s)", Patience);
@@ -131,7 +131,7 @@ public sealed class ClusterProcessSpec(ITestOutputHelper output) : IDisposable
     static IReadOnlyList<StagePlacement> PlannedStages(IReadOnlyList<string> nodes)
     {
         var slots = nodes.SelectMany(n => Enumerable.Range(0, 2)
-            .Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", "sim", 64L << 20, 0.05)))).ToArray();
+            .Select(i => new DeviceSlot(ActorRefs.Nobody, n, new DeviceInfo($"sim:{i}", DeviceKind.Sim, 64L << 20)))).ToArray();
         return Placement.Place(ModelCost.From(ModelCatalog.Create(Model)), slots, Policy);
     }
 

@@ -6,6 +6,7 @@ using System.Security.Cryptography.X509Certificates;
 using Akka.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Cluster;
+using Superpipeline.Engine.Devices;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Xunit;
@@ -66,13 +67,13 @@ public sealed class ClusterSecuritySpec(ITestOutputHelper output) : IAsyncLifeti
     {
         var tls = TlsConfig(WriteSelfSignedCertificate("superpipeline-test"), "s3cret!");
         var coordinator = Start(["coordinator"], [], tls);
-        var worker = Start(["worker"], ClusterHost.ParseDevices("sim:2x16MiB"), tls, seed: coordinator);
+        var worker = Start(["worker"], DeviceSpecs.ParseList("sim:2x16MiB"), tls, seed: coordinator);
         await WaitForMembers(coordinator, 2);
         foreach (var h in _hosts)
             Assert.True(h.System.Settings.Config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl"));
 
         TensorPayload reference;
-        await using (var single = EmbeddedHost.Start(new DeviceSpec("sim", 64L << 20, null), Timings))
+        await using (var single = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, 64L << 20, null), Timings))
             reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(2, 1))).WaitAsync(Wait)).Output;
 
         var secure = Client(coordinator, tls);

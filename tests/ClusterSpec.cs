@@ -3,6 +3,7 @@ using Akka.Actor;
 using Akka.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Cluster;
+using Superpipeline.Engine.Devices;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Xunit;
@@ -32,7 +33,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(120);
 
     /// <summary>A host of one process with the test's short pass timeout, for reference outputs.</summary>
-    static EmbeddedHost Single(long capacity) => EmbeddedHost.Start(new DeviceSpec("sim", capacity, null), "superpipeline.pass-timeout = 90s");
+    static EmbeddedHost Single(long capacity) => EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, capacity, null), "superpipeline.pass-timeout = 90s");
 
     readonly List<ClusterHost> _hosts = [];
     readonly List<SubmitClient> _clients = [];
@@ -52,7 +53,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
 
     ClusterHost Worker(ClusterHost seed, string devices = "sim:2x64MiB", bool crashable = false)
     {
-        var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], ClusterHost.ParseDevices(devices),
+        var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
             TestConfig + (crashable ? Crashable : "")));
         _hosts.Add(h);
         return h;
@@ -198,6 +199,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
             events.Add(e);
         var refused = Assert.IsType<JobRefused>(Assert.Single(events)); // refused at admission: never accepted
         Assert.Contains("below the largest layer", refused.Reason);
+        Assert.DoesNotContain("--device-memory", refused.Reason); // a cluster client used no such flag
     }
 
     [Fact]

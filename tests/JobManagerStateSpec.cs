@@ -20,7 +20,7 @@ public sealed class JobManagerStateSpec
 
     static Attempt AttemptOf(int number, params string[] jobs)
     {
-        var slot = new DeviceSlot(ActorRefs.Nobody, "node", new DeviceInfo("sim:0", "sim", 64L << 20, null));
+        var slot = new DeviceSlot(ActorRefs.Nobody, "node", new DeviceInfo("sim:0", DeviceKind.Sim, 64L << 20));
         return new Attempt(number, [.. jobs.Select(j => new JobId(j))], [new StagePlacement(0, slot, 0, 5, Policy, 1000, 1e6)], 0);
     }
 

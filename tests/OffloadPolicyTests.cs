@@ -71,12 +71,16 @@ public sealed class OffloadPolicyTests
     [InlineData("1.5 GiB", 3L << 29)]
     [InlineData("512KiB", 512L << 10)]
     [InlineData("2g", 2L << 30)]
-    public void Byte_sizes_parse_with_suffixes(string text, long bytes) => Assert.Equal(bytes, ByteSize.Parse(text));
+    public void Byte_sizes_parse_with_suffixes(string text, long bytes) => Assert.Equal(bytes, ByteSize.Parse(text, FieldException.DeviceMemory));
 
     [Theory]
     [InlineData("lots")]
     [InlineData("-5MiB")]
     [InlineData("0")]
-    public void Bad_byte_sizes_are_refused_naming_the_option(string text) =>
-        Assert.StartsWith("--device-memory must be a positive size", Assert.Throws<ArgumentException>(() => ByteSize.Parse(text)).Message);
+    public void Bad_byte_sizes_are_refused_naming_the_field(string text)
+    {
+        var e = Assert.Throws<FieldException>(() => ByteSize.Parse(text, FieldException.DeviceMemory));
+        Assert.Equal(FieldException.DeviceMemory, e.Field);
+        Assert.StartsWith("device memory must be a positive size", e.Message);
+    }
 }

@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using CsCheck;
 using Superpipeline.Engine.Simulation;
 using Xunit;

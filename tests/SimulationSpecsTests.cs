@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using Superpipeline.Engine.Models;
 using System.Text.Json;
 using Superpipeline.Coordinator;
@@ -202,15 +203,18 @@ public sealed class SimulationSpecsTests
     }
 
     [Theory]
-    [InlineData("llama2-9000@t4", "--spec 'llama2-9000@t4': unknown model 'llama2-9000' (known: llama2-7b,")]
-    [InlineData("llama2-7b@v100", "--spec 'llama2-7b@v100': unknown GPU 'v100' (known: t4,")]
-    [InlineData("banana", "--spec 'banana' is neither a file nor a built-in spec")]
-    [InlineData("no/such/spec.json", "--spec file 'no/such/spec.json' does not exist")]
+    [InlineData("llama2-9000@t4", "spec 'llama2-9000@t4': unknown model 'llama2-9000' (known: llama2-7b,")]
+    [InlineData("llama2-7b@v100", "spec 'llama2-7b@v100': unknown GPU 'v100' (known: t4,")]
+    [InlineData("banana", "spec 'banana' is neither a file nor a built-in spec")]
+    [InlineData("no/such/spec.json", "spec file 'no/such/spec.json' does not exist")]
     public void A_bad_spec_name_is_one_line_naming_it(string name, string message)
     {
-        var e = Assert.Throws<ArgumentException>(() => SimulationSpecs.Resolve(name));
+        var e = Assert.Throws<FieldException>(() => SimulationSpecs.Resolve(name));
+        Assert.Equal(FieldException.Spec, e.Field);
         Assert.StartsWith(message, e.Message);
         Assert.DoesNotContain('\n', e.Message);
+        // simulate names its own flag for the field.
+        Assert.StartsWith("--" + message, Flags.Describe(e, SimulateCommand.Build()));
     }
 
     [Theory]

@@ -26,5 +26,7 @@ public sealed record PolicySpec(int? Window, int? Swap, bool Auto = false)
     public override string ToString() => Auto ? "window=auto" : $"window={(Window?.ToString() ?? "all")}, swap={(Swap?.ToString() ?? "default")}";
 }
 
-/// <summary>A device as the job sees it: kind ("sim" or "cuda"), capacity in bytes, optional emulated link bandwidth.</summary>
-public sealed record DeviceSpec(string Kind, long CapacityBytes, double? LinkGBps);
+/// <summary>A device to create (owned by the engine's DeviceFactory, which makes it; parsed from text by DeviceSpecs):
+/// its kind, or null for "auto" (CUDA when TorchSharp sees it, else sim), capacity in bytes, optional emulated link
+/// bandwidth. <see cref="CapacityAssumed"/> says the capacity is an assumption (cuda:all), not a figure anyone gave.</summary>
+public sealed record DeviceSpec(DeviceKind? Kind, long CapacityBytes, double? LinkGBps, bool CapacityAssumed = false);

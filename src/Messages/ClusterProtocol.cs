@@ -7,11 +7,11 @@ namespace Superpipeline.Messages;
 /// <summary>Marker of every message that crosses the network; bound in HOCON to <see cref="Serialization.ProtocolSerializer"/>.</summary>
 public interface IProtocolMessage { }
 
-/// <summary>A device as a worker reports it: runtime name on its node, kind, capacity, configured (emulated) link
-/// bandwidth, and what the worker measured once on it (DeviceCalibration): compute rate and host→device link, from
-/// which `--window auto` plans. The measured figures are null when not measured.</summary>
-public sealed record DeviceInfo(string Name, string Kind, long CapacityBytes, double? LinkGBps,
-    double? MeasuredFlopsPerSecond = null, double? MeasuredLinkBytesPerSecond = null);
+/// <summary>A device as a worker registers it (owned by the wire protocol; placement reads it): runtime name on its node,
+/// kind, capacity, and <see cref="Cost"/>: the device as the cost model sees it, measured once by the worker
+/// (DeviceCalibration: compute rate and host→device link; same name and capacity), which window auto plans from
+/// as it is. Null when the device was not measured.</summary>
+public sealed record DeviceInfo(string Name, DeviceKind Kind, long CapacityBytes, DeviceCost? Cost = null);
 
 /// <summary>Workers tell the coordinator what they have. A worker repeats its registration as a heartbeat, so a
 /// coordinator that moved (singleton hand-over) learns the inventory again without anyone asking.</summary>

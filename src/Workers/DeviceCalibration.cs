@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Superpipeline.Engine.Devices;
@@ -11,13 +12,13 @@ namespace Superpipeline.Workers;
 /// thread, and its link bandwidth (the emulated one when set, otherwise a measured host→device copy).</summary>
 public static class DeviceCalibration
 {
-    static readonly ConditionalWeakTable<IDevice, Task<DeviceCost>> Measured = new();
+    static readonly ConditionalWeakTable<Accelerator, Task<DeviceCost>> Measured = new();
 
     /// <summary>The device measured once: the first call starts <see cref="MeasureAsync"/>, later calls share its result.
     /// A worker calls it before it registers, so the probe never competes with a pass.</summary>
-    public static Task<DeviceCost> MeasureOnceAsync(IDevice device) => Measured.GetValue(device, d => MeasureAsync(d));
+    public static Task<DeviceCost> MeasureOnceAsync(Accelerator device) => Measured.GetValue(device, d => MeasureAsync(d));
 
-    public static async Task<DeviceCost> MeasureAsync(IDevice device, int probeSize = 768)
+    public static async Task<DeviceCost> MeasureAsync(Accelerator device, int probeSize = 768)
     {
         double flopsPerSecond = await device.OnComputeThread(() =>
         {

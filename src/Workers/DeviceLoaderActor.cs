@@ -39,12 +39,12 @@ public sealed class DeviceLoaderActor : ReceiveActor
 
     private sealed record Finished(IActorRef ReplyTo, object Answer) : INoSerializationVerificationNeeded;
 
-    readonly IDevice _device;
+    readonly Accelerator _device;
     readonly TimeSpan _askTimeout;
     readonly IMaterializer _materializer;
     readonly Queue<(RunPass Pass, IActorRef ReplyTo)> _waiting = new();
 
-    public DeviceLoaderActor(IDevice device, TimeSpan askTimeout)
+    public DeviceLoaderActor(Accelerator device, TimeSpan askTimeout)
     {
         _device = device;
         _askTimeout = askTimeout;
@@ -52,7 +52,7 @@ public sealed class DeviceLoaderActor : ReceiveActor
         Idle();
     }
 
-    public static Props Props(IDevice device, TimeSpan askTimeout) =>
+    public static Props Props(Accelerator device, TimeSpan askTimeout) =>
         Akka.Actor.Props.Create(() => new DeviceLoaderActor(device, askTimeout)).WithMailbox(Dispatchers.LoaderMailbox);
 
     void Idle()

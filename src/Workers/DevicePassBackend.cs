@@ -15,7 +15,7 @@ namespace Superpipeline.Workers;
 /// thread; layers compute on its compute thread; all bytes go through the device's exact accounting.</summary>
 public sealed class DevicePassBackend : IPassBackend
 {
-    readonly IDevice _device;
+    readonly Accelerator _device;
     readonly LayeredModel _model;
     readonly IReadOnlyList<IActorRef> _layerActors;
     readonly IReadOnlyList<Tensor> _inputs;
@@ -31,7 +31,7 @@ public sealed class DevicePassBackend : IPassBackend
     long _bytesTransferred;
     Activation?[] _microBatches; // one per micro-batch; touched on the device threads only, one step at a time
 
-    public DevicePassBackend(IDevice device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, IReadOnlyList<Tensor> inputs,
+    public DevicePassBackend(Accelerator device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, IReadOnlyList<Tensor> inputs,
         Action<LayerProgress>? progress, TimeSpan askTimeout)
     {
         if (layerActors.Count != model.Layers.Count)

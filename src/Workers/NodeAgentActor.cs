@@ -55,7 +55,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     sealed record StageRef(StageAttempt Attempt, int Stage);
 
     readonly string _node;
-    readonly IReadOnlyDictionary<string, IDevice> _devices;
+    readonly IReadOnlyDictionary<string, Accelerator> _devices;
     readonly Dictionary<string, IActorRef> _loaders = [];
     readonly IActorRef _coordinator;
     readonly TimeSpan _heartbeat;
@@ -68,7 +68,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly ILoggingAdapter _log = Context.GetLogger();
     int _deploymentCounter;
 
-    public NodeAgentActor(string node, IReadOnlyList<IDevice> devices, IActorRef coordinator, SuperpipelineSettings settings)
+    public NodeAgentActor(string node, IReadOnlyList<Accelerator> devices, IActorRef coordinator, SuperpipelineSettings settings)
     {
         _node = node;
         _devices = devices.ToDictionary(d => d.Name);
@@ -97,7 +97,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     public ITimerScheduler Timers { get; set; } = null!;
 
     /// <summary>Runs on the host dispatcher: it makes inputs and turns outputs into payloads.</summary>
-    public static Props Props(string node, IReadOnlyList<IDevice> devices, IActorRef coordinator, SuperpipelineSettings settings) =>
+    public static Props Props(string node, IReadOnlyList<Accelerator> devices, IActorRef coordinator, SuperpipelineSettings settings) =>
         Akka.Actor.Props.Create(() => new NodeAgentActor(node, devices, coordinator, settings)).WithDispatcher(Dispatchers.Host);
 
     protected override void PreStart()
@@ -126,8 +126,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             return;
         }
         _coordinator.Tell(new RegisterWorker(Self, _node, [.. measured.Select(m => new DeviceInfo(m.Device.Name, m.Device.Kind, m.Device.Memory.Capacity,
-            m.Device.LinkBytesPerSecond / 1e9, m.Cost.IsCompletedSuccessfully ? m.Cost.Result.FlopsPerSecond : null,
-            m.Cost.IsCompletedSuccessfully ? m.Cost.Result.LinkBytesPerSecond : null))]));
+            m.Cost.IsCompletedSuccessfully ? m.Cost.Result : null))]));
     }
 
     DateTimeOffset Now => Context.System.Scheduler.Now;

@@ -39,7 +39,7 @@ public static class ClusterBench
                 hosts.Add(coordinator);
                 for (int w = 0; w < workers; w++)
                     hosts.Add(ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{coordinator.Address.Port}"],
-                        [new DeviceSpec("sim", 256L << 20, linkGBps)], config)));
+                        [new DeviceSpec(DeviceKind.Sim, 256L << 20, linkGBps)], config)));
                 var cluster = Akka.Cluster.Cluster.Get(coordinator.System);
                 for (int i = 0; i < 200 && cluster.State.Members.Count(m => m.Status == MemberStatus.Up) < workers + 1; i++) await Task.Delay(100);
                 await Task.Delay(1500); // the workers' registrations reach the job manager

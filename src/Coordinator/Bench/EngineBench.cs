@@ -52,7 +52,7 @@ public static class EngineBench
         EngineOverhead overhead;
         PeakMemory peak;
         BlockCost block;
-        await using (var host = EmbeddedHost.Start(new DeviceSpec("sim", capacity, null)))
+        await using (var host = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, capacity, null)))
         {
             overhead = await MeasureOverheadAsync(host, spec, model, repeats, log, cancel);
             if (!overhead.HandMatchesEngine)
@@ -161,7 +161,7 @@ public static class EngineBench
     {
         double gbps = block.Bytes / block.MedianSeconds / 1e9;
         log.WriteLine($"bench (b): link {gbps:0.000} GB/s, so one block's transfer takes as long as its compute");
-        await using var host = EmbeddedHost.Start(new DeviceSpec("sim", capacity, gbps));
+        await using var host = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, capacity, gbps));
         var streamedPolicy = new PolicySpec(3, 1);
         var syncPolicy = new PolicySpec(1, 1);
         await BenchHarness.EnginePassAsync(host, spec, streamedPolicy, cancel); // deploys the model and warms up

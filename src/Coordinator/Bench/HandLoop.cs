@@ -16,12 +16,12 @@ public sealed record HandPass(double Seconds, string Sha256, double ComputeSecon
 /// LayerActors hold theirs before a pass starts), and freed on dispose.</summary>
 public sealed class HandLoop : IAsyncDisposable
 {
-    readonly IDevice _device;
+    readonly Accelerator _device;
     readonly LayeredModel _model;
     readonly (string Name, Tensor Host)[][] _weights;
     readonly Tensor _input;
 
-    HandLoop(IDevice device, LayeredModel model, (string Name, Tensor Host)[][] weights, Tensor input, int torchThreads)
+    HandLoop(Accelerator device, LayeredModel model, (string Name, Tensor Host)[][] weights, Tensor input, int torchThreads)
     {
         _device = device;
         _model = model;
@@ -33,7 +33,7 @@ public sealed class HandLoop : IAsyncDisposable
     /// <summary>TorchSharp's intra-op threads, as the device threads see them.</summary>
     public int TorchThreads { get; }
 
-    public static async Task<HandLoop> CreateAsync(IDevice device, ModelSpec spec, LayeredModel model)
+    public static async Task<HandLoop> CreateAsync(Accelerator device, ModelSpec spec, LayeredModel model)
     {
         var source = ModelCatalog.Weights(spec);
         var (weights, input, threads) = await device.OnTransferThread(() =>

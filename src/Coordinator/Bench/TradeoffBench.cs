@@ -67,7 +67,7 @@ public static class TradeoffBench
         //    the run then only makes passes more compute-bound, where the peak does not depend on timing; what can flip
         //    a peak is compute getting faster than the link was matched to (see PeakSensitiveToTiming).
         BlockCost block;
-        await using (var plain = EmbeddedHost.Start(new DeviceSpec("sim", capacity, null)))
+        await using (var plain = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, capacity, null)))
         {
             for (int i = 0; i < 2; i++) await BenchHarness.EnginePassAsync(plain, spec, new PolicySpec(3, 1), cancel); // deploys and warms up
             block = await BenchHarness.MeasureBlockAsync(plain, spec, model, 3, log, cancel);
@@ -94,7 +94,7 @@ public static class TradeoffBench
         {
             while (true)
             {
-                host = EmbeddedHost.Start(new DeviceSpec("sim", capacity, linkBytesPerSecond / 1e9));
+                host = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, capacity, linkBytesPerSecond / 1e9));
                 var warmBlocks = new List<double>();
                 foreach (var (p, _) in grid)
                 {

@@ -1,5 +1,3 @@
-using System.Globalization;
-using System.Text.RegularExpressions;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Cluster.Tools.Client;
@@ -24,22 +22,22 @@ public sealed class ClusterHost : IAsyncDisposable
     public const string SystemName = "superpipeline";
     public const string JobManagerProxyPath = "/user/job-manager-proxy";
 
-    ClusterHost(ActorSystem system, IReadOnlyList<IDevice> devices)
+    ClusterHost(ActorSystem system, IReadOnlyList<Accelerator> devices)
     {
         System = system;
         Devices = devices;
     }
 
     public ActorSystem System { get; }
-    public IReadOnlyList<IDevice> Devices { get; }
+    public IReadOnlyList<Accelerator> Devices { get; }
     public Address Address => Akka.Cluster.Cluster.Get(System).SelfAddress;
 
     public static ClusterHost Start(HostOptions o)
     {
         foreach (var role in o.Roles)
-            if (role is not ("coordinator" or "worker")) throw new ArgumentException($"--role must be coordinator, worker or both; got '{role}'");
+            if (role is not ("coordinator" or "worker")) throw new ArgumentException($"a host's roles are coordinator and worker; got '{role}'");
         bool coordinator = o.Roles.Contains("coordinator"), worker = o.Roles.Contains("worker");
-        if (worker && o.Devices.Count == 0) throw new ArgumentException("a worker needs --devices (e.g. sim:2x4GiB)");
+        if (worker && o.Devices.Count == 0) throw new FieldException(FieldException.Devices, "are needed by a worker (e.g. sim:2x4GiB)");
         var configured = (string.IsNullOrWhiteSpace(o.ExtraConfig) ? Config.Empty : ConfigurationFactory.ParseString(o.ExtraConfig))
             .WithFallback(WorkerConfig.Load(o.Roles.Count == 1 ? o.Roles[0] : null));
         var seeds = string.Join(", ", o.Seeds.Select(s => $"\"{Scheme(configured)}://{SystemName}@{s}\""));
@@ -80,33 +78,6 @@ public sealed class ClusterHost : IAsyncDisposable
     /// akka.ssl.tcp, and seed nodes and contact points must be written with that scheme to be reached at all.</summary>
     public static string Scheme(Config config) =>
         config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : "akka.tcp";
-
-    /// <summary>Parses --devices: "sim:2x4GiB" (two simulated accelerators of 4 GiB), "sim:512MiB@8" (8 GB/s link),
-    /// "cuda:all" or "cuda:2x24GiB"; several specs may be separated by commas.</summary>
-    public static IReadOnlyList<DeviceSpec> ParseDevices(string text)
-    {
-        var list = new List<DeviceSpec>();
-        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            var m = Regex.Match(part, @"^(sim|cuda):(?:(\d+)x)?([^@]+)(?:@([\d.]+))?$", RegexOptions.IgnoreCase);
-            if (!m.Success) throw new ArgumentException($"--devices entries look like sim:2x4GiB, sim:1GiB@16 or cuda:all; got '{part}'");
-            var kind = m.Groups[1].Value.ToLowerInvariant();
-            double? link = m.Groups[4].Success ? double.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture) : null;
-            if (m.Groups[3].Value.Equals("all", StringComparison.OrdinalIgnoreCase))
-            {
-                if (kind != "cuda") throw new ArgumentException("only cuda devices can be 'all'");
-                int count = TorchSharp.torch.cuda.is_available() ? TorchSharp.torch.cuda.device_count() : 0;
-                if (count == 0) throw new ArgumentException("--devices cuda:all: TorchSharp sees no CUDA device here (the CPU build cannot use CUDA)");
-                for (int i = 0; i < count; i++) list.Add(new DeviceSpec("cuda", 16L << 30, link));
-                continue;
-            }
-            int n = m.Groups[2].Success ? int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture) : 1;
-            if (n < 1) throw new ArgumentException($"--devices count must be at least 1; got '{part}'");
-            long bytes = ByteSize.Parse(m.Groups[3].Value, "--devices");
-            for (int i = 0; i < n; i++) list.Add(new DeviceSpec(kind, bytes, link));
-        }
-        return list.Count > 0 ? list : throw new ArgumentException("--devices is empty");
-    }
 
     public async ValueTask DisposeAsync()
     {

@@ -12,7 +12,7 @@ namespace Superpipeline.Coordinator.Cluster;
 /// with one device. It is what <c>superpipeline run</c> and <c>bench</c> use, and what tests drive.</summary>
 public sealed class EmbeddedHost : IAsyncDisposable
 {
-    EmbeddedHost(ActorSystem system, IDevice device, IActorRef jobManager, SuperpipelineSettings settings)
+    EmbeddedHost(ActorSystem system, Accelerator device, IActorRef jobManager, SuperpipelineSettings settings)
     {
         System = system;
         Device = device;
@@ -21,7 +21,7 @@ public sealed class EmbeddedHost : IAsyncDisposable
     }
 
     public ActorSystem System { get; }
-    public IDevice Device { get; }
+    public Accelerator Device { get; }
     public IActorRef JobManager { get; }
     public SuperpipelineSettings Settings { get; }
 

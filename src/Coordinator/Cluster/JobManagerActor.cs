@@ -148,13 +148,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     /// <summary>Why no registered device can take the model, or null if one can.</summary>
     string? Unplaceable(LayeredModel model)
     {
-        var largest = model.Layers.MaxBy(l => l.Bytes)!;
         long capacity = _workers.Values.SelectMany(w => w.Devices).Max(d => d.CapacityBytes);
-        long need = largest.Bytes + ModelCost.From(model).ActivationBoundBytes();
-        return need > capacity
-            ? $"--device-memory {capacity:N0} bytes is below the largest layer, {largest.Index} ({largest.Name}) of {largest.Bytes:N0} bytes "
-              + $"(with activations it needs {need:N0})"
-            : null;
+        return ModelCost.From(model).DeviceMemoryRefusal(capacity)?.Message;
     }
 
     /// <summary>Places queued jobs while there is room to run them and devices to run them on. Queued jobs of the same
@@ -209,10 +204,9 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
-        if (smallest.MeasuredFlopsPerSecond is not { } flops || smallest.MeasuredLinkBytesPerSecond is not { } link)
-            throw new ArgumentException($"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
-        var device = new DeviceCost(smallest.Name, smallest.CapacityBytes, link, flops).Validated();
-        return Planner.Choose(cost, device, smallest.CapacityBytes).Policy;
+        var device = smallest.Cost ?? throw new ArgumentException(
+            $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
+        return Planner.Choose(cost, device.Validated(), smallest.CapacityBytes).Policy;
     }
 
     /// <summary>A stage's progress goes to the clients of every job of its attempt, with the model's layer count.</summary>

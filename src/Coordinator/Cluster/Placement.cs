@@ -6,7 +6,8 @@ using Superpipeline.Messages;
 
 namespace Superpipeline.Coordinator.Cluster;
 
-/// <summary>A device the coordinator can place a stage on: the worker's agent, its node, the device.</summary>
+/// <summary>Placement's view of a registered device (owned by the coordinator's placement, built from each worker's
+/// registration): the worker's agent to send a stage to, its node, and the device as registered.</summary>
 public sealed record DeviceSlot(IActorRef Agent, string Node, DeviceInfo Device);
 
 /// <summary>One stage as placed: contiguous layers on one device with its own knobs.</summary>

@@ -45,6 +45,16 @@ public static class Flags
         [FieldException.Window] = "--window",
         [FieldException.Swap] = "--swap",
         [FieldException.Policy] = "--policy",
+        [FieldException.Device] = "--device",
+        [FieldException.Devices] = "--devices",
+        [FieldException.DeviceMemory] = "--device-memory",
+        [FieldException.Blocks] = "--layers",
+        [FieldException.Hidden] = "--hidden",
+        [FieldException.Heads] = "--heads",
+        [FieldException.Vocab] = "--vocab",
+        [FieldException.Sequence] = "--seq-len",
+        [FieldException.Batch] = "--batch",
+        [FieldException.Spec] = "--spec",
     };
 
     /// <summary>A refusal in the words of <paramref name="command"/>: its flag for the field when it has one, else the domain's.</summary>
@@ -66,8 +76,6 @@ public static class Flags
             throw new ArgumentException($"--link-gbps must be a positive number of GB/s; got '{text}'");
         return v;
     }
-
-    public static long ParseBytes(string text, string flag) => ByteSize.Parse(text, flag);
 
     /// <summary>A positive duration: a number of seconds, or with an ms, s or m suffix ("3s", "500ms", "1m").</summary>
     public static TimeSpan ParseDuration(string text, string flag)

@@ -1,5 +1,7 @@
 using System.CommandLine;
+using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Cluster;
+using Superpipeline.Engine.Devices;
 
 namespace Superpipeline.Coordinator.Commands;
 
@@ -37,10 +39,10 @@ public static class HostCommand
             };
             int p = r.GetValue(port);
             if (p is < 0 or > 65535) throw new ArgumentException($"--port must be from 0 to 65535; got {p}");
-            var deviceSpecs = roles.Contains("worker") ? ClusterHost.ParseDevices(r.GetValue(devices)!) : [];
+            var deviceSpecs = roles.Contains("worker") ? DeviceSpecs.ParseList(r.GetValue(devices)!) : [];
             var options = new HostOptions(roles, r.GetValue(hostname)!, p, r.GetValue(seed) ?? [], deviceSpecs, ConfigFile.Read(r.GetValue(config)));
             await using var member = ClusterHost.Start(options);
-            var brought = deviceSpecs.Count > 0 ? $" with {string.Join(", ", member.Devices.Select(d => $"{d.Name} ({d.Memory.Capacity:N0} bytes)"))}" : "";
+            var brought = deviceSpecs.Count > 0 ? $" with {string.Join(", ", member.Devices.Zip(deviceSpecs, Describe))}" : "";
             Console.WriteLine($"superpipeline host: {string.Join("+", roles)} at {member.Address}{brought}");
             Console.WriteLine($"superpipeline host: listening on {member.Address.Host}:{member.Address.Port}"); // the bound port, also with --port 0
             // Until the member's actor system stops (e.g. it was downed) or Ctrl+C cancels the command.
@@ -49,6 +51,10 @@ public static class HostCommand
         });
         return host;
     }
+
+    /// <summary>A device in the start-up line: its name and bytes, and why the bytes are assumed when they are.</summary>
+    static string Describe(Accelerator device, DeviceSpec spec) =>
+        $"{device.Name} ({device.Memory.Capacity:N0} bytes{(spec.CapacityAssumed ? $", {DeviceSpecs.AssumedCapacityReason}" : "")})";
 }
 
 /// <summary>The --config flag of host and submit.</summary>

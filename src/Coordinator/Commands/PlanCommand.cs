@@ -34,7 +34,7 @@ public static class PlanCommand
         plan.SetAction(async (r, cancel) =>
         {
             var spec = model.Read(r);
-            long budget = Flags.ParseBytes(r.GetValue(memory)!, "--device-memory");
+            long budget = ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory);
             var sizes = r.GetValue(batches) is { } text ? ParseBatches(text) : [spec.Batch];
             double? gbps = Flags.ParseGbps(r.GetValue(link));
             double? rate = r.GetValue(tflops) is { } t ? ParseTflops(t) : null;

@@ -2,6 +2,7 @@ using Akka.Configuration;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Workers;
 
 namespace Superpipeline.Coordinator.Commands;
@@ -38,6 +39,13 @@ public static class Preflight
         var model = ModelCatalog.Create(spec);
         if (!policy.Auto) OffloadPolicy.For(policy, model.Layers.Count);
         return model;
+    }
+
+    /// <summary>Refuses a device of <paramref name="capacityBytes"/> that cannot hold the model's largest layer with the
+    /// activations (a <see cref="FieldException"/> naming the device memory), before a host is started for it.</summary>
+    public static void DeviceFits(LayeredModel model, long capacityBytes)
+    {
+        if (ModelCost.From(model).DeviceMemoryRefusal(capacityBytes) is { } refusal) throw refusal;
     }
 
     /// <summary>Refuses a model whose host weights (every layer, as the LayerActors of one process hold them) exceed

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Security.Cryptography;
 using Spectre.Console;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Coordinator.Cluster;
@@ -47,7 +48,8 @@ public static class RunCommand
         run.SetAction((r, cancel) => RunAsync(new RunOptions(
                 model.Read(r),
                 Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
-                new DeviceSpec(r.GetValue(device)!, Flags.ParseBytes(r.GetValue(memory)!, "--device-memory"), Flags.ParseGbps(r.GetValue(link))),
+                new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
+                    Flags.ParseGbps(r.GetValue(link))),
                 r.GetValue(report), r.GetValue(trace), r.GetValue(output)),
             AnsiConsole.Console, cancel));
         return run;
@@ -61,6 +63,7 @@ public static class RunCommand
         OutputPaths.CheckWritable(o.TracePath, "--trace");
         OutputPaths.CheckWritable(o.OutputPath, "--output");
         var model = Preflight.Model(o.Model, o.Policy);
+        Preflight.DeviceFits(model, o.Device.CapacityBytes);
         Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
 
         await using var host = EmbeddedHost.Start(o.Device);

@@ -85,6 +85,7 @@ public static class SimulateCommand
         }
         if (o.Calibrate) return await CalibrateAsync(o, output, cancel);
 
+        if (string.IsNullOrWhiteSpace(o.Spec)) throw new ArgumentException("--spec must name a JSON file or a built-in spec (simulate --list shows them)");
         var spec = Apply(SimulationSpecs.Resolve(o.Spec), o);
         var given = o.Policy is null ? null : OffloadPolicy.Parse(o.Policy);
         var policies = o.Compare ? spec.ComparePolicies() : [given ?? spec.Policy];

@@ -1,13 +1,16 @@
+using Superpipeline.Contracts;
 using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Engine.Devices;
 
-/// <summary>What every device shares: a name, exact byte accounting, a transfer thread and a compute thread, and
-/// an upload that reserves the bytes first and leaves nothing reserved when a copy fails. A device kind supplies
-/// how one tensor is placed, what happens once a group of copies is issued, and how a result comes back.</summary>
-public abstract class Accelerator : IDevice
+/// <summary>An accelerator as the loader sees it (owned by the engine; made by <see cref="DeviceFactory"/>): a name, exact
+/// byte accounting, a transfer thread that copies host tensors onto the device and a compute thread where all of the
+/// device's TorchSharp work runs, and an upload that reserves the bytes first and leaves nothing reserved when a copy
+/// fails. A device kind (<see cref="SimulatedDevice"/>, <see cref="CudaDevice"/>) supplies how one tensor is placed,
+/// what happens once a group of copies is issued, and how a result comes back.</summary>
+public abstract class Accelerator : IDisposable
 {
     readonly DeviceThread _transfer;
     readonly DeviceThread _compute;
@@ -23,15 +26,22 @@ public abstract class Accelerator : IDevice
         _compute = new DeviceThread($"{name}-compute");
     }
 
+    /// <summary>Runtime name, e.g. "sim:0" or "cuda:1".</summary>
     public string Name { get; }
-    public abstract string Kind { get; }
+    public abstract DeviceKind Kind { get; }
     public DeviceMemory Memory { get; }
+    /// <summary>Emulated or nominal host→device bandwidth in bytes per second; null when unbounded/unknown.</summary>
     public double? LinkBytesPerSecond { get; }
+    /// <summary>Whether host tensors should be pinned before transfer (CUDA only).</summary>
     public abstract bool WantsPinnedHost { get; }
 
+    /// <summary>Runs <paramref name="work"/> on the device's copy thread.</summary>
     public Task<T> OnTransferThread<T>(Func<T> work) => _transfer.Run(work);
+    /// <summary>Runs <paramref name="work"/> on the device's compute thread.</summary>
     public Task<T> OnComputeThread<T>(Func<T> work) => _compute.Run(work);
 
+    /// <summary>Copies host tensors onto the device, reserving their bytes first. Call on the transfer thread.
+    /// On failure nothing stays reserved.</summary>
     public DeviceTensors Upload(IReadOnlyList<(string Name, Tensor Host)> tensors, string what)
     {
         long bytes = tensors.Sum(t => TensorBytes.Of(t.Host));
@@ -62,9 +72,11 @@ public abstract class Accelerator : IDevice
     /// <summary>Called once the copies of one upload (<paramref name="bytes"/> in all, begun at <paramref name="start"/>) are issued.</summary>
     protected virtual void Copied(long start, long bytes) { }
 
+    /// <summary>Reserves the bytes of a tensor about to be produced on the device (e.g. a layer's output).</summary>
     public DeviceMemory.Reservation ReserveFor(long[] shape, ScalarType dtype, string what) =>
         Memory.Reserve(TensorBytes.Of(shape, dtype), what);
 
+    /// <summary>Copies a device tensor back to a new host tensor.</summary>
     public abstract Tensor ToHost(Tensor deviceTensor);
 
     public void Dispose()

@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -21,7 +22,7 @@ public sealed class CudaDevice : Accelerator
         return $"cuda:{ordinal}";
     }
 
-    public override string Kind => "cuda";
+    public override DeviceKind Kind => DeviceKind.Cuda;
     public override bool WantsPinnedHost => true;
 
     protected override Tensor Place(Tensor host) => host.to(_device);

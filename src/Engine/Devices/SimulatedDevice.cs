@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -9,7 +10,7 @@ namespace Superpipeline.Engine.Devices;
 /// optional link bandwidth stretches each copy to the time PCIe would take. Compute is real.</summary>
 public sealed class SimulatedDevice(string name, long capacityBytes, double? linkGBps = null) : Accelerator(name, capacityBytes, linkGBps)
 {
-    public override string Kind => "sim";
+    public override DeviceKind Kind => DeviceKind.Sim;
     public override bool WantsPinnedHost => false;
 
     protected override Tensor Place(Tensor host) => host.clone();

@@ -1,4 +1,5 @@
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Policy;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -11,16 +12,16 @@ public sealed record GptConfig(int Blocks, int Hidden, int Heads, int Vocab, int
 {
     public static GptConfig From(ModelSpec spec) => new(spec.Blocks, spec.Hidden, spec.Heads, spec.Vocab, spec.Sequence, spec.Batch);
 
-    /// <summary>Throws <see cref="ArgumentException"/> naming the first bad field.</summary>
+    /// <summary>Throws a <see cref="FieldException"/> naming the first bad field.</summary>
     public void Validate()
     {
-        static void Positive(int value, string flag)
+        static void Positive(int value, string field)
         {
-            if (value < 1) throw new ArgumentException($"--{flag} must be at least 1 (got {value})");
+            if (value < 1) throw new FieldException(field, $"must be at least 1 (got {value})");
         }
-        Positive(Blocks, "layers"); Positive(Hidden, "hidden"); Positive(Heads, "heads");
-        Positive(Vocab, "vocab"); Positive(Sequence, "seq-len"); Positive(Batch, "batch");
-        if (Hidden % Heads != 0) throw new ArgumentException($"--hidden ({Hidden}) must be a multiple of --heads ({Heads})");
+        Positive(Blocks, FieldException.Blocks); Positive(Hidden, FieldException.Hidden); Positive(Heads, FieldException.Heads);
+        Positive(Vocab, FieldException.Vocab); Positive(Sequence, FieldException.Sequence); Positive(Batch, FieldException.Batch);
+        if (Hidden % Heads != 0) throw new FieldException(FieldException.Hidden, $"({Hidden}) must be a multiple of the heads ({Heads})");
     }
 }
 

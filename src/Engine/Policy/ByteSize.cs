@@ -12,7 +12,9 @@ public static class ByteSize
         ("K", 1L << 10), ("M", 1L << 20), ("G", 1L << 30), ("T", 1L << 40), ("B", 1),
     ];
 
-    public static long Parse(string text, string what = "--device-memory")
+    /// <summary>The bytes <paramref name="text"/> gives; a refusal is a <see cref="FieldException"/> naming <paramref name="field"/>
+    /// (e.g. <see cref="FieldException.DeviceMemory"/>, or a configuration key).</summary>
+    public static long Parse(string text, string field)
     {
         var s = text.Trim().ToUpperInvariant();
         long factor = 1;
@@ -26,9 +28,9 @@ public static class ByteSize
             }
         }
         if (!double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) || value <= 0 || double.IsInfinity(value))
-            throw new ArgumentException($"{what} must be a positive size in bytes, optionally with a KiB/MiB/GiB suffix; got '{text}'");
+            throw new FieldException(field, $"must be a positive size in bytes, optionally with a KiB/MiB/GiB suffix; got '{text}'");
         var bytes = value * factor;
-        if (bytes >= long.MaxValue) throw new ArgumentException($"{what} is too large; got '{text}'");
+        if (bytes >= long.MaxValue) throw new FieldException(field, $"is too large; got '{text}'");
         return (long)bytes;
     }
 

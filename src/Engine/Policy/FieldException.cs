@@ -8,6 +8,14 @@ public sealed class FieldException(string field, string problem) : ArgumentExcep
 {
     public const string Window = "window", Swap = "swap", Policy = "policy";
 
+    /// <summary>Device fields: a device's kind (sim, cuda, auto), a list of devices to create, a device's memory in bytes.</summary>
+    public const string Device = "device", Devices = "devices", DeviceMemory = "device memory";
+
+    /// <summary>Model shape fields (<c>ModelSpec</c>): transformer blocks, hidden size, attention heads, vocabulary,
+    /// sequence length, batch size; and a simulation spec (a file or a built-in MODEL@GPU name).</summary>
+    public const string Blocks = "blocks", Hidden = "hidden", Heads = "heads", Vocab = "vocab", Sequence = "sequence length",
+        Batch = "batch", Spec = "spec";
+
     public string Field { get; } = field;
     public string Problem { get; } = problem;
 

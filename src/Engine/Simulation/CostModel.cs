@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
 
 namespace Superpipeline.Engine.Simulation;
 
@@ -30,24 +31,19 @@ public sealed record ModelCost(string Name, long InputBytes, ImmutableArray<Laye
     public long ActivationBoundBytes() =>
         Enumerable.Range(0, Layers.Length).Max(i => InputBytesOf(i) + Layers[i].OutputBytes + Layers[i].WorkspaceBytes);
 
+    /// <summary>Why a device of <paramref name="capacityBytes"/> cannot run the model at all (its largest layer with the
+    /// activations does not fit), naming <see cref="FieldException.DeviceMemory"/>; null when it can.</summary>
+    public FieldException? DeviceMemoryRefusal(long capacityBytes)
+    {
+        int largest = Enumerable.Range(0, Layers.Length).MaxBy(i => Layers[i].Bytes);
+        long need = Layers[largest].Bytes + ActivationBoundBytes();
+        return need > capacityBytes
+            ? new FieldException(FieldException.DeviceMemory, $"{capacityBytes:N0} bytes is below the largest layer, {largest} ({Layers[largest].Name}) of "
+                + $"{Layers[largest].Bytes:N0} bytes (with activations it needs {need:N0})")
+            : null;
+    }
+
     /// <summary>Sum of the <paramref name="k"/> largest layers' weight bytes.</summary>
     public long LargestLayersBytes(int k) => Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
 }
 
-/// <summary>A device as the cost model sees it: capacity, host↔device link bandwidth and per-transfer latency,
-/// and sustained compute rate.</summary>
-public sealed record DeviceCost(string Name, long CapacityBytes, double LinkBytesPerSecond, double FlopsPerSecond, double TransferLatencySeconds = 0)
-{
-    public double TransferSeconds(long bytes) => TransferLatencySeconds + bytes / LinkBytesPerSecond;
-    public double ComputeSeconds(double flops) => flops / FlopsPerSecond;
-
-    /// <summary>Checks the figures; throws naming the field.</summary>
-    public DeviceCost Validated()
-    {
-        if (CapacityBytes <= 0) throw new ArgumentException($"device {Name}: capacity must be positive");
-        if (!(LinkBytesPerSecond > 0)) throw new ArgumentException($"device {Name}: link bandwidth must be positive");
-        if (!(FlopsPerSecond > 0)) throw new ArgumentException($"device {Name}: compute rate must be positive");
-        if (TransferLatencySeconds < 0) throw new ArgumentException($"device {Name}: transfer latency cannot be negative");
-        return this;
-    }
-}

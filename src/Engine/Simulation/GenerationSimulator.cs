@@ -1,3 +1,4 @@
+using Superpipeline.Contracts;
 using System.Collections.Immutable;
 using Superpipeline.Engine.Policy;
 

@@ -1,9 +1,11 @@
+using Superpipeline.Contracts;
 using System.Globalization;
 
 namespace Superpipeline.Engine.Simulation;
 
-/// <summary>A GPU and its host link as the generation simulator sees them, with <em>effective</em> rates: what
-/// real kernels and copies sustain, not datasheet peaks. Each figure keeps its source.</summary>
+/// <summary>A catalog GPU (owned by <see cref="GpuCatalog"/> and simulation specs; never a device that is made or run on)
+/// and its host link as the generation simulator sees them, with <em>effective</em> rates: what real kernels and copies
+/// sustain, not datasheet peaks. Each figure keeps its source; <see cref="ToDeviceCost"/> gives the cost model's view.</summary>
 /// <param name="CapacityBytes">Device memory the job may use.</param>
 /// <param name="LinkBytesPerSecond">Sustained host→device copy rate from pinned memory.</param>
 /// <param name="FlopsPerSecond">Sustained fp16 tensor-core rate of large GEMMs (prefill, big batches).</param>

@@ -1,5 +1,6 @@
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
 using System.Collections.Immutable;
 using System.Globalization;
 using System.Text.Json;
@@ -126,14 +127,15 @@ public static class SimulationSpecs
         new SimulationSpec($"{model.Name}@{gpu.Name}", model, WeightFormat.Fp16, gpu, HostSpec.Default, Workload.Default, SimulationSpec.DefaultPolicy,
             []).Validated();
 
-    /// <summary>A file path (JSON) or a built-in name; throws a one-line <see cref="ArgumentException"/> naming what is wrong.</summary>
+    /// <summary>A file path (JSON) or a built-in name; throws a one-line <see cref="ArgumentException"/> naming what is wrong
+    /// (a <see cref="FieldException"/> naming <see cref="FieldException.Spec"/> when the name itself is).</summary>
     public static SimulationSpec Resolve(string fileOrName)
     {
-        if (string.IsNullOrWhiteSpace(fileOrName)) throw new ArgumentException("--spec must name a JSON file or a built-in spec (simulate --list shows them)");
+        if (string.IsNullOrWhiteSpace(fileOrName)) throw new FieldException(FieldException.Spec, "must name a JSON file or a built-in spec");
         var text = fileOrName.Trim();
         if (File.Exists(text)) return Parse(File.ReadAllText(text), text);
         if (text.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || text.Contains('/') || text.Contains('\\'))
-            throw new ArgumentException($"--spec file '{text}' does not exist");
+            throw new FieldException(FieldException.Spec, $"file '{text}' does not exist");
         return BuiltIn(text);
     }
 
@@ -145,12 +147,13 @@ public static class SimulationSpecs
         var at = name.Split('@');
         if (at.Length == 2)
         {
-            var model = ModelCatalog.FindShape(at[0]) ?? throw new ArgumentException($"--spec '{name}': unknown model '{at[0]}' (known: {KnownModels})");
-            var gpu = GpuCatalog.Find(at[1]) ?? throw new ArgumentException($"--spec '{name}': unknown GPU '{at[1]}' (known: {KnownGpus})");
+            var model = ModelCatalog.FindShape(at[0])
+                ?? throw new FieldException(FieldException.Spec, $"'{name}': unknown model '{at[0]}' (known: {KnownModels})");
+            var gpu = GpuCatalog.Find(at[1]) ?? throw new FieldException(FieldException.Spec, $"'{name}': unknown GPU '{at[1]}' (known: {KnownGpus})");
             return Of(model, gpu);
         }
-        throw new ArgumentException($"--spec '{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; GPUs: {KnownGpus}) or a "
-            + $"calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
+        throw new FieldException(FieldException.Spec, $"'{name}' is neither a file nor a built-in spec: use MODEL@GPU (models: {KnownModels}; "
+            + $"GPUs: {KnownGpus}) or a calibration case ({string.Join(", ", Calibration.Cases.Select(c => c.Spec.Name))})");
     }
 
     static string KnownModels => string.Join(", ", ModelCatalog.Shapes.Select(m => m.Name));

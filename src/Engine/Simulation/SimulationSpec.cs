@@ -1,6 +1,5 @@
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using System.Collections.Immutable;
 using System.Globalization;
 using System.Text.Json;

@@ -44,7 +44,8 @@ public sealed class WeakenGlibcxxNeed : Task
                 File.WriteAllBytes(tmp, elf);
                 File.Delete(Library); // replace the file, never write through a hard link
                 File.Move(tmp, Library);
-                Log.LogMessage(MessageImportance.High, "Superpipeline: marked the " + Version + " need of " + Path.GetFileName(Library) + " weak (" + libstdcxx + " lacks it).");
+                Log.LogMessage(MessageImportance.High,
+                    "Superpipeline: marked the " + Version + " need of " + Path.GetFileName(Library) + " weak (" + libstdcxx + " lacks it).");
             }
             else
             {
@@ -61,7 +62,8 @@ public sealed class WeakenGlibcxxNeed : Task
 
     static string FindLibStdCxx()
     {
-        foreach (var p in new[] { "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6", "/lib/x86_64-linux-gnu/libstdc++.so.6" })
+        foreach (var p in new[] { "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6",
+            "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6", "/lib/x86_64-linux-gnu/libstdc++.so.6" })
             if (File.Exists(p)) return p;
         return null;
     }

@@ -91,6 +91,7 @@ public sealed class SafetensorsSpec : IDisposable
         const string expected = """
             {
               "metadata": {
+                "total_parameters": 16,
                 "total_size": 64
               },
               "weight_map": {
@@ -136,21 +137,38 @@ public sealed class SafetensorsSpec : IDisposable
     }
 
     [Fact]
-    public void Mixed_dtypes_round_trip_in_one_file_and_reads_in_small_chunks_give_the_same_bytes()
+    public void Mixed_dtypes_and_a_transposed_view_round_trip_in_one_file_and_reads_in_small_chunks_give_the_same_bytes()
     {
         using var g = new Generator(7);
         using var w = randn([5, 3], generator: g);
         using var h = randn([7], generator: g).to(float16);
         using var bf = randn([3, 3], generator: g).to(bfloat16);
+        using var square = randn([3, 4], generator: g);
+        using var transposed = square.t(); // not contiguous: written in its logical (row-major) order
+        using var expectedTransposed = transposed.contiguous();
         string path = Path.Combine(dir, "m.safetensors");
-        SafetensorsWriter.WriteFile(path, [new("w", w), new("h", h), new("bf", bf)]);
+        SafetensorsWriter.WriteFile(path, [new("w", w), new("h", h), new("bf", bf), new("t", transposed)]);
         using var file = SafetensorsFile.Open(path, chunkBytes: 6);
-        foreach (var (name, expected) in new[] { ("w", w), ("h", h), ("bf", bf) })
+        foreach (var (name, expected) in new[] { ("w", w), ("h", h), ("bf", bf), ("t", expectedTransposed) })
         {
             using var actual = file.Read(name);
             Assert.Equal(expected.shape, actual.shape);
             Assert.Equal(expected.bytes.ToArray(), actual.bytes.ToArray());
         }
+    }
+
+    [Fact]
+    public void Writing_a_checkpoint_replaces_an_earlier_one_in_the_same_directory()
+    {
+        var tensors = Enumerable.Range(0, 3).Select(i => new KeyValuePair<string, Tensor>($"w{i}", full(2, (float)i))).ToList();
+        SafetensorsWriter.WriteCheckpoint(dir, tensors, shards: 3);
+        using var changed = full(2, 9f);
+        SafetensorsWriter.WriteCheckpoint(dir, [new("w0", changed)]);
+        Assert.Equal(new[] { SafetensorsCheckpoint.SingleFile }, Directory.GetFiles(dir).Select(Path.GetFileName));
+        using var checkpoint = SafetensorsCheckpoint.Open(dir);
+        using var w0 = checkpoint.Read("w0");
+        Assert.Equal(new float[] { 9, 9 }, w0.data<float>().ToArray());
+        foreach (var (_, t) in tensors) t.Dispose();
     }
 
     // ---- one tensor at a time ----

@@ -441,7 +441,8 @@ public sealed class SafetensorsCheckpoint : IDisposable
 /// implementation's enum order) then by name, offsets contiguous from 0, a compact JSON header with "__metadata__" first and
 /// each entry's keys in the order dtype, shape, data_offsets, padded with spaces to a multiple of 8 bytes, then the raw
 /// little-endian bytes. Sharded checkpoints follow transformers' save_pretrained: model-0000i-of-0000N.safetensors and
-/// model.safetensors.index.json with {"metadata": {"total_size": ...}, "weight_map": {...}} sorted and indented by 2.</summary>
+/// model.safetensors.index.json with {"metadata": {"total_parameters": ..., "total_size": ...}, "weight_map": {...}}, keys
+/// sorted, indented by 2 (recent transformers write total_parameters; older ones only total_size, which readers use).</summary>
 public static class SafetensorsWriter
 {
     /// <summary>The metadata transformers writes into every checkpoint file.</summary>
@@ -456,17 +457,24 @@ public static class SafetensorsWriter
     {
         var sorted = Sorted(tensors);
         var header = Header(sorted, metadata);
-        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
-        Span<byte> prefix = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
-        stream.Write(prefix);
-        stream.Write(header);
-        foreach (var (_, _, tensor) in sorted) WriteBytes(stream, tensor);
+        // Written beside the target and moved into place, so a reader never sees half a file.
+        string partial = path + ".partial";
+        using (var stream = new FileStream(partial, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16))
+        {
+            Span<byte> prefix = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
+            stream.Write(prefix);
+            stream.Write(header);
+            foreach (var (_, _, tensor) in sorted) WriteBytes(stream, tensor);
+        }
+        File.Move(partial, path, overwrite: true);
     }
 
     /// <summary>Writes a checkpoint into <paramref name="directory"/>: model.safetensors when <paramref name="shards"/> is 1,
     /// else that many shards plus the index. Tensors go to shards in the order given (e.g. layer order), split into contiguous
-    /// groups of about equal bytes, every shard holding at least one tensor. Returns the file names written.</summary>
+    /// groups of about equal bytes, every shard holding at least one tensor. As save_pretrained does, weight files of an earlier
+    /// save (model.safetensors, its index, model-*-of-*.safetensors) are removed first, so the directory holds one checkpoint.
+    /// Returns the file names written.</summary>
     public static ImmutableArray<string> WriteCheckpoint(string directory, IEnumerable<KeyValuePair<string, Tensor>> tensors, int shards = 1,
         IReadOnlyDictionary<string, string>? metadata = null)
     {
@@ -475,6 +483,10 @@ public static class SafetensorsWriter
         if (shards > list.Count) throw new ArgumentOutOfRangeException(nameof(shards), $"shards {shards} exceeds the {list.Count} tensors");
         metadata ??= TransformersMetadata;
         System.IO.Directory.CreateDirectory(directory);
+        foreach (string stale in System.IO.Directory.EnumerateFiles(directory, "model-*-of-*.safetensors")
+                     .Append(System.IO.Path.Combine(directory, SafetensorsCheckpoint.SingleFile))
+                     .Append(System.IO.Path.Combine(directory, SafetensorsCheckpoint.IndexFile)).ToList())
+            File.Delete(stale);
         if (shards == 1)
         {
             WriteFile(System.IO.Path.Combine(directory, SafetensorsCheckpoint.SingleFile), list, metadata);
@@ -483,7 +495,7 @@ public static class SafetensorsWriter
         var groups = Split(list, shards);
         var names = ImmutableArray.CreateBuilder<string>();
         var weightMap = new List<(string Tensor, string File)>();
-        long totalSize = 0;
+        long totalSize = 0, totalParameters = 0;
         for (int i = 0; i < groups.Count; i++)
         {
             string file = $"model-{i + 1:D5}-of-{shards:D5}.safetensors";
@@ -493,17 +505,22 @@ public static class SafetensorsWriter
             {
                 weightMap.Add((kv.Key, file));
                 totalSize += Bytes(kv.Value);
+                totalParameters += kv.Value.NumberOfElements;
             }
         }
-        File.WriteAllText(System.IO.Path.Combine(directory, SafetensorsCheckpoint.IndexFile), IndexJson(totalSize, weightMap), new UTF8Encoding(false));
+        string index = IndexJson(totalParameters, totalSize, weightMap);
+        File.WriteAllText(System.IO.Path.Combine(directory, SafetensorsCheckpoint.IndexFile), index, new UTF8Encoding(false));
         return names.ToImmutable();
     }
 
-    /// <summary>The index as transformers writes it: json.dumps(index, indent=2, sort_keys=True) + "\n".</summary>
-    public static string IndexJson(long totalSize, IEnumerable<(string Tensor, string File)> weightMap)
+    /// <summary>The index as transformers writes it: json.dumps(index, indent=2, sort_keys=True) + "\n". total_parameters is the
+    /// element count of the tensors written (transformers counts the model's parameters: the same when every saved tensor is one).
+    /// </summary>
+    public static string IndexJson(long totalParameters, long totalSize, IEnumerable<(string Tensor, string File)> weightMap)
     {
-        var sb = new StringBuilder();
-        sb.Append("{\n  \"metadata\": {\n    \"total_size\": ").Append(totalSize.ToString(CultureInfo.InvariantCulture)).Append("\n  },\n");
+        var sb = new StringBuilder("{\n  \"metadata\": {\n");
+        sb.Append("    \"total_parameters\": ").Append(totalParameters.ToString(CultureInfo.InvariantCulture)).Append(",\n");
+        sb.Append("    \"total_size\": ").Append(totalSize.ToString(CultureInfo.InvariantCulture)).Append("\n  },\n");
         sb.Append("  \"weight_map\": {");
         bool first = true;
         foreach (var (tensor, file) in weightMap.OrderBy(w => w.Tensor, StringComparer.Ordinal))

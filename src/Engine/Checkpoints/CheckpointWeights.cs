@@ -1,0 +1,47 @@
+using Superpipeline.Engine.Models;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Engine.Checkpoints;
+
+/// <summary>Weights read from a Hugging Face checkpoint directory (model.safetensors, or shards with their index): each layer
+/// reads only its own tensors, named by its <see cref="ParamSpec"/>s (the family's table of checkpoint names). F32 only for
+/// now; a tensor of another dtype, another shape or missing is a one-line error naming the file and the tensor. Thread-safe
+/// (layer actors load in parallel); dispose it after the layers have loaded.</summary>
+public sealed class CheckpointWeights : IWeightSource, IDisposable
+{
+    readonly SafetensorsCheckpoint checkpoint;
+
+    public CheckpointWeights(string directory) => checkpoint = SafetensorsCheckpoint.Open(directory);
+
+    public string Directory => checkpoint.Directory;
+
+    /// <summary>Bytes of tensor data read so far (only the layers' own tensors are read).</summary>
+    public long BytesRead => checkpoint.BytesRead;
+
+    public IReadOnlyDictionary<string, Tensor> Load(Layer layer)
+    {
+        var result = new Dictionary<string, Tensor>(layer.Parameters.Count);
+        try
+        {
+            foreach (var spec in layer.Parameters)
+            {
+                var entry = checkpoint.Entry(spec.Name);
+                string file = Path.Combine(checkpoint.Directory, checkpoint.FileOf(spec.Name));
+                if (entry.Dtype != "F32")
+                    throw new SafetensorsException(file, spec.Name, $"is {entry.Dtype}; only F32 checkpoints are read for now");
+                if (!entry.Shape.SequenceEqual(spec.Shape))
+                    throw new SafetensorsException(file, spec.Name,
+                        $"has shape [{string.Join(",", entry.Shape)}], layer {layer.Name} expects [{string.Join(",", spec.Shape)}]");
+                result[spec.Name] = checkpoint.Read(spec.Name);
+            }
+            return result;
+        }
+        catch
+        {
+            foreach (var t in result.Values) t.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose() => checkpoint.Dispose();
+}

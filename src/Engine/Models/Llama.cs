@@ -1,0 +1,381 @@
+using System.Globalization;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Superpipeline.Engine.Models;
+
+/// <summary>A checkpoint's config.json is unreadable or lacks what a family needs. One line naming the file and the key.</summary>
+public sealed class CheckpointConfigException(string file, string? key, string problem)
+    : Exception(key is null ? $"{file}: {problem}" : $"{file}: \"{key}\" {problem}")
+{
+    public string File { get; } = file;
+    public string? Key { get; } = key;
+}
+
+/// <summary>The shape of a Llama checkpoint (transformers' LlamaConfig, model_type "llama"), as read from config.json.</summary>
+public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int KvHeads, double RmsNormEps, double RopeTheta,
+    int Vocab, int MaxPositions, bool TieWordEmbeddings, string TorchDtype = "float32")
+{
+    public const string ModelType = "llama";
+    public int HeadDim => Hidden / Heads;
+    public int KvDim => KvHeads * HeadDim;
+
+    /// <summary>Throws an <see cref="ArgumentException"/> naming the first bad key (config.json's name for it).</summary>
+    public void Validate(string file = "config.json")
+    {
+        void Positive(int value, string key)
+        {
+            if (value < 1) throw new CheckpointConfigException(file, key, $"must be at least 1 (got {value})");
+        }
+        Positive(Hidden, "hidden_size"); Positive(Ffn, "intermediate_size"); Positive(Layers, "num_hidden_layers");
+        Positive(Heads, "num_attention_heads"); Positive(KvHeads, "num_key_value_heads"); Positive(Vocab, "vocab_size");
+        Positive(MaxPositions, "max_position_embeddings");
+        if (Hidden % Heads != 0)
+            throw new CheckpointConfigException(file, "hidden_size", $"({Hidden}) must be a multiple of num_attention_heads ({Heads})");
+        if (Heads % KvHeads != 0)
+            throw new CheckpointConfigException(file, "num_attention_heads", $"({Heads}) must be a multiple of num_key_value_heads ({KvHeads})");
+        if (HeadDim % 2 != 0)
+            throw new CheckpointConfigException(file, "hidden_size", $"gives an odd head dimension ({HeadDim}); rotary positions need an even one");
+        if (!(RmsNormEps > 0)) throw new CheckpointConfigException(file, "rms_norm_eps", $"must be positive (got {RmsNormEps})");
+        if (!(RopeTheta > 0)) throw new CheckpointConfigException(file, "rope_theta", $"must be positive (got {RopeTheta})");
+    }
+
+    /// <summary>Reads <c>DIR/config.json</c> (or the file itself). Missing, mistyped or unsupported keys are one-line errors
+    /// naming the file and the key.</summary>
+    public static LlamaConfig Read(string path)
+    {
+        string file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
+        if (!System.IO.File.Exists(file)) throw new CheckpointConfigException(file, null, "not found");
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(System.IO.File.ReadAllBytes(file)); }
+        catch (JsonException e) { throw new CheckpointConfigException(file, null, $"is not valid JSON: {e.Message.ReplaceLineEndings(" ")}"); }
+        using (doc)
+        {
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object) throw new CheckpointConfigException(file, null, "is not a JSON object");
+            string modelType = String(file, root, "model_type")
+                ?? throw new CheckpointConfigException(file, "model_type", "is missing");
+            if (modelType != ModelType)
+                throw new CheckpointConfigException(file, "model_type", $"is \"{modelType}\", not a family this reader knows (known: {ModelType})");
+            int heads = Int(file, root, "num_attention_heads");
+            string? act = String(file, root, "hidden_act");
+            if (act is not null and not "silu") throw new CheckpointConfigException(file, "hidden_act", $"is \"{act}\"; only \"silu\" is supported");
+            foreach (var flag in new[] { "attention_bias", "mlp_bias" })
+                if (root.TryGetProperty(flag, out var b) && b.ValueKind == JsonValueKind.True)
+                    throw new CheckpointConfigException(file, flag, "is true; biases are not supported");
+            if (root.TryGetProperty("rope_scaling", out var scaling) && scaling.ValueKind != JsonValueKind.Null)
+                throw new CheckpointConfigException(file, "rope_scaling", "is set; only the default rotary embedding is supported");
+            int hidden = Int(file, root, "hidden_size");
+            if (root.TryGetProperty("head_dim", out var hd) && hd.ValueKind != JsonValueKind.Null && heads > 0
+                && (!hd.TryGetInt32(out int headDim) || headDim != hidden / heads))
+                throw new CheckpointConfigException(file, "head_dim", $"is {hd.GetRawText()}; only hidden_size / num_attention_heads is supported");
+            var config = new LlamaConfig(
+                Hidden: hidden,
+                Ffn: Int(file, root, "intermediate_size"),
+                Layers: Int(file, root, "num_hidden_layers"),
+                Heads: heads,
+                KvHeads: Int(file, root, "num_key_value_heads", heads),
+                RmsNormEps: Double(file, root, "rms_norm_eps"),
+                RopeTheta: Double(file, root, "rope_theta", 10000.0),
+                Vocab: Int(file, root, "vocab_size"),
+                MaxPositions: Int(file, root, "max_position_embeddings"),
+                TieWordEmbeddings: Bool(file, root, "tie_word_embeddings", false),
+                TorchDtype: String(file, root, "torch_dtype") ?? String(file, root, "dtype") ?? "float32");
+            config.Validate(file);
+            return config;
+        }
+    }
+
+    /// <summary>config.json as transformers' save_pretrained writes it for LlamaForCausalLM (keys sorted, indented by 2).</summary>
+    public string ToJson()
+    {
+        var keys = new SortedDictionary<string, object?>(StringComparer.Ordinal)
+        {
+            ["architectures"] = new[] { "LlamaForCausalLM" }, ["attention_bias"] = false, ["attention_dropout"] = 0.0,
+            ["head_dim"] = HeadDim, ["hidden_act"] = "silu", ["hidden_size"] = Hidden, ["initializer_range"] = 0.02,
+            ["intermediate_size"] = Ffn, ["max_position_embeddings"] = MaxPositions, ["mlp_bias"] = false, ["model_type"] = ModelType,
+            ["num_attention_heads"] = Heads, ["num_hidden_layers"] = Layers, ["num_key_value_heads"] = KvHeads, ["pretraining_tp"] = 1,
+            ["rms_norm_eps"] = RmsNormEps, ["rope_scaling"] = null, ["rope_theta"] = RopeTheta, ["tie_word_embeddings"] = TieWordEmbeddings,
+            ["torch_dtype"] = TorchDtype, ["use_cache"] = true, ["vocab_size"] = Vocab,
+        };
+        return JsonSerializer.Serialize(keys, new JsonSerializerOptions { WriteIndented = true, IndentSize = 2 }) + "\n";
+    }
+
+    static bool TryGet(JsonElement root, string key, out JsonElement value) =>
+        root.TryGetProperty(key, out value) && value.ValueKind != JsonValueKind.Null;
+
+    static string? String(string file, JsonElement root, string key)
+    {
+        if (!TryGet(root, key, out var v)) return null;
+        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not a string");
+    }
+
+    static int Int(string file, JsonElement root, string key, int? fallback = null)
+    {
+        if (!TryGet(root, key, out var v))
+            return fallback ?? throw new CheckpointConfigException(file, key, "is missing");
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) ? n
+            : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not an integer");
+    }
+
+    static double Double(string file, JsonElement root, string key, double? fallback = null)
+    {
+        if (!TryGet(root, key, out var v))
+            return fallback ?? throw new CheckpointConfigException(file, key, "is missing");
+        return v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not a number");
+    }
+
+    static bool Bool(string file, JsonElement root, string key, bool fallback)
+    {
+        if (!TryGet(root, key, out var v)) return fallback;
+        return v.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not true or false"),
+        };
+    }
+
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture,
+        $"llama(layers {Layers}, hidden {Hidden}, heads {Heads}/{KvHeads}, ffn {Ffn}, vocab {Vocab}, theta {RopeTheta}, eps {RmsNormEps})");
+}
+
+/// <summary>The Llama family (transformers' LlamaForCausalLM): layers are the token embedding, one per decoder block and the
+/// head (final RMSNorm + LM head). Parameter names are the checkpoint's own tensor names, all in <see cref="Names"/>.</summary>
+public static class Llama
+{
+    /// <summary>The one table from layers to the checkpoint's tensor names.</summary>
+    public static class Names
+    {
+        public const string Embedding = "model.embed_tokens.weight";
+        public const string FinalNorm = "model.norm.weight";
+        public const string LmHead = "lm_head.weight";
+        public static string InputNorm(int i) => $"model.layers.{i}.input_layernorm.weight";
+        public static string Q(int i) => $"model.layers.{i}.self_attn.q_proj.weight";
+        public static string K(int i) => $"model.layers.{i}.self_attn.k_proj.weight";
+        public static string V(int i) => $"model.layers.{i}.self_attn.v_proj.weight";
+        public static string O(int i) => $"model.layers.{i}.self_attn.o_proj.weight";
+        public static string PostNorm(int i) => $"model.layers.{i}.post_attention_layernorm.weight";
+        public static string Gate(int i) => $"model.layers.{i}.mlp.gate_proj.weight";
+        public static string Up(int i) => $"model.layers.{i}.mlp.up_proj.weight";
+        public static string Down(int i) => $"model.layers.{i}.mlp.down_proj.weight";
+
+        /// <summary>The head's LM matrix: lm_head.weight, or the embedding matrix when the head is tied.</summary>
+        public static string Head(LlamaConfig c) => c.TieWordEmbeddings ? Embedding : LmHead;
+    }
+
+    /// <summary>Seeded weights: matrices N(0, <see cref="InitStd"/>), norm weights 1 + N(0, <see cref="NormStd"/>): large enough
+    /// that a wrong transpose, rotation or norm shows in the logits.</summary>
+    public const double InitStd = 0.2, NormStd = 0.3;
+
+    /// <summary>The model over <paramref name="batch"/> rows of <paramref name="sequence"/> token ids (seeded random ids).</summary>
+    public static LayeredModel Create(string name, LlamaConfig config, int batch, int sequence)
+    {
+        config.Validate();
+        if (batch < 1) throw new ArgumentOutOfRangeException(nameof(batch), $"batch {batch} is below 1");
+        if (sequence < 1 || sequence > config.MaxPositions)
+            throw new ArgumentOutOfRangeException(nameof(sequence), $"sequence length {sequence} is outside [1, {config.MaxPositions}] (max_position_embeddings)");
+        var layers = new List<Layer> { new LlamaEmbedding(0, config) };
+        for (int b = 0; b < config.Layers; b++) layers.Add(new LlamaBlock(b + 1, b, config));
+        layers.Add(new LlamaHead(config.Layers + 1, config));
+        return new LayeredModel(name, layers, [batch, sequence], ScalarType.Int64, seed =>
+        {
+            using var g = new Generator(unchecked((ulong)seed ^ 0x11a_3a5eedUL));
+            return randint(config.Vocab, [batch, sequence], dtype: ScalarType.Int64, generator: g);
+        });
+    }
+
+    internal static Tensor Normal(Generator g, params long[] shape) => randn(shape, generator: g).mul_(InitStd);
+    internal static Tensor NormWeight(Generator g, long size) => randn([size], generator: g).mul_(NormStd).add_(1.0);
+
+    internal static void CheckActivations(long[] input, LlamaConfig c, string layer)
+    {
+        if (input.Length != 3 || input[2] != c.Hidden || input[1] > c.MaxPositions)
+            throw new ArgumentException($"{layer}: expected activations [batch, ≤{c.MaxPositions}, {c.Hidden}], got [{string.Join(", ", input)}]");
+    }
+
+    /// <summary>LlamaRMSNorm: in float32, x * rsqrt(mean(x²) + eps), cast back to the input's dtype, then weight *.
+    /// Temporaries for N tokens of H: x² (N·H), its mean, + eps and rsqrt (3·N), the normalised x (N·H); the product is the output.</summary>
+    internal static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
+    {
+        var input = x.dtype;
+        var h = x.to_type(ScalarType.Float32);
+        var variance = h.pow(2).mean([-1], keepdim: true);
+        h = h * (variance + eps).rsqrt();
+        return weight * h.to_type(input);
+    }
+
+    /// <summary>rotate_half: cat(-x2, x1) over the last dimension's halves.</summary>
+    internal static Tensor RotateHalf(Tensor x)
+    {
+        long half = x.shape[^1] / 2;
+        return cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
+    }
+
+    /// <summary>LlamaRotaryEmbedding (default rope): inv_freq = 1 / theta^(arange(0, d, 2) / d), freqs = positions ⊗ inv_freq,
+    /// emb = cat(freqs, freqs); returns (cos, sin) [T, d] in float32 for positions 0..T-1.</summary>
+    internal static (Tensor Cos, Tensor Sin) Rotary(LlamaConfig c, long t, Device device)
+    {
+        int d = c.HeadDim;
+        var exponent = arange(0, d, 2, ScalarType.Int64, device).to_type(ScalarType.Float32) / d;
+        var invFreq = pow(c.RopeTheta, exponent).reciprocal();
+        var positions = arange(0, t, 1, ScalarType.Int64, device).to_type(ScalarType.Float32);
+        var freqs = outer(positions, invFreq);
+        var emb = cat([freqs, freqs], -1);
+        return (emb.cos(), emb.sin());
+    }
+}
+
+/// <summary>Token embedding: int64 [B, T] → float32 [B, T, H].</summary>
+public sealed class LlamaEmbedding(int index, LlamaConfig c) : Layer(index, "embed")
+{
+    public override IReadOnlyList<ParamSpec> Parameters { get; } = [new(Llama.Names.Embedding, c.Vocab, c.Hidden)];
+
+    public override long[] OutputShape(long[] input)
+    {
+        if (input.Length != 2 || input[1] > c.MaxPositions)
+            throw new ArgumentException($"{Name}: expected token ids [batch, ≤{c.MaxPositions}], got [{string.Join(", ", input)}]");
+        return [input[0], input[1], c.Hidden];
+    }
+
+    public override double Flops(long[] input) => 0;
+
+    /// <summary>None: index_select writes the output and the view of it is the output. (The flattened ids are a view.)</summary>
+    public override long WorkspaceBytes(long[] input) => 0;
+
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor ids)
+    {
+        long b = ids.shape[0], t = ids.shape[1];
+        return w[Llama.Names.Embedding].index_select(0, ids.reshape(-1)).view(b, t, c.Hidden);
+    }
+
+    public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
+    {
+        [Llama.Names.Embedding] = Llama.Normal(g, c.Vocab, c.Hidden),
+    };
+}
+
+/// <summary>One LlamaDecoderLayer: x + o(attn(rope(q), rope(k), v)) over input_layernorm(x) with grouped heads and a causal mask,
+/// then x + down(silu(gate(h)) * up(h)) over post_attention_layernorm(x).</summary>
+public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(index, $"block.{block}")
+{
+    public int Block { get; } = block;
+
+    public override IReadOnlyList<ParamSpec> Parameters { get; } =
+    [
+        new(Llama.Names.InputNorm(block), c.Hidden),
+        new(Llama.Names.Q(block), c.Hidden, c.Hidden), new(Llama.Names.K(block), c.KvDim, c.Hidden),
+        new(Llama.Names.V(block), c.KvDim, c.Hidden), new(Llama.Names.O(block), c.Hidden, c.Hidden),
+        new(Llama.Names.PostNorm(block), c.Hidden),
+        new(Llama.Names.Gate(block), c.Ffn, c.Hidden), new(Llama.Names.Up(block), c.Ffn, c.Hidden), new(Llama.Names.Down(block), c.Hidden, c.Ffn),
+    ];
+
+    public override long[] OutputShape(long[] input)
+    {
+        Llama.CheckActivations(input, c, Name);
+        return input;
+    }
+
+    public override double Flops(long[] input)
+    {
+        double tokens = input[0] * input[1], h = c.Hidden, t = input[1];
+        double projections = 2 * h * h + 2 * h * c.KvDim + 3 * h * c.Ffn;
+        return 2 * tokens * projections + 2 * 2 * tokens * t * h; // projections + scores and weighted sum
+    }
+
+    /// <summary>Counted from <see cref="Forward"/> as it runs inside the pass's dispose scope (every tensor it makes stays
+    /// alive until the layer is done, so the workspace is their sum). N = B·T tokens, H hidden, K = kv heads · head dim,
+    /// F = ffn, d = head dim. Each RMSNorm: x² (N·H), its mean, + eps, rsqrt (3·N), the normalised x and its weighted product
+    /// (2·N·H). q, k, v projections: N·H + 2·N·K. Rotary tables (per block): the exponent as float, / d, the base as a scalar
+    /// tensor, its power and reciprocal (2·d + 1; the int64 arange d/2 int64s), positions (T; the int64 arange T int64s),
+    /// freqs (T·d/2), emb, cos, sin (3·T·d). Rotating q: q·cos, -x2 (half), cat, ·sin, the sum: 4.5·N·H; k: 4.5·N·K. Grouped
+    /// heads repeat k and v (2·N·H; none when kv heads = heads). The attention output (N·H; libtorch's CPU kernel lays it out
+    /// [B, T, heads, d], so the transpose and reshape to [B, T, H] are views, as for the GPT block), o_proj (N·H), the first
+    /// residual (N·H); gate, silu, up, their product (4·N·F), down (N·H). The second residual is the output. Inside the
+    /// attention call: scores [B, heads, T, T] and their softmax (2·B·heads·T²), an upper bound as for the GPT block.
+    /// tests/LlamaSpec.cs checks the rest against the storages the forward's scope holds.</summary>
+    public override long WorkspaceBytes(long[] input) => FloatsHeld(input) * sizeof(float) + IntsHeld(input) * sizeof(long)
+        + 2L * input[0] * c.Heads * input[1] * input[1] * sizeof(float);
+
+    internal long FloatsHeld(long[] input)
+    {
+        long n = input[0] * input[1], t = input[1], h = c.Hidden, k = c.KvDim, d = c.HeadDim, f = c.Ffn;
+        long norms = 2 * (3 * n * h + 3 * n);
+        long rotary = 2 * d + 1 + t + t * d / 2 + 3 * t * d;
+        long rotate = 9 * n * h / 2 + 9 * n * k / 2;
+        long repeat = c.KvHeads == c.Heads ? 0 : 2 * n * h;
+        return norms + n * h + 2 * n * k + rotary + rotate + repeat + n * h + n * h + n * h + 4 * n * f + n * h;
+    }
+
+    internal long IntsHeld(long[] input) => c.HeadDim / 2 + input[1];
+
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
+    {
+        long b = x.shape[0], t = x.shape[1];
+        int heads = c.Heads, kvHeads = c.KvHeads, d = c.HeadDim;
+        var h = Llama.RmsNorm(x, w[Llama.Names.InputNorm(Block)], c.RmsNormEps);
+        var q = F.linear(h, w[Llama.Names.Q(Block)]).view(b, t, heads, d).transpose(1, 2);
+        var k = F.linear(h, w[Llama.Names.K(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
+        var v = F.linear(h, w[Llama.Names.V(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
+        var (cos, sin) = Llama.Rotary(c, t, x.device);
+        q = q * cos + Llama.RotateHalf(q) * sin;
+        k = k * cos + Llama.RotateHalf(k) * sin;
+        if (kvHeads != heads)
+        {
+            int groups = heads / kvHeads;
+            k = k.unsqueeze(2).expand(b, kvHeads, groups, t, d).reshape(b, heads, t, d);
+            v = v.unsqueeze(2).expand(b, kvHeads, groups, t, d).reshape(b, heads, t, d);
+        }
+        var attn = F.scaled_dot_product_attention(q, k, v, null, 0.0, true);
+        var merged = attn.transpose(1, 2).reshape(b, t, c.Hidden);
+        x = x + F.linear(merged, w[Llama.Names.O(Block)]);
+        h = Llama.RmsNorm(x, w[Llama.Names.PostNorm(Block)], c.RmsNormEps);
+        var m = F.silu(F.linear(h, w[Llama.Names.Gate(Block)])) * F.linear(h, w[Llama.Names.Up(Block)]);
+        return x + F.linear(m, w[Llama.Names.Down(Block)]);
+    }
+
+    public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
+    {
+        [Llama.Names.InputNorm(Block)] = Llama.NormWeight(g, c.Hidden),
+        [Llama.Names.Q(Block)] = Llama.Normal(g, c.Hidden, c.Hidden), [Llama.Names.K(Block)] = Llama.Normal(g, c.KvDim, c.Hidden),
+        [Llama.Names.V(Block)] = Llama.Normal(g, c.KvDim, c.Hidden), [Llama.Names.O(Block)] = Llama.Normal(g, c.Hidden, c.Hidden),
+        [Llama.Names.PostNorm(Block)] = Llama.NormWeight(g, c.Hidden),
+        [Llama.Names.Gate(Block)] = Llama.Normal(g, c.Ffn, c.Hidden), [Llama.Names.Up(Block)] = Llama.Normal(g, c.Ffn, c.Hidden),
+        [Llama.Names.Down(Block)] = Llama.Normal(g, c.Hidden, c.Ffn),
+    };
+}
+
+/// <summary>Final RMSNorm (model.norm) and the LM head: [B, T, H] → logits [B, T, V]. With tie_word_embeddings the head's matrix
+/// is the embedding's (read again by this layer: each layer owns its weights).</summary>
+public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head")
+{
+    public override IReadOnlyList<ParamSpec> Parameters { get; } =
+        [new(Llama.Names.FinalNorm, c.Hidden), new(Llama.Names.Head(c), c.Vocab, c.Hidden)];
+
+    public override long[] OutputShape(long[] input)
+    {
+        Llama.CheckActivations(input, c, Name);
+        return [input[0], input[1], c.Vocab];
+    }
+
+    public override double Flops(long[] input) => 2.0 * input[0] * input[1] * c.Hidden * c.Vocab;
+
+    /// <summary>The norm's x² and normalised x (2·N·H) and its mean, + eps, rsqrt (3·N), and the weighted norm (N·H); the logits are
+    /// the output.</summary>
+    public override long WorkspaceBytes(long[] input)
+    {
+        long n = input[0] * input[1];
+        return (3 * n * c.Hidden + 3 * n) * sizeof(float);
+    }
+
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
+        F.linear(Llama.RmsNorm(x, w[Llama.Names.FinalNorm], c.RmsNormEps), w[Llama.Names.Head(c)]);
+
+    public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
+    {
+        [Llama.Names.FinalNorm] = Llama.NormWeight(g, c.Hidden),
+        [Llama.Names.Head(c)] = Llama.Normal(g, c.Vocab, c.Hidden),
+    };
+}

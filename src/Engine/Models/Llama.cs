@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Superpipeline.Engine.Policy;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -174,9 +175,9 @@ public static class Llama
     public static LayeredModel Create(string name, LlamaConfig config, int batch, int sequence)
     {
         config.Validate();
-        if (batch < 1) throw new ArgumentOutOfRangeException(nameof(batch), $"batch {batch} is below 1");
+        if (batch < 1) throw new FieldException(FieldException.Batch, $"must be at least 1 (got {batch})");
         if (sequence < 1 || sequence > config.MaxPositions)
-            throw new ArgumentOutOfRangeException(nameof(sequence), $"sequence length {sequence} is outside [1, {config.MaxPositions}] (max_position_embeddings)");
+            throw new FieldException(FieldException.Sequence, $"({sequence}) must be in [1, {config.MaxPositions}] (max_position_embeddings)");
         var layers = new List<Layer> { new LlamaEmbedding(0, config) };
         for (int b = 0; b < config.Layers; b++) layers.Add(new LlamaBlock(b + 1, b, config));
         layers.Add(new LlamaHead(config.Layers + 1, config));

@@ -8,8 +8,9 @@ namespace Superpipeline.Engine.Models;
 /// model-0000i-of-0000N.safetensors plus model.safetensors.index.json), tensors under transformers' names, F32.</summary>
 public static class LlamaExport
 {
-    /// <summary>Writes the checkpoint of <paramref name="config"/> with weights from <paramref name="seed"/> (the same values
-    /// <see cref="SeededWeights"/> gives each layer; with a tied head the embedding is written once and the head uses it).
+    /// <summary>Writes the checkpoint of <paramref name="config"/> with weights from <paramref name="seed"/> (the values
+    /// <see cref="SeededWeights"/> gives each layer, except that a tied head has no matrix of its own: the embedding is written
+    /// once, and a model read back from the directory uses it in both layers).
     /// Returns the weight files written.</summary>
     public static IReadOnlyList<string> Write(string directory, LlamaConfig config, long seed, int shards = 1)
     {

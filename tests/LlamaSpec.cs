@@ -322,6 +322,39 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         Assert.Equal($"{file}: tensor '{reshaped}': has shape [32,16], layer block.0 expects [16,32]", e.Message);
     }
 
+    [Fact]
+    public void Each_layer_reads_only_its_own_tensors_and_only_the_shards_that_hold_them()
+    {
+        var config = Grouped(layers: 4);
+        string dir = Export(config, seed: 12, shards: 6);
+        var model = Llama.Create("llama", config, 1, 2);
+        var block = model.Layers[3];
+        using var source = new CheckpointWeights(dir);
+        foreach (var t in source.Load(block).Values) t.Dispose();
+        using var ckpt = SafetensorsCheckpoint.Open(dir);
+        var holding = block.Parameters.Select(p => ckpt.FileOf(p.Name)).Distinct().Order(StringComparer.Ordinal).ToArray();
+        Assert.Equal(6, Directory.GetFiles(dir, "model-*-of-00006.safetensors").Length);
+        Assert.InRange(holding.Length, 1, 5);
+        Assert.Equal(holding, source.OpenedFiles);
+        long headers = holding.Sum(f => { using var file = SafetensorsFile.Open(Path.Combine(dir, f)); return file.DataStart; });
+        Assert.Equal(block.Bytes + headers, source.BytesRead);
+    }
+
+    [Fact]
+    public void A_tensor_stored_in_another_dtype_is_refused_in_one_line()
+    {
+        var config = Grouped();
+        string dir = Export(config, seed: 6);
+        var sd = StateDict(dir);
+        string half = Llama.Names.FinalNorm;
+        sd[half] = sd[half].to_type(ScalarType.BFloat16);
+        SafetensorsWriter.WriteCheckpoint(dir, sd);
+        foreach (var t in sd.Values) t.Dispose();
+        using var source = new CheckpointWeights(dir);
+        var e = Assert.Throws<SafetensorsException>(() => source.Load(Llama.Create("llama", config, 1, 1).Layers[^1]));
+        Assert.Equal($"{Path.Combine(dir, SafetensorsCheckpoint.SingleFile)}: tensor '{half}': is BF16; only F32 checkpoints are read for now", e.Message);
+    }
+
     public new void Dispose()
     {
         base.Dispose();

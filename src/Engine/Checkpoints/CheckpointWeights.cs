@@ -15,8 +15,11 @@ public sealed class CheckpointWeights : IWeightSource, IDisposable
 
     public string Directory => checkpoint.Directory;
 
-    /// <summary>Bytes of tensor data read so far (only the layers' own tensors are read).</summary>
+    /// <summary>Bytes read so far: the headers of the files opened and the layers' own tensors, nothing else.</summary>
     public long BytesRead => checkpoint.BytesRead;
+
+    /// <summary>The weight files opened so far (a file opens the first time one of its tensors is asked for).</summary>
+    public IReadOnlyList<string> OpenedFiles => checkpoint.OpenedFiles;
 
     public IReadOnlyDictionary<string, Tensor> Load(Layer layer)
     {

@@ -15,7 +15,9 @@ namespace Superpipeline.Tests;
 
 /// <summary>The Llama family from a Hugging Face checkpoint directory: its arithmetic against an independent reference written
 /// here from transformers' modeling_llama.py, every (k, k') bit-identical to resident through the real engine, the tied head,
-/// and one-line errors for a bad config.json or a missing tensor.</summary>
+/// and one-line errors for a bad config.json or a missing tensor. In the collection that never runs beside another test: one
+/// test compares the process-wide tensor count.</summary>
+[Collection(TensorCountCollection.Name)]
 public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
 {
     readonly string root = Directory.CreateTempSubdirectory("llama-spec-").FullName;
@@ -203,6 +205,7 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         }
         var resident = await Pass(null, null);
         using (var plain = LayerForward(model, source, ids)) Assert.Equal(TensorBytes.Raw(plain), resident);
+        long tensors = LiveTensors();
         int n = model.Layers.Count, cases = 0; // 6
         for (int k = 1; k <= n; k++)
             for (int s = 1; s <= k; s++, cases++)
@@ -212,7 +215,19 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
             }
         Assert.Equal(21, cases);
         Assert.Equal(0, device.Memory.Reserved);
+        Assert.Equal(tensors, LiveTensors());
         foreach (var a in layers.Append(loader)) Sys.Stop(a);
+    }
+
+    /// <summary>The process-wide tensor count once unreachable tensors are finalized (as PassStreamSpec reads it).</summary>
+    static long LiveTensors()
+    {
+        for (int i = 0; i < 2; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+        return Tensor.TotalCount;
     }
 
     /// <summary>As WorkspaceAccountingSpec does for the demo: what each forward leaves in its dispose scope, beyond its input,

@@ -22,8 +22,8 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
 {
     readonly string root = Directory.CreateTempSubdirectory("gpt2-spec-").FullName;
 
-    static Gpt2Config Small(int layers = 2, bool tied = true, int? inner = 40) => new(Hidden: 32, Layers: layers, Heads: 4,
-        MaxPositions: 16, Vocab: 61, LayerNormEps: 1e-5, Inner: inner, TieWordEmbeddings: tied);
+    static Gpt2Config Small(int layers = 2, bool tied = true, int? inner = 40, double eps = 1e-5) => new(Hidden: 32, Layers: layers,
+        Heads: 4, MaxPositions: 16, Vocab: 61, LayerNormEps: eps, Inner: inner, TieWordEmbeddings: tied);
 
     string Export(Gpt2Config config, long seed, int shards = 1, string name = "ckpt", string prefix = Gpt2Names.Transformer)
     {
@@ -119,13 +119,13 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
     }
 
     [Theory]
-    [InlineData(true, 1, "transformer.", 40)]
-    [InlineData(false, 1, "transformer.", 40)]
-    [InlineData(true, 3, "", null)]
-    [InlineData(false, 2, "", 40)]
-    public void Logits_match_an_independent_reference_of_modeling_gpt2(bool tied, int shards, string prefix, int? inner)
+    [InlineData(true, 1, "transformer.", 40, 1e-5)]
+    [InlineData(false, 1, "transformer.", 40, 1e-5)]
+    [InlineData(true, 3, "", null, 1e-5)]
+    [InlineData(false, 2, "", 40, 0.05)]
+    public void Logits_match_an_independent_reference_of_modeling_gpt2(bool tied, int shards, string prefix, int? inner, double eps)
     {
-        var config = Small(layers: 3, tied: tied, inner: inner);
+        var config = Small(layers: 3, tied: tied, inner: inner, eps: eps);
         string dir = Export(config, seed: 11, shards, prefix: prefix);
         var read = Gpt2Config.Read(dir);
         Assert.Equal(config, read);

@@ -205,8 +205,9 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             var model = ModelCatalog.Create(a.Model);
             stage = model.Slice(a.FirstLayer, a.LayerCount);
             policy = OffloadPolicy.For(a.Policy, a.LayerCount);
+            ModelCatalog.CheckWeights(a.Model, stage);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (ModelCatalog.IsRefusal(e))
         {
             Fail(attempt, a, e.Message);
             return;
@@ -352,6 +353,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         bool pin = _devices.Values.Any(d => d.WantsPinnedHost);
         var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToImmutableArray();
         var ready = Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
+        if (weights is IDisposable source) ready.ContinueWith(_ => source.Dispose(), TaskScheduler.Default); // a checkpoint's open files
         return (layers, [.. stage.Layers.Select(l => l.Bytes)], ready);
     }
 

@@ -72,7 +72,14 @@ public sealed class CheckpointRunSpec : IAsyncLifetime
         var spec = ModelCatalog.CheckpointSpec(dir, batch: 9, sequence: 9, seed: 1, input: ids);
         Assert.Equal((2, 6), (spec.Batch, spec.Sequence));
         string outA = Path_("a.npy"), outB = Path_("b.npy");
-        Assert.Equal(0, await Cli.MainAsync(["run", "--model", dir, "--input", ids, "--window", "1", "--output", outA]));
+        string report = Path_("r.json");
+        Assert.Equal(0, await Cli.MainAsync(["run", "--model", dir, "--input", ids, "--window", "1", "--output", outA, "--report", report]));
+        using (var json = JsonDocument.Parse(File.ReadAllText(report)))
+        {
+            var model = json.RootElement.GetProperty("model");
+            Assert.Equal((Path.GetFullPath(dir), Path.GetFullPath(ids)), (model.GetProperty("checkpoint").GetString(), model.GetProperty("input").GetString()));
+            Assert.Equal((2, 6), (model.GetProperty("batch").GetInt32(), model.GetProperty("sequence").GetInt32()));
+        }
         Assert.Equal(0, await Cli.MainAsync(["run", "--model", dir, "--input", ids, "--window", "all", "--seed", "99", "--output", outB]));
         Assert.Equal(Npy.Read(outA).Data, Npy.Read(outB).Data);
         Assert.NotEqual(await Run(dir, "all"), Npy.Read(outA).Data); // seeded ids differ from the file's

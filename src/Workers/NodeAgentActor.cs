@@ -164,12 +164,21 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         if (known is { Phase: not StagePhase.WaitingForAssignment }) return; // a repeated assignment
         if (a.Stage == 0)
         {
-            var model = ModelCatalog.Create(a.Model);
-            var inputs = a.Seeds.Select(seed =>
+            ImmutableArray<TensorPayload> inputs;
+            try
             {
-                using var input = model.MakeInput(seed);
-                return TensorPayloads.From(input);
-            }).ToImmutableArray();
+                var model = ModelCatalog.Create(a.Model); // a checkpoint or an ids file this node cannot read fails the stage
+                inputs = [.. a.Seeds.Select(seed =>
+                {
+                    using var input = model.MakeInput(seed);
+                    return TensorPayloads.From(input);
+                })];
+            }
+            catch (Exception e) when (ModelCatalog.IsRefusal(e))
+            {
+                Fail(attempt, a, e.Message);
+                return;
+            }
             Start(attempt, a, inputs);
         }
         else if (known is { } early) Start(attempt, a, early.Input);

@@ -60,6 +60,19 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
         Assert.Equal(message, Serializer.FromBinary(bytes, "stage-progress"));
     }
 
+    [Fact]
+    public void A_submission_of_a_checkpoint_model_round_trips_with_its_checkpoint_and_input_paths()
+    {
+        var spec = new ModelSpec("llama", 2, 64, 4, 256, 12, 2, 1, Checkpoint: "/data/ckpt", Input: "/data/ids.npy");
+        var message = new SubmitJob(new JobId("ckpt-1"), spec, new PolicySpec(1, 1));
+        var back = Assert.IsType<SubmitJob>(Serializer.FromBinary(Serializer.ToBinary(message), Serializer.Manifest(message)));
+        Assert.Equal(message, back);
+        Assert.Equal("/data/ckpt", back.Model.Checkpoint);
+        Assert.Equal("/data/ids.npy", back.Model.Input);
+        var seeded = new SubmitJob(new JobId("demo-1"), ModelSpec.Demo, PolicySpec.Resident);
+        Assert.Null(Assert.IsType<SubmitJob>(Serializer.FromBinary(Serializer.ToBinary(seeded), "submit")).Model.Checkpoint);
+    }
+
     [Theory]
     [InlineData("nope")]
     [InlineData("")]

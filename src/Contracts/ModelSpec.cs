@@ -3,6 +3,9 @@ namespace Superpipeline.Contracts;
 /// <summary>Which model to run and at what shape. <see cref="Name"/> picks the family from the catalog
 /// ("demo" is the built-in GPT-style decoder with seeded weights); the other fields size it.</summary>
 /// <param name="Blocks">Transformer blocks; the model has Blocks + 2 streamed layers (embeddings, blocks, head).</param>
+/// <param name="Checkpoint">A checkpoint directory (config.json + safetensors) whose weights the job runs; null for the seeded
+/// families. Every member reads it from this path, so it must be the same path on each. The size fields then echo its config.</param>
+/// <param name="Input">A NumPy .npy file of int64 token ids [batch, seq] to run instead of seeded ids; null for seeded ids.</param>
 public sealed record ModelSpec(
     string Name,
     int Blocks,
@@ -11,7 +14,9 @@ public sealed record ModelSpec(
     int Vocab,
     int Sequence,
     int Batch,
-    long Seed)
+    long Seed,
+    string? Checkpoint = null,
+    string? Input = null)
 {
     public static ModelSpec Demo { get; } = new("demo", Blocks: 24, Hidden: 512, Heads: 8, Vocab: 4096, Sequence: 128, Batch: 4, Seed: 1);
 }

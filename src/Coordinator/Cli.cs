@@ -1,6 +1,8 @@
 using System.CommandLine;
 using Superpipeline.Coordinator.Commands;
+using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 
 namespace Superpipeline.Coordinator;
@@ -19,6 +21,7 @@ public static class Cli
         root.Subcommands.Add(SimulateCommand.Build());
         root.Subcommands.Add(HostCommand.Build());
         root.Subcommands.Add(SubmitCommand.Build());
+        root.Subcommands.Add(ExportDemoCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
@@ -39,7 +42,8 @@ public static class Cli
             return 130;
         }
         catch (Exception e) when (e is ArgumentException or DeviceOutOfMemoryException or IOException or UnauthorizedAccessException
-            or InvalidOperationException or TimeoutException)
+            or InvalidOperationException or TimeoutException
+            or CheckpointConfigException or SafetensorsException)
         {
             return Refuse(e.Message);
         }

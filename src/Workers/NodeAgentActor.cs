@@ -164,12 +164,21 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         if (known is { Phase: not StagePhase.WaitingForAssignment }) return; // a repeated assignment
         if (a.Stage == 0)
         {
-            var model = ModelCatalog.Create(a.Model);
-            var inputs = a.Seeds.Select(seed =>
+            ImmutableArray<TensorPayload> inputs;
+            try
             {
-                using var input = model.MakeInput(seed);
-                return TensorPayloads.From(input);
-            }).ToImmutableArray();
+                var model = ModelCatalog.Create(a.Model); // a checkpoint or an ids file this node cannot read fails the stage
+                inputs = [.. a.Seeds.Select(seed =>
+                {
+                    using var input = model.MakeInput(seed);
+                    return TensorPayloads.From(input);
+                })];
+            }
+            catch (Exception e) when (ModelCatalog.IsRefusal(e))
+            {
+                Fail(attempt, a, e.Message);
+                return;
+            }
             Start(attempt, a, inputs);
         }
         else if (known is { } early) Start(attempt, a, early.Input);
@@ -205,8 +214,9 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             var model = ModelCatalog.Create(a.Model);
             stage = model.Slice(a.FirstLayer, a.LayerCount);
             policy = OffloadPolicy.For(a.Policy, a.LayerCount);
+            ModelCatalog.CheckWeights(a.Model, stage);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (ModelCatalog.IsRefusal(e))
         {
             Fail(attempt, a, e.Message);
             return;
@@ -352,6 +362,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         bool pin = _devices.Values.Any(d => d.WantsPinnedHost);
         var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToImmutableArray();
         var ready = Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
+        if (weights is IDisposable source) ready.ContinueWith(_ => source.Dispose(), TaskScheduler.Default); // a checkpoint's open files
         return (layers, [.. stage.Layers.Select(l => l.Bytes)], ready);
     }
 

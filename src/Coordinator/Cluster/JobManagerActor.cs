@@ -135,8 +135,9 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         {
             model = ModelCatalog.Create(submit.Model);
             if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy, model.Layers.Count);
+            ModelCatalog.CheckWeights(submit.Model, model);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (ModelCatalog.IsRefusal(e))
         {
             return e.Message;
         }

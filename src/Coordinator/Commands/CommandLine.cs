@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.RegularExpressions;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 
 namespace Superpipeline.Coordinator.Commands;
@@ -11,8 +12,10 @@ public sealed class ModelOptions
 {
     public Option<string> Model { get; } = new("--model")
     {
-        Description = "model family (demo: GPT-style decoder with seeded weights)", DefaultValueFactory = _ => ModelSpec.Demo.Name,
+        Description = "model family (demo: GPT-style decoder with seeded weights), or a checkpoint directory with config.json (Llama)",
+        DefaultValueFactory = _ => ModelSpec.Demo.Name,
     };
+    public Option<string> Input { get; } = new("--input") { Description = "int64 token ids [batch, seq] in a .npy file (checkpoint models)" };
     public Option<int> Layers { get; } = new("--layers")
     {
         Description = "transformer blocks (the model streams blocks + 2 layers: embeddings and head)", DefaultValueFactory = _ => ModelSpec.Demo.Blocks,
@@ -26,11 +29,28 @@ public sealed class ModelOptions
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { Model, Layers, Hidden, Heads, Vocab, SeqLen, Batch, Seed }) c.Options.Add(o);
+        foreach (var o in new Option[] { Model, Layers, Hidden, Heads, Vocab, SeqLen, Batch, Seed, Input }) c.Options.Add(o);
     }
 
-    public ModelSpec Read(ParseResult r) => new(r.GetValue(Model)!, r.GetValue(Layers), r.GetValue(Hidden), r.GetValue(Heads),
-        r.GetValue(Vocab), r.GetValue(SeqLen), r.GetValue(Batch), r.GetValue(Seed));
+    /// <summary>The spec: a family sized by the flags, or, when --model names a directory, the checkpoint in it (its config
+    /// sizes the model, so the size flags are refused beside it).</summary>
+    public ModelSpec Read(ParseResult r)
+    {
+        string model = r.GetValue(Model)!;
+        string? input = r.GetValue(Input);
+        if (!Directory.Exists(model))
+        {
+            if (input is not null) throw new ArgumentException("--input needs --model to name a checkpoint directory");
+            return new(model, r.GetValue(Layers), r.GetValue(Hidden), r.GetValue(Heads), r.GetValue(Vocab), r.GetValue(SeqLen), r.GetValue(Batch),
+                r.GetValue(Seed));
+        }
+        var given = new Option[] { Layers, Hidden, Heads, Vocab }.Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+        if (given.Count > 0)
+            throw new ArgumentException($"{string.Join(", ", given)} cannot be given with --model {model}: the checkpoint's config.json sizes the model");
+        if (input is not null && (r.GetResult(SeqLen) is { Implicit: false } || r.GetResult(Batch) is { Implicit: false }))
+            throw new ArgumentException($"--seq-len and --batch cannot be given with --input {input}: its shape sets them");
+        return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input);
+    }
 }
 
 /// <summary>The CLI's side of the boundary: its flags' texts converted to domain values, and the domain's fields named

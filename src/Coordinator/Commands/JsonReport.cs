@@ -1,3 +1,4 @@
+using System.Text.Json.Serialization;
 using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Bench;
 using Superpipeline.Messages;
@@ -11,7 +12,8 @@ public static class JsonReport
         outputSha256,
         output.Shape,
         output.DType,
-        new RunModel(model.Name, model.Blocks, model.Hidden, model.Heads, model.Vocab, model.Sequence, model.Batch, model.Seed),
+        new RunModel(model.Name, model.Blocks, model.Hidden, model.Heads, model.Vocab, model.Sequence, model.Batch, model.Seed, model.Checkpoint,
+            model.Input),
         r.Device,
         r.DeviceCapacityBytes,
         r.Layers,
@@ -57,8 +59,11 @@ public sealed record RunReport(
     IReadOnlyList<RunStage> Stages,
     IReadOnlyList<RunLayer> PerLayer);
 
-/// <summary>The model as it was asked for; <paramref name="Blocks"/> is --layers.</summary>
-public sealed record RunModel(string Name, int Blocks, int Hidden, int Heads, int Vocab, int Sequence, int Batch, long Seed);
+/// <summary>The model as it was asked for; <paramref name="Blocks"/> is --layers. <paramref name="Checkpoint"/> and
+/// <paramref name="Input"/> (absolute paths) appear only for a checkpoint model, and for token ids read from a file.</summary>
+public sealed record RunModel(string Name, int Blocks, int Hidden, int Heads, int Vocab, int Sequence, int Batch, long Seed,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Checkpoint = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Input = null);
 
 public sealed record RunStage(int Stage, string Node, string Device, int FirstLayer, int LayerCount, int Window, int Swap, long Bytes, double Flops,
     long PeakDeviceBytes, double WallSeconds);

@@ -38,6 +38,7 @@ public static class Preflight
     {
         var model = ModelCatalog.Create(spec);
         if (!policy.Auto) OffloadPolicy.For(policy, model.Layers.Count);
+        ModelCatalog.CheckWeights(spec, model);
         return model;
     }
 

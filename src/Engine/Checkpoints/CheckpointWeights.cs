@@ -28,13 +28,7 @@ public sealed class CheckpointWeights : IWeightSource, IDisposable
         {
             foreach (var spec in layer.Parameters)
             {
-                var entry = checkpoint.Entry(spec.Name);
-                string file = Path.Combine(checkpoint.Directory, checkpoint.FileOf(spec.Name));
-                if (entry.Dtype != "F32")
-                    throw new SafetensorsException(file, spec.Name, $"is {entry.Dtype}; only F32 checkpoints are read for now");
-                if (!entry.Shape.SequenceEqual(spec.Shape))
-                    throw new SafetensorsException(file, spec.Name,
-                        $"has shape [{string.Join(",", entry.Shape)}], layer {layer.Name} expects [{string.Join(",", spec.Shape)}]");
+                Check(layer, spec);
                 result[spec.Name] = checkpoint.Read(spec.Name);
             }
             return result;
@@ -44,6 +38,25 @@ public sealed class CheckpointWeights : IWeightSource, IDisposable
             foreach (var t in result.Values) t.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Checks that every tensor of <paramref name="model"/>'s layers is in the checkpoint, F32, with the layer's shape,
+    /// from the headers alone (no tensor data is read): the refusals <see cref="Load"/> would give, before any work starts.</summary>
+    public void Check(LayeredModel model)
+    {
+        foreach (var layer in model.Layers)
+            foreach (var spec in layer.Parameters) Check(layer, spec);
+    }
+
+    void Check(Layer layer, ParamSpec spec)
+    {
+        var entry = checkpoint.Entry(spec.Name);
+        string file = Path.Combine(checkpoint.Directory, checkpoint.FileOf(spec.Name));
+        if (entry.Dtype != "F32")
+            throw new SafetensorsException(file, spec.Name, $"is {entry.Dtype}; only F32 checkpoints are read for now");
+        if (!entry.Shape.SequenceEqual(spec.Shape))
+            throw new SafetensorsException(file, spec.Name,
+                $"has shape [{string.Join(",", entry.Shape)}], layer {layer.Name} expects [{string.Join(",", spec.Shape)}]");
     }
 
     public void Dispose() => checkpoint.Dispose();

@@ -1,5 +1,8 @@
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Simulation;
+using static TorchSharp.torch;
 
 namespace Superpipeline.Engine.Models;
 
@@ -11,13 +14,74 @@ public static class ModelCatalog
 {
     public static IReadOnlyList<string> Names { get; } = ["demo", "gpt"];
 
-    public static LayeredModel Create(ModelSpec spec) => spec.Name switch
+    public static LayeredModel Create(ModelSpec spec)
     {
-        "demo" or "gpt" => GptDecoder.Create(spec.Name, GptConfig.From(spec)),
-        _ => throw new ArgumentException($"unknown model '{spec.Name}' (known: {string.Join(", ", Names)})"),
-    };
+        if (spec.Checkpoint is not null) return FromCheckpoint(spec);
+        if (spec.Input is not null) throw new ArgumentException($"{spec.Input}: token ids are read only for a checkpoint model");
+        return spec.Name switch
+        {
+            "demo" or "gpt" => GptDecoder.Create(spec.Name, GptConfig.From(spec)),
+            _ => throw new ArgumentException($"unknown model '{spec.Name}' (known: {string.Join(", ", Names)})"),
+        };
+    }
 
-    public static IWeightSource Weights(ModelSpec spec) => new SeededWeights(spec.Seed);
+    /// <summary>The layers' host weights: the checkpoint's tensors for a checkpoint model (dispose the source, an
+    /// <see cref="IDisposable"/>, once the layers have loaded), else seeded.</summary>
+    public static IWeightSource Weights(ModelSpec spec) =>
+        spec.Checkpoint is not null ? new CheckpointWeights(spec.Checkpoint) : new SeededWeights(spec.Seed);
+
+    /// <summary>For a checkpoint model, checks from the headers that every layer's tensor is there, F32, with its shape (a
+    /// <see cref="SafetensorsException"/> naming the file and tensor); nothing for a seeded family.</summary>
+    public static void CheckWeights(ModelSpec spec, LayeredModel model)
+    {
+        if (spec.Checkpoint is null) return;
+        using var weights = new CheckpointWeights(spec.Checkpoint);
+        weights.Check(model);
+    }
+
+    /// <summary>The refusals a model spec can give: a field, an argument, a checkpoint's config or tensors.</summary>
+    public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException;
+
+    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (Llama for now),
+    /// the size fields echoing the config.</summary>
+    public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null)
+    {
+        var c = LlamaConfig.Read(directory);
+        if (input is not null && TokenIds(input, c).Shape is [var b, var s]) (batch, sequence) = ((int)b, (int)s);
+        return new ModelSpec(LlamaConfig.ModelType, c.Layers, c.Hidden, c.Heads, c.Vocab, sequence, batch, seed,
+            Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
+    }
+
+    static LayeredModel FromCheckpoint(ModelSpec spec)
+    {
+        var config = LlamaConfig.Read(spec.Checkpoint!);
+        if (spec.Input is null) return Llama.Create(spec.Name, config, spec.Batch, spec.Sequence);
+        var ids = TokenIds(spec.Input, config);
+        var seeded = Llama.Create(spec.Name, config, (int)ids.Shape[0], (int)ids.Shape[1]);
+        return new LayeredModel(seeded.Name, seeded.Layers, [.. ids.Shape], ScalarType.Int64, _ => TensorPayloads.ToTensor(ids));
+    }
+
+    /// <summary>Token ids [batch, seq] from a .npy file, checked against the config: int64, ids in [0, vocab), seq at most
+    /// max_position_embeddings. One-line errors naming the file.</summary>
+    static TensorPayload TokenIds(string path, LlamaConfig config)
+    {
+        if (!File.Exists(path)) throw new ArgumentException($"{path}: not found");
+        var (descr, shape, data) = Npy.Read(path);
+        if (descr != "<i8") throw new ArgumentException($"{path}: token ids must be int64 (<i8), got '{descr}'");
+        if (shape.Length != 2 || shape[0] < 1 || shape[1] < 1)
+            throw new ArgumentException($"{path}: token ids must have shape [batch, seq], got [{string.Join(", ", shape)}]");
+        if (shape[1] > config.MaxPositions)
+            throw new ArgumentException($"{path}: sequence length {shape[1]} exceeds max_position_embeddings ({config.MaxPositions})");
+        if (data.Length != shape[0] * shape[1] * sizeof(long))
+            throw new ArgumentException($"{path}: data is {data.Length} bytes, not [{shape[0]}, {shape[1]}] int64");
+        for (int i = 0; i < data.Length; i += sizeof(long))
+        {
+            long id = BitConverter.ToInt64(data, i);
+            if (id < 0 || id >= config.Vocab)
+                throw new ArgumentException($"{path}: token id {id} at position {i / sizeof(long)} is outside the vocabulary [0, {config.Vocab})");
+        }
+        return new TensorPayload("Int64", [.. shape], [.. data]);
+    }
 
     public static IReadOnlyList<TransformerShape> Shapes { get; } =
     [

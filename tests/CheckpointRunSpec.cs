@@ -63,6 +63,23 @@ public sealed class CheckpointRunSpec : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_exported_gpt2_checkpoint_runs_from_the_cli_bit_identical_to_resident()
+    {
+        string dir = Path_("gpt2");
+        Assert.Equal(0, await Cli.MainAsync(["export-demo", "--family", "gpt2", "--out", dir, "--layers", "2", "--hidden", "32", "--heads", "4",
+            "--ffn", "64", "--vocab", "96", "--max-positions", "16", "--seed", "3", "--shards", "2"]));
+        var config = Gpt2Config.Read(dir);
+        Assert.Equal((2, 32, 4, 64, 96, 16), (config.Layers, config.Hidden, config.Heads, config.Ffn, config.Vocab, config.MaxPositions));
+        Assert.Equal(Gpt2Config.ModelType, ModelCatalog.CheckpointSpec(dir, 2, 6, 1).Name);
+        var resident = await Run(dir, "all");
+        foreach (var (k, s) in new[] { ("1", "1"), ("2", "2"), ("3", "1") })
+        {
+            var streamed = await Run(dir, k, s);
+            Assert.True(resident.SequenceEqual(streamed), $"window {k}, swap {s} differs from resident");
+        }
+    }
+
+    [Fact]
     public async Task Token_ids_from_a_npy_file_set_the_batch_and_sequence_and_are_checked_against_the_config()
     {
         string dir = await Export("ckpt", seed: 7);
@@ -130,12 +147,12 @@ public sealed class CheckpointRunSpec : IAsyncLifetime
         Assert.Contains(Llama.Names.FinalNorm, refused.Reason);
 
         Assert.Equal(1, await Cli.MainAsync(["run", "--model", dir, "--layers", "3"]));
-        Assert.Equal(1, await Cli.MainAsync(["export-demo", "--family", "gpt2", "--out", Path_("g")]));
+        Assert.Equal(1, await Cli.MainAsync(["export-demo", "--family", "gpt2", "--kv-heads", "2", "--out", Path_("g")]));
         Assert.Equal(1, await Cli.MainAsync(["export-demo", "--out", Path_("h"), "--dtype", "bf16"]));
         Assert.False(Directory.Exists(Path_("g")) || Directory.Exists(Path_("h")));
-        var gpt2 = Assert.Throws<ArgumentException>(
-            () => ExportDemoCommand.Export("gpt2", "f32", Path_("g"), 1, 1, () => throw new InvalidOperationException()));
-        Assert.Equal("--family gpt2: not yet", gpt2.Message);
+        var unknown = Assert.Throws<ArgumentException>(
+            () => ExportDemoCommand.Export("opt", "f32", Path_("g"), 1, 1, () => throw new InvalidOperationException()));
+        Assert.Equal("--family must be llama or gpt2; got 'opt'", unknown.Message);
     }
 
     [Fact]

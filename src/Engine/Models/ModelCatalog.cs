@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Text.Json;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
@@ -46,39 +48,82 @@ public static class ModelCatalog
     /// the size fields echoing the config.</summary>
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null)
     {
-        var c = LlamaConfig.Read(directory);
-        if (input is not null && TokenIds(input, c).Shape is [var b, var s]) (batch, sequence) = ((int)b, (int)s);
-        return new ModelSpec(LlamaConfig.ModelType, c.Layers, c.Hidden, c.Heads, c.Vocab, sequence, batch, seed,
+        var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
+        {
+            Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>
+                (Gpt2Config.ModelType, g.Layers, g.Hidden, g.Heads, g.Vocab, g.MaxPositions, "n_positions"),
+            _ when LlamaConfig.Read(directory) is var l =>
+                (LlamaConfig.ModelType, l.Layers, l.Hidden, l.Heads, l.Vocab, l.MaxPositions, "max_position_embeddings"),
+            _ => throw new UnreachableException(),
+        };
+        if (input is not null && TokenIds(input, vocab, positions, key).Shape is [var b, var s]) (batch, sequence) = ((int)b, (int)s);
+        return new ModelSpec(type, layers, hidden, heads, vocab, sequence, batch, seed,
             Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
+    }
+
+    /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
+    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType];
+
+    /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
+    static string FamilyOf(string directory)
+    {
+        string file = Directory.Exists(directory) ? Path.Combine(directory, "config.json") : directory;
+        if (!File.Exists(file)) throw new CheckpointConfigException(file, null, "not found");
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllBytes(file)); }
+        catch (JsonException e) { throw new CheckpointConfigException(file, null, $"is not valid JSON: {e.Message.ReplaceLineEndings(" ")}"); }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new CheckpointConfigException(file, null, "is not a JSON object");
+            if (!doc.RootElement.TryGetProperty("model_type", out var t) || t.ValueKind != JsonValueKind.String)
+                throw new CheckpointConfigException(file, "model_type", "is missing");
+            string type = t.GetString()!;
+            return CheckpointFamilies.Contains(type)
+                ? type
+                : throw new CheckpointConfigException(file, "model_type",
+                    $"is \"{type}\", not a family this reader knows (known: {string.Join(", ", CheckpointFamilies)})");
+        }
     }
 
     static LayeredModel FromCheckpoint(ModelSpec spec)
     {
-        var config = LlamaConfig.Read(spec.Checkpoint!);
-        if (spec.Input is null) return Llama.Create(spec.Name, config, spec.Batch, spec.Sequence);
-        var ids = TokenIds(spec.Input, config);
-        var seeded = Llama.Create(spec.Name, config, (int)ids.Shape[0], (int)ids.Shape[1]);
+        string dir = spec.Checkpoint!;
+        Func<int, int, LayeredModel> create;
+        int vocab, positions;
+        string key;
+        if (FamilyOf(dir) == Gpt2Config.ModelType)
+        {
+            var g = Gpt2Config.Read(dir);
+            string prefix = Gpt2.PrefixIn(dir);
+            (create, vocab, positions, key) = ((b, t) => Gpt2.Create(spec.Name, g, b, t, prefix), g.Vocab, g.MaxPositions, "n_positions");
+        }
+        else
+        {
+            var l = LlamaConfig.Read(dir);
+            (create, vocab, positions, key) = ((b, t) => Llama.Create(spec.Name, l, b, t), l.Vocab, l.MaxPositions, "max_position_embeddings");
+        }
+        if (spec.Input is null) return create(spec.Batch, spec.Sequence);
+        var ids = TokenIds(spec.Input, vocab, positions, key);
+        var seeded = create((int)ids.Shape[0], (int)ids.Shape[1]);
         return new LayeredModel(seeded.Name, seeded.Layers, [.. ids.Shape], ScalarType.Int64, _ => TensorPayloads.ToTensor(ids));
     }
 
-    /// <summary>Token ids [batch, seq] from a .npy file, checked against the config: int64, ids in [0, vocab), seq at most
-    /// max_position_embeddings. One-line errors naming the file.</summary>
-    static TensorPayload TokenIds(string path, LlamaConfig config)
+    static TensorPayload TokenIds(string path, int vocab, int maxPositions, string positionsKey)
     {
         if (!File.Exists(path)) throw new ArgumentException($"{path}: not found");
         var (descr, shape, data) = Npy.Read(path);
         if (descr != "<i8") throw new ArgumentException($"{path}: token ids must be int64 (<i8), got '{descr}'");
         if (shape.Length != 2 || shape[0] < 1 || shape[1] < 1)
             throw new ArgumentException($"{path}: token ids must have shape [batch, seq], got [{string.Join(", ", shape)}]");
-        if (shape[1] > config.MaxPositions)
-            throw new ArgumentException($"{path}: sequence length {shape[1]} exceeds max_position_embeddings ({config.MaxPositions})");
+        if (shape[1] > maxPositions)
+            throw new ArgumentException($"{path}: sequence length {shape[1]} exceeds {positionsKey} ({maxPositions})");
         if (data.Length != shape[0] * shape[1] * sizeof(long))
             throw new ArgumentException($"{path}: data is {data.Length} bytes, not [{shape[0]}, {shape[1]}] int64");
         for (int i = 0; i < data.Length; i += sizeof(long))
         {
             long id = BitConverter.ToInt64(data, i);
-            if (id < 0 || id >= config.Vocab)
-                throw new ArgumentException($"{path}: token id {id} at position {i / sizeof(long)} is outside the vocabulary [0, {config.Vocab})");
+            if (id < 0 || id >= vocab)
+                throw new ArgumentException($"{path}: token id {id} at position {i / sizeof(long)} is outside the vocabulary [0, {vocab})");
         }
         return new TensorPayload("Int64", [.. shape], [.. data]);
     }

@@ -38,39 +38,28 @@ public sealed record Gpt2Config(int Hidden, int Layers, int Heads, int MaxPositi
     /// naming the file and the key.</summary>
     public static Gpt2Config Read(string path)
     {
-        string file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
-        if (!System.IO.File.Exists(file)) throw new CheckpointConfigException(file, null, "not found");
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(System.IO.File.ReadAllBytes(file)); }
-        catch (JsonException e) { throw new CheckpointConfigException(file, null, $"is not valid JSON: {e.Message.ReplaceLineEndings(" ")}"); }
-        using (doc)
-        {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw new CheckpointConfigException(file, null, "is not a JSON object");
-            string modelType = String(file, root, "model_type")
-                ?? throw new CheckpointConfigException(file, "model_type", "is missing");
-            if (modelType != ModelType)
-                throw new CheckpointConfigException(file, "model_type", $"is \"{modelType}\", not a family this reader knows (known: {ModelType})");
-            string? act = String(file, root, "activation_function");
-            if (act is not null and not "gelu_new")
-                throw new CheckpointConfigException(file, "activation_function", $"is \"{act}\"; only \"gelu_new\" is supported");
-            if (!Bool(file, root, "scale_attn_weights", true))
-                throw new CheckpointConfigException(file, "scale_attn_weights", "is false; only scaled attention is supported");
-            foreach (var flag in new[] { "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn" })
-                if (Bool(file, root, flag, false)) throw new CheckpointConfigException(file, flag, "is true; only false is supported");
-            var config = new Gpt2Config(
-                Hidden: Int(file, root, "n_embd"),
-                Layers: Int(file, root, "n_layer"),
-                Heads: Int(file, root, "n_head"),
-                MaxPositions: Int(file, root, "n_positions"),
-                Vocab: Int(file, root, "vocab_size"),
-                LayerNormEps: Double(file, root, "layer_norm_epsilon", 1e-5),
-                Inner: TryGet(root, "n_inner", out _) ? Int(file, root, "n_inner") : null,
-                TieWordEmbeddings: Bool(file, root, "tie_word_embeddings", true),
-                TorchDtype: String(file, root, "torch_dtype") ?? String(file, root, "dtype") ?? "float32");
-            config.Validate(file);
-            return config;
-        }
+        using var c = ConfigJson.Open(path);
+        string file = c.File;
+        c.ModelType([ModelType]);
+        string? act = c.String("activation_function");
+        if (act is not null and not "gelu_new")
+            throw new CheckpointConfigException(file, "activation_function", $"is \"{act}\"; only \"gelu_new\" is supported");
+        if (!c.Bool("scale_attn_weights", true))
+            throw new CheckpointConfigException(file, "scale_attn_weights", "is false; only scaled attention is supported");
+        foreach (var flag in new[] { "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn" })
+            if (c.Bool(flag, false)) throw new CheckpointConfigException(file, flag, "is true; only false is supported");
+        var config = new Gpt2Config(
+            Hidden: c.Int("n_embd"),
+            Layers: c.Int("n_layer"),
+            Heads: c.Int("n_head"),
+            MaxPositions: c.Int("n_positions"),
+            Vocab: c.Int("vocab_size"),
+            LayerNormEps: c.Double("layer_norm_epsilon", 1e-5),
+            Inner: c.Has("n_inner") ? c.Int("n_inner") : null,
+            TieWordEmbeddings: c.Bool("tie_word_embeddings", true),
+            TorchDtype: c.String("torch_dtype") ?? c.String("dtype") ?? "float32");
+        config.Validate(file);
+        return config;
     }
 
     /// <summary>config.json as transformers' save_pretrained writes it for GPT2LMHeadModel (keys sorted, indented by 2).</summary>
@@ -86,39 +75,6 @@ public sealed record Gpt2Config(int Hidden, int Layers, int Heads, int MaxPositi
             ["tie_word_embeddings"] = TieWordEmbeddings, ["torch_dtype"] = TorchDtype, ["use_cache"] = true, ["vocab_size"] = Vocab,
         };
         return JsonSerializer.Serialize(keys, new JsonSerializerOptions { WriteIndented = true, IndentSize = 2 }) + "\n";
-    }
-
-    static bool TryGet(JsonElement root, string key, out JsonElement value) =>
-        root.TryGetProperty(key, out value) && value.ValueKind != JsonValueKind.Null;
-
-    static string? String(string file, JsonElement root, string key)
-    {
-        if (!TryGet(root, key, out var v)) return null;
-        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not a string");
-    }
-
-    static int Int(string file, JsonElement root, string key)
-    {
-        if (!TryGet(root, key, out var v)) throw new CheckpointConfigException(file, key, "is missing");
-        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) ? n
-            : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not an integer");
-    }
-
-    static double Double(string file, JsonElement root, string key, double fallback)
-    {
-        if (!TryGet(root, key, out var v)) return fallback;
-        return v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not a number");
-    }
-
-    static bool Bool(string file, JsonElement root, string key, bool fallback)
-    {
-        if (!TryGet(root, key, out var v)) return fallback;
-        return v.ValueKind switch
-        {
-            JsonValueKind.True => true,
-            JsonValueKind.False => false,
-            _ => throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not true or false"),
-        };
     }
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,

@@ -7,14 +7,6 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace Superpipeline.Engine.Models;
 
-/// <summary>A checkpoint's config.json is unreadable or lacks what a family needs. One line naming the file and the key.</summary>
-public sealed class CheckpointConfigException(string file, string? key, string problem)
-    : Exception(key is null ? $"{file}: {problem}" : $"{file}: \"{key}\" {problem}")
-{
-    public string File { get; } = file;
-    public string? Key { get; } = key;
-}
-
 /// <summary>The shape of a Llama checkpoint (transformers' LlamaConfig, model_type "llama"), as read from config.json.</summary>
 public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int KvHeads, double RmsNormEps, double RopeTheta,
     int Vocab, int MaxPositions, bool TieWordEmbeddings, string TorchDtype = "float32")
@@ -47,46 +39,35 @@ public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int
     /// naming the file and the key.</summary>
     public static LlamaConfig Read(string path)
     {
-        string file = Directory.Exists(path) ? Path.Combine(path, "config.json") : path;
-        if (!System.IO.File.Exists(file)) throw new CheckpointConfigException(file, null, "not found");
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(System.IO.File.ReadAllBytes(file)); }
-        catch (JsonException e) { throw new CheckpointConfigException(file, null, $"is not valid JSON: {e.Message.ReplaceLineEndings(" ")}"); }
-        using (doc)
-        {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw new CheckpointConfigException(file, null, "is not a JSON object");
-            string modelType = String(file, root, "model_type")
-                ?? throw new CheckpointConfigException(file, "model_type", "is missing");
-            if (modelType != ModelType)
-                throw new CheckpointConfigException(file, "model_type", $"is \"{modelType}\", not a family this reader knows (known: {ModelType})");
-            int heads = Int(file, root, "num_attention_heads");
-            string? act = String(file, root, "hidden_act");
-            if (act is not null and not "silu") throw new CheckpointConfigException(file, "hidden_act", $"is \"{act}\"; only \"silu\" is supported");
-            foreach (var flag in new[] { "attention_bias", "mlp_bias" })
-                if (root.TryGetProperty(flag, out var b) && b.ValueKind == JsonValueKind.True)
-                    throw new CheckpointConfigException(file, flag, "is true; biases are not supported");
-            if (root.TryGetProperty("rope_scaling", out var scaling) && scaling.ValueKind != JsonValueKind.Null)
-                throw new CheckpointConfigException(file, "rope_scaling", "is set; only the default rotary embedding is supported");
-            int hidden = Int(file, root, "hidden_size");
-            if (root.TryGetProperty("head_dim", out var hd) && hd.ValueKind != JsonValueKind.Null && heads > 0
-                && (!hd.TryGetInt32(out int headDim) || headDim != hidden / heads))
-                throw new CheckpointConfigException(file, "head_dim", $"is {hd.GetRawText()}; only hidden_size / num_attention_heads is supported");
-            var config = new LlamaConfig(
-                Hidden: hidden,
-                Ffn: Int(file, root, "intermediate_size"),
-                Layers: Int(file, root, "num_hidden_layers"),
-                Heads: heads,
-                KvHeads: Int(file, root, "num_key_value_heads", heads),
-                RmsNormEps: Double(file, root, "rms_norm_eps"),
-                RopeTheta: Double(file, root, "rope_theta", 10000.0),
-                Vocab: Int(file, root, "vocab_size"),
-                MaxPositions: Int(file, root, "max_position_embeddings"),
-                TieWordEmbeddings: Bool(file, root, "tie_word_embeddings", false),
-                TorchDtype: String(file, root, "torch_dtype") ?? String(file, root, "dtype") ?? "float32");
-            config.Validate(file);
-            return config;
-        }
+        using var c = ConfigJson.Open(path);
+        string file = c.File;
+        c.ModelType([ModelType]);
+        int heads = c.Int("num_attention_heads");
+        string? act = c.String("hidden_act");
+        if (act is not null and not "silu") throw new CheckpointConfigException(file, "hidden_act", $"is \"{act}\"; only \"silu\" is supported");
+        foreach (var flag in new[] { "attention_bias", "mlp_bias" })
+            if (c.Root.TryGetProperty(flag, out var b) && b.ValueKind == JsonValueKind.True)
+                throw new CheckpointConfigException(file, flag, "is true; biases are not supported");
+        if (c.Has("rope_scaling"))
+            throw new CheckpointConfigException(file, "rope_scaling", "is set; only the default rotary embedding is supported");
+        int hidden = c.Int("hidden_size");
+        if (c.Root.TryGetProperty("head_dim", out var hd) && hd.ValueKind != JsonValueKind.Null && heads > 0
+            && (!hd.TryGetInt32(out int headDim) || headDim != hidden / heads))
+            throw new CheckpointConfigException(file, "head_dim", $"is {hd.GetRawText()}; only hidden_size / num_attention_heads is supported");
+        var config = new LlamaConfig(
+            Hidden: hidden,
+            Ffn: c.Int("intermediate_size"),
+            Layers: c.Int("num_hidden_layers"),
+            Heads: heads,
+            KvHeads: c.Int("num_key_value_heads", heads),
+            RmsNormEps: c.Double("rms_norm_eps"),
+            RopeTheta: c.Double("rope_theta", 10000.0),
+            Vocab: c.Int("vocab_size"),
+            MaxPositions: c.Int("max_position_embeddings"),
+            TieWordEmbeddings: c.Bool("tie_word_embeddings", false),
+            TorchDtype: c.String("torch_dtype") ?? c.String("dtype") ?? "float32");
+        config.Validate(file);
+        return config;
     }
 
     /// <summary>config.json as transformers' save_pretrained writes it for LlamaForCausalLM (keys sorted, indented by 2).</summary>
@@ -102,41 +83,6 @@ public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int
             ["torch_dtype"] = TorchDtype, ["use_cache"] = true, ["vocab_size"] = Vocab,
         };
         return JsonSerializer.Serialize(keys, new JsonSerializerOptions { WriteIndented = true, IndentSize = 2 }) + "\n";
-    }
-
-    static bool TryGet(JsonElement root, string key, out JsonElement value) =>
-        root.TryGetProperty(key, out value) && value.ValueKind != JsonValueKind.Null;
-
-    static string? String(string file, JsonElement root, string key)
-    {
-        if (!TryGet(root, key, out var v)) return null;
-        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not a string");
-    }
-
-    static int Int(string file, JsonElement root, string key, int? fallback = null)
-    {
-        if (!TryGet(root, key, out var v))
-            return fallback ?? throw new CheckpointConfigException(file, key, "is missing");
-        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) ? n
-            : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not an integer");
-    }
-
-    static double Double(string file, JsonElement root, string key, double? fallback = null)
-    {
-        if (!TryGet(root, key, out var v))
-            return fallback ?? throw new CheckpointConfigException(file, key, "is missing");
-        return v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not a number");
-    }
-
-    static bool Bool(string file, JsonElement root, string key, bool fallback)
-    {
-        if (!TryGet(root, key, out var v)) return fallback;
-        return v.ValueKind switch
-        {
-            JsonValueKind.True => true,
-            JsonValueKind.False => false,
-            _ => throw new CheckpointConfigException(file, key, $"is {v.GetRawText()}, not true or false"),
-        };
     }
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,

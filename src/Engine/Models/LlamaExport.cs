@@ -1,7 +1,3 @@
-using System.Text;
-using Superpipeline.Engine.Checkpoints;
-using static TorchSharp.torch;
-
 namespace Superpipeline.Engine.Models;
 
 /// <summary>Writes a seeded Llama checkpoint in Hugging Face's layout: config.json and model.safetensors (or
@@ -15,30 +11,6 @@ public static class LlamaExport
     public static IReadOnlyList<string> Write(string directory, LlamaConfig config, long seed, int shards = 1)
     {
         config.Validate();
-        if (config.TorchDtype != "float32")
-            throw new ArgumentException($"torch_dtype \"{config.TorchDtype}\": only float32 checkpoints are written for now");
-        var model = Llama.Create("llama", config, 1, 1);
-        var source = new SeededWeights(seed);
-        var tensors = new List<KeyValuePair<string, Tensor>>();
-        try
-        {
-            foreach (var layer in model.Layers)
-            {
-                var weights = source.Load(layer);
-                foreach (var spec in layer.Parameters)
-                {
-                    if (tensors.Any(kv => kv.Key == spec.Name)) weights[spec.Name].Dispose(); // the tied head's copy
-                    else tensors.Add(new(spec.Name, weights[spec.Name]));
-                }
-            }
-            System.IO.Directory.CreateDirectory(directory);
-            var files = SafetensorsWriter.WriteCheckpoint(directory, tensors, shards);
-            File.WriteAllText(Path.Combine(directory, "config.json"), config.ToJson(), new UTF8Encoding(false));
-            return files;
-        }
-        finally
-        {
-            foreach (var kv in tensors) kv.Value.Dispose();
-        }
+        return SeededCheckpoint.Write(directory, Llama.Create("llama", config, 1, 1), config.ToJson(), config.TorchDtype, seed, shards);
     }
 }

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
@@ -67,22 +66,8 @@ public static class ModelCatalog
     /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
     static string FamilyOf(string directory)
     {
-        string file = Directory.Exists(directory) ? Path.Combine(directory, "config.json") : directory;
-        if (!File.Exists(file)) throw new CheckpointConfigException(file, null, "not found");
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(file)); }
-        catch (JsonException e) { throw new CheckpointConfigException(file, null, $"is not valid JSON: {e.Message.ReplaceLineEndings(" ")}"); }
-        using (doc)
-        {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new CheckpointConfigException(file, null, "is not a JSON object");
-            if (!doc.RootElement.TryGetProperty("model_type", out var t) || t.ValueKind != JsonValueKind.String)
-                throw new CheckpointConfigException(file, "model_type", "is missing");
-            string type = t.GetString()!;
-            return CheckpointFamilies.Contains(type)
-                ? type
-                : throw new CheckpointConfigException(file, "model_type",
-                    $"is \"{type}\", not a family this reader knows (known: {string.Join(", ", CheckpointFamilies)})");
-        }
+        using var config = ConfigJson.Open(directory);
+        return config.ModelType(CheckpointFamilies);
     }
 
     static LayeredModel FromCheckpoint(ModelSpec spec)

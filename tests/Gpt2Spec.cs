@@ -211,7 +211,7 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         }
         var resident = await Pass(null, null);
         using (var plain = LayerForward(model, source, ids)) Assert.Equal(TensorBytes.Raw(plain), resident);
-        long tensors = LiveTensors();
+        long tensors = TensorProbe.LiveTensors();
         int n = model.Layers.Count, cases = 0; // 6
         for (int k = 1; k <= n; k++)
             for (int s = 1; s <= k; s++, cases++)
@@ -221,20 +221,10 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
             }
         Assert.Equal(21, cases);
         Assert.Equal(0, device.Memory.Reserved);
-        Assert.Equal(tensors, LiveTensors());
+        Assert.Equal(tensors, TensorProbe.LiveTensors());
         foreach (var a in layers.Append(loader)) Sys.Stop(a);
     }
 
-    /// <summary>The process-wide tensor count once unreachable tensors are finalized (as PassStreamSpec reads it).</summary>
-    static long LiveTensors()
-    {
-        for (int i = 0; i < 2; i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
-        return Tensor.TotalCount;
-    }
 
     /// <summary>As WorkspaceAccountingSpec does for the demo: what each forward leaves in its dispose scope, beyond its input,
     /// weights and output, plus the attention call's scores and softmax, is what the layer declares.</summary>
@@ -253,15 +243,7 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
             var layer = model.Layers[i];
             var weights = source.Load(layer);
             using var input = i == 0 ? ids.alias() : randn(acts[i].Shape);
-            long held;
-            using (var scope = NewDisposeScope())
-            using (inference_mode())
-            {
-                var output = layer.Forward(weights, input);
-                var outside = weights.Values.Append(input).Append(output).Select(Storage).ToHashSet();
-                held = scope.DisposablesView.OfType<Tensor>().Select(t => (Storage(t), Bytes(t))).Distinct()
-                    .Where(s => !outside.Contains(s.Item1)).Sum(s => s.Item2);
-            }
+            long held = TensorProbe.HeldBytes(layer, weights, input);
             foreach (var w in weights.Values) w.Dispose();
             long attention = layer is Gpt2Block ? 2L * batch * heads * seq * seq * sizeof(float) : 0;
             Assert.True(held > 0, $"{layer.Name} holds no temporaries: the reference is broken");
@@ -269,8 +251,6 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         }
     }
 
-    static long Storage(Tensor t) => (long)(t.dtype == ScalarType.Int64 ? t.storage<long>().data_ptr() : t.storage<float>().data_ptr());
-    static long Bytes(Tensor t) => (long)(t.dtype == ScalarType.Int64 ? t.storage<long>().nbytes() : t.storage<float>().nbytes());
 
     // ---- errors ----
 

@@ -175,17 +175,6 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
         Assert.Equal(0, h.Device.Memory.Reserved);
     }
 
-    /// <summary>The process-wide TorchSharp tensor count, after every unreachable tensor (this test's or an earlier
-    /// test's) has been finalized, so that only live tensors are counted and no finalizer runs between two readings.</summary>
-    static long LiveTensors()
-    {
-        for (int i = 0; i < 2; i++)
-        {
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-        }
-        return torch.Tensor.TotalCount;
-    }
 
     [Fact]
     public async Task Hundred_passes_return_device_bytes_and_live_tensors_to_where_they_started()
@@ -193,11 +182,11 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
         using var h = new EngineHarness(Sys, EngineHarness.Tiny(blocks: 3), Roomy);
         await h.Pass(h.Policy(2, 1)); // warm-up: layer actors hold their weights
         long reserved = h.Device.Memory.Reserved;
-        long tensors = LiveTensors();
+        long tensors = TensorProbe.LiveTensors();
         for (int i = 0; i < 100; i++)
             await h.Pass(h.Policy(1 + i % 3, 1 + i % 3 / 2));
         Assert.Equal(reserved, h.Device.Memory.Reserved);
-        Assert.Equal(tensors, LiveTensors());
+        Assert.Equal(tensors, TensorProbe.LiveTensors());
     }
 
     [Fact]
@@ -211,14 +200,14 @@ public sealed class PassStreamSpec() : TestKit(WorkerConfig.Load())
         long capacity = cost.LargestLayersBytes(2) + cost.ActivationBoundBytes() + 1024;
         using var h = new EngineHarness(Sys, spec, capacity);
         var (good, _) = await h.Pass(h.Policy(2, 1));
-        long tensors = LiveTensors();
+        long tensors = TensorProbe.LiveTensors();
         for (int i = 0; i < 100; i++)
         {
             var e = await Assert.ThrowsAsync<PassFailedException>(() => h.Pass(h.Policy(3, 3)));
             Assert.Contains("out of memory", e.Message);
             Assert.Equal(0, h.Device.Memory.Reserved);
         }
-        Assert.Equal(tensors, LiveTensors());
+        Assert.Equal(tensors, TensorProbe.LiveTensors());
         var (again, _) = await h.Pass(h.Policy(2, 1));
         Assert.Equal(good, again);
     }

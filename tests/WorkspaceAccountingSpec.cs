@@ -38,15 +38,7 @@ public sealed class WorkspaceAccountingSpec() : TestKit(WorkerConfig.Load())
             var layer = model.Layers[i];
             var weights = source.Load(layer);
             using var input = i == 0 ? input0.alias() : randn(acts[i].Shape);
-            long held;
-            using (var scope = NewDisposeScope())
-            using (inference_mode())
-            {
-                var output = layer.Forward(weights, input);
-                var outside = weights.Values.Append(input).Append(output).Select(Storage).ToHashSet();
-                held = scope.DisposablesView.OfType<Tensor>().Select(t => (Storage(t), Bytes(t))).Distinct()
-                    .Where(s => !outside.Contains(s.Item1)).Sum(s => s.Item2);
-            }
+            long held = TensorProbe.HeldBytes(layer, weights, input);
             foreach (var w in weights.Values) w.Dispose();
             long attention = layer is GptBlock ? 2L * batch * heads * seq * seq * sizeof(float) : 0;
             Assert.True(held > 0, $"{layer.Name} holds no temporaries: the reference is broken");
@@ -54,8 +46,6 @@ public sealed class WorkspaceAccountingSpec() : TestKit(WorkerConfig.Load())
         }
     }
 
-    static long Storage(Tensor t) => (long)(t.dtype == ScalarType.Int64 ? t.storage<long>().data_ptr() : t.storage<float>().data_ptr());
-    static long Bytes(Tensor t) => (long)(t.dtype == ScalarType.Int64 ? t.storage<long>().nbytes() : t.storage<float>().nbytes());
 
     /// <summary>With window 1 nothing overlaps, so the peak is, by hand, the fullest layer's weights, input, output
     /// and workspace. The device measures it, the simulator predicts it, and one byte less fails at a workspace.</summary>

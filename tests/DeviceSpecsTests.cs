@@ -83,7 +83,7 @@ public sealed class DeviceSpecsTests
     [InlineData("heads must be at least 1 (got 0)", "--heads must be at least 1 (got 0)", 2, 32, 0)]
     public void A_bad_model_shape_names_the_domain_field_and_the_cli_its_flag(string domain, string cli, int blocks, int hidden, int heads)
     {
-        var e = Assert.Throws<FieldException>(() => new GptConfig(blocks, hidden, heads, 64, 8, 2).Validate());
+        var e = Assert.Throws<FieldException>(() => ModelCatalog.Create(new ModelSpec("demo", blocks, hidden, heads, 64, 8, 2, 1)));
         Assert.Equal(domain, e.Message);
         Assert.Equal(cli, Flags.Describe(e, RunCommand.Build()));
     }

@@ -40,7 +40,7 @@ public sealed class WorkspaceAccountingSpec() : TestKit(WorkerConfig.Load())
             using var input = i == 0 ? input0.alias() : randn(acts[i].Shape);
             long held = TensorProbe.HeldBytes(layer, weights, input);
             foreach (var w in weights.Values) w.Dispose();
-            long attention = layer is GptBlock ? 2L * batch * heads * seq * seq * sizeof(float) : 0;
+            long attention = layer is Gpt2Block ? 2L * batch * heads * seq * seq * sizeof(float) : 0;
             Assert.True(held > 0, $"{layer.Name} holds no temporaries: the reference is broken");
             Assert.Equal(held + attention, layer.WorkspaceBytes(acts[i].Shape));
         }
@@ -58,7 +58,7 @@ public sealed class WorkspaceAccountingSpec() : TestKit(WorkerConfig.Load())
         long Need(int i) => model.Layers[i].Bytes + acts[i] + acts[i + 1] + model.Layers[i].WorkspaceBytes(model.ActivationShapes()[i].Shape);
         int fullest = Enumerable.Range(0, model.Layers.Count).MaxBy(Need);
         long peak = Need(fullest);
-        Assert.IsType<GptBlock>(model.Layers[fullest]); // a block's workspace decides (it is larger than its input and output)
+        Assert.IsType<Gpt2Block>(model.Layers[fullest]); // a block's workspace decides (it is larger than its input and output)
 
         var cost = ModelCost.From(model);
         var gate = new WindowGate(OffloadPolicy.For(new PolicySpec(1, 1), cost.Layers.Length), [.. cost.Layers.Select(l => l.Bytes)]);

@@ -258,9 +258,13 @@ public sealed class Gpt2Block(int index, int block, Gpt2Config c, Gpt2Names name
 }
 
 /// <summary>ln_f and the LM head: [B, T, H] → logits [B, T, V]. With tie_word_embeddings (GPT-2's default) the head's matrix is
-/// wte (read again by this layer: each layer owns its weights).</summary>
-public sealed class Gpt2Head(int index, Gpt2Config c, Gpt2Names names) : Layer(index, "head")
+/// wte (read again by this layer: each layer owns its weights; seeded, it gets the embedding's values through
+/// <see cref="ITiedLayer"/>).</summary>
+public sealed class Gpt2Head(int index, Gpt2Config c, Gpt2Names names) : Layer(index, "head"), ITiedLayer
 {
+    /// <summary>Tied, the head's matrix is the embedding's wte (layer 0).</summary>
+    public Layer? TiedTo(string parameter) => c.TieWordEmbeddings && parameter == names.Wte ? new Gpt2Embedding(0, c, names) : null;
+
     public override IReadOnlyList<ParamSpec> Parameters { get; } =
         [new(names.LnFWeight, c.Hidden), new(names.LnFBias, c.Hidden), new(names.Head(c), c.Vocab, c.Hidden)];
 

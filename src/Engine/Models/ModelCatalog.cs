@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using static TorchSharp.torch;
 
@@ -21,9 +22,27 @@ public static class ModelCatalog
         if (spec.Input is not null) throw new ArgumentException($"{spec.Input}: token ids are read only for a checkpoint model");
         return spec.Name switch
         {
-            "demo" or "gpt" => GptDecoder.Create(spec.Name, GptConfig.From(spec)),
+            "demo" or "gpt" => Gpt2.Create(spec.Name, DemoConfig(spec), spec.Batch, spec.Sequence),
             _ => throw new ArgumentException($"unknown model '{spec.Name}' (known: {string.Join(", ", Names)})"),
         };
+    }
+
+    /// <summary>The built-in demo ("demo", "gpt") is a GPT-2 (GPT2LMHeadModel) with seeded weights: the spec's Blocks are n_layer,
+    /// Hidden n_embd, Heads n_head, Vocab vocab_size and Sequence n_positions; the MLP is 4 · Hidden wide and the head is tied to
+    /// wte, as GPT-2's defaults have them. Its weights are <see cref="Gpt2"/>'s seeded ones (<see cref="SeededWeights"/>), the
+    /// values <c>export-demo --family gpt2</c> writes for the same sizes and seed. A bad size is a <see cref="FieldException"/>
+    /// naming the spec's field (the CLI names its flag), not a config.json key.</summary>
+    public static Gpt2Config DemoConfig(ModelSpec spec)
+    {
+        static void Positive(int value, string field)
+        {
+            if (value < 1) throw new FieldException(field, $"must be at least 1 (got {value})");
+        }
+        Positive(spec.Blocks, FieldException.Blocks); Positive(spec.Hidden, FieldException.Hidden); Positive(spec.Heads, FieldException.Heads);
+        Positive(spec.Vocab, FieldException.Vocab); Positive(spec.Sequence, FieldException.Sequence); Positive(spec.Batch, FieldException.Batch);
+        if (spec.Hidden % spec.Heads != 0)
+            throw new FieldException(FieldException.Hidden, $"({spec.Hidden}) must be a multiple of the heads ({spec.Heads})");
+        return new Gpt2Config(Hidden: spec.Hidden, Layers: spec.Blocks, Heads: spec.Heads, MaxPositions: spec.Sequence, Vocab: spec.Vocab);
     }
 
     /// <summary>The layers' host weights: the checkpoint's tensors for a checkpoint model (dispose the source, an

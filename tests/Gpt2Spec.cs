@@ -67,8 +67,13 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
 
     static Tensor Reference(string dir, Tensor ids)
     {
-        var c = Gpt2Config.Read(dir);
         var sd = StateDict(dir);
+        try { return Reference(Gpt2Config.Read(dir), sd, ids); }
+        finally { foreach (var w in sd.Values) w.Dispose(); }
+    }
+
+    static Tensor Reference(Gpt2Config c, IReadOnlyDictionary<string, Tensor> sd, Tensor ids)
+    {
         using var scope = NewDisposeScope();
         using var noGrad = inference_mode();
         // GPT2LMHeadModel saves "transformer.wte.weight"; GPT2Model (the hub's gpt2 files) "wte.weight"
@@ -106,9 +111,7 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         hidden = RefLayerNorm(hidden, sd[p + "ln_f.weight"], sd[p + "ln_f.bias"], c.LayerNormEps);
         // lm_head: Linear(n_embd, vocab, bias=False), its weight tied to wte unless tie_word_embeddings is false
         var head = c.TieWordEmbeddings ? sd[p + "wte.weight"] : sd["lm_head.weight"];
-        var logits = matmul(hidden, head.t()).MoveToOuterDisposeScope();
-        foreach (var w in sd.Values) w.Dispose();
-        return logits;
+        return matmul(hidden, head.t()).MoveToOuterDisposeScope();
     }
 
     static void AssertClose(Tensor expected, Tensor actual, double tolerance)
@@ -139,6 +142,93 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         double spread = expected.std().item<float>();
         Assert.True(spread > 0.5, $"logits' std {spread:G3}: too small for mistakes to show");
         AssertClose(expected, logits, 1e-4);
+    }
+
+    // ---- the built-in demo is a seeded GPT-2: the same reference checks its arithmetic, through the catalog's own path ----
+
+    /// <summary>A small demo spec through <see cref="ModelCatalog.Create"/> and <see cref="ModelCatalog.Weights"/>, its state dict
+    /// collected from the layers' seeded weights (each name once), against the reference with the GPT-2 config the spec means:
+    /// Blocks = n_layer, Hidden = n_embd, Heads = n_head, Vocab = vocab_size, Sequence = n_positions, n_inner 4 · n_embd, tied head.</summary>
+    [Theory]
+    [InlineData("demo")]
+    [InlineData("gpt")]
+    public void The_demo_from_the_catalog_matches_the_independent_reference(string name)
+    {
+        var spec = new ModelSpec(name, Blocks: 3, Hidden: 32, Heads: 4, Vocab: 61, Sequence: 9, Batch: 2, Seed: 11);
+        var model = ModelCatalog.Create(spec);
+        var source = ModelCatalog.Weights(spec);
+        var sd = new Dictionary<string, Tensor>();
+        foreach (var layer in model.Layers)
+            foreach (var (tensor, value) in source.Load(layer))
+            {
+                if (sd.TryGetValue(tensor, out var first))
+                {
+                    Assert.Equal(TensorBytes.Raw(first), TensorBytes.Raw(value)); // the head's wte is the embedding's: tied, as GPT-2
+                    value.Dispose();
+                }
+                else sd[tensor] = value;
+            }
+        Assert.Equal(2 + 12 * 3 + 2, sd.Count); // wte and wpe, 12 per block, ln_f: no lm_head
+        var config = new Gpt2Config(Hidden: 32, Layers: 3, Heads: 4, MaxPositions: 9, Vocab: 61);
+        using var ids = model.MakeInput(spec.Seed);
+        using var logits = LayerForward(model, source, ids);
+        using var expected = Reference(config, sd, ids);
+        foreach (var w in sd.Values) w.Dispose();
+        double spread = expected.std().item<float>();
+        Assert.True(spread > 0.5, $"logits' std {spread:G3}: too small for mistakes to show");
+        AssertClose(expected, logits, 1e-4);
+    }
+
+    /// <summary>The demo's layers are the GPT-2 family's, under the checkpoint's tensor names (GPT2LMHeadModel's state dict), with
+    /// Conv1D weights [in, out]; its bytes are the sum the test counts from GPT-2's shapes, the tied head reading wte again.</summary>
+    [Fact]
+    public void The_demos_layers_are_gpt2_layers_with_checkpoint_tensor_names()
+    {
+        var spec = ModelSpec.Demo;
+        var model = ModelCatalog.Create(spec);
+        long h = spec.Hidden, v = spec.Vocab, s = spec.Sequence;
+        Assert.Equal(spec.Blocks + 2, model.Layers.Count);
+        Assert.IsType<Gpt2Embedding>(model.Layers[0]);
+        Assert.IsType<Gpt2Head>(model.Layers[^1]);
+        Assert.Equal([("transformer.wte.weight", new[] { v, h }), ("transformer.wpe.weight", new[] { s, h })], Shapes(model.Layers[0]));
+        for (int b = 0; b < spec.Blocks; b++)
+        {
+            Assert.Equal(b, Assert.IsType<Gpt2Block>(model.Layers[b + 1]).Block);
+            string p = $"transformer.h.{b}.";
+            Assert.Equal(
+            [
+                (p + "ln_1.weight", [h]), (p + "ln_1.bias", [h]), (p + "attn.c_attn.weight", [h, 3 * h]), (p + "attn.c_attn.bias", [3 * h]),
+                (p + "attn.c_proj.weight", [h, h]), (p + "attn.c_proj.bias", [h]), (p + "ln_2.weight", [h]), (p + "ln_2.bias", [h]),
+                (p + "mlp.c_fc.weight", [h, 4 * h]), (p + "mlp.c_fc.bias", [4 * h]), (p + "mlp.c_proj.weight", [4 * h, h]), (p + "mlp.c_proj.bias", new[] { h }),
+            ], Shapes(model.Layers[b + 1]));
+        }
+        Assert.Equal([("transformer.ln_f.weight", new[] { h }), ("transformer.ln_f.bias", [h]), ("transformer.wte.weight", [v, h])],
+            Shapes(model.Layers[^1]));
+        long floats = (v + s) * h + spec.Blocks * (12 * h * h + 13 * h) + 2 * h + v * h;
+        Assert.Equal(floats * sizeof(float), model.Bytes);
+        Assert.Equal(319_672_320, model.Bytes); // 304.86 MiB, the README's figure
+        Assert.Equal(new long[] { spec.Batch, spec.Sequence }, model.InputShape);
+    }
+
+    static (string, long[])[] Shapes(Layer layer) => [.. layer.Parameters.Select(p => (p.Name, p.Shape.ToArray()))];
+
+    /// <summary>The seeded demo is exactly the checkpoint <c>export-demo --family gpt2</c> writes for its sizes and seed: read back
+    /// through the catalog's checkpoint path, the same ids give the same logits bit for bit.</summary>
+    [Fact]
+    public void The_seeded_demo_equals_its_exported_gpt2_checkpoint_bit_for_bit()
+    {
+        var spec = new ModelSpec("demo", Blocks: 2, Hidden: 32, Heads: 4, Vocab: 61, Sequence: 9, Batch: 2, Seed: 7);
+        string dir = Export(ModelCatalog.DemoConfig(spec), spec.Seed);
+        var checkpoint = ModelCatalog.CheckpointSpec(dir, spec.Batch, spec.Sequence, spec.Seed);
+        var demo = ModelCatalog.Create(spec);
+        var read = ModelCatalog.Create(checkpoint);
+        using var ids = demo.MakeInput(spec.Seed);
+        using var readIds = read.MakeInput(checkpoint.Seed);
+        Assert.Equal(TensorBytes.Raw(ids), TensorBytes.Raw(readIds));
+        using var source = (CheckpointWeights)ModelCatalog.Weights(checkpoint);
+        using var seeded = LayerForward(demo, ModelCatalog.Weights(spec), ids);
+        using var fromCheckpoint = LayerForward(read, source, ids);
+        Assert.Equal(TensorBytes.Raw(seeded), TensorBytes.Raw(fromCheckpoint));
     }
 
     [Fact]

@@ -155,9 +155,9 @@ public sealed class CliProcessTests : IDisposable
         Assert.NotEqual(0, code);
         var line = stderr.Trim();
         Assert.DoesNotContain('\n', line);
-        // The demo decoder at its defaults (hidden 512, vocab 4096, sequence 128), fp32: a block holds 12h² + 13h parameters
+        // The demo (a seeded GPT-2) at its defaults (hidden 512, vocab 4096, sequence 128), fp32: a block holds 12h² + 13h parameters
         // (QKV and output projections, the two MLP matrices, their biases, two LayerNorms); the embeddings V·h + S·h; the
-        // head a final LayerNorm (2h) and an unbiased V·h projection.
+        // head a final LayerNorm (2h) and the V·h matrix tied to wte, which the head layer holds again.
         const long h = 512, v = 4096, seq = 128, blocks = 100_000;
         long weights = 4 * (blocks * (12 * h * h + 13 * h) + (v * h + seq * h) + (2 * h + v * h));
         var m = Regex.Match(line, @"^superpipeline: the model's weights need ([\d,]+) bytes .* more than the (?:host weight budget of )?([\d,]+) bytes .*"

@@ -1,8 +1,12 @@
 namespace Superpipeline.Contracts;
 
 /// <summary>Which model to run and at what shape. <see cref="Name"/> picks the family from the catalog
-/// ("demo" is the built-in GPT-style decoder with seeded weights); the other fields size it.</summary>
-/// <param name="Blocks">Transformer blocks; the model has Blocks + 2 streamed layers (embeddings, blocks, head).</param>
+/// ("demo", or its alias "gpt", is the built-in demo: a GPT-2 (GPT2LMHeadModel: learned positions, LayerNorm, gelu_new,
+/// MLP 4 · Hidden wide, head tied to the token embedding) with seeded weights); the other fields size it.</summary>
+/// <param name="Blocks">Transformer blocks (GPT-2's n_layer); the model has Blocks + 2 streamed layers (embeddings, blocks, head).</param>
+/// <param name="Hidden">Hidden size (n_embd), a multiple of <paramref name="Heads"/> (n_head).</param>
+/// <param name="Vocab">Vocabulary size (vocab_size).</param>
+/// <param name="Sequence">Tokens per row; for the demo also its positions (n_positions), so its position table is Sequence × Hidden.</param>
 /// <param name="Checkpoint">A checkpoint directory (config.json + safetensors) whose weights the job runs; null for the seeded
 /// families. Every member reads it from this path, so it must be the same path on each. The size fields then echo its config.</param>
 /// <param name="Input">A NumPy .npy file of int64 token ids [batch, seq] to run instead of seeded ids; null for seeded ids.</param>

@@ -12,7 +12,7 @@ public sealed class ModelOptions
 {
     public Option<string> Model { get; } = new("--model")
     {
-        Description = "model family (demo: GPT-style decoder with seeded weights), or a checkpoint directory with config.json (Llama)",
+        Description = "model family (demo: a GPT-2 with seeded weights), or a checkpoint directory with config.json (llama or gpt2)",
         DefaultValueFactory = _ => ModelSpec.Demo.Name,
     };
     public Option<string> Input { get; } = new("--input") { Description = "int64 token ids [batch, seq] in a .npy file (checkpoint models)" };

@@ -199,7 +199,8 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
             [
                 (p + "ln_1.weight", [h]), (p + "ln_1.bias", [h]), (p + "attn.c_attn.weight", [h, 3 * h]), (p + "attn.c_attn.bias", [3 * h]),
                 (p + "attn.c_proj.weight", [h, h]), (p + "attn.c_proj.bias", [h]), (p + "ln_2.weight", [h]), (p + "ln_2.bias", [h]),
-                (p + "mlp.c_fc.weight", [h, 4 * h]), (p + "mlp.c_fc.bias", [4 * h]), (p + "mlp.c_proj.weight", [4 * h, h]), (p + "mlp.c_proj.bias", new[] { h }),
+                (p + "mlp.c_fc.weight", [h, 4 * h]), (p + "mlp.c_fc.bias", [4 * h]), (p + "mlp.c_proj.weight", [4 * h, h]),
+                (p + "mlp.c_proj.bias", new[] { h }),
             ], Shapes(model.Layers[b + 1]));
         }
         Assert.Equal([("transformer.ln_f.weight", new[] { h }), ("transformer.ln_f.bias", [h]), ("transformer.wte.weight", [v, h])],

@@ -216,6 +216,21 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         Assert.Equal(new long[] { spec.Batch, spec.Sequence }, model.InputShape);
     }
 
+    /// <summary>The family's seeded scale (<see cref="Gpt2.InitStd"/>) stays sensible at the demo's depth and width: 24 blocks of
+    /// hidden 512 give finite logits of a moderate spread (one short row, so that it runs in about a second).</summary>
+    [Fact]
+    public void The_demo_at_its_default_depth_and_width_gives_finite_logits_of_moderate_spread()
+    {
+        var spec = ModelSpec.Demo with { Sequence = 8, Batch = 1 };
+        var model = ModelCatalog.Create(spec);
+        using var ids = model.MakeInput(spec.Seed);
+        using var logits = LayerForward(model, ModelCatalog.Weights(spec), ids);
+        Assert.Equal(new long[] { 1, 8, spec.Vocab }, logits.shape);
+        Assert.True(logits.isfinite().all().item<bool>(), "the demo's logits are not all finite");
+        double spread = logits.std().item<float>();
+        Assert.InRange(spread, 0.5, 50.0);
+    }
+
     static (string, long[])[] Shapes(Layer layer) => [.. layer.Parameters.Select(p => (p.Name, p.Shape.ToArray()))];
 
     /// <summary>The seeded demo is exactly the checkpoint <c>export-demo --family gpt2</c> writes for its sizes and seed: read back

@@ -62,7 +62,7 @@ public static class ModelCatalog
     /// <summary>The refusals a model spec can give: a field, an argument, a checkpoint's config or tensors.</summary>
     public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException;
 
-    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (Llama for now),
+    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama or gpt2),
     /// the size fields echoing the config.</summary>
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null)
     {

@@ -47,8 +47,14 @@ public static class GenerateCommand
         var eos = new Option<long?>("--eos") { Description = "end-of-sequence token id: a row stops there (default: config.json's eos_token_id)" };
         var kv = new Option<string>("--kv") { Description = "where the KV cache lives: device (for the whole run) or host (brought in with each layer)",
             DefaultValueFactory = _ => "device" };
-        var window = new Option<string>("--window") { Description = "k: layers resident on the device at once (a number or 'all')", DefaultValueFactory = _ => "3" };
-        var swap = new Option<string>("--swap") { Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all" };
+        var window = new Option<string>("--window")
+        {
+            Description = "k: layers resident on the device at once (a number or 'all')", DefaultValueFactory = _ => "3",
+        };
+        var swap = new Option<string>("--swap")
+        {
+            Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
+        };
         var memory = new Option<string>("--device-memory")
         {
             Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,

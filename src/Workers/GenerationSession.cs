@@ -63,10 +63,14 @@ public static class GenerationSession
                 }
             }, onToken, cancel).ConfigureAwait(false);
         }
-        finally
+        catch
         {
-            await EndAsync(loader, layerActors, model, session, options.Placement, passTimeout).ConfigureAwait(false);
+            // The pass's own error is the one to report; freeing is still attempted (a failed pass has freed the device already).
+            try { await EndAsync(loader, layerActors, model, session, options.Placement, passTimeout).ConfigureAwait(false); }
+            catch (Exception) { /* a loader or layer actor that is gone frees its caches when it stops */ }
+            throw;
         }
+        await EndAsync(loader, layerActors, model, session, options.Placement, passTimeout).ConfigureAwait(false);
 
         var first = reports[0];
         long kvBytes = model.Layers.Sum(l => l.Kv?.Bytes(padded.Batch, capacity) ?? 0);

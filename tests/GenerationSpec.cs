@@ -125,6 +125,73 @@ public sealed class GenerationSpec
         return m;
     }
 
+    /// <summary>The bytes of every distinct storage a step forward's scope holds at its end that is not the input's, a weight's,
+    /// the output's, the step's or the cache's (as TensorProbe.HeldBytes, with boolean masks counted too).</summary>
+    static long HeldBytes(Layer layer, IReadOnlyDictionary<string, Tensor> weights, Tensor input, StepContext step, KvBuffer? cache)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = inference_mode();
+        var output = layer.Forward(weights, input, step, cache);
+        var (keys, values) = cache?.Prefix(1) ?? (input, input);
+        var outside = weights.Values.Concat([input, output, step.Positions, step.AttentionMask, keys, values]).Select(Storage).ToHashSet();
+        return scope.DisposablesView.OfType<Tensor>().Select(t => (Storage(t), StorageBytes(t))).Distinct()
+            .Where(s => !outside.Contains(s.Item1)).Sum(s => s.Item2);
+    }
+
+    static long Storage(Tensor t) => t.dtype switch
+    {
+        ScalarType.Int64 => (long)t.storage<long>().data_ptr(),
+        ScalarType.Bool => (long)t.storage<bool>().data_ptr(),
+        _ => (long)t.storage<float>().data_ptr(),
+    };
+
+    static long StorageBytes(Tensor t) => t.dtype switch
+    {
+        ScalarType.Int64 => (long)t.storage<long>().nbytes(),
+        ScalarType.Bool => (long)t.storage<bool>().nbytes(),
+        _ => (long)t.storage<float>().nbytes(),
+    };
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void A_step_forward_holds_no_more_than_its_workspace_figure_in_the_prefill_and_in_a_decode_step(string family)
+    {
+        const int batch = 2, prompt = 6;
+        var model = Create(family, batch, prompt);
+        var weights = Weights(model, seed: 5);
+        var mask = new long[batch, prompt + 1];
+        for (int t = 0; t <= prompt; t++) { mask[0, t] = 1; mask[1, t] = t < 2 ? 0 : 1; }
+        using var ids = model.MakeInput(3);
+        using var next = ids.narrow(1, 0, 1).contiguous();
+        foreach (var (tokens, past) in new[] { (ids, 0L), (next, (long)prompt) })
+        {
+            using var step = GenerationLoop.Context(Columns(mask, past + tokens.shape[1]), past);
+            using var scope = NewDisposeScope();
+            using var noGrad = inference_mode();
+            var x = tokens.alias();
+            for (int i = 0; i < model.Layers.Count; i++)
+            {
+                var layer = model.Layers[i];
+                KvBuffer? Cache()
+                {
+                    if (layer.Kv is not { } kv) return null;
+                    var cache = KvBuffer.Allocate(kv, batch, prompt + 1, ScalarType.Float32, CPU);
+                    using var filler = zeros(kv.Shape(batch, past));
+                    if (past > 0) cache.Write(filler, filler);
+                    return cache;
+                }
+                using (var cache = Cache())
+                {
+                    long held = HeldBytes(layer, weights[i], x, step, cache);
+                    long figure = layer.WorkspaceBytes(x.shape, step);
+                    Assert.True(held <= figure, $"{family} {layer.Name}, past {past}: holds {held} bytes, its figure is {figure}");
+                }
+                using var fresh = Cache();
+                x = layer.Forward(weights[i], x, step, fresh); // the next layer's input
+            }
+        }
+    }
+
     [Fact]
     public void Greedy_is_argmax_and_top_k_1_samples_the_argmax_whatever_the_seed()
     {

@@ -22,6 +22,7 @@ public static class Cli
         root.Subcommands.Add(HostCommand.Build());
         root.Subcommands.Add(SubmitCommand.Build());
         root.Subcommands.Add(ExportDemoCommand.Build());
+        root.Subcommands.Add(GenerateCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -3,6 +3,7 @@ using System.Collections.Immutable;
 using System.Diagnostics;
 using Akka.Actor;
 using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Models;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
@@ -12,7 +13,9 @@ using static TorchSharp.torch;
 namespace Superpipeline.Workers;
 
 /// <summary>A pass on a real device: weights are asked of each LayerActor and copied on the device's transfer
-/// thread; layers compute on its compute thread; all bytes go through the device's exact accounting.</summary>
+/// thread; layers compute on its compute thread; all bytes go through the device's exact accounting. A generation step
+/// (<see cref="GenerationStep"/>) runs the layers' step forward over its KV caches: on the device for the session
+/// (<see cref="DeviceKvSession"/>), or brought from the LayerActor with the weights and written back after the compute.</summary>
 public sealed class DevicePassBackend : IPassBackend
 {
     readonly Accelerator _device;
@@ -28,19 +31,31 @@ public sealed class DevicePassBackend : IPassBackend
     readonly Stopwatch _clock = new();
     readonly double[] _loadStart, _loadSeconds, _computeStart, _computeSeconds, _evictAt;
     readonly long _reservedBefore;
+    readonly GenerationStep? _step;
+    readonly DeviceKvSession? _kvSession;
+    readonly ConcurrentDictionary<int, Task<LayerActor.HostKv>> _kvAsked = new();
+    readonly ConcurrentDictionary<int, (KvBuffer Host, DeviceTensors Past)> _kvBrought = new(); // host placement, per loaded layer
+    DeviceTensors? _stepTensors;
+    StepContext? _deviceStep;
     long _bytesTransferred;
     Activation?[] _microBatches; // one per micro-batch; touched on the device threads only, one step at a time
 
     public DevicePassBackend(Accelerator device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, IReadOnlyList<Tensor> inputs,
-        Action<LayerProgress>? progress, TimeSpan askTimeout)
+        Action<LayerProgress>? progress, TimeSpan askTimeout, GenerationStep? step = null, DeviceKvSession? kvSession = null)
     {
         if (layerActors.Count != model.Layers.Count)
             throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
         if (inputs.Count == 0) throw new ArgumentException("a pass needs at least one input");
+        if (step is not null && (inputs.Count != 1 || step.Context.Batch != inputs[0].shape[0] || step.Context.Tokens != inputs[0].shape[^1]))
+            throw new ArgumentException($"a generation step takes one input of [{step.Context.Batch}, {step.Context.Tokens}] token ids");
+        if (step is { Placement: KvPlacement.Device } && kvSession is null)
+            throw new ArgumentException("a generation step with its KV cache on the device needs the session's caches");
+        // A generation step's input follows the step ([B, T] prefill, [B, 1] decode); the model's own shape is for plain passes.
+        var inputShape = step is null ? model.InputShape : inputs[0].shape;
         foreach (var input in inputs)
-            if (!input.shape.SequenceEqual(model.InputShape) || input.dtype != model.InputDType)
+            if (!input.shape.SequenceEqual(inputShape) || input.dtype != model.InputDType)
                 throw new ArgumentException(
-                    $"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
+                    $"input must be {model.InputDType}[{string.Join(", ", inputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
         _device = device;
         _model = model;
         _layerActors = layerActors;
@@ -48,13 +63,28 @@ public sealed class DevicePassBackend : IPassBackend
         _microBatches = new Activation?[inputs.Count];
         _progress = progress ?? (_ => { });
         _askTimeout = askTimeout;
-        _activations = model.ActivationShapes();
-        _workspace = [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape))];
+        _step = step;
+        _kvSession = kvSession;
+        _activations = step is null ? model.ActivationShapes() : StepShapes(model, inputShape, step.Context);
+        _workspace = step is null
+            ? [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape))]
+            : [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape, step.Context))];
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
         _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
-        _reservedBefore = device.Memory.Reserved;
+        _reservedBefore = kvSession?.BaselineBytes ?? device.Memory.Reserved;
         device.Memory.ResetPeak();
+    }
+
+    static IReadOnlyList<(long[] Shape, ScalarType DType)> StepShapes(LayeredModel model, long[] input, StepContext step)
+    {
+        var list = new List<(long[], ScalarType)> { (input, model.InputDType) };
+        foreach (var layer in model.Layers)
+        {
+            var (shape, dtype) = list[^1];
+            list.Add((layer.OutputShape(shape, step), layer.OutputDType(dtype)));
+        }
+        return list;
     }
 
     public int Layers => _model.Layers.Count;
@@ -73,17 +103,30 @@ public sealed class DevicePassBackend : IPassBackend
                 Interlocked.Add(ref _bytesTransferred, placed.Bytes);
                 _microBatches[m] = new Activation(placed["input"], placed);
             }
+            if (_step is { } step)
+            {
+                _stepTensors = _device.Upload([("positions", step.Context.Positions), ("mask", step.Context.AttentionMask)],
+                    "the generation step's positions and mask");
+                Interlocked.Add(ref _bytesTransferred, _stepTensors.Bytes);
+                _deviceStep = new StepContext(_stepTensors["positions"], _stepTensors["mask"], step.Context.PastLength, step.Context.LastPositionOnly);
+            }
             return 0;
         });
     }
 
-    public void Admitted(int layer, CancellationToken cancel) =>
+    public void Admitted(int layer, CancellationToken cancel)
+    {
         _weights[layer] = _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel);
+        if (_step is { Placement: KvPlacement.Host } step && _model.Layers[layer].Kv is not null)
+            _kvAsked[layer] = _layerActors[layer].Ask<LayerActor.HostKv>(
+                new LayerActor.GetKv(step.Session, step.Context.Batch, step.Capacity), _askTimeout, cancel);
+    }
 
     public async Task LoadAsync(int layer, CancellationToken cancel)
     {
         if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
         var weights = await asked.ConfigureAwait(false);
+        var hostKv = _kvAsked.TryRemove(layer, out var kvAsked) ? await kvAsked.ConfigureAwait(false) : null;
         await _device.OnTransferThread(() =>
         {
             cancel.ThrowIfCancellationRequested();
@@ -92,11 +135,53 @@ public sealed class DevicePassBackend : IPassBackend
             var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
             _resident[layer] = placed;
             Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+            if (hostKv is not null) BringKv(layer, def, hostKv.Cache);
             _loadStart[layer] = start;
             _loadSeconds[layer] = Now - start;
             _progress(new LayerProgress(layer, Layers, LayerPhase.Loaded, Now));
             return 0;
         }).ConfigureAwait(false);
+    }
+
+    /// <summary>Host placement, on the transfer thread: the filled part of the layer's host cache goes to the device beside its
+    /// weights (reserved with them in mind: freed when the layer is evicted).</summary>
+    void BringKv(int layer, Layer def, KvBuffer host)
+    {
+        var (keys, values) = host.Prefix(host.Filled);
+        using (keys)
+        using (values)
+        {
+            var past = _device.Upload([("keys", keys), ("values", values)], $"the KV cache of layer {layer} ({def.Name})");
+            _kvBrought[layer] = (host, past);
+            Interlocked.Add(ref _bytesTransferred, past.Bytes);
+        }
+    }
+
+    /// <summary>The cache a step forward of <paramref name="layer"/> uses; null for a plain pass or a layer without one.</summary>
+    KvCache? CacheFor(int layer, Layer def, Tensor input)
+    {
+        if (_step is null || def.Kv is not { } layout) return null;
+        if (_step.Placement == KvPlacement.Device)
+            return _kvSession!.For(layer, def.Name, layout, _step.Context.Batch, _step.Capacity, input, _device.Memory);
+        if (!_kvBrought.TryGetValue(layer, out var brought))
+            throw new InvalidOperationException($"layer {layer} ({def.Name}) computed before its KV cache was brought in");
+        return new KvPast(brought.Past["keys"], brought.Past["values"]);
+    }
+
+    Tensor Forward(int layer, Layer def, Tensor input)
+    {
+        if (_step is null) return def.Forward(_resident[layer].Tensors, input);
+        var cache = CacheFor(layer, def, input);
+        var y = def.Forward(_resident[layer].Tensors, input, _deviceStep!, cache);
+        if (cache is KvPast { NewKeys: { } k, NewValues: { } v } && _kvBrought.TryGetValue(layer, out var brought))
+            brought.Host.Write(_device.ToHost(k), _device.ToHost(v)); // the pass's entries go back to the layer's host cache
+        return y;
+    }
+
+    void Evict(int layer)
+    {
+        if (_resident.TryRemove(layer, out var placed)) placed.Dispose();
+        if (_kvBrought.TryRemove(layer, out var brought)) brought.Past.Dispose();
     }
 
     public Task ComputeAsync(int layer, IReadOnlyList<int> evictAfter, CancellationToken cancel) => _device.OnComputeThread(() =>
@@ -115,7 +200,7 @@ public sealed class DevicePassBackend : IPassBackend
                 using var workspace = _device.Memory.Reserve(_workspace[layer], $"the workspace of layer {layer} ({def.Name})");
                 using var scope = NewDisposeScope();
                 using var noGrad = inference_mode();
-                var y = def.Forward(_resident[layer].Tensors, _microBatches[m]!.Tensor);
+                var y = Forward(layer, def, _microBatches[m]!.Tensor);
                 if (!y.shape.SequenceEqual(shape) || y.dtype != dtype)
                     throw new InvalidOperationException(
                         $"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
@@ -135,7 +220,7 @@ public sealed class DevicePassBackend : IPassBackend
         double evictAt = Now; // one time for the group, so the report shows which layers left together
         foreach (var e in evictAfter)
         {
-            if (_resident.TryRemove(e, out var placed)) placed.Dispose();
+            Evict(e);
             _evictAt[e] = evictAt;
             _progress(new LayerProgress(e, Layers, LayerPhase.Evicted, evictAt));
         }
@@ -151,8 +236,9 @@ public sealed class DevicePassBackend : IPassBackend
 
     public Task FreeAllAsync() => _device.OnComputeThread(() =>
     {
-        foreach (var layer in _resident.Keys.ToArray())
-            if (_resident.TryRemove(layer, out var placed)) placed.Dispose();
+        foreach (var layer in _resident.Keys.Concat(_kvBrought.Keys).ToArray()) Evict(layer);
+        _stepTensors?.Dispose();
+        _stepTensors = null;
         for (int m = 0; m < _microBatches.Length; m++)
         {
             _microBatches[m]?.Dispose();

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Policy;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -183,6 +184,8 @@ public sealed class Gpt2Embedding(int index, Gpt2Config c, Gpt2Names names) : La
         return [input[0], input[1], c.Hidden];
     }
 
+    public override long? MaxPositions => c.MaxPositions;
+
     public override double Flops(long[] input) => (double)input[0] * input[1] * c.Hidden;
 
     /// <summary>The token embeddings (N·H floats for N = B·T tokens); the position rows are a view of wpe and the sum is the output.</summary>
@@ -193,6 +196,20 @@ public sealed class Gpt2Embedding(int index, Gpt2Config c, Gpt2Names names) : La
         long b = ids.shape[0], t = ids.shape[1];
         var tokens = w[names.Wte].index_select(0, ids.reshape(-1)).view(b, t, c.Hidden);
         return tokens + w[names.Wpe].narrow(0, 0, t);
+    }
+
+    /// <summary>The token embeddings and the position rows gathered at the step's positions (2·N·H floats).</summary>
+    public override long WorkspaceBytes(long[] input, StepContext step) => 2 * WorkspaceBytes(input);
+
+    /// <summary>wte[ids] + wpe[positions]: learned positions at the step's positions (position_ids in transformers).</summary>
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor ids, StepContext step, KvCache? cache)
+    {
+        long b = ids.shape[0], t = ids.shape[1];
+        var positions = step.Positions.to(ids.device);
+        if (positions.shape[0] != b || positions.shape[1] != t)
+            throw new ArgumentException($"{Name}: positions [{string.Join(", ", positions.shape)}] do not match token ids [{b}, {t}]");
+        var tokens = w[names.Wte].index_select(0, ids.reshape(-1)).view(b, t, c.Hidden);
+        return tokens + w[names.Wpe].index_select(0, positions.reshape(-1)).view(b, t, c.Hidden);
     }
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
@@ -233,6 +250,39 @@ public sealed class Gpt2Block(int index, int block, Gpt2Config c, Gpt2Names name
     }
 
     string N(string tensor) => names.Block(Block, tensor);
+
+    public override KvLayout? Kv { get; } = new(c.Heads, c.HeadDim);
+
+    /// <summary>An upper bound for a generation pass over T tokens with P cached (L = P + T): the plain figure, plus the cached K
+    /// and V read back contiguous (2·B·L·H), the additive mask (B·T·L floats, its boolean steps and aranges) and the scores over
+    /// L keys (2·B·heads·T·L).</summary>
+    public override long WorkspaceBytes(long[] input, StepContext step)
+    {
+        long b = input[0], t = input[1], l = step.TotalLength;
+        long floats = 2 * b * l * c.Hidden + b * t * l + 2L * b * c.Heads * t * l;
+        return WorkspaceBytes(input) + floats * sizeof(float) + 2 * l * sizeof(long) + 3 * b * t * l + t * l + b * l;
+    }
+
+    /// <summary>The block in a generation pass: this pass's K and V appended to the cache, attention over every cached entry under
+    /// the step's mask (1/√d scaling as in the plain forward).</summary>
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, StepContext step, KvCache? cache)
+    {
+        var kv = Llama.Require(cache, Name);
+        long b = x.shape[0], t = x.shape[1];
+        int heads = c.Heads, d = c.HeadDim, hidden = c.Hidden;
+        var h = F.layer_norm(x, [hidden], w[N("ln_1.weight")], w[N("ln_1.bias")], c.LayerNormEps);
+        var qkv = Gpt2.Conv1D(h, w[N("attn.c_attn.weight")], w[N("attn.c_attn.bias")]);
+        var q = qkv.narrow(-1, 0, hidden).view(b, t, heads, d).transpose(1, 2);
+        var k = qkv.narrow(-1, hidden, hidden).view(b, t, heads, d).transpose(1, 2);
+        var v = qkv.narrow(-1, 2 * hidden, hidden).view(b, t, heads, d).transpose(1, 2);
+        var (keys, values) = kv.Append(k, v);
+        var attn = Llama.CachedAttention(q, keys, values, heads, step);
+        var merged = attn.transpose(1, 2).reshape(b, t, hidden);
+        x = x + Gpt2.Conv1D(merged, w[N("attn.c_proj.weight")], w[N("attn.c_proj.bias")]);
+        h = F.layer_norm(x, [hidden], w[N("ln_2.weight")], w[N("ln_2.bias")], c.LayerNormEps);
+        var m = F.gelu(Gpt2.Conv1D(h, w[N("mlp.c_fc.weight")], w[N("mlp.c_fc.bias")]), TorchSharp.Modules.GELU.Approximate.tanh);
+        return x + Gpt2.Conv1D(m, w[N("mlp.c_proj.weight")], w[N("mlp.c_proj.bias")]);
+    }
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
     {
@@ -281,6 +331,16 @@ public sealed class Gpt2Head(int index, Gpt2Config c, Gpt2Names names) : Layer(i
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
         F.linear(F.layer_norm(x, [c.Hidden], w[names.LnFWeight], w[names.LnFBias], c.LayerNormEps), w[names.Head(c)]);
+
+    /// <summary>[B, 1, V] when the step asks for the last position only (generate's logits_to_keep = 1).</summary>
+    public override long[] OutputShape(long[] input, StepContext step) =>
+        step.LastPositionOnly ? OutputShape([input[0], 1, .. input[2..]]) : OutputShape(input);
+
+    public override long WorkspaceBytes(long[] input, StepContext step) =>
+        step.LastPositionOnly ? WorkspaceBytes([input[0], 1, .. input[2..]]) : WorkspaceBytes(input);
+
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, StepContext step, KvCache? cache) =>
+        Forward(w, step.LastPositionOnly ? x.narrow(1, x.shape[1] - 1, 1) : x);
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
     {

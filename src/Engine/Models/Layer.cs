@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using Superpipeline.Engine.Generation;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -40,6 +41,26 @@ public abstract class Layer(int index, string name)
 
     /// <summary>Fresh weights for this layer, drawn from <paramref name="generator"/> (host tensors).</summary>
     public abstract IReadOnlyDictionary<string, Tensor> Initialize(Generator generator);
+
+    // Generation (a prefill or decode pass with a KV cache). Layers without positions, attention or a head take the defaults.
+
+    /// <summary>The layout of this layer's KV cache; null when it keeps none (embeddings, heads, the demo's layers).</summary>
+    public virtual KvLayout? Kv => null;
+
+    /// <summary>The positions the layer can place (an embedding's table or rotary limit); null when it does not care.</summary>
+    public virtual long? MaxPositions => null;
+
+    /// <summary><see cref="OutputShape(long[])"/> in a generation pass (a head gives the last position only when asked).</summary>
+    public virtual long[] OutputShape(long[] input, StepContext step) => OutputShape(input);
+
+    /// <summary><see cref="WorkspaceBytes(long[])"/> in a generation pass, where attention also reads the step's past.</summary>
+    public virtual long WorkspaceBytes(long[] input, StepContext step) => WorkspaceBytes(input);
+
+    /// <summary>The forward of a generation pass: tokens at <see cref="StepContext.Positions"/>, attention over
+    /// <paramref name="cache"/>'s past entries and this pass's (appended to it) under the step's mask. <paramref name="cache"/>
+    /// is null exactly when <see cref="Kv"/> is. The default is the plain forward.</summary>
+    public virtual Tensor Forward(IReadOnlyDictionary<string, Tensor> weights, Tensor input, StepContext step, KvCache? cache) =>
+        Forward(weights, input);
 }
 
 /// <summary>A model is an ordered list of layers applied one after another to an input.</summary>

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Policy;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -173,6 +174,37 @@ public static class Llama
         var emb = cat([freqs, freqs], -1);
         return (emb.cos(), emb.sin());
     }
+
+    /// <summary>The same tables at given <paramref name="positions"/> (int64 [B, T]): (cos, sin) [B, 1, T, d] in float32, to
+    /// broadcast over heads (transformers computes inv_freq ⊗ position_ids the same way for each row).</summary>
+    internal static (Tensor Cos, Tensor Sin) Rotary(LlamaConfig c, Tensor positions, Device device)
+    {
+        int d = c.HeadDim;
+        var exponent = arange(0, d, 2, ScalarType.Int64, device).to_type(ScalarType.Float32) / d;
+        var invFreq = pow(c.RopeTheta, exponent).reciprocal();
+        var freqs = positions.to(device).to_type(ScalarType.Float32).unsqueeze(-1) * invFreq;
+        var emb = cat([freqs, freqs], -1).unsqueeze(1);
+        return (emb.cos(), emb.sin());
+    }
+
+    /// <summary>Attention of queries [B, heads, T, d] over all cached keys and values [B, kv heads, L, d] under the step's mask:
+    /// grouped heads repeat K and V, as repeat_kv does.</summary>
+    internal static Tensor CachedAttention(Tensor q, Tensor keys, Tensor values, int heads, StepContext step)
+    {
+        long b = keys.shape[0], kvHeads = keys.shape[1], total = keys.shape[2], d = keys.shape[3];
+        if (total != step.TotalLength)
+            throw new InvalidOperationException($"the KV cache holds {total} entries, but the step covers {step.TotalLength} (past + tokens)");
+        if (kvHeads != heads)
+        {
+            long groups = heads / kvHeads;
+            keys = keys.unsqueeze(2).expand(b, kvHeads, groups, total, d).reshape(b, heads, total, d);
+            values = values.unsqueeze(2).expand(b, kvHeads, groups, total, d).reshape(b, heads, total, d);
+        }
+        return F.scaled_dot_product_attention(q, keys, values, step.AttentionBias(q.dtype, q.device), 0.0, false);
+    }
+
+    internal static KvCache Require(KvCache? cache, string layer) =>
+        cache ?? throw new InvalidOperationException($"{layer}: a generation pass needs the layer's KV cache");
 }
 
 /// <summary>Token embedding: int64 [B, T] → float32 [B, T, H].</summary>
@@ -186,6 +218,8 @@ public sealed class LlamaEmbedding(int index, LlamaConfig c) : Layer(index, "emb
             throw new ArgumentException($"{Name}: expected token ids [batch, ≤{c.MaxPositions}], got [{string.Join(", ", input)}]");
         return [input[0], input[1], c.Hidden];
     }
+
+    public override long? MaxPositions => c.MaxPositions;
 
     public override double Flops(long[] input) => 0;
 
@@ -283,6 +317,44 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
         return x + F.linear(m, w[Llama.Names.Down(Block)]);
     }
 
+    public override KvLayout? Kv { get; } = new(c.KvHeads, c.HeadDim);
+
+    /// <summary>An upper bound for a generation pass over T tokens with P cached (L = P + T): the plain figure for T tokens
+    /// (whose repeat and scores terms cover T keys), plus the cached K and V read back contiguous (2·B·L·K), their repeat to
+    /// every head (2·B·L·H when grouped), the additive mask (B·T·L floats, its boolean steps and aranges), the rotary tables at
+    /// the given positions ([B, T, d]: 4·B·T·d) and the scores over L keys (2·B·heads·T·L).</summary>
+    public override long WorkspaceBytes(long[] input, StepContext step)
+    {
+        long b = input[0], t = input[1], l = step.TotalLength, h = c.Hidden;
+        long floats = FloatsHeld(input) + 2 * b * l * c.KvDim + (c.KvHeads == c.Heads ? 0 : 2 * b * l * h) + b * t * l + 4 * b * t * c.HeadDim
+            + 2L * b * c.Heads * t * l;
+        long bools = 3 * b * t * l + t * l + b * l;
+        return floats * sizeof(float) + (IntsHeld(input) + 2 * l + b * t) * sizeof(long) + bools;
+    }
+
+    /// <summary>The decoder layer in a generation pass: rotary positions at the step's positions, this pass's K and V appended to
+    /// the cache, attention over every cached entry under the step's mask (grouped heads against the cached K/V).</summary>
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, StepContext step, KvCache? cache)
+    {
+        var kv = Llama.Require(cache, Name);
+        long b = x.shape[0], t = x.shape[1];
+        int heads = c.Heads, kvHeads = c.KvHeads, d = c.HeadDim;
+        var h = Llama.RmsNorm(x, w[Llama.Names.InputNorm(Block)], c.RmsNormEps);
+        var q = F.linear(h, w[Llama.Names.Q(Block)]).view(b, t, heads, d).transpose(1, 2);
+        var k = F.linear(h, w[Llama.Names.K(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
+        var v = F.linear(h, w[Llama.Names.V(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
+        var (cos, sin) = Llama.Rotary(c, step.Positions, x.device);
+        q = q * cos + Llama.RotateHalf(q) * sin;
+        k = k * cos + Llama.RotateHalf(k) * sin;
+        var (keys, values) = kv.Append(k, v);
+        var attn = Llama.CachedAttention(q, keys, values, heads, step);
+        var merged = attn.transpose(1, 2).reshape(b, t, c.Hidden);
+        x = x + F.linear(merged, w[Llama.Names.O(Block)]);
+        h = Llama.RmsNorm(x, w[Llama.Names.PostNorm(Block)], c.RmsNormEps);
+        var m = F.silu(F.linear(h, w[Llama.Names.Gate(Block)])) * F.linear(h, w[Llama.Names.Up(Block)]);
+        return x + F.linear(m, w[Llama.Names.Down(Block)]);
+    }
+
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
     {
         [Llama.Names.InputNorm(Block)] = Llama.NormWeight(g, c.Hidden),
@@ -319,6 +391,16 @@ public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head")
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
         F.linear(Llama.RmsNorm(x, w[Llama.Names.FinalNorm], c.RmsNormEps), w[Llama.Names.Head(c)]);
+
+    /// <summary>[B, 1, V] when the step asks for the last position only (generate's logits_to_keep = 1).</summary>
+    public override long[] OutputShape(long[] input, StepContext step) =>
+        step.LastPositionOnly ? OutputShape([input[0], 1, .. input[2..]]) : OutputShape(input);
+
+    public override long WorkspaceBytes(long[] input, StepContext step) =>
+        step.LastPositionOnly ? WorkspaceBytes([input[0], 1, .. input[2..]]) : WorkspaceBytes(input);
+
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, StepContext step, KvCache? cache) =>
+        Forward(w, step.LastPositionOnly ? x.narrow(1, x.shape[1] - 1, 1) : x);
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
     {

@@ -1,0 +1,196 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Akka.Actor;
+using Spectre.Console;
+using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Bench;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Generation;
+using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Workers;
+
+namespace Superpipeline.Coordinator.Commands;
+
+/// <summary>What <c>superpipeline generate</c> was asked to do, already parsed.</summary>
+public sealed record GenerateOptions(string ModelDir, string Input, GenerationRequest Request, PolicySpec Policy, KvPlacement Placement,
+    DeviceSpec Device, string? OutputPath, string? ReportPath);
+
+/// <summary>The JSON report of <c>superpipeline generate</c>: the model, the measured generation and the tokens' digest.</summary>
+public sealed record GenerateReportFile(string Model, string Input, string Sampling, long? Eos, GenerationReport Generation, long[] TokensShape,
+    string TokensSha256);
+
+/// <summary><c>superpipeline generate</c>: a prefill pass over the prompts, then one decode pass per new token, each streaming
+/// every layer under (k, k') on one in-process stage (<see cref="GenerationStage"/>).</summary>
+public static class GenerateCommand
+{
+    /// <summary>The flag that carries each generation field the engine names in its refusals.</summary>
+    static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
+    {
+        [GenerationFields.MaxNewTokens] = "--max-new-tokens", [GenerationFields.Temperature] = "--temperature",
+        [GenerationFields.TopK] = "--top-k", [GenerationFields.TopP] = "--top-p", [GenerationFields.Eos] = "--eos",
+        [GenerationFields.KvPlacement] = "--kv", [GenerationFields.Prompt] = "--input",
+    };
+
+    public static Command Build()
+    {
+        var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + safetensors)", Required = true };
+        var input = new Option<string>("--input") { Description = "int64 token ids [batch, seq] in a .npy file: each row is one prompt", Required = true };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "tokens to generate per row", DefaultValueFactory = _ => 32 };
+        var temperature = new Option<double?>("--temperature") { Description = "sample, dividing the logits by this (> 0) first" };
+        var topK = new Option<int?>("--top-k") { Description = "sample among the k most likely tokens (k ≥ 1)" };
+        var topP = new Option<double?>("--top-p") { Description = "sample among the most likely tokens holding this probability mass, in (0, 1]" };
+        var seed = new Option<long>("--seed") { Description = "seed of the sampling (each row draws from its own generator)", DefaultValueFactory = _ => 0 };
+        var eos = new Option<long?>("--eos") { Description = "end-of-sequence token id: a row stops there (default: config.json's eos_token_id)" };
+        var kv = new Option<string>("--kv") { Description = "where the KV cache lives: device (for the whole run) or host (brought in with each layer)",
+            DefaultValueFactory = _ => "device" };
+        var window = new Option<string>("--window")
+        {
+            Description = "k: layers resident on the device at once (a number or 'all')", DefaultValueFactory = _ => "3",
+        };
+        var swap = new Option<string>("--swap")
+        {
+            Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
+        };
+        var memory = new Option<string>("--device-memory")
+        {
+            Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
+        };
+        var link = new Option<string>("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
+        var device = new Option<string>("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
+        var output = new Option<string>("--output") { Description = "write the tokens, int64 [batch, prompt + new], to this NumPy .npy file" };
+        var report = new Option<string>("--report") { Description = "write the JSON report to this file" };
+
+        var command = new Command("generate", "Generate tokens from a checkpoint: a prefill pass, then one decode pass per token, each streaming "
+            + "the layers under (k, k') with a KV cache.");
+        foreach (var o in new Option[] { model, input, maxNew, temperature, topK, topP, seed, eos, kv, window, swap, memory, link, device, output, report })
+            command.Options.Add(o);
+        command.SetAction((r, cancel) =>
+        {
+            var options = InFlags(() => new GenerateOptions(
+                r.GetValue(model)!, r.GetValue(input)!,
+                new GenerationRequest(r.GetValue(maxNew), new SamplingSettings(r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed)),
+                    r.GetValue(eos) ?? ConfigEos(r.GetValue(model)!)),
+                ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
+                GenerationSession.ParsePlacement(r.GetValue(kv)!),
+                new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
+                    Flags.ParseGbps(r.GetValue(link))),
+                r.GetValue(output), r.GetValue(report)));
+            return RunAsync(options, AnsiConsole.Console, cancel);
+        });
+        return command;
+    }
+
+    static PolicySpec ParsePolicy(string window, string? swap)
+    {
+        var policy = Flags.ParsePolicy(window, swap);
+        return policy.Auto ? throw new ArgumentException("--window auto is not supported by generate yet: give a number or 'all'") : policy;
+    }
+
+    /// <summary>Runs <paramref name="parse"/>, naming the flag of a generation field it refuses.</summary>
+    static T InFlags<T>(Func<T> parse)
+    {
+        try
+        {
+            return parse();
+        }
+        catch (FieldException e) when (FlagOfField.TryGetValue(e.Field, out var flag))
+        {
+            throw new ArgumentException(e.MessageFor(flag), e);
+        }
+    }
+
+    /// <summary>config.json's eos_token_id (the first when it is a list); null when it has none.</summary>
+    static long? ConfigEos(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new ArgumentException($"--model {dir}: not a checkpoint directory");
+        using var config = ConfigJson.Open(dir);
+        if (!config.Root.TryGetProperty("eos_token_id", out var e)) return null;
+        if (e.ValueKind == JsonValueKind.Array && e.GetArrayLength() > 0) e = e[0];
+        return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long id) ? id : null;
+    }
+
+    /// <summary>Checks everything before any work, generates on an in-process stage, prints the tokens as they come and a
+    /// summary, and writes the files. Returns the exit code.</summary>
+    public static async Task<int> RunAsync(GenerateOptions o, IAnsiConsole console, CancellationToken cancel)
+    {
+        OutputPaths.CheckWritable(o.ReportPath, "--report");
+        OutputPaths.CheckWritable(o.OutputPath, "--output");
+        var spec = ModelCatalog.CheckpointSpec(o.ModelDir, 1, 1, 0, o.Input);
+        var model = Preflight.Model(spec, o.Policy);
+        var policy = OffloadPolicy.For(o.Policy, model.Layers.Count);
+        long[][] prompts;
+        using (var ids = model.MakeInput(0)) prompts = [.. Enumerable.Range(0, (int)ids.shape[0]).Select(b => ids[b].data<long>().ToArray())];
+        long vocab = model.ActivationShapes()[^1].Shape[^1];
+        InFlags(() =>
+        {
+            o.Request.Validate(prompts.Max(p => p.Length), model.Layers.Select(l => l.MaxPositions).Min(), vocab);
+            return 0;
+        });
+        Preflight.DeviceFits(model, o.Device.CapacityBytes);
+        Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
+
+        var config = WorkerConfig.Load(null);
+        var settings = SuperpipelineSettings.Create(config);
+        using var device = DeviceFactory.Create(o.Device);
+        var system = ActorSystem.Create("superpipeline", config);
+        GenerationResult result;
+        try
+        {
+            using var weights = new Superpipeline.Engine.Checkpoints.CheckpointWeights(o.ModelDir);
+            using var stage = GenerationStage.Start(system, device, model, weights, settings.AskTimeout);
+            console.MarkupLineInterpolated(
+                $"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {prompts.Max(p => p.Length)} tokens, {o.Request.Sampling}");
+            result = await stage.GenerateAsync(prompts, new GenerationOptions(o.Request, policy, o.Placement), settings.PassTimeout,
+                step => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"token {step.Step + 1}: {string.Join(' ', step.Tokens)}")), cancel);
+        }
+        catch (GenerationFailedException e)
+        {
+            throw new InvalidOperationException(e.Message, e);
+        }
+        finally
+        {
+            await system.Terminate();
+        }
+
+        var tokens = Payload(result.Tokens);
+        var sha = Convert.ToHexStringLower(SHA256.HashData(tokens.Bytes.AsSpan()));
+        if (o.OutputPath is not null) Npy.Write(o.OutputPath, tokens);
+        if (o.ReportPath is not null)
+            ReportWriter.WriteJson(o.ReportPath, new GenerateReportFile(Path.GetFullPath(o.ModelDir), Path.GetFullPath(o.Input), o.Request.Sampling.ToString(),
+                o.Request.Eos, result.Report, [.. tokens.Shape], sha));
+        Summarize(console, o, result.Report, tokens, sha);
+        return 0;
+    }
+
+    static TensorPayload Payload(long[,] tokens)
+    {
+        var bytes = new byte[tokens.Length * sizeof(long)];
+        Buffer.BlockCopy(tokens, 0, bytes, 0, bytes.Length);
+        return new TensorPayload("Int64", [tokens.GetLength(0), tokens.GetLength(1)], [.. bytes]);
+    }
+
+    static void Summarize(IAnsiConsole console, GenerateOptions o, GenerationReport r, TensorPayload tokens, string sha)
+    {
+        var table = new Table().AddColumn("measure").AddColumn(new TableColumn("value").RightAligned());
+        void Row(string measure, string value) => table.AddRow(new Text(measure), new Text(value));
+        Row("device", $"{r.Device} ({ByteSize.Format(r.DeviceCapacityBytes)}); model {r.Layers} layers, {ByteSize.Format(r.ModelBytes)}");
+        Row("window k / swap k' / kv", $"{r.Window} / {r.Swap} / {r.KvPlacement}");
+        Row("prompt tokens / new tokens / passes", $"{r.PromptTokens} / {r.NewTokens} / {r.Passes}");
+        Row("time to first token", $"{r.TimeToFirstTokenSeconds:0.000} s");
+        Row("decode tokens/s (all rows)", $"{r.DecodeTokensPerSecond:0.0}");
+        Row("peak device bytes", $"{r.PeakDeviceBytes:N0} ({r.PeakDeviceBytes / (double)r.ModelBytes:P1} of the model)");
+        Row("KV bytes", $"{r.KvBytes:N0}");
+        Row("bytes transferred", $"{r.BytesTransferred:N0}");
+        Row("wall time", $"{r.WallSeconds:0.000} s");
+        Row("tokens", $"Int64[{string.Join(", ", tokens.Shape)}]");
+        Row("tokens sha256", sha);
+        console.Write(table);
+        foreach (var (label, path) in new[] { ("report", o.ReportPath), ("output", o.OutputPath) })
+            if (path is not null) console.MarkupLineInterpolated($"{label}: {path}");
+    }
+}

@@ -87,10 +87,172 @@ public sealed class TokenizerSpec : IDisposable
         Assert.Equal(50257, tokenizer.Count);
 
         // An independent reference: the library's tiktoken GPT-2 (ranks, no merges) gives the same ids on a harder text.
-        string text = "The quick brown fox's 1234 jumps—über naïve café!\n\n  Indented   spaces\tand 🙂 emoji <|endoftext|> too.";
+        string text = Sample.Replace("emoji", "emoji <|endoftext|>");
         var reference = TiktokenTokenizer.CreateForModel("gpt2");
         Assert.Equal(reference.EncodeToIds(text), tokenizer.Encode(text));
         Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text), skipSpecialTokens: false));
+    }
+
+    /// <summary>The same BPE as Hugging Face's tokenizers library saves it: tokenizer.json with a ByteLevel pre-tokenizer,
+    /// its vocab and merges, and &lt;|endoftext|&gt; as an added special token.</summary>
+    static string Gpt2TokenizerJson(Dictionary<string, int> vocab, List<string> merges) => JsonSerializer.Serialize(new Dictionary<string, object?>
+    {
+        ["version"] = "1.0",
+        ["added_tokens"] = new[] { new Dictionary<string, object> { ["id"] = 50256, ["content"] = "<|endoftext|>", ["special"] = true } },
+        ["normalizer"] = null,
+        ["pre_tokenizer"] = new Dictionary<string, object> { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["use_regex"] = true },
+        ["post_processor"] = new Dictionary<string, object> { ["type"] = "ByteLevel" },
+        ["decoder"] = new Dictionary<string, object> { ["type"] = "ByteLevel" },
+        ["model"] = new Dictionary<string, object>
+        {
+            ["type"] = "BPE", ["vocab"] = vocab.Where(kv => kv.Key != "<|endoftext|>").ToDictionary(), ["merges"] = merges,
+        },
+    });
+
+    const string Sample = "The quick brown fox's 1234 jumps—über naïve café!\n\n  Indented   spaces\tand 🙂 emoji too.";
+
+    [Fact]
+    public void Tokenizer_json_and_vocab_json_with_merges_txt_of_the_same_bpe_give_the_same_ids()
+    {
+        var (vocab, merges) = Gpt2Files();
+        string dir = Dir("gpt2-json");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), Gpt2TokenizerJson(vocab, merges));
+        var fromJson = CheckpointTokenizer.Load(dir);
+        var fromFiles = CheckpointTokenizer.Load(WriteGpt2VocabMerges("gpt2-files"));
+        Assert.EndsWith("tokenizer.json", fromJson.File);
+        Assert.EndsWith("vocab.json", fromFiles.File);
+        Assert.Equal([15496, 995], fromJson.Encode("Hello world"));
+        Assert.Equal(fromFiles.Encode(Sample), fromJson.Encode(Sample));
+        Assert.Equal(fromFiles.Encode("<|endoftext|>x"), fromJson.Encode("<|endoftext|>x"));
+        Assert.Equal(50256, fromJson.Encode("<|endoftext|>x")[0]);
+        // Merges as pairs (tokenizers ≥ 0.20 saves them so) read the same as "a b" strings.
+        var node = System.Text.Json.Nodes.JsonNode.Parse(Gpt2TokenizerJson(vocab, merges))!;
+        node["model"]!["merges"] = new System.Text.Json.Nodes.JsonArray([.. merges.Select(m => (System.Text.Json.Nodes.JsonNode?)
+            new System.Text.Json.Nodes.JsonArray(m.Split(' ')[0], m.Split(' ')[1]))]);
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), node.ToJsonString());
+        Assert.Equal(fromFiles.Encode(Sample), CheckpointTokenizer.Load(dir).Encode(Sample));
+    }
+
+    static string Export(string root, string family, int vocab)
+    {
+        string dir = Path.Combine(root, $"{family}-{vocab}");
+        Superpipeline.Coordinator.Commands.ExportDemoCommand.Export(family, "f32", dir, seed: 1, shards: 1,
+            () => new LlamaConfig(Hidden: 16, Ffn: 16, Layers: 1, Heads: 2, KvHeads: 2, RmsNormEps: 1e-6, RopeTheta: 10000, Vocab: vocab,
+                MaxPositions: 64, TieWordEmbeddings: false),
+            () => new Gpt2Config(Hidden: 16, Layers: 1, Heads: 2, MaxPositions: 64, Vocab: vocab, Inner: 16));
+        return dir;
+    }
+
+    [Theory]
+    [InlineData("gpt2", 257)]
+    [InlineData("gpt2", 300)]
+    [InlineData("gpt2", 1000)] // more ids than the built-in text has merges: the rest are made from the vocabulary
+    [InlineData("llama", 260)]
+    [InlineData("llama", 300)]
+    [InlineData("llama", 1000)]
+    public void An_exported_tokenizer_has_the_configs_vocabulary_and_round_trips_text(string family, int vocab)
+    {
+        string dir = Export(_root, family, vocab);
+        var tokenizer = CheckpointTokenizer.Load(dir);
+        Assert.Equal(vocab, tokenizer.Count);
+        foreach (var text in new[] { "Hello world", "The model is larger than the device.", Sample, "ünïcödé → 🙂 and 12345" })
+        {
+            var ids = tokenizer.Encode(text);
+            Assert.All(ids, id => Assert.InRange(id, 0, vocab - 1));
+            Assert.Equal(text, tokenizer.Decode(ids));
+        }
+        if (family == "llama")
+        {
+            Assert.Equal(("SentencePiece BPE", true, 1, 2, (int?)null), (tokenizer.Kind, tokenizer.AddBos, tokenizer.BosId, tokenizer.EosId, tokenizer.PadId));
+            Assert.Equal(1, tokenizer.Encode("Hello")[0]);
+            Assert.Equal("tokenizer.model", Path.GetFileName(tokenizer.File));
+        }
+        else
+        {
+            Assert.Equal(("byte-level BPE", false, vocab - 1, vocab - 1), (tokenizer.Kind, tokenizer.AddBos, tokenizer.BosId, tokenizer.EosId));
+            Assert.Null(tokenizer.PadId);
+            // vocab.json + merges.txt alone give the ids tokenizer.json gives.
+            File.Delete(Path.Combine(dir, "tokenizer.json"));
+            var files = CheckpointTokenizer.Load(dir);
+            Assert.Equal("vocab.json", Path.GetFileName(files.File));
+            Assert.Equal(tokenizer.Encode(Sample), files.Encode(Sample));
+        }
+        // The text the built-in merges were learned from takes fewer ids than bytes once there are merges.
+        if (vocab == 1000) Assert.True(tokenizer.Encode(DemoTokenizer.Corpus).Count < DemoTokenizer.Corpus.Length / 2);
+    }
+
+    [Fact]
+    public void Export_writes_the_same_tokenizer_twice_and_none_below_the_minimum_vocabulary()
+    {
+        string a = Export(Dir("a"), "llama", 400), b = Export(Dir("b"), "llama", 400);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a, "tokenizer.model")), File.ReadAllBytes(Path.Combine(b, "tokenizer.model")));
+        string c = Export(Dir("c"), "gpt2", 400), d = Export(Dir("d"), "gpt2", 400);
+        foreach (var f in new[] { "vocab.json", "merges.txt", "tokenizer.json" })
+            Assert.Equal(File.ReadAllBytes(Path.Combine(c, f)), File.ReadAllBytes(Path.Combine(d, f)));
+        string small = Export(Dir("small"), "llama", 259);
+        Assert.False(File.Exists(Path.Combine(small, "tokenizer.model")));
+        var e = Assert.Throws<CheckpointConfigException>(() => CheckpointTokenizer.Load(small));
+        Assert.Contains("has no tokenizer", e.Message);
+        Assert.Throws<ArgumentException>(() => DemoTokenizer.Write(Dir("tiny"), "gpt2", 256, 64));
+    }
+
+    [Fact]
+    public void A_growing_list_of_ids_streams_its_text_holding_back_a_split_character()
+    {
+        var tokenizer = CheckpointTokenizer.Load(WriteGpt2VocabMerges("gpt2"));
+        string text = "Hi 🙂 there";
+        var ids = tokenizer.Encode(text);
+        var stream = tokenizer.TextStream();
+        var pieces = ids.Select(stream.Append).ToList();
+        Assert.Equal(text, string.Concat(pieces) + stream.Flush());
+        Assert.DoesNotContain(pieces, p => p.Contains('\uFFFD')); // the emoji's four bytes are more than one token: held back, not garbled
+    }
+
+    [Fact]
+    public void Special_token_ids_come_from_the_tokenizer_files_and_generation_config_as_transformers_reads_them()
+    {
+        string dir = Export(_root, "llama", 300);
+        File.WriteAllText(Path.Combine(dir, "generation_config.json"), """{"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": 0}""");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"add_bos_token": false, "pad_token": "<unk>"}""");
+        var t = CheckpointTokenizer.Load(dir);
+        Assert.Equal((false, 1, 2, 0), (t.AddBos, t.BosId, t.EosId, t.PadId));
+        Assert.Equal([2, 7], t.EosIds);
+        Assert.NotEqual(1, t.Encode("Hello")[0]);
+    }
+
+    [Fact]
+    public void Missing_or_malformed_tokenizer_files_are_one_line_naming_the_file()
+    {
+        string Fail(string name, Action<string> arrange)
+        {
+            string dir = Dir(name);
+            arrange(dir);
+            var e = Assert.ThrowsAny<Exception>(() => CheckpointTokenizer.Load(dir));
+            Assert.IsType<CheckpointConfigException>(e);
+            Assert.DoesNotContain("\n", e.Message);
+            return e.Message;
+        }
+        void Write(string dir, string file, string text) => File.WriteAllText(Path.Combine(dir, file), text);
+
+        Assert.Contains("has no tokenizer: expected tokenizer.json, vocab.json + merges.txt, or tokenizer.model", Fail("none", _ => { }));
+        Assert.Contains("merges.txt: not found", Fail("no-merges", d => Write(d, "vocab.json", "{\"a\": 0}")));
+        Assert.Contains("vocab.json: is not valid JSON", Fail("bad-vocab", d => { Write(d, "vocab.json", "{"); Write(d, "merges.txt", ""); }));
+        Assert.Contains("merges.txt: line 2 is not two tokens", Fail("bad-merges", d =>
+        {
+            Write(d, "vocab.json", "{\"a\": 0, \"b\": 1}");
+            Write(d, "merges.txt", "#version: 0.2\na b c\n");
+        }));
+        Assert.Contains("tokenizer.json: is not valid JSON", Fail("bad-json", d => Write(d, "tokenizer.json", "[1,")));
+        Assert.Contains("tokenizer.json: \"model.type\" is \"WordPiece\"", Fail("wordpiece", d =>
+            Write(d, "tokenizer.json", """{"model": {"type": "WordPiece", "vocab": {"a": 0}}}""")));
+        Assert.Contains("tokenizer.json: \"model.vocab\" gives token \"a\" the id \"x\"", Fail("bad-id", d =>
+            Write(d, "tokenizer.json", """{"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}}""")));
+        Assert.Contains("tokenizer.model: is not a SentencePiece BPE model", Fail("bad-model", d => Write(d, "tokenizer.model", "not a protobuf")));
+        Assert.Contains("tokenizer_config.json: \"add_bos_token\" must be true or false", Fail("bad-config", d =>
+        {
+            Write(d, "tokenizer_config.json", """{"add_bos_token": "yes"}""");
+            Write(d, "tokenizer.json", "{}");
+        }));
     }
 
     sealed class ByteArrayComparer : IEqualityComparer<byte[]>

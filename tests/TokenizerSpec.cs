@@ -133,6 +133,92 @@ public sealed class TokenizerSpec : IDisposable
         Assert.Equal(fromFiles.Encode(Sample), CheckpointTokenizer.Load(dir).Encode(Sample));
     }
 
+    const string DigitsApart = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+    [Fact]
+    public void A_split_regex_pre_tokenizer_as_llama_3_saves_it_reads_like_byte_level_with_its_regex()
+    {
+        var (vocab, merges) = Gpt2Files();
+        var node = System.Text.Json.Nodes.JsonNode.Parse(Gpt2TokenizerJson(vocab, merges))!;
+        node["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse($$"""
+            {"type": "Sequence", "pretokenizers": [
+              {"type": "Split", "pattern": {"Regex": {{JsonSerializer.Serialize(DigitsApart)}}}, "behavior": "Isolated", "invert": false},
+              {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}
+            """);
+        string dir = Dir("split");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), node.ToJsonString());
+        // BPE runs within each piece the regex cuts, here with digits one by one (as Llama 3 cuts them in threes).
+        var reference = TiktokenTokenizer.CreateForModel("gpt2");
+        var expected = System.Text.RegularExpressions.Regex.Matches(Sample, DigitsApart).SelectMany(m => reference.EncodeToIds(m.Value)).ToList();
+        Assert.NotEqual(reference.EncodeToIds(Sample), expected);
+        Assert.Equal(expected, CheckpointTokenizer.Load(dir).Encode(Sample));
+    }
+
+    /// <summary>The tokenizer.json transformers' LlamaConverter makes from a tokenizer.model: the pieces as a BPE vocabulary
+    /// with byte fallback, a merge for every split of a piece into two pieces (ordered by the piece's id, then the parts'),
+    /// Prepend('▁') + Replace(' ', '▁') as normalizer, and &lt;s&gt; first by a template.</summary>
+    static string LlamaTokenizerJson(IReadOnlyDictionary<string, int> pieces)
+    {
+        var normal = pieces.Where(kv => kv.Value >= 259).ToDictionary();
+        var merges = normal.SelectMany(p => Enumerable.Range(1, p.Key.Length - 1)
+                .Where(k => !char.IsLowSurrogate(p.Key[k]) && normal.ContainsKey(p.Key[..k]) && normal.ContainsKey(p.Key[k..]))
+                .Select(k => (Id: p.Value, A: p.Key[..k], B: p.Key[k..])))
+            .OrderBy(m => m.Id).ThenBy(m => normal[m.A]).ThenBy(m => normal[m.B]).Select(m => new[] { m.A, m.B }).ToList();
+        return JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["version"] = "1.0",
+            ["added_tokens"] = new[] { "<unk>", "<s>", "</s>" }.Select((t, i) => new Dictionary<string, object> { ["id"] = i, ["content"] = t, ["special"] = true }),
+            ["normalizer"] = JsonSerializer.Deserialize<JsonElement>("""
+                {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+                """),
+            ["pre_tokenizer"] = null,
+            ["post_processor"] = JsonSerializer.Deserialize<JsonElement>("""
+                {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                 "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+                """),
+            ["decoder"] = JsonSerializer.Deserialize<JsonElement>("""
+                {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+                 {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+                """),
+            ["model"] = new Dictionary<string, object>
+            {
+                ["type"] = "BPE", ["unk_token"] = "<unk>", ["byte_fallback"] = true, ["fuse_unk"] = true,
+                ["vocab"] = pieces.OrderBy(kv => kv.Value).ToDictionary(), ["merges"] = merges,
+            },
+        });
+    }
+
+    [Fact]
+    public void A_sentencepiece_style_tokenizer_json_alone_gives_the_ids_of_its_tokenizer_model()
+    {
+        string exported = Export(_root, "llama", 600);
+        var fromModel = CheckpointTokenizer.Load(exported);
+        var pieces = Pieces(exported);
+        Assert.Equal(600, pieces.Count);
+        string dir = Dir("llama-json");
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), LlamaTokenizerJson(pieces));
+        var fromJson = CheckpointTokenizer.Load(dir);
+        Assert.EndsWith("tokenizer.json", fromJson.File);
+        Assert.True(fromJson.AddBos); // the template puts <s> first
+        foreach (var text in new[] { "Hello world", DemoTokenizer.Corpus, Sample, "ünïcödé → 🙂 and 12345" })
+        {
+            Assert.Equal(fromModel.Encode(text), fromJson.Encode(text));
+            Assert.Equal(text, fromJson.Decode(fromJson.Encode(text)));
+        }
+
+        // With tokenizer.model beside it, tokenizer.json's SentencePiece BPE is read from tokenizer.model, as the same model.
+        File.Copy(Path.Combine(exported, "tokenizer.model"), Path.Combine(dir, "tokenizer.model"));
+        Assert.Equal(fromModel.Encode(Sample), CheckpointTokenizer.Load(dir).Encode(Sample));
+    }
+
+    /// <summary>The pieces of the exported tokenizer.model, read with the library's own SentencePiece reader, not through
+    /// the code under test.</summary>
+    static IReadOnlyDictionary<string, int> Pieces(string dir)
+    {
+        using var stream = File.OpenRead(Path.Combine(dir, "tokenizer.model"));
+        return LlamaTokenizer.Create(stream).Vocabulary.ToDictionary();
+    }
+
     static string Export(string root, string family, int vocab)
     {
         string dir = Path.Combine(root, $"{family}-{vocab}");

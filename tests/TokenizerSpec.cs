@@ -167,7 +167,8 @@ public sealed class TokenizerSpec : IDisposable
         return JsonSerializer.Serialize(new Dictionary<string, object?>
         {
             ["version"] = "1.0",
-            ["added_tokens"] = new[] { "<unk>", "<s>", "</s>" }.Select((t, i) => new Dictionary<string, object> { ["id"] = i, ["content"] = t, ["special"] = true }),
+            ["added_tokens"] = new[] { "<unk>", "<s>", "</s>" }
+                .Select((t, i) => new Dictionary<string, object> { ["id"] = i, ["content"] = t, ["special"] = true }),
             ["normalizer"] = JsonSerializer.Deserialize<JsonElement>("""
                 {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
                 """),

@@ -66,9 +66,17 @@ public sealed class ModelOptions
             throw new ArgumentException($"{string.Join(", ", given)} cannot be given with --model {model}: the checkpoint's config.json sizes the model");
         if (input is not null && (r.GetResult(SeqLen) is { Implicit: false } || r.GetResult(Batch) is { Implicit: false }))
             throw new ArgumentException($"--seq-len and --batch cannot be given with --input {input}: its shape sets them");
-        if (prompts.Length > 0)
-            input = PromptIds.WriteTemporary(PromptIds.Encode(CheckpointTokenizer.Load(model), prompts, ModelCatalog.TokenLimits(model)));
-        return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input);
+        if (prompts.Length == 0) return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input);
+        string ids = PromptIds.WriteTemporary(PromptIds.Encode(CheckpointTokenizer.Load(model), prompts, ModelCatalog.TokenLimits(model)));
+        try
+        {
+            return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), ids);
+        }
+        catch
+        {
+            PromptIds.DeleteTemporary(ids);
+            throw;
+        }
     }
 }
 

@@ -84,7 +84,7 @@ public static class DemoTokenizer
             {
                 ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = "", ["end_of_word_suffix"] = "",
                 ["fuse_unk"] = false, ["byte_fallback"] = false, ["ignore_merges"] = false,
-                ["vocab"] = new JsonObject(vocab.Where(kv => kv.Key != EndOfText).Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+                ["vocab"] = new JsonObject(vocab.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
                 ["merges"] = new JsonArray([.. merges.Select(m => (JsonNode?)new JsonArray(m.A, m.B))]),
             },
         };

@@ -71,7 +71,8 @@ public sealed class CheckpointTokenizer
     }
 
     /// <summary>The text of <paramref name="ids"/>; special tokens (BOS, EOS, padding) are left out unless
-    /// <paramref name="skipSpecialTokens"/> is false. Decoding a growing list gives a growing text (see <see cref="TextStream"/>).</summary>
+    /// <paramref name="skipSpecialTokens"/> is false; ids the tokenizer does not have (a model may pad its vocabulary past the
+    /// tokenizer's) give nothing. Decoding a growing list gives a growing text (see <see cref="TextStream"/>).</summary>
     public string Decode(IReadOnlyList<int> ids, bool skipSpecialTokens = true) => _decode(ids, !skipSpecialTokens);
 
     /// <summary>A stream that turns ids, one at a time, into the text they complete (see <see cref="TokenTextStream"/>).</summary>

@@ -4,6 +4,7 @@ using System.Text.RegularExpressions;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Text;
 
 namespace Superpipeline.Coordinator.Commands;
 
@@ -16,6 +17,10 @@ public sealed class ModelOptions
         DefaultValueFactory = _ => ModelSpec.Demo.Name,
     };
     public Option<string> Input { get; } = new("--input") { Description = "int64 token ids [batch, seq] in a .npy file (checkpoint models)" };
+    public Option<string[]> Prompt { get; } = new("--prompt")
+    {
+        Description = "text through the checkpoint's tokenizer, one batch row per --prompt (repeat it; instead of --input)",
+    };
     public Option<int> Layers { get; } = new("--layers")
     {
         Description = "transformer blocks (the model streams blocks + 2 layers: embeddings and head)", DefaultValueFactory = _ => ModelSpec.Demo.Blocks,
@@ -32,12 +37,24 @@ public sealed class ModelOptions
         foreach (var o in new Option[] { Model, Layers, Hidden, Heads, Vocab, SeqLen, Batch, Seed, Input }) c.Options.Add(o);
     }
 
+    /// <summary>Adds --prompt (run only: the ids travel as a temporary .npy the embedded host reads).</summary>
+    public void AddPromptTo(Command c) => c.Options.Add(Prompt);
+
     /// <summary>The spec: a family sized by the flags, or, when --model names a directory, the checkpoint in it (its config
-    /// sizes the model, so the size flags are refused beside it).</summary>
+    /// sizes the model, so the size flags are refused beside it). With --prompt, the prompts' ids go to a temporary .npy that
+    /// the spec's Input names: the caller deletes it with <see cref="PromptIds.DeleteTemporary"/>.</summary>
     public ModelSpec Read(ParseResult r)
     {
         string model = r.GetValue(Model)!;
         string? input = r.GetValue(Input);
+        string[] prompts = r.CommandResult.Command.Options.Contains(Prompt) ? r.GetValue(Prompt) ?? [] : [];
+        if (prompts.Length > 0)
+        {
+            if (!Directory.Exists(model)) throw new ArgumentException("--prompt needs --model to name a checkpoint directory: its tokenizer reads the text");
+            if (input is not null) throw new ArgumentException("--prompt and --input cannot be given together: each gives the token ids");
+            if (r.GetResult(SeqLen) is { Implicit: false } || r.GetResult(Batch) is { Implicit: false })
+                throw new ArgumentException("--seq-len and --batch cannot be given with --prompt: the prompts set them");
+        }
         if (!Directory.Exists(model))
         {
             if (input is not null) throw new ArgumentException("--input needs --model to name a checkpoint directory");
@@ -49,7 +66,17 @@ public sealed class ModelOptions
             throw new ArgumentException($"{string.Join(", ", given)} cannot be given with --model {model}: the checkpoint's config.json sizes the model");
         if (input is not null && (r.GetResult(SeqLen) is { Implicit: false } || r.GetResult(Batch) is { Implicit: false }))
             throw new ArgumentException($"--seq-len and --batch cannot be given with --input {input}: its shape sets them");
-        return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input);
+        if (prompts.Length == 0) return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input);
+        string ids = PromptIds.WriteTemporary(PromptIds.Encode(CheckpointTokenizer.Load(model), prompts, ModelCatalog.TokenLimits(model)));
+        try
+        {
+            return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), ids);
+        }
+        catch
+        {
+            PromptIds.DeleteTemporary(ids);
+            throw;
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 using System.CommandLine;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Text;
 
 namespace Superpipeline.Coordinator.Commands;
 
-/// <summary><c>superpipeline export-demo</c>: writes a seeded checkpoint of a family (config.json + safetensors) that
+/// <summary><c>superpipeline export-demo</c>: writes a seeded checkpoint of a family (config.json + safetensors + tokenizer) that
 /// <c>run --model DIR</c> reads back: Llama or GPT-2.</summary>
 public static class ExportDemoCommand
 {
@@ -34,12 +35,17 @@ public static class ExportDemoCommand
                     : new Gpt2Config(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads),
                         MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)));
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
+            string name = r.GetValue(family)!.Trim().ToLowerInvariant();
+            if (r.GetValue(vocab) < DemoTokenizer.MinimumVocab(name))
+                Console.WriteLine($"no tokenizer written: --vocab {r.GetValue(vocab)} is below the {DemoTokenizer.MinimumVocab(name)} ids a {name} " +
+                    "tokenizer needs (256 bytes and its special tokens); run takes --input ids.npy, not --prompt");
             return 0;
         });
         return export;
     }
 
-    /// <summary>Writes the checkpoint of <paramref name="family"/>; returns the weight files. One-line refusals name the flag.</summary>
+    /// <summary>Writes the checkpoint of <paramref name="family"/>: config.json, the weights and, when the vocabulary has room for
+    /// one, the family's tokenizer (<see cref="DemoTokenizer"/>); returns the files besides config.json. One-line refusals name the flag.</summary>
     public static IReadOnlyList<string> Export(string family, string dtype, string directory, long seed, int shards, Func<LlamaConfig> llama,
         Func<Gpt2Config>? gpt2 = null)
     {
@@ -47,11 +53,15 @@ public static class ExportDemoCommand
             throw new ArgumentException($"--dtype {dtype} is not supported yet: export-demo writes f32 only");
         if (dtype.Trim().ToLowerInvariant() != "f32") throw new ArgumentException($"--dtype must be f32; got '{dtype}'");
         if (shards < 1) throw new ArgumentException($"--shards must be at least 1; got {shards}");
-        return family.Trim().ToLowerInvariant() switch
+        string name = family.Trim().ToLowerInvariant();
+        var (files, vocab, positions) = name switch
         {
-            LlamaConfig.ModelType => LlamaExport.Write(directory, llama(), seed, shards),
-            Gpt2Config.ModelType when gpt2 is not null => Gpt2Export.Write(directory, gpt2(), seed, shards),
+            LlamaConfig.ModelType when llama() is var l => (LlamaExport.Write(directory, l, seed, shards), l.Vocab, l.MaxPositions),
+            Gpt2Config.ModelType when gpt2?.Invoke() is { } g => (Gpt2Export.Write(directory, g, seed, shards), g.Vocab, g.MaxPositions),
             _ => throw new ArgumentException($"--family must be llama or gpt2; got '{family}'"),
         };
+        // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.
+        if (vocab < DemoTokenizer.MinimumVocab(name)) return files;
+        return [.. files, .. DemoTokenizer.Write(directory, name, vocab, positions).Select(f => Path.Combine(directory, f))];
     }
 }

@@ -5,6 +5,7 @@ using Superpipeline.Contracts;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Text;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
@@ -44,14 +45,26 @@ public static class RunCommand
         var run = new Command("run", "Run one forward pass of a model on a device smaller than the model " +
             "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
         model.AddTo(run);
+        model.AddPromptTo(run);
         foreach (var o in new Option[] { window, swap, memory, link, device, report, trace, output }) run.Options.Add(o);
-        run.SetAction((r, cancel) => RunAsync(new RunOptions(
-                model.Read(r),
-                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
-                new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
-                    Flags.ParseGbps(r.GetValue(link))),
-                r.GetValue(report), r.GetValue(trace), r.GetValue(output)),
-            AnsiConsole.Console, cancel));
+        run.SetAction(async (r, cancel) =>
+        {
+            var spec = model.Read(r);
+            try
+            {
+                return await RunAsync(new RunOptions(
+                        spec,
+                        Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
+                        new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
+                            Flags.ParseGbps(r.GetValue(link))),
+                        r.GetValue(report), r.GetValue(trace), r.GetValue(output)),
+                    AnsiConsole.Console, cancel);
+            }
+            finally
+            {
+                PromptIds.DeleteTemporary(spec.Input); // the ids of --prompt
+            }
+        });
         return run;
     }
 

@@ -4,6 +4,7 @@ using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
+using Superpipeline.Engine.Text;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Engine.Models;
@@ -78,6 +79,11 @@ public static class ModelCatalog
         return new ModelSpec(type, layers, hidden, heads, vocab, sequence, batch, seed,
             Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
     }
+
+    /// <summary>The token ids the checkpoint in <paramref name="directory"/> accepts: its vocab_size and the positions it has.</summary>
+    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == Gpt2Config.ModelType
+        ? Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException()
+        : LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException();
 
     /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
     public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType];

@@ -16,6 +16,7 @@ namespace Superpipeline.Tests;
 /// <summary>The node agent alone, with the test as its coordinator and time under TestScheduler: stage attempts end
 /// with their cancellation and are not brought back by late messages, and deployments live under the host weight
 /// budget and the idle timeout.</summary>
+[Collection(TensorCountCollection.Name)]
 public sealed class NodeAgentSpec : TestKit, IDisposable
 {
     const string Config = """
@@ -116,7 +117,7 @@ public sealed class NodeAgentSpec : TestKit, IDisposable
     public void An_idle_deployment_is_stopped_after_the_idle_timeout_and_its_host_tensors_are_freed()
     {
         var agent = Agent();
-        long tensors = torch.Tensor.TotalCount;
+        long tensors = TensorProbe.LiveTensors();
         RunToOutput(agent, "first", 7);
         Assert.True(torch.Tensor.TotalCount > tensors, "the LayerActors hold host tensors");
         Scheduler.Advance(TimeSpan.FromMinutes(4));
@@ -126,7 +127,7 @@ public sealed class NodeAgentSpec : TestKit, IDisposable
         Assert.Single(Status(agent).Deployments);
         Scheduler.Advance(TimeSpan.FromMinutes(2));
         AwaitAssert(() => Assert.Equal((0L, 0), (Status(agent).HostWeightBytes, Status(agent).Deployments.Length)), TimeSpan.FromSeconds(10));
-        AwaitAssert(() => Assert.Equal(tensors, torch.Tensor.TotalCount), TimeSpan.FromSeconds(10));
+        AwaitAssert(() => Assert.Equal(tensors, TensorProbe.LiveTensors()), TimeSpan.FromSeconds(10));
     }
 
     [Fact]

@@ -84,6 +84,7 @@ public sealed class DevicePassBackend : IPassBackend
     {
         if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
         var weights = await asked.ConfigureAwait(false);
+        using var lease = weights.Lease; // read from disk for this load (the disk tier): dropped once the device copy is made
         await _device.OnTransferThread(() =>
         {
             cancel.ThrowIfCancellationRequested();
@@ -91,7 +92,7 @@ public sealed class DevicePassBackend : IPassBackend
             double start = Now;
             var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
             _resident[layer] = placed;
-            Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+            Interlocked.Add(ref _bytesTransferred, placed.TransferredBytes); // the stored dtype's bytes: what crossed the link
             _loadStart[layer] = start;
             _loadSeconds[layer] = Now - start;
             _progress(new LayerProgress(layer, Layers, LayerPhase.Loaded, Now));
@@ -151,6 +152,9 @@ public sealed class DevicePassBackend : IPassBackend
 
     public Task FreeAllAsync() => _device.OnComputeThread(() =>
     {
+        foreach (var layer in _weights.Keys.ToArray()) // asked at admission, never loaded: a disk-tier read is dropped when it lands
+            if (_weights.TryRemove(layer, out var asked))
+                asked.ContinueWith(t => { if (t.IsCompletedSuccessfully) t.Result.Lease?.Dispose(); }, TaskScheduler.Default);
         foreach (var layer in _resident.Keys.ToArray())
             if (_resident.TryRemove(layer, out var placed)) placed.Dispose();
         for (int m = 0; m < _microBatches.Length; m++)

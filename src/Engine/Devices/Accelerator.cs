@@ -40,31 +40,61 @@ public abstract class Accelerator : IDisposable
     /// <summary>Runs <paramref name="work"/> on the device's compute thread.</summary>
     public Task<T> OnComputeThread<T>(Func<T> work) => _compute.Run(work);
 
-    /// <summary>Copies host tensors onto the device, reserving their bytes first. Call on the transfer thread.
-    /// On failure nothing stays reserved.</summary>
+    /// <summary>The dtype layers compute in on this device. Weights stored narrower (F16, BF16) cross the link as stored and are
+    /// widened to it on the device.</summary>
+    public virtual ScalarType ComputeDType => ScalarType.Float32;
+
+    /// <summary>Copies host tensors onto the device in their stored dtype, reserving their bytes first; a tensor stored as F16
+    /// or BF16 is then widened to <see cref="ComputeDType"/> on the device: the widened copy's bytes are reserved, and the
+    /// stored copy and its bytes are freed, one tensor at a time (so the layer holds at most its widened bytes plus one stored
+    /// tensor while it is placed). The link carries (and the emulated link times) the stored bytes. Call on the transfer
+    /// thread. On failure nothing stays reserved.</summary>
     public DeviceTensors Upload(IReadOnlyList<(string Name, Tensor Host)> tensors, string what)
     {
-        long bytes = tensors.Sum(t => TensorBytes.Of(t.Host));
-        var reservation = Memory.Reserve(bytes, what);
+        long moved = tensors.Sum(t => TensorBytes.Of(t.Host));
         var placed = new Dictionary<string, Tensor>(tensors.Count);
+        var held = new List<DeviceMemory.Reservation>(tensors.Count);
         try
         {
             long start = Stopwatch.GetTimestamp();
             foreach (var (name, host) in tensors)
             {
-                using var detached = host.detach();
-                placed[name] = Place(detached);
+                var stored = Memory.Reserve(TensorBytes.Of(host), what);
+                held.Add(stored);
+                Tensor copy;
+                using (var detached = host.detach()) copy = Place(detached);
+                if (Widens(copy.dtype))
+                {
+                    try
+                    {
+                        held.Add(Memory.Reserve(TensorBytes.Of([.. copy.shape], ComputeDType), $"{what} (widened to {ComputeDType})"));
+                        var wide = copy.to_type(ComputeDType);
+                        copy.Dispose();
+                        copy = wide;
+                    }
+                    catch
+                    {
+                        copy.Dispose();
+                        throw;
+                    }
+                    held.Remove(stored);
+                    stored.Dispose();
+                }
+                placed[name] = copy;
             }
-            Copied(start, bytes);
-            return new DeviceTensors(placed, reservation);
+            Copied(start, moved);
+            return new DeviceTensors(placed, held, moved);
         }
         catch
         {
             foreach (var t in placed.Values) t.Dispose();
-            reservation.Dispose();
+            foreach (var r in held) r.Dispose();
             throw;
         }
     }
+
+    /// <summary>Whether a tensor placed as <paramref name="dtype"/> is widened to <see cref="ComputeDType"/>.</summary>
+    bool Widens(ScalarType dtype) => dtype is ScalarType.Float16 or ScalarType.BFloat16 && dtype != ComputeDType;
 
     /// <summary>A copy of <paramref name="host"/> on this device.</summary>
     protected abstract Tensor Place(Tensor host);

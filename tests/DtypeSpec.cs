@@ -128,28 +128,30 @@ public sealed class DtypeSpec() : TestKit(WorkerConfig.Load()), IDisposable
     }
 
     [Fact]
-    public async Task Widening_on_the_device_reserves_the_stored_bytes_then_the_float32_bytes_and_frees_the_stored_copy()
+    public async Task Widening_on_the_device_holds_the_float32_bytes_and_moves_the_stored_ones()
     {
         using var device = new SimulatedDevice("sim:0", 1L << 20, null);
         using var a = arange(0, 100, dtype: ScalarType.Float32).div(3).to_type(ScalarType.BFloat16);
-        using var b = arange(0, 100, dtype: ScalarType.Float32).div(7).to_type(ScalarType.Float16);
+        using var b = arange(-50, 50, dtype: ScalarType.Float32).div(7).to_type(ScalarType.Float16);
         using var c = ones(10, dtype: ScalarType.Float32);
         var placed = await device.OnTransferThread(() => device.Upload([("a", a), ("b", b), ("c", c)], "test"));
-        // Stored: a 200, b 200, c 40 bytes; widened: a 400, b 400. In order: a's 200 then its 400 (600), a's stored copy freed
-        // (400); b's 200 and 400 (1,000: the peak), b's stored copy freed (800); c moves as it is (840).
+        // Stored: a 200, b 200, c 40 bytes; on the device a and b hold 400 each (float32) and c 40. The simulated device widens
+        // in place, inside the float32 tensor's memory, so nothing beyond those 840 bytes is ever held.
         Assert.Equal(840, device.Memory.Reserved);
-        Assert.Equal(1000, device.Memory.Peak);
+        Assert.Equal(840, device.Memory.Peak);
         Assert.Equal((840L, 440L), (placed.Bytes, placed.TransferredBytes));
         Assert.All(placed.Tensors.Values, t => Assert.Equal(ScalarType.Float32, t.dtype));
+        // torch's own widening is the reference, bit for bit.
         using (var wa = a.to_type(ScalarType.Float32)) Assert.Equal(TensorBytes.Raw(wa), TensorBytes.Raw(placed["a"]));
         using (var wb = b.to_type(ScalarType.Float32)) Assert.Equal(TensorBytes.Raw(wb), TensorBytes.Raw(placed["b"]));
+        Assert.Equal(TensorBytes.Raw(c), TensorBytes.Raw(placed["c"]));
         placed.Dispose();
         Assert.Equal(0, device.Memory.Reserved);
 
         // A device with room for the stored copy but not the widened one refuses, and keeps nothing reserved.
-        using var small = new SimulatedDevice("sim:1", 500, null);
-        var e = await Assert.ThrowsAsync<DeviceOutOfMemoryException>(() => small.OnTransferThread(() => small.Upload([("a", a)], "layer 0")));
-        Assert.Contains("layer 0 (widened to Float32)", e.Message);
+        using var small = new SimulatedDevice("sim:1", 300, null);
+        var e = await Assert.ThrowsAsync<DeviceOutOfMemoryException>(() => small.OnTransferThread(() => small.Upload([("c", c), ("a", a)], "layer 0")));
+        Assert.Contains("layer 0 (widened to Float32) needs 400 bytes", e.Message);
         Assert.Equal(0, small.Memory.Reserved);
     }
 

@@ -44,11 +44,12 @@ public abstract class Accelerator : IDisposable
     /// widened to it on the device.</summary>
     public virtual ScalarType ComputeDType => ScalarType.Float32;
 
-    /// <summary>Copies host tensors onto the device in their stored dtype, reserving their bytes first; a tensor stored as F16
-    /// or BF16 is then widened to <see cref="ComputeDType"/> on the device: the widened copy's bytes are reserved, and the
-    /// stored copy and its bytes are freed, one tensor at a time (so the layer holds at most its widened bytes plus one stored
-    /// tensor while it is placed). The link carries (and the emulated link times) the stored bytes. Call on the transfer
-    /// thread. On failure nothing stays reserved.</summary>
+    /// <summary>Copies host tensors onto the device in their stored dtype, reserving their bytes first, and widens a tensor stored
+    /// as F16 or BF16 to <see cref="ComputeDType"/> on the device. The link carries (and the emulated link times) the stored
+    /// bytes. A device that widens in place (<see cref="WidensInPlace"/>: the stored bytes land inside the widened tensor's
+    /// memory) reserves only the widened bytes; otherwise the stored copy's bytes are reserved, then the widened copy's, and the
+    /// stored copy and its bytes are freed, one tensor at a time (the layer holds at most its widened bytes plus one stored
+    /// tensor while it is placed). Call on the transfer thread. On failure nothing stays reserved.</summary>
     public DeviceTensors Upload(IReadOnlyList<(string Name, Tensor Host)> tensors, string what)
     {
         long moved = tensors.Sum(t => TensorBytes.Of(t.Host));
@@ -59,28 +60,20 @@ public abstract class Accelerator : IDisposable
             long start = Stopwatch.GetTimestamp();
             foreach (var (name, host) in tensors)
             {
-                var stored = Memory.Reserve(TensorBytes.Of(host), what);
-                held.Add(stored);
-                Tensor copy;
-                using (var detached = host.detach()) copy = Place(detached);
-                if (Widens(copy.dtype))
+                using var detached = host.detach();
+                if (!Widens(host.dtype))
                 {
-                    try
-                    {
-                        held.Add(Memory.Reserve(TensorBytes.Of([.. copy.shape], ComputeDType), $"{what} (widened to {ComputeDType})"));
-                        var wide = copy.to_type(ComputeDType);
-                        copy.Dispose();
-                        copy = wide;
-                    }
-                    catch
-                    {
-                        copy.Dispose();
-                        throw;
-                    }
-                    held.Remove(stored);
-                    stored.Dispose();
+                    held.Add(Memory.Reserve(TensorBytes.Of(host), what));
+                    placed[name] = Place(detached);
+                    continue;
                 }
-                placed[name] = copy;
+                var stored = WidensInPlace(host) ? null : Memory.Reserve(TensorBytes.Of(host), what);
+                if (stored is not null) held.Add(stored);
+                held.Add(Memory.Reserve(TensorBytes.Of([.. host.shape], ComputeDType), $"{what} (widened to {ComputeDType})"));
+                placed[name] = PlaceWidened(detached);
+                if (stored is null) continue;
+                held.Remove(stored);
+                stored.Dispose();
             }
             Copied(start, moved);
             return new DeviceTensors(placed, held, moved);
@@ -95,6 +88,17 @@ public abstract class Accelerator : IDisposable
 
     /// <summary>Whether a tensor placed as <paramref name="dtype"/> is widened to <see cref="ComputeDType"/>.</summary>
     bool Widens(ScalarType dtype) => dtype is ScalarType.Float16 or ScalarType.BFloat16 && dtype != ComputeDType;
+
+    /// <summary>True when <see cref="PlaceWidened"/> holds no memory beyond the widened tensor for <paramref name="host"/>.</summary>
+    protected virtual bool WidensInPlace(Tensor host) => false;
+
+    /// <summary>A copy of the F16/BF16 <paramref name="host"/> on this device, widened to <see cref="ComputeDType"/>: by default
+    /// the stored copy is placed, widened and dropped.</summary>
+    protected virtual Tensor PlaceWidened(Tensor host)
+    {
+        using var stored = Place(host);
+        return stored.to_type(ComputeDType);
+    }
 
     /// <summary>A copy of <paramref name="host"/> on this device.</summary>
     protected abstract Tensor Place(Tensor host);

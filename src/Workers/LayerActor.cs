@@ -72,7 +72,8 @@ public sealed class LayerActor : ReceiveActor
             list.Add((spec.Name, t));
         }
         _weights = new HostWeights(_layer.Index, list);
-        Context.GetLogger().Debug("layer {0} ({1}): {2:N0} host bytes", _layer.Index, _layer.Name, list.Sum(w => w.Item2.NumberOfElements * w.Item2.ElementSize));
+        long bytes = list.Sum(w => w.Item2.NumberOfElements * w.Item2.ElementSize);
+        Context.GetLogger().Debug("layer {0} ({1}): {2:N0} host bytes", _layer.Index, _layer.Name, bytes);
     }
 
     /// <summary>Reads the layer from disk for one asker (the read waits for room in the host budget; other asks are served

@@ -136,7 +136,7 @@ public sealed class DtypeSpec() : TestKit(WorkerConfig.Load()), IDisposable
         using var c = ones(10, dtype: ScalarType.Float32);
         var placed = await device.OnTransferThread(() => device.Upload([("a", a), ("b", b), ("c", c)], "test"));
         // Stored: a 200, b 200, c 40 bytes; on the device a and b hold 400 each (float32) and c 40. The simulated device widens
-        // in place, inside the float32 tensor's memory, so nothing beyond those 840 bytes is ever held.
+        // as it copies, so nothing beyond those 840 bytes is ever held.
         Assert.Equal(840, device.Memory.Reserved);
         Assert.Equal(840, device.Memory.Peak);
         Assert.Equal((840L, 440L), (placed.Bytes, placed.TransferredBytes));

@@ -46,8 +46,8 @@ public abstract class Accelerator : IDisposable
 
     /// <summary>Copies host tensors onto the device in their stored dtype, reserving their bytes first, and widens a tensor stored
     /// as F16 or BF16 to <see cref="ComputeDType"/> on the device. The link carries (and the emulated link times) the stored
-    /// bytes. A device that widens in place (<see cref="WidensInPlace"/>: the stored bytes land inside the widened tensor's
-    /// memory) reserves only the widened bytes; otherwise the stored copy's bytes are reserved, then the widened copy's, and the
+    /// bytes. A device that widens in place (<see cref="WidensInPlace"/>: it widens as it copies, holding no stored
+    /// copy) reserves only the widened bytes; otherwise the stored copy's bytes are reserved, then the widened copy's, and the
     /// stored copy and its bytes are freed, one tensor at a time (the layer holds at most its widened bytes plus one stored
     /// tensor while it is placed). Call on the transfer thread. On failure nothing stays reserved.</summary>
     public DeviceTensors Upload(IReadOnlyList<(string Name, Tensor Host)> tensors, string what)

@@ -1,7 +1,5 @@
 using Superpipeline.Contracts;
-using Superpipeline.Engine;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -17,31 +15,18 @@ public sealed class SimulatedDevice(string name, long capacityBytes, double? lin
 
     protected override Tensor Place(Tensor host) => host.clone();
 
-    /// <summary>In place when widening to float32 and the tensor is addressable as one span (under 2 GiB).</summary>
-    protected override bool WidensInPlace(Tensor host) =>
-        ComputeDType == ScalarType.Float32 && TensorBytes.Of([.. host.shape], ScalarType.Float32) <= Array.MaxLength;
+    /// <summary>Always in place: see <see cref="PlaceWidened"/>.</summary>
+    protected override bool WidensInPlace(Tensor host) => true;
 
-    /// <summary>Copies the stored bytes into the first half of the float32 tensor's own memory, then widens them in place from
-    /// the last element back (element i is written to bytes [4i, 4i + 4) after stored element i at [2i, 2i + 2) was read, and
-    /// no unread element lies there), so the device never holds more than the float32 bytes. Widening F16 and BF16 to float32
-    /// is exact: the values are torch's to_type(Float32) bit for bit (a BF16 is the high half of its float32).</summary>
+    /// <summary>Widens while copying: the stored host tensor is copied straight into a new tensor of the compute dtype in the
+    /// device's arena (torch's copy_ converts element by element as it reads), so the link reads the stored bytes and the device
+    /// never holds a stored copy beside the widened one. Widening F16 and BF16 to float32 is exact.</summary>
     protected override Tensor PlaceWidened(Tensor host)
     {
-        if (!WidensInPlace(host)) return base.PlaceWidened(host);
-        var wide = empty(host.shape, ScalarType.Float32);
+        var wide = empty(host.shape, ComputeDType);
         try
         {
-            using var source = host.contiguous();
-            var bytes = wide.bytes;
-            source.bytes.CopyTo(bytes);
-            var halves = MemoryMarshal.Cast<byte, ushort>(bytes);
-            var floats = MemoryMarshal.Cast<byte, uint>(bytes);
-            bool bf16 = host.dtype == ScalarType.BFloat16;
-            for (int i = floats.Length - 1; i >= 0; i--)
-            {
-                ushort h = halves[i];
-                floats[i] = bf16 ? (uint)h << 16 : BitConverter.SingleToUInt32Bits((float)BitConverter.UInt16BitsToHalf(h));
-            }
+            wide.copy_(host);
             return wide;
         }
         catch

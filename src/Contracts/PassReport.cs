@@ -35,6 +35,11 @@ public sealed record PassReport(
     /// <summary>Jobs that shared this pass as micro-batches (each layer loaded once for all of them).</summary>
     public int MicroBatches { get; init; } = 1;
 
+    /// <summary>The most host bytes held by model weights while the pass ran: the LayerActors' stored weights when they are
+    /// resident; with the disk tier (<c>--host-memory</c>), the most that the node's disk reads held at once (within the host
+    /// memory). For a job of several stages, the largest stage's figure. 0 when not measured (a pass run without a node agent).</summary>
+    public long PeakHostWeightBytes { get; init; }
+
     /// <summary>max(sum of transfer times, sum of compute times) of the layers: no schedule of them can be faster.</summary>
     public static double LowerBound(IReadOnlyCollection<LayerTiming> layers) =>
         Math.Max(layers.Sum(l => l.LoadSeconds), layers.Sum(l => l.ComputeSeconds));

@@ -1,6 +1,8 @@
 using System.Collections.Immutable;
 using Akka.Actor;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.Models;
 
 namespace Superpipeline.Workers;
 
@@ -111,5 +113,37 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
             _stoppingBytes += d.LayerBytes[i];
             stop(d.Layers[i]);
         }
+    }
+}
+
+/// <summary>Where a deployment's LayerActors get their weights on a node with a disk-tier host memory
+/// (superpipeline.worker.host-memory): resident in the LayerActors (the stage's stored bytes count against the host weight
+/// budget), or, for a checkpoint stage whose stored weights exceed the host memory, read from disk per pass within the
+/// node's shared <see cref="HostWeightBudget"/> (the deployment itself then holds no bytes).</summary>
+public static class DeploymentWeights
+{
+    /// <summary>Host bytes each LayerActor of the stage holds while deployed: 0 each when it reads from disk.</summary>
+    public static ImmutableArray<long> LayerHostBytes(ModelSpec spec, LayeredModel stage, HostWeightBudget? hostMemory) =>
+        DiskTier.Applies(spec, stage, hostMemory?.Capacity)
+            ? [.. stage.Layers.Select(_ => 0L)]
+            : [.. DiskTier.StoredLayerBytes(spec, stage)];
+
+    /// <summary>The weight source for the stage's LayerActors: the disk tier or <see cref="ModelCatalog.Weights"/>.</summary>
+    public static IWeightSource Source(ModelSpec spec, LayeredModel stage, HostWeightBudget? hostMemory) =>
+        DiskTier.Applies(spec, stage, hostMemory?.Capacity)
+            ? new DiskTierWeights(spec.Checkpoint!, hostMemory!)
+            : ModelCatalog.Weights(spec);
+
+    /// <summary>Measures the host bytes held by weights while a pass of <paramref name="deployment"/> runs: its LayerActors'
+    /// bytes when they are resident, else the most the node's disk-tier reads held at once meanwhile.</summary>
+    public static Func<long> MeasurePass(Deployment deployment, HostWeightBudget? hostMemory)
+    {
+        if (deployment.HostBytes > 0 || hostMemory is null) return () => deployment.HostBytes;
+        var meter = hostMemory.Measure();
+        return () =>
+        {
+            meter.Dispose();
+            return meter.Peak;
+        };
     }
 }

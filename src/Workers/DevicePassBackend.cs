@@ -127,6 +127,7 @@ public sealed class DevicePassBackend : IPassBackend
         if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
         var weights = await asked.ConfigureAwait(false);
         var hostKv = _kvAsked.TryRemove(layer, out var kvAsked) ? await kvAsked.ConfigureAwait(false) : null;
+        using var lease = weights.Lease; // read from disk for this load (the disk tier): dropped once the device copy is made
         await _device.OnTransferThread(() =>
         {
             cancel.ThrowIfCancellationRequested();
@@ -134,7 +135,7 @@ public sealed class DevicePassBackend : IPassBackend
             double start = Now;
             var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
             _resident[layer] = placed;
-            Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+            Interlocked.Add(ref _bytesTransferred, placed.TransferredBytes); // the stored dtype's bytes: what crossed the link
             if (hostKv is not null) BringKv(layer, def, hostKv.Cache);
             _loadStart[layer] = start;
             _loadSeconds[layer] = Now - start;
@@ -236,6 +237,9 @@ public sealed class DevicePassBackend : IPassBackend
 
     public Task FreeAllAsync() => _device.OnComputeThread(() =>
     {
+        foreach (var layer in _weights.Keys.ToArray()) // asked at admission, never loaded: a disk-tier read is dropped when it lands
+            if (_weights.TryRemove(layer, out var asked))
+                asked.ContinueWith(t => { if (t.IsCompletedSuccessfully) t.Result.Lease?.Dispose(); }, TaskScheduler.Default);
         foreach (var layer in _resident.Keys.Concat(_kvBrought.Keys).ToArray()) Evict(layer);
         _stepTensors?.Dispose();
         _stepTensors = null;

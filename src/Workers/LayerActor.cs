@@ -1,15 +1,18 @@
 using Akka.Actor;
 using Akka.Event;
 using Superpipeline.Engine.Generation;
+using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Workers;
 
-/// <summary>Owns one layer's host weights (pinned when the device is CUDA). It reads them from the weight
-/// source when it starts, on the host dispatcher (never Akka's default one), hands references to the device
-/// loader in-process (weights never cross the network) and frees them when it stops.</summary>
+/// <summary>Owns one layer's host weights (pinned when the device is CUDA), in the dtype they are stored in. It reads them
+/// from the weight source when it starts, on the host dispatcher (never Akka's default one), hands references to the device
+/// loader in-process (weights never cross the network) and frees them when it stops.
+/// With the disk tier (<see cref="DiskTierWeights"/>) it keeps nothing: each <see cref="GetWeights"/> reads the layer's
+/// tensors from the checkpoint within the node's host budget, and the answer owns them (<see cref="HostWeights.Lease"/>).</summary>
 public sealed class LayerActor : ReceiveActor
 {
     /// <summary>Ask for the layer's host weights; the answer is <see cref="HostWeights"/>.</summary>
@@ -19,8 +22,13 @@ public sealed class LayerActor : ReceiveActor
         GetWeights() { }
     }
 
-    /// <summary>In-process only: references to host tensors owned by the layer actor, valid while it lives.</summary>
-    public sealed record HostWeights(int Layer, IReadOnlyList<(string Name, Tensor Tensor)> Tensors) : INoSerializationVerificationNeeded;
+    /// <summary>In-process only: references to host tensors, in their stored dtype. Without a <see cref="Lease"/> they are owned
+    /// by the layer actor and valid while it lives; with one (the disk tier) they were read for this answer alone: the receiver
+    /// disposes the lease once it has copied them, which frees them and gives their bytes back to the host budget.</summary>
+    public sealed record HostWeights(int Layer, IReadOnlyList<(string Name, Tensor Tensor)> Tensors) : INoSerializationVerificationNeeded
+    {
+        public IDisposable? Lease { get; init; }
+    }
 
     /// <summary>Ask for the layer's host KV cache in generation session <paramref name="Session"/> (host placement), made
     /// zeroed with <paramref name="Capacity"/> entries for <paramref name="Batch"/> rows on first ask; the answer is
@@ -46,7 +54,13 @@ public sealed class LayerActor : ReceiveActor
         _layer = layer;
         _source = source;
         _pin = pin;
-        Receive<GetWeights>(_ => Sender.Tell(_weights));
+        if (source is DiskTierWeights disk)
+        {
+            Receive<GetWeights>(_ => Read(disk));
+            // An answer whose asker gave up (a cancelled or timed-out ask) lands in dead letters: free it there.
+            Receive<DeadLetter>(d => { if (d.Message is HostWeights { Lease: { } lease } w && w.Layer == _layer.Index) lease.Dispose(); });
+        }
+        else Receive<GetWeights>(_ => Sender.Tell(_weights));
         Receive<GetKv>(OnGetKv);
         Receive<EndKv>(m => OnEndKv(m.Session));
     }
@@ -56,6 +70,11 @@ public sealed class LayerActor : ReceiveActor
 
     protected override void PreStart()
     {
+        if (_source is DiskTierWeights)
+        {
+            Context.System.EventStream.Subscribe(Self, typeof(DeadLetter));
+            return;
+        }
         var loaded = _source.Load(_layer);
         var list = new List<(string, Tensor)>(_layer.Parameters.Count);
         foreach (var spec in _layer.Parameters)
@@ -70,7 +89,17 @@ public sealed class LayerActor : ReceiveActor
             list.Add((spec.Name, t));
         }
         _weights = new HostWeights(_layer.Index, list);
-        Context.GetLogger().Debug("layer {0} ({1}): {2:N0} host bytes", _layer.Index, _layer.Name, _layer.Bytes);
+        long bytes = list.Sum(w => w.Item2.NumberOfElements * w.Item2.ElementSize);
+        Context.GetLogger().Debug("layer {0} ({1}): {2:N0} host bytes", _layer.Index, _layer.Name, bytes);
+    }
+
+    /// <summary>Reads the layer from disk for one asker (the read waits for room in the host budget; other asks are served
+    /// meanwhile). Not pinned: a read is copied once and dropped.</summary>
+    void Read(DiskTierWeights disk)
+    {
+        int index = _layer.Index;
+        disk.ReadAsync(_layer).PipeTo(Sender, success: read => new HostWeights(index,
+            [.. _layer.Parameters.Select(p => (p.Name, read.Tensors[p.Name]))]) { Lease = read });
     }
 
     void OnGetKv(GetKv m)
@@ -95,6 +124,7 @@ public sealed class LayerActor : ReceiveActor
     {
         foreach (var cache in _kv.Values) cache.Dispose();
         _kv.Clear();
+        Context.System.EventStream.Unsubscribe(Self);
         if (_weights is null) return;
         foreach (var (_, t) in _weights.Tensors) t.Dispose();
         _weights = null;

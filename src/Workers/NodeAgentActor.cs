@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using Akka.Actor;
 using Akka.Event;
+using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
@@ -63,6 +64,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly WorkerSettings _worker;
     readonly Dictionary<AttemptId, StageAttempt> _attempts = [];
     readonly DeploymentPool _deployments;
+    readonly HostWeightBudget? _hostMemory; // the disk tier's reads share it (superpipeline.worker.host-memory)
     readonly Queue<StageRef> _waitingForHostMemory = new(); // first come, first deployed
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
@@ -77,6 +79,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         _askTimeout = settings.AskTimeout;
         _worker = settings.Worker;
         _deployments = new DeploymentPool(_worker.HostWeightBudget, StopLayer);
+        _hostMemory = _worker.HostMemory is { } hostMemory ? new HostWeightBudget(hostMemory) : null;
         _sender = ChunkingSender.For(Context.System);
         foreach (var d in devices)
             _loaders[d.Name] = Context.ActorOf(DeviceLoaderActor.Props(d, settings.AskTimeout), $"{d.Name.Replace(':', '-')}-loader");
@@ -209,12 +212,14 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         OffloadPolicy policy;
         LayeredModel stage;
+        ImmutableArray<long> layerBytes;
         try
         {
             var model = ModelCatalog.Create(a.Model);
             stage = model.Slice(a.FirstLayer, a.LayerCount);
             policy = OffloadPolicy.For(a.Policy, a.LayerCount);
             ModelCatalog.CheckWeights(a.Model, stage);
+            layerBytes = DeploymentWeights.LayerHostBytes(a.Model, stage, _hostMemory);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))
         {
@@ -222,13 +227,13 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             return;
         }
         var key = DeploymentKey.Of(a.Model, a.FirstLayer, a.LayerCount);
-        long bytes = stage.Layers.Sum(l => l.Bytes);
+        long bytes = layerBytes.Sum();
         if (_deployments.TooLarge(key, bytes) is { } why)
         {
             Fail(attempt, a, why);
             return;
         }
-        var deployment = _deployments.TryAcquire(key, bytes, Now, first || _waitingForHostMemory.Count == 0, () => Deploy(a.Model, stage));
+        var deployment = _deployments.TryAcquire(key, bytes, Now, first || _waitingForHostMemory.Count == 0, () => Deploy(a.Model, stage, layerBytes));
         if (deployment is null)
         {
             var waiting = new StageState(a.Stage, StagePhase.WaitingForHostMemory, a, activations);
@@ -251,6 +256,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(StageProgress.Of(a, p), self); })
         { Stop = attempt.Stop };
         var loader = _loaders[a.Device];
+        var hostPeak = DeploymentWeights.MeasurePass(deployment, _hostMemory);
         // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.
         ready.ContinueWith(r => r.IsCompletedSuccessfully
                 ? loader.Ask<object>(pass, Timeout.InfiniteTimeSpan)
@@ -259,8 +265,9 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             .ContinueWith(t =>
             {
                 foreach (var i in inputs) i.Dispose();
+                long peakHost = hostPeak();
                 var answer = t.IsCompletedSuccessfully
-                    ? t.Result
+                    ? t.Result is DeviceLoaderActor.PassSucceeded ok ? ok with { Report = ok.Report with { PeakHostWeightBytes = peakHost } } : t.Result
                     : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!);
                 return new StageFinished(attempt, a, answer);
             }, TaskScheduler.Default)
@@ -355,15 +362,18 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     }
 
     /// <summary>LayerActors for a stage's layers on this node, watched so that their bytes count until they have stopped.</summary>
-    (ImmutableArray<IActorRef> Layers, ImmutableArray<long> LayerBytes, Task Ready) Deploy(ModelSpec spec, LayeredModel stage)
+    (ImmutableArray<IActorRef> Layers, ImmutableArray<long> LayerBytes, Task Ready) Deploy(ModelSpec spec, LayeredModel stage,
+        ImmutableArray<long> layerBytes)
     {
         int n = ++_deploymentCounter;
-        var weights = ModelCatalog.Weights(spec);
+        var weights = DeploymentWeights.Source(spec, stage, _hostMemory);
         bool pin = _devices.Values.Any(d => d.WantsPinnedHost);
         var layers = stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, pin), $"m{n}-layer-{l.Index}")).ToImmutableArray();
-        var ready = Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
+        // Disk-tier LayerActors hold nothing to wait for: each pass reads the layers it admits.
+        var ready = weights is DiskTierWeights ? Task.CompletedTask
+            : Task.WhenAll(layers.Select(l => l.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout)));
         if (weights is IDisposable source) ready.ContinueWith(_ => source.Dispose(), TaskScheduler.Default); // a checkpoint's open files
-        return (layers, [.. stage.Layers.Select(l => l.Bytes)], ready);
+        return (layers, layerBytes, ready);
     }
 
     void StopLayer(IActorRef layer)

@@ -81,13 +81,18 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
 /// ended (a late input for it is dropped, not run), and how long an input waits for its stage's assignment.</param>
 public sealed record WorkerSettings(long? HostWeightBudget, TimeSpan DeploymentIdleTimeout, TimeSpan AttemptRetention)
 {
+    /// <summary>The disk tier's host memory for weights (superpipeline.worker.host-memory); null: off. A checkpoint stage whose
+    /// stored weights exceed it keeps them in the safetensors files and reads each layer when a pass needs it, all reads of
+    /// the node sharing this many bytes.</summary>
+    public long? HostMemory { get; init; }
+
     /// <summary>The share of the host's available memory that <c>host-weight-budget = auto</c> gives to weights.</summary>
     public const double AutoBudgetShare = 0.75;
 
     /// <summary>No budget, 5 minutes idle, 1 minute retention: what a settings record built without a config has.</summary>
     public static WorkerSettings Default { get; } = new(null, TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(1));
 
-    public static WorkerSettings Create(Config config) => Create(config, HostMemory.AvailableBytes);
+    public static WorkerSettings Create(Config config) => Create(config, Workers.HostMemory.AvailableBytes);
 
     /// <param name="availableBytes">The host's available memory (null if unknown), read when the budget is <c>auto</c>.</param>
     public static WorkerSettings Create(Config config, Func<long?> availableBytes)
@@ -98,16 +103,19 @@ public sealed record WorkerSettings(long? HostWeightBudget, TimeSpan DeploymentI
         {
             "off" => null,
             "auto" => availableBytes() is { } available ? (long)(available * AutoBudgetShare) : null,
-            _ => ParseBudget(text, $"{section}.host-weight-budget"),
+            _ => ParseSize(text, $"{section}.host-weight-budget", "'auto', 'off' or a positive size in bytes (e.g. 8GiB)"),
         };
         var idle = config.GetTimeSpan($"{section}.deployment-idle-timeout", TimeSpan.FromMinutes(5));
         if (idle <= TimeSpan.Zero) throw new ArgumentException($"{section}.deployment-idle-timeout must be positive");
         var retention = config.GetTimeSpan($"{section}.attempt-retention", TimeSpan.FromMinutes(1));
         if (retention <= TimeSpan.Zero) throw new ArgumentException($"{section}.attempt-retention must be positive");
-        return new WorkerSettings(budget, idle, retention);
+        var hostMemoryText = config.GetString($"{section}.host-memory", "off")?.Trim() ?? "off";
+        long? hostMemory = hostMemoryText.Equals("off", StringComparison.OrdinalIgnoreCase) ? null
+            : ParseSize(hostMemoryText, $"{section}.host-memory", "'off' or a positive size in bytes (e.g. 2GiB)");
+        return new WorkerSettings(budget, idle, retention) { HostMemory = hostMemory };
     }
 
-    static long ParseBudget(string text, string key)
+    static long ParseSize(string text, string key, string expected)
     {
         try
         {
@@ -115,7 +123,7 @@ public sealed record WorkerSettings(long? HostWeightBudget, TimeSpan DeploymentI
         }
         catch (ArgumentException)
         {
-            throw new ArgumentException($"{key} must be 'auto', 'off' or a positive size in bytes (e.g. 8GiB); got '{text}'");
+            throw new ArgumentException($"{key} must be {expected}; got '{text}'");
         }
     }
 }

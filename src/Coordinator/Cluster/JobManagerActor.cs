@@ -267,7 +267,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             stages.Sum(s => s.Item2?.BytesTransferred ?? 0),
             placement.Length == 1 && first is not null ? first.WallSeconds : wall.TotalSeconds,
             stages.Sum(s => s.Item2?.LowerBoundSeconds ?? 0),
-            timings) { Stages = plan, MicroBatches = attempt.Jobs.Length };
+            timings) { Stages = plan, MicroBatches = attempt.Jobs.Length, PeakHostWeightBytes = stages.Max(s => s.Item2?.PeakHostWeightBytes ?? 0) };
     }
 
     /// <summary>The job's one answer: recorded, sent to every client waiting for it; the oldest records beyond the limit are forgotten.</summary>

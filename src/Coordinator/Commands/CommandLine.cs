@@ -95,6 +95,7 @@ public static class Flags
         [FieldException.Device] = "--device",
         [FieldException.Devices] = "--devices",
         [FieldException.DeviceMemory] = "--device-memory",
+        [FieldException.HostMemory] = "--host-memory",
         [FieldException.Blocks] = "--layers",
         [FieldException.Hidden] = "--hidden",
         [FieldException.Heads] = "--heads",

@@ -21,7 +21,11 @@ public static class ExportDemoCommand
         var positions = new Option<int>("--max-positions") { Description = "max_position_embeddings", DefaultValueFactory = _ => 512 };
         var seed = new Option<long>("--seed") { Description = "seed of the weights", DefaultValueFactory = _ => 1 };
         var shards = new Option<int>("--shards") { Description = "safetensors files to split the tensors over", DefaultValueFactory = _ => 1 };
-        var dtype = new Option<string>("--dtype") { Description = "tensor dtype (f32; f16 and bf16 not supported yet)", DefaultValueFactory = _ => "f32" };
+        var dtype = new Option<string>("--dtype")
+        {
+            Description = "stored tensor dtype and config.json's torch_dtype: f32, f16 or bf16 (the seeded values rounded to it)",
+            DefaultValueFactory = _ => "f32",
+        };
         var export = new Command("export-demo", "Write a seeded checkpoint (Hugging Face layout: config.json + safetensors) for run --model DIR.");
         foreach (var o in new Option[] { family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype }) export.Options.Add(o);
         export.SetAction(r =>
@@ -49,15 +53,21 @@ public static class ExportDemoCommand
     public static IReadOnlyList<string> Export(string family, string dtype, string directory, long seed, int shards, Func<LlamaConfig> llama,
         Func<Gpt2Config>? gpt2 = null)
     {
-        if (dtype.Trim().ToLowerInvariant() is "f16" or "bf16")
-            throw new ArgumentException($"--dtype {dtype} is not supported yet: export-demo writes f32 only");
-        if (dtype.Trim().ToLowerInvariant() != "f32") throw new ArgumentException($"--dtype must be f32; got '{dtype}'");
+        string torchDtype = dtype.Trim().ToLowerInvariant() switch
+        {
+            "f32" => "float32",
+            "f16" => "float16",
+            "bf16" => "bfloat16",
+            _ => throw new ArgumentException($"--dtype must be f32, f16 or bf16; got '{dtype}'"),
+        };
         if (shards < 1) throw new ArgumentException($"--shards must be at least 1; got {shards}");
         string name = family.Trim().ToLowerInvariant();
         var (files, vocab, positions) = name switch
         {
-            LlamaConfig.ModelType when llama() is var l => (LlamaExport.Write(directory, l, seed, shards), l.Vocab, l.MaxPositions),
-            Gpt2Config.ModelType when gpt2?.Invoke() is { } g => (Gpt2Export.Write(directory, g, seed, shards), g.Vocab, g.MaxPositions),
+            LlamaConfig.ModelType when llama() with { TorchDtype = torchDtype } is var l =>
+                (LlamaExport.Write(directory, l, seed, shards), l.Vocab, l.MaxPositions),
+            Gpt2Config.ModelType when gpt2?.Invoke() is { } g =>
+                (Gpt2Export.Write(directory, g with { TorchDtype = torchDtype }, seed, shards), g.Vocab, g.MaxPositions),
             _ => throw new ArgumentException($"--family must be llama or gpt2; got '{family}'"),
         };
         // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.

@@ -1,5 +1,6 @@
 using Akka.Configuration;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
@@ -49,11 +50,19 @@ public static class Preflight
         if (ModelCost.From(model).DeviceMemoryRefusal(capacityBytes) is { } refusal) throw refusal;
     }
 
-    /// <summary>Refuses a model whose host weights (every layer, as the LayerActors of one process hold them) exceed
-    /// <paramref name="memory"/>'s limit, with one line that gives both figures.</summary>
-    public static void HostWeightsFit(LayeredModel model, HostWeightLimit memory)
+    /// <summary>The host bytes a run's weights will hold at most: every layer's stored bytes (a checkpoint's dtype, half of float32
+    /// for F16/BF16) when they stay resident, else (the disk tier) the host memory given. Refuses, naming the host memory (a
+    /// <see cref="FieldException"/>), a host memory below the largest layer, or below a seeded model's weights (only a
+    /// checkpoint's weights can stay on disk).</summary>
+    public static long HostWeightBytes(ModelSpec spec, LayeredModel model, long? hostMemory) =>
+        DiskTier.Applies(spec, model, hostMemory, refuseSeeded: true) ? hostMemory!.Value : DiskTier.StoredLayerBytes(spec, model).Sum();
+
+    /// <summary>Refuses a model whose host weights (every layer, as the LayerActors of one process hold them, or
+    /// <paramref name="needBytes"/> when given: see <see cref="HostWeightBytes"/>) exceed <paramref name="memory"/>'s limit, with
+    /// one line that gives both figures.</summary>
+    public static void HostWeightsFit(LayeredModel model, HostWeightLimit memory, long? needBytes = null)
     {
-        long need = model.Bytes;
+        long need = needBytes ?? model.Bytes;
         if (need <= memory.LimitBytes) return;
         string limit = memory.BudgetBytes is { } b && b <= memory.AvailableBytes
             ? $"the host weight budget of {b:N0} bytes ({ByteSize.Format(b)}; {HostWeightLimit.BudgetKey}), with "

@@ -14,7 +14,11 @@ using static Superpipeline.Messages.JobProtocol;
 namespace Superpipeline.Coordinator.Commands;
 
 /// <summary>What <c>superpipeline run</c> was asked to do, already parsed.</summary>
-public sealed record RunOptions(ModelSpec Model, PolicySpec Policy, DeviceSpec Device, string? ReportPath, string? TracePath, string? OutputPath);
+public sealed record RunOptions(ModelSpec Model, PolicySpec Policy, DeviceSpec Device, string? ReportPath, string? TracePath, string? OutputPath)
+{
+    /// <summary>--host-memory: the disk tier's host memory for weights (null: weights stay resident in host memory).</summary>
+    public long? HostMemory { get; init; }
+}
 
 /// <summary><c>superpipeline run</c>: one forward pass in an embedded host (the job manager and a node agent in this process).</summary>
 public static class RunCommand
@@ -41,12 +45,17 @@ public static class RunCommand
         var report = new Option<string>("--report") { Description = "write the JSON report to this file" };
         var trace = new Option<string>("--trace") { Description = "write a Chrome trace (chrome://tracing, Perfetto) of load, compute and evict per layer" };
         var output = new Option<string>("--output") { Description = "write the output tensor to this NumPy .npy file" };
+        var hostMemory = new Option<string>("--host-memory")
+        {
+            Description = "host memory for a checkpoint's weights (bytes or KiB/MiB/GiB): when they exceed it, layers stay in the safetensors " +
+                "files and are read when the window admits them (default: all weights held in host memory)",
+        };
 
         var run = new Command("run", "Run one forward pass of a model on a device smaller than the model " +
             "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
         model.AddTo(run);
         model.AddPromptTo(run);
-        foreach (var o in new Option[] { window, swap, memory, link, device, report, trace, output }) run.Options.Add(o);
+        foreach (var o in new Option[] { window, swap, memory, link, device, report, trace, output, hostMemory }) run.Options.Add(o);
         run.SetAction(async (r, cancel) =>
         {
             var spec = model.Read(r);
@@ -57,7 +66,10 @@ public static class RunCommand
                         Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
                         new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
                             Flags.ParseGbps(r.GetValue(link))),
-                        r.GetValue(report), r.GetValue(trace), r.GetValue(output)),
+                        r.GetValue(report), r.GetValue(trace), r.GetValue(output))
+                    {
+                        HostMemory = r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null,
+                    },
                     AnsiConsole.Console, cancel);
             }
             finally
@@ -77,9 +89,9 @@ public static class RunCommand
         OutputPaths.CheckWritable(o.OutputPath, "--output");
         var model = Preflight.Model(o.Model, o.Policy);
         Preflight.DeviceFits(model, o.Device.CapacityBytes);
-        Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
+        Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")), Preflight.HostWeightBytes(o.Model, model, o.HostMemory));
 
-        await using var host = EmbeddedHost.Start(o.Device);
+        await using var host = EmbeddedHost.Start(o.Device, o.HostMemory is { } h ? $"superpipeline.worker.host-memory = {h}" : null);
         var job = new SubmitJob(JobId.New(), o.Model, o.Policy);
         IJobEvent answer;
         if (console.Profile.Capabilities.Interactive)
@@ -127,6 +139,7 @@ public static class RunCommand
         Row("sum of compute time", $"{r.LayerTimings.Sum(l => l.ComputeSeconds):0.000} s");
         Row("peak device bytes", $"{r.PeakDeviceBytes:N0} ({r.PeakDeviceBytes / (double)r.ModelBytes:P1} of the model)");
         Row("bytes transferred", $"{r.BytesTransferred:N0}");
+        if (o.HostMemory is { } budget) Row("peak host weight bytes (--host-memory)", $"{r.PeakHostWeightBytes:N0} (budget {budget:N0})");
         Row("output", $"{ok.Output.DType}[{string.Join(", ", ok.Output.Shape)}]");
         Row("output sha256", sha);
         console.Write(table);

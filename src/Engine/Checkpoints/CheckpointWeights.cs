@@ -4,11 +4,15 @@ using static TorchSharp.torch;
 namespace Superpipeline.Engine.Checkpoints;
 
 /// <summary>Weights read from a Hugging Face checkpoint directory (model.safetensors, or shards with their index): each layer
-/// reads only its own tensors, named by its <see cref="ParamSpec"/>s (the family's table of checkpoint names). F32 only for
-/// now; a tensor of another dtype, another shape or missing is a one-line error naming the file and the tensor. Thread-safe
-/// (layer actors load in parallel); dispose it after the layers have loaded.</summary>
+/// reads only its own tensors, named by its <see cref="ParamSpec"/>s (the family's table of checkpoint names), in the dtype they
+/// are stored in (F32, F16 or BF16: a layer's host copy holds the stored bytes; the device widens them to float32). A tensor of
+/// another dtype, another shape or missing is a one-line error naming the file and the tensor. Thread-safe (layer actors load
+/// in parallel); dispose it after the layers have loaded.</summary>
 public sealed class CheckpointWeights : IWeightSource, IDisposable
 {
+    /// <summary>The stored dtypes a layer's weights may have: floating point ones the device widens to float32 exactly.</summary>
+    public static IReadOnlyList<string> WeightDtypes { get; } = ["F32", "F16", "BF16"];
+
     readonly SafetensorsCheckpoint checkpoint;
 
     public CheckpointWeights(string directory) => checkpoint = SafetensorsCheckpoint.Open(directory);
@@ -40,7 +44,15 @@ public sealed class CheckpointWeights : IWeightSource, IDisposable
         }
     }
 
-    /// <summary>Checks that every tensor of <paramref name="model"/>'s layers is in the checkpoint, F32, with the layer's shape,
+    /// <summary>The bytes <paramref name="layer"/>'s tensors hold as stored (what its host copy holds and what crosses the link),
+    /// from the headers alone; the same refusals as <see cref="Load"/>.</summary>
+    public long StoredBytes(Layer layer) => layer.Parameters.Sum(spec =>
+    {
+        Check(layer, spec);
+        return checkpoint.Entry(spec.Name).ByteLength;
+    });
+
+    /// <summary>Checks that every tensor of <paramref name="model"/>'s layers is in the checkpoint, F32, F16 or BF16, with the layer's shape,
     /// from the headers alone (no tensor data is read): the refusals <see cref="Load"/> would give, before any work starts.</summary>
     public void Check(LayeredModel model)
     {
@@ -52,8 +64,8 @@ public sealed class CheckpointWeights : IWeightSource, IDisposable
     {
         var entry = checkpoint.Entry(spec.Name);
         string file = Path.Combine(checkpoint.Directory, checkpoint.FileOf(spec.Name));
-        if (entry.Dtype != "F32")
-            throw new SafetensorsException(file, spec.Name, $"is {entry.Dtype}; only F32 checkpoints are read for now");
+        if (!WeightDtypes.Contains(entry.Dtype))
+            throw new SafetensorsException(file, spec.Name, $"is {entry.Dtype}; weights are read as {string.Join(", ", WeightDtypes)}");
         if (!entry.Shape.SequenceEqual(spec.Shape))
             throw new SafetensorsException(file, spec.Name,
                 $"has shape [{string.Join(",", entry.Shape)}], layer {layer.Name} expects [{string.Join(",", spec.Shape)}]");

@@ -40,30 +40,64 @@ public abstract class Accelerator : IDisposable
     /// <summary>Runs <paramref name="work"/> on the device's compute thread.</summary>
     public Task<T> OnComputeThread<T>(Func<T> work) => _compute.Run(work);
 
-    /// <summary>Copies host tensors onto the device, reserving their bytes first. Call on the transfer thread.
-    /// On failure nothing stays reserved.</summary>
+    /// <summary>The dtype layers compute in on this device. Weights stored narrower (F16, BF16) cross the link as stored and are
+    /// widened to it on the device.</summary>
+    public virtual ScalarType ComputeDType => ScalarType.Float32;
+
+    /// <summary>Copies host tensors onto the device in their stored dtype, reserving their bytes first, and widens a tensor stored
+    /// as F16 or BF16 to <see cref="ComputeDType"/> on the device. The link carries (and the emulated link times) the stored
+    /// bytes. A device that widens in place (<see cref="WidensInPlace"/>: it widens as it copies, holding no stored
+    /// copy) reserves only the widened bytes; otherwise the stored copy's bytes are reserved, then the widened copy's, and the
+    /// stored copy and its bytes are freed, one tensor at a time (the layer holds at most its widened bytes plus one stored
+    /// tensor while it is placed). Call on the transfer thread. On failure nothing stays reserved.</summary>
     public DeviceTensors Upload(IReadOnlyList<(string Name, Tensor Host)> tensors, string what)
     {
-        long bytes = tensors.Sum(t => TensorBytes.Of(t.Host));
-        var reservation = Memory.Reserve(bytes, what);
+        long moved = tensors.Sum(t => TensorBytes.Of(t.Host));
         var placed = new Dictionary<string, Tensor>(tensors.Count);
+        var held = new List<DeviceMemory.Reservation>(tensors.Count);
         try
         {
             long start = Stopwatch.GetTimestamp();
             foreach (var (name, host) in tensors)
             {
                 using var detached = host.detach();
-                placed[name] = Place(detached);
+                if (!Widens(host.dtype))
+                {
+                    held.Add(Memory.Reserve(TensorBytes.Of(host), what));
+                    placed[name] = Place(detached);
+                    continue;
+                }
+                var stored = WidensInPlace(host) ? null : Memory.Reserve(TensorBytes.Of(host), what);
+                if (stored is not null) held.Add(stored);
+                held.Add(Memory.Reserve(TensorBytes.Of([.. host.shape], ComputeDType), $"{what} (widened to {ComputeDType})"));
+                placed[name] = PlaceWidened(detached);
+                if (stored is null) continue;
+                held.Remove(stored);
+                stored.Dispose();
             }
-            Copied(start, bytes);
-            return new DeviceTensors(placed, reservation);
+            Copied(start, moved);
+            return new DeviceTensors(placed, held, moved);
         }
         catch
         {
             foreach (var t in placed.Values) t.Dispose();
-            reservation.Dispose();
+            foreach (var r in held) r.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Whether a tensor placed as <paramref name="dtype"/> is widened to <see cref="ComputeDType"/>.</summary>
+    bool Widens(ScalarType dtype) => dtype is ScalarType.Float16 or ScalarType.BFloat16 && dtype != ComputeDType;
+
+    /// <summary>True when <see cref="PlaceWidened"/> holds no memory beyond the widened tensor for <paramref name="host"/>.</summary>
+    protected virtual bool WidensInPlace(Tensor host) => false;
+
+    /// <summary>A copy of the F16/BF16 <paramref name="host"/> on this device, widened to <see cref="ComputeDType"/>: by default
+    /// the stored copy is placed, widened and dropped.</summary>
+    protected virtual Tensor PlaceWidened(Tensor host)
+    {
+        using var stored = Place(host);
+        return stored.to_type(ComputeDType);
     }
 
     /// <summary>A copy of <paramref name="host"/> on this device.</summary>

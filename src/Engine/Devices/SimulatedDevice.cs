@@ -15,6 +15,27 @@ public sealed class SimulatedDevice(string name, long capacityBytes, double? lin
 
     protected override Tensor Place(Tensor host) => host.clone();
 
+    /// <summary>Always in place: see <see cref="PlaceWidened"/>.</summary>
+    protected override bool WidensInPlace(Tensor host) => true;
+
+    /// <summary>Widens while copying: the stored host tensor is copied straight into a new tensor of the compute dtype in the
+    /// device's arena (torch's copy_ converts element by element as it reads), so the link reads the stored bytes and the device
+    /// never holds a stored copy beside the widened one. Widening F16 and BF16 to float32 is exact.</summary>
+    protected override Tensor PlaceWidened(Tensor host)
+    {
+        var wide = empty(host.shape, ComputeDType);
+        try
+        {
+            wide.copy_(host);
+            return wide;
+        }
+        catch
+        {
+            wide.Dispose();
+            throw;
+        }
+    }
+
     protected override void Copied(long start, long bytes)
     {
         if (LinkBytesPerSecond is { } bw) WaitUntil(start, bytes / bw);

@@ -1,7 +1,8 @@
 namespace Superpipeline.Engine.Models;
 
 /// <summary>Writes a seeded GPT-2 checkpoint in Hugging Face's layout: config.json and model.safetensors (or
-/// model-0000i-of-0000N.safetensors plus model.safetensors.index.json), tensors under transformers' names, F32.</summary>
+/// model-0000i-of-0000N.safetensors plus model.safetensors.index.json), tensors under transformers' names, in the config's
+/// torch_dtype (float32 as F32, float16 as F16, bfloat16 as BF16).</summary>
 public static class Gpt2Export
 {
     /// <summary>Writes the checkpoint of <paramref name="config"/> with weights from <paramref name="seed"/> (the values

@@ -51,7 +51,7 @@ public static class ModelCatalog
     public static IWeightSource Weights(ModelSpec spec) =>
         spec.Checkpoint is not null ? new CheckpointWeights(spec.Checkpoint) : new SeededWeights(spec.Seed);
 
-    /// <summary>For a checkpoint model, checks from the headers that every layer's tensor is there, F32, with its shape (a
+    /// <summary>For a checkpoint model, checks from the headers that every layer's tensor is there, F32, F16 or BF16, with its shape (a
     /// <see cref="SafetensorsException"/> naming the file and tensor); nothing for a seeded family.</summary>
     public static void CheckWeights(ModelSpec spec, LayeredModel model)
     {

@@ -11,6 +11,9 @@ public sealed class FieldException(string field, string problem) : ArgumentExcep
     /// <summary>Device fields: a device's kind (sim, cuda, auto), a list of devices to create, a device's memory in bytes.</summary>
     public const string Device = "device", Devices = "devices", DeviceMemory = "device memory";
 
+    /// <summary>The disk tier's host memory for weights read from a checkpoint.</summary>
+    public const string HostMemory = "host memory";
+
     /// <summary>Model shape fields (<c>ModelSpec</c>): transformer blocks, hidden size, attention heads, vocabulary,
     /// sequence length, batch size; and a simulation spec (a file or a built-in MODEL@GPU name).</summary>
     public const string Blocks = "blocks", Hidden = "hidden", Heads = "heads", Vocab = "vocab", Sequence = "sequence length",

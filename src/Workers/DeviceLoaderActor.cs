@@ -12,7 +12,12 @@ namespace Superpipeline.Workers;
 
 /// <summary>The loader/executor of one device. It runs one pass at a time as a <see cref="PassStream"/>;
 /// passes that arrive meanwhile wait in its queue (never dropped) and run in arrival order. Every request
-/// gets exactly one answer: <see cref="PassSucceeded"/> or <see cref="PassFailed"/>.</summary>
+/// gets exactly one answer: <see cref="PassSucceeded"/> or <see cref="PassFailed"/>.
+/// <para>Pinned layers (<see cref="OffloadPolicy.PinnedSet"/>) load once: after a pass that succeeded they stay on the device,
+/// keyed by <see cref="RunPass.ResidentKey"/> and layer index, and a later pass of the same key that pins them reuses them
+/// (nothing crosses the link for them). A pass of another model, or one that does not pin them, releases them before it
+/// starts (least recently used first). A pass that fails releases its pinned layers with the rest, so a failure leaves
+/// nothing of its own reserved.</para></summary>
 public sealed class DeviceLoaderActor : ReceiveActor
 {
     /// <summary>In-process: run <paramref name="Model"/> on <paramref name="Input"/> (a host tensor the caller keeps owning).
@@ -27,6 +32,12 @@ public sealed class DeviceLoaderActor : ReceiveActor
 
         /// <summary>Stops the pass (queued or running) at its next step; it then fails and frees what it holds.</summary>
         public CancellationToken Stop { get; init; }
+
+        /// <summary>The model's identity for keeping its pinned layers (<see cref="OffloadPolicy.PinnedSet"/>) on the device
+        /// after the pass succeeds: a later pass with an equal key and the same layer pinned reuses them instead of loading
+        /// them (the node agent gives its <see cref="DeploymentKey"/>, so jobs of the same model share them). Null: pinned
+        /// layers are freed when the pass ends, like the rest.</summary>
+        public object? ResidentKey { get; init; }
     }
 
     /// <summary>The pass's output as a host tensor, now owned by the receiver, and its report.</summary>
@@ -43,6 +54,7 @@ public sealed class DeviceLoaderActor : ReceiveActor
     readonly TimeSpan _askTimeout;
     readonly IMaterializer _materializer;
     readonly Queue<(RunPass Pass, IActorRef ReplyTo)> _waiting = new();
+    readonly KeptLayers _kept = new();
 
     public DeviceLoaderActor(Accelerator device, TimeSpan askTimeout)
     {
@@ -87,11 +99,73 @@ public sealed class DeviceLoaderActor : ReceiveActor
 
     async Task<object> Run(RunPass pass)
     {
-        var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout);
-        var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray());
+        int n = pass.Model.Layers.Count;
+        var pinned = pass.Policy.PinnedSet(n);
+        // Pinned layers kept from earlier passes of this model are taken out for the pass; everything else kept (another
+        // model's layers, or layers this pass does not pin) is released first, least recently used first.
+        var warm = await _device.OnComputeThread(() => _kept.TakeFor(pass.ResidentKey, pinned)).ConfigureAwait(false);
+        var keep = pass.ResidentKey is { } key ? (Action<int, DeviceTensors>)((layer, weights) => _kept.Keep(key, layer, weights)) : null;
+        var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout, pinned, warm, keep);
+        var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray(), pinned);
         pass.Stop.ThrowIfCancellationRequested();
         await PassStream.RunAsync(backend, gate, _materializer, pass.Stop).ConfigureAwait(false);
         return new PassSucceeded(backend.Outputs!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
+    }
+
+    protected override void PostStop()
+    {
+        _kept.ReleaseAll();
+        base.PostStop();
+    }
+
+    /// <summary>Pinned layers' device weights kept between passes, by model identity and layer index, with when each was last
+    /// used. Only the loader's pass (one at a time) and its stop touch it; the lock covers a stop during a pass.</summary>
+    sealed class KeptLayers
+    {
+        readonly Dictionary<(object Key, int Layer), (DeviceTensors Weights, long Used)> _layers = [];
+        long _clock;
+        bool _stopped;
+
+        /// <summary>Takes out the kept layers a pass of <paramref name="key"/> pinning <paramref name="pinned"/> reuses, after
+        /// releasing every other kept layer, least recently used first.</summary>
+        public IReadOnlyDictionary<int, DeviceTensors> TakeFor(object? key, IReadOnlySet<int> pinned)
+        {
+            lock (_layers)
+            {
+                var taken = new Dictionary<int, DeviceTensors>();
+                foreach (var (k, v) in _layers.OrderBy(e => e.Value.Used).ToList())
+                {
+                    _layers.Remove(k);
+                    if (key is not null && k.Key.Equals(key) && pinned.Contains(k.Layer)) taken[k.Layer] = v.Weights;
+                    else v.Weights.Dispose();
+                }
+                return taken;
+            }
+        }
+
+        public void Keep(object key, int layer, DeviceTensors weights)
+        {
+            lock (_layers)
+            {
+                if (_stopped)
+                {
+                    weights.Dispose();
+                    return;
+                }
+                if (_layers.Remove((key, layer), out var old)) old.Weights.Dispose();
+                _layers[(key, layer)] = (weights, ++_clock);
+            }
+        }
+
+        public void ReleaseAll()
+        {
+            lock (_layers)
+            {
+                _stopped = true;
+                foreach (var v in _layers.Values) v.Weights.Dispose();
+                _layers.Clear();
+            }
+        }
     }
 
     /// <summary>One line for a person: the exception's own message, which names what was wrong.</summary>

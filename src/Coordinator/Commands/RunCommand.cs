@@ -5,6 +5,7 @@ using Superpipeline.Contracts;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
@@ -31,6 +32,7 @@ public static class RunCommand
         {
             Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
         };
+        var resident = Flags.ResidentLayersOption();
         var memory = new Option<string>("--device-memory")
         {
             Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
@@ -44,10 +46,10 @@ public static class RunCommand
         var run = new Command("run", "Run one forward pass of a model on a device smaller than the model " +
             "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
         model.AddTo(run);
-        foreach (var o in new Option[] { window, swap, memory, link, device, report, trace, output }) run.Options.Add(o);
+        foreach (var o in new Option[] { window, swap, resident, memory, link, device, report, trace, output }) run.Options.Add(o);
         run.SetAction((r, cancel) => RunAsync(new RunOptions(
                 model.Read(r),
-                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
+                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)),
                 new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
                     Flags.ParseGbps(r.GetValue(link))),
                 r.GetValue(report), r.GetValue(trace), r.GetValue(output)),
@@ -64,6 +66,8 @@ public static class RunCommand
         OutputPaths.CheckWritable(o.OutputPath, "--output");
         var model = Preflight.Model(o.Model, o.Policy);
         Preflight.DeviceFits(model, o.Device.CapacityBytes);
+        if (!o.Policy.Auto && !o.Policy.ResidentAuto)
+            Planner.CheckPinsFit(ModelCost.From(model), OffloadPolicy.For(o.Policy, model.Layers.Count), o.Device.CapacityBytes);
         Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
 
         await using var host = EmbeddedHost.Start(o.Device);
@@ -97,6 +101,20 @@ public static class RunCommand
         return 0;
     }
 
+    /// <summary>"0-3, 7, 9-10" for sorted layer indices.</summary>
+    static string Ranges(IReadOnlyList<int> sorted)
+    {
+        var parts = new List<string>();
+        for (int i = 0; i < sorted.Count;)
+        {
+            int j = i;
+            while (j + 1 < sorted.Count && sorted[j + 1] == sorted[j] + 1) j++;
+            parts.Add(j == i ? $"{sorted[i]}" : $"{sorted[i]}-{sorted[j]}");
+            i = j + 1;
+        }
+        return string.Join(", ", parts);
+    }
+
     static void Summarize(IAnsiConsole console, RunOptions o, JobSucceeded ok, string sha)
     {
         var r = ok.Report;
@@ -113,6 +131,9 @@ public static class RunCommand
         Row("sum of load time", $"{r.LayerTimings.Sum(l => l.LoadSeconds):0.000} s");
         Row("sum of compute time", $"{r.LayerTimings.Sum(l => l.ComputeSeconds):0.000} s");
         Row("peak device bytes", $"{r.PeakDeviceBytes:N0} ({r.PeakDeviceBytes / (double)r.ModelBytes:P1} of the model)");
+        if (o.Policy.Pins)
+            Row(o.Policy.ResidentAuto ? "pinned layers (planned) / already resident" : "pinned layers / already resident",
+                $"{r.Pinned.Length} ({Ranges(r.Pinned)}) / {r.PinnedReused}");
         Row("bytes transferred", $"{r.BytesTransferred:N0}");
         Row("output", $"{ok.Output.DType}[{string.Join(", ", ok.Output.Shape)}]");
         Row("output sha256", sha);

@@ -134,7 +134,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         try
         {
             model = ModelCatalog.Create(submit.Model);
-            if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy, model.Layers.Count);
+            if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy with { ResidentAuto = false }, model.Layers.Count); // auto pins are planned at dispatch
             ModelCatalog.CheckWeights(submit.Model, model);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))

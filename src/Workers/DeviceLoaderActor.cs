@@ -105,9 +105,19 @@ public sealed class DeviceLoaderActor : ReceiveActor
         // model's layers, or layers this pass does not pin) is released first, least recently used first.
         var warm = await _device.OnComputeThread(() => _kept.TakeFor(pass.ResidentKey, pinned)).ConfigureAwait(false);
         var keep = pass.ResidentKey is { } key ? (Action<int, DeviceTensors>)((layer, weights) => _kept.Keep(key, layer, weights)) : null;
-        var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout, pinned, warm, keep);
+        DevicePassBackend backend;
+        try
+        {
+            backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout, pinned, warm, keep);
+            pass.Stop.ThrowIfCancellationRequested();
+        }
+        catch
+        {
+            // The pass never started, so it frees nothing itself: release the kept layers it took out.
+            await _device.OnComputeThread(() => { foreach (var w in warm.Values) w.Dispose(); return 0; }).ConfigureAwait(false);
+            throw;
+        }
         var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray(), pinned);
-        pass.Stop.ThrowIfCancellationRequested();
         await PassStream.RunAsync(backend, gate, _materializer, pass.Stop).ConfigureAwait(false);
         return new PassSucceeded(backend.Outputs!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
     }

@@ -178,12 +178,15 @@ public sealed class ResidentLayersSpec() : TestKit(WorkerConfig.Load())
         var model = Engine.Models.ModelCatalog.Create(spec);
         long pinnedBytes = PinnedLayers.Spread(2, model.Layers.Count).Sum(i => model.Layers[i].Bytes);
         var policy = new PolicySpec(2, 1, ResidentLayers: 2);
-        var resident = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), spec, PolicySpec.Resident)).WaitAsync(Wait));
         var first = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), spec, policy)).WaitAsync(Wait));
         var second = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), spec, policy)).WaitAsync(Wait));
+        // Window = all pins every layer: the two kept by the jobs before are reused, the other four load.
+        var resident = Assert.IsType<JobSucceeded>(await host.RunAsync(new SubmitJob(JobId.New(), spec, PolicySpec.Resident)).WaitAsync(Wait));
+        Assert.Equal(2, resident.Report.PinnedReused);
+        Assert.Equal(first.Report.BytesTransferred - pinnedBytes, resident.Report.BytesTransferred);
         Assert.Equal(resident.Output, first.Output);
         Assert.Equal(resident.Output, second.Output);
-        Assert.Equal([2, 5], second.Report.Pinned); // 2 of 6: ⌊(i+1)/3⌋ > ⌊i/3⌋ at i = 2 and 5
+        Assert.Equal(new[] { 2, 5 }, second.Report.Pinned); // 2 of 6: ⌊(i+1)/3⌋ > ⌊i/3⌋ at i = 2 and 5
         Assert.Equal(0, first.Report.PinnedReused);
         Assert.Equal(2, second.Report.PinnedReused);
         Assert.Equal(first.Report.BytesTransferred - pinnedBytes, second.Report.BytesTransferred);

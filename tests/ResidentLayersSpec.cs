@@ -192,5 +192,34 @@ public sealed class ResidentLayersSpec() : TestKit(WorkerConfig.Load())
         Assert.Equal(first.Report.BytesTransferred - pinnedBytes, second.Report.BytesTransferred);
     }
 
+    /// <summary>Two devices, two stages: each stage pins its share (one layer: its last) and keeps it for the next job; the job's
+    /// report names the pinned layers by their index in the whole model.</summary>
+    [Fact]
+    public void Each_stage_pins_its_own_layers_and_the_job_report_names_them_in_the_model()
+    {
+        using var d0 = new Engine.Devices.SimulatedDevice("sim:0", 64L << 20);
+        using var d1 = new Engine.Devices.SimulatedDevice("sim:1", 64L << 20);
+        var settings = SuperpipelineSettings.Create(Sys.Settings.Config);
+        var manager = Sys.ActorOf(JobManagerActor.Props(settings));
+        Sys.ActorOf(NodeAgentActor.Props("local", [d0, d1], manager, settings));
+        var spec = EngineHarness.Tiny(blocks: 4);
+        IJobEvent Answer(PolicySpec policy)
+        {
+            manager.Tell(new SubmitJob(JobId.New(), spec, policy), TestActor);
+            return FishForMessage<IJobEvent>(e => e is JobSucceeded or JobFailed or JobRefused, Wait);
+        }
+        var first = Assert.IsType<JobSucceeded>(Answer(new PolicySpec(1, 1, ResidentLayers: 1)));
+        var second = Assert.IsType<JobSucceeded>(Answer(new PolicySpec(1, 1, ResidentLayers: 1)));
+        var plain = Assert.IsType<JobSucceeded>(Answer(new PolicySpec(1, 1)));
+        Assert.Equal(2, second.Report.Stages.Length);
+        var lasts = second.Report.Stages.Select(st => st.FirstLayer + st.LayerCount - 1).ToArray();
+        Assert.Equal(lasts, second.Report.Pinned);
+        Assert.Equal(0, first.Report.PinnedReused);
+        Assert.Equal(2, second.Report.PinnedReused);
+        Assert.Equal(plain.Output, second.Output);
+        Assert.Equal(first.Output, second.Output);
+        Assert.Equal(0, d0.Memory.Reserved + d1.Memory.Reserved); // the job without pins released them
+    }
+
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
 }

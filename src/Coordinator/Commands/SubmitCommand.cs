@@ -39,7 +39,8 @@ public static class SubmitCommand
         var verbose = new Option<bool>("--verbose") { Description = "show Akka's own log lines (remoting, cluster client) on stderr" };
         var submit = new Command("submit", "Submit a job to a running cluster through ClusterClient, show progress, and write the same files as run.");
         model.AddTo(submit);
-        foreach (var o in new Option[] { contact, window, swap, resident, id, report, trace, output, hostname, config, connect, verbose }) submit.Options.Add(o);
+        foreach (var o in new Option[] { contact, window, swap, resident, id, report, trace, output, hostname, config, connect, verbose })
+            submit.Options.Add(o);
         submit.SetAction(async (r, cancel) =>
         {
             OutputPaths.CheckWritable(r.GetValue(report), "--report");

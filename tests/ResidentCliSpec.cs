@@ -44,6 +44,11 @@ public sealed class ResidentCliSpec : IDisposable
         Assert.True(code == 0, stderr);
         Assert.Equal(Sha(resident), Sha(pinned));
         Assert.Contains("2 (2, 4) / 0", stdout); // 2 of 5 layers: 2 and 4; a single pass reuses none
+        using var json = JsonDocument.Parse(File.ReadAllText(pinned));
+        Assert.Equal([2, 4], json.RootElement.GetProperty("pinnedLayers").EnumerateArray().Select(e => e.GetInt32()));
+        Assert.Equal(0, json.RootElement.GetProperty("pinnedReused").GetInt32());
+        // Pinned layers are never evicted: the report's per-layer eviction time says they were still resident at the end.
+        Assert.All(new[] { 2, 4 }, i => Assert.Equal(-1, json.RootElement.GetProperty("perLayer")[i].GetProperty("evictAt").GetDouble()));
     }
 
     [Theory]

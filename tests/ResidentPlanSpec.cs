@@ -101,5 +101,14 @@ public sealed class ResidentPlanSpec
         Assert.Contains(fitting, p => p == chosen);
         Assert.All(fitting, p => Assert.True(Seconds(chosen) <= Seconds(p), $"{p} is faster than the chosen {chosen}"));
         Assert.True(chosen.ResidentLayers > 0);
+
+        // A pinned count given beside --window auto: only the window is chosen, the fastest that fits beside them.
+        var beside = Planner.ChooseWithPins(model, device, budget, pins: 1);
+        Assert.Equal(1, beside.ResidentLayers);
+        Assert.All(fitting.Where(p => p.ResidentLayers == 1), p => Assert.True(Seconds(beside) <= Seconds(p), $"{p} is faster than {beside}"));
+        // Five pinned layers fill the budget: no streamed layer fits beside them (5 × 2 MB + 2 MB + 4 kB by hand).
+        var e = Assert.Throws<FieldException>(() => Planner.ChooseWithPins(model, device, budget, pins: 5));
+        Assert.Equal("resident layers 5 leave no room for a window in 10,004,000 bytes: they need 12,004,000 with one streamed layer and the "
+            + "activations", e.Message);
     }
 }

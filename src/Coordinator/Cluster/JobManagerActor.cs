@@ -208,7 +208,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
         if (!asked.Auto) return Planner.PinFor(cost, asked, smallest.CapacityBytes);
-        if (asked.ResidentAuto && smallest.Cost is { } d) return Planner.ChooseWithPins(cost, d.Validated(), smallest.CapacityBytes);
+        if ((asked.ResidentAuto || asked.ResidentLayers > 0) && smallest.Cost is { } d)
+            return Planner.ChooseWithPins(cost, d.Validated(), smallest.CapacityBytes, asked.ResidentAuto ? null : asked.ResidentLayers);
         var device = smallest.Cost ?? throw new ArgumentException(
             $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
         return Planner.Choose(cost, device.Validated(), smallest.CapacityBytes).Policy;

@@ -120,19 +120,21 @@ public static class Planner
 
     /// <summary><c>--window auto --resident-layers auto</c>: for every pinned count, and every k', the largest window whose
     /// pass fits <paramref name="budgetBytes"/> (by <see cref="PinnedNeedBytes"/>) is simulated with the pinned layers
-    /// already resident (a decode pass); the fastest wins, more pins on a tie (fewer bytes cross the link).</summary>
-    public static PolicySpec ChooseWithPins(ModelCost model, DeviceCost device, long budgetBytes)
+    /// already resident (a decode pass); the fastest wins, more pins on a tie (fewer bytes cross the link). With
+    /// <paramref name="pins"/> given (<c>--window auto --resident-layers N</c>) only the window is chosen, beside that many.</summary>
+    public static PolicySpec ChooseWithPins(ModelCost model, DeviceCost device, long budgetBytes, int? pins = null)
     {
         int n = model.Layers.Length;
         long[] bytes = [.. model.Layers.Select(l => l.Bytes)];
         (double Seconds, PolicySpec Policy)? best = null;
-        for (int pins = n; pins >= 0; pins--)
+        if (pins is < 0 || pins > n) throw new FieldException(FieldException.ResidentLayers, $"must be from 0 to {n} (the model's layers); got {pins}");
+        for (int p = pins ?? n; p >= (pins ?? 0); p--)
         {
-            var pinned = PinnedLayers.Spread(pins, n);
-            int streamed = n - pins;
+            var pinned = PinnedLayers.Spread(p, n);
+            int streamed = n - p;
             for (int s = 1; s <= Math.Max(1, streamed); s++)
             {
-                var spec = Enumerable.Range(s, Math.Max(1, streamed) - s + 1).Reverse().Select(k => new PolicySpec(k, s, ResidentLayers: pins))
+                var spec = Enumerable.Range(s, Math.Max(1, streamed) - s + 1).Reverse().Select(k => new PolicySpec(k, s, ResidentLayers: p))
                     .FirstOrDefault(p => PinnedNeedBytes(model, OffloadPolicy.For(p, n)) <= budgetBytes);
                 if (spec is null) continue;
                 var policy = OffloadPolicy.For(spec, n);
@@ -140,8 +142,10 @@ public static class Planner
                 if (best is null || seconds < best.Value.Seconds) best = (seconds, spec);
             }
         }
-        return best?.Policy ?? throw new ArgumentException(
-            $"no window fits {ByteSize.Format(budgetBytes)}: even one layer at a time with its activations needs more");
+        return best?.Policy ?? (pins > 0
+            ? throw new FieldException(FieldException.ResidentLayers, $"{pins} leave no room for a window in {budgetBytes:N0} bytes: they need "
+                + $"{PinnedNeedBytes(model, OffloadPolicy.WindowOf(1, 1) with { Pinned = pins.Value }):N0} with one streamed layer and the activations")
+            : throw new ArgumentException($"no window fits {ByteSize.Format(budgetBytes)}: even one layer at a time with its activations needs more"));
     }
 
     /// <summary>Every (k, k') that fits the budget: the exhaustive grid the planner is checked against.</summary>

@@ -25,14 +25,25 @@ public sealed record ModelSpec(
     public static ModelSpec Demo { get; } = new("demo", Blocks: 24, Hidden: 512, Heads: 8, Vocab: 4096, Sequence: 128, Batch: 4, Seed: 1);
 }
 
-/// <summary>The two knobs. <see cref="Window"/> null means "all" (everything resident, the baseline);
-/// <see cref="Swap"/> null means its default (1, or all layers when the window is all). <see cref="Auto"/> asks
-/// the planner to choose both for the device's memory from the cost model.</summary>
-public sealed record PolicySpec(int? Window, int? Swap, bool Auto = false)
+/// <summary>The two knobs, and the layers pinned beside them. <see cref="Window"/> null means "all" (everything resident, the
+/// baseline, and every layer pinned); <see cref="Swap"/> null means its default (1, or all layers when the window is all).
+/// <see cref="Auto"/> asks the planner to choose both for the device's memory from the cost model.</summary>
+/// <param name="ResidentLayers">Layers pinned on the device for the whole job (of a stage, when the job runs as several):
+/// loaded once, never evicted, outside the window's k slots; spread over the layers as the simulator's resident count is.
+/// 0: none.</param>
+/// <param name="ResidentAuto">The planner chooses <paramref name="ResidentLayers"/>: the most that fit the device's memory
+/// beside the window.</param>
+public sealed record PolicySpec(int? Window, int? Swap, bool Auto = false, int ResidentLayers = 0, bool ResidentAuto = false)
 {
     public static PolicySpec Resident { get; } = new(null, null);
     public static PolicySpec Planned { get; } = new(null, null, Auto: true);
-    public override string ToString() => Auto ? "window=auto" : $"window={(Window?.ToString() ?? "all")}, swap={(Swap?.ToString() ?? "default")}";
+
+    /// <summary>True when pins are asked for (a count or auto).</summary>
+    public bool Pins => ResidentLayers > 0 || ResidentAuto;
+
+    public override string ToString() =>
+        (Auto ? "window=auto" : $"window={(Window?.ToString() ?? "all")}, swap={(Swap?.ToString() ?? "default")}")
+        + (ResidentAuto ? ", resident=auto" : ResidentLayers > 0 ? $", resident={ResidentLayers}" : "");
 }
 
 /// <summary>A device to create (owned by the engine's DeviceFactory, which makes it; parsed from text by DeviceSpecs):

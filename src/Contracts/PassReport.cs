@@ -40,6 +40,13 @@ public sealed record PassReport(
     /// memory). For a job of several stages, the largest stage's figure. 0 when not measured (a pass run without a node agent).</summary>
     public long PeakHostWeightBytes { get; init; }
 
+    /// <summary>Layers pinned on the device for the whole job (never evicted), by index in the pass's model.</summary>
+    public ImmutableArray<int> Pinned { get; init; } = [];
+
+    /// <summary>Pinned layers that were already on the device when the pass began (kept from an earlier pass of the same
+    /// model): nothing crossed the link for them, and <see cref="BytesTransferred"/> leaves them out.</summary>
+    public int PinnedReused { get; init; }
+
     /// <summary>max(sum of transfer times, sum of compute times) of the layers: no schedule of them can be faster.</summary>
     public static double LowerBound(IReadOnlyCollection<LayerTiming> layers) =>
         Math.Max(layers.Sum(l => l.LoadSeconds), layers.Sum(l => l.ComputeSeconds));

@@ -13,7 +13,12 @@ namespace Superpipeline.Workers;
 
 /// <summary>The loader/executor of one device. It runs one pass at a time as a <see cref="PassStream"/>;
 /// passes that arrive meanwhile wait in its queue (never dropped) and run in arrival order. Every request
-/// gets exactly one answer: <see cref="PassSucceeded"/> or <see cref="PassFailed"/>.</summary>
+/// gets exactly one answer: <see cref="PassSucceeded"/> or <see cref="PassFailed"/>.
+/// <para>Pinned layers (<see cref="OffloadPolicy.PinnedSet"/>) load once: after a pass that succeeded they stay on the device,
+/// keyed by <see cref="RunPass.ResidentKey"/> and layer index, and a later pass of the same key that pins them reuses them
+/// (nothing crosses the link for them). A pass of another model, or one that does not pin them, releases them before it
+/// starts (least recently used first). A pass that fails releases its pinned layers with the rest, so a failure leaves
+/// nothing of its own reserved.</para></summary>
 public sealed class DeviceLoaderActor : ReceiveActor
 {
     /// <summary>In-process: run <paramref name="Model"/> on <paramref name="Input"/> (a host tensor the caller keeps owning).
@@ -33,6 +38,12 @@ public sealed class DeviceLoaderActor : ReceiveActor
         /// [B, 1] decode) and every layer runs its step forward over the session's KV caches. When such a pass fails, the
         /// session's device caches are freed with it.</summary>
         public GenerationStep? Step { get; init; }
+
+        /// <summary>The model's identity for keeping its pinned layers (<see cref="OffloadPolicy.PinnedSet"/>) on the device
+        /// after the pass succeeds: a later pass with an equal key and the same layer pinned reuses them instead of loading
+        /// them (the node agent gives its <see cref="DeploymentKey"/>, so jobs of the same model share them). Null: pinned
+        /// layers are freed when the pass ends, like the rest.</summary>
+        public object? ResidentKey { get; init; }
     }
 
     /// <summary>Frees generation session <paramref name="Session"/>'s KV caches on this device (nothing when it holds none);
@@ -56,6 +67,7 @@ public sealed class DeviceLoaderActor : ReceiveActor
     readonly IMaterializer _materializer;
     readonly Queue<(RunPass Pass, IActorRef ReplyTo)> _waiting = new();
     readonly ConcurrentDictionary<Guid, DeviceKvSession> _sessions = new(); // device KV caches of live generation sessions
+    readonly KeptLayers _kept = new();
 
     public DeviceLoaderActor(Accelerator device, TimeSpan askTimeout)
     {
@@ -68,6 +80,7 @@ public sealed class DeviceLoaderActor : ReceiveActor
     protected override void PostStop()
     {
         foreach (var id in _sessions.Keys.ToArray()) FreeSession(id).Wait(_askTimeout);
+        _kept.ReleaseAll();
     }
 
     public static Props Props(Accelerator device, TimeSpan askTimeout) =>
@@ -107,13 +120,33 @@ public sealed class DeviceLoaderActor : ReceiveActor
 
     async Task<object> Run(RunPass pass)
     {
-        // A session's first pass records the bytes held before it, so its passes' peaks include the caches it keeps.
-        var session = pass.Step is { } step ? _sessions.GetOrAdd(step.Session, id => new DeviceKvSession(id, _device.Memory.Reserved)) : null;
+        int n = pass.Model.Layers.Count;
+        var pinned = pass.Policy.PinnedSet(n);
+        // Pinned layers kept from earlier passes of this model are taken out for the pass; everything else kept (another
+        // model's layers, or layers this pass does not pin) is released first, least recently used first.
+        var warm = await _device.OnComputeThread(() => _kept.TakeFor(pass.ResidentKey, pinned)).ConfigureAwait(false);
+        var keep = pass.ResidentKey is { } key ? (Action<int, DeviceTensors>)((layer, weights) => _kept.Keep(key, layer, weights)) : null;
+        // A session's first pass records the bytes held before it (kept layers it reuses aside), so its passes' peaks include
+        // the caches it keeps.
+        long before = _device.Memory.Reserved - warm.Values.Sum(w => w.Bytes);
+        var session = pass.Step is { } step ? _sessions.GetOrAdd(step.Session, id => new DeviceKvSession(id, before)) : null;
+        DevicePassBackend backend;
         try
         {
-            var backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout, pass.Step, session);
-            var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray());
+            backend = new DevicePassBackend(_device, pass.Model, pass.LayerActors, pass.Inputs, pass.Progress, _askTimeout, pass.Step, session,
+                pinned, warm, keep);
             pass.Stop.ThrowIfCancellationRequested();
+        }
+        catch
+        {
+            // The pass never started, so it frees nothing itself: release the kept layers it took out, and its session.
+            await _device.OnComputeThread(() => { foreach (var w in warm.Values) w.Dispose(); return 0; }).ConfigureAwait(false);
+            if (session is not null) await FreeSession(session.Id).ConfigureAwait(false);
+            throw;
+        }
+        try
+        {
+            var gate = new WindowGate(pass.Policy, pass.Model.Layers.Select(l => l.Bytes).ToArray(), pinned);
             await PassStream.RunAsync(backend, gate, _materializer, pass.Stop).ConfigureAwait(false);
             return new PassSucceeded(backend.Outputs!, backend.Report(pass.Policy.Window, pass.Policy.Swap));
         }
@@ -134,6 +167,56 @@ public sealed class DeviceLoaderActor : ReceiveActor
     Task FreeSession(Guid id) => _sessions.TryRemove(id, out var session)
         ? _device.OnComputeThread(() => { session.Dispose(); return 0; })
         : Task.CompletedTask;
+
+    /// <summary>Pinned layers' device weights kept between passes, by model identity and layer index, with when each was last
+    /// used. Only the loader's pass (one at a time) and its stop touch it; the lock covers a stop during a pass.</summary>
+    sealed class KeptLayers
+    {
+        readonly Dictionary<(object Key, int Layer), (DeviceTensors Weights, long Used)> _layers = [];
+        long _clock;
+        bool _stopped;
+
+        /// <summary>Takes out the kept layers a pass of <paramref name="key"/> pinning <paramref name="pinned"/> reuses, after
+        /// releasing every other kept layer, least recently used first.</summary>
+        public IReadOnlyDictionary<int, DeviceTensors> TakeFor(object? key, IReadOnlySet<int> pinned)
+        {
+            lock (_layers)
+            {
+                var taken = new Dictionary<int, DeviceTensors>();
+                foreach (var (k, v) in _layers.OrderBy(e => e.Value.Used).ToList())
+                {
+                    _layers.Remove(k);
+                    if (key is not null && k.Key.Equals(key) && pinned.Contains(k.Layer)) taken[k.Layer] = v.Weights;
+                    else v.Weights.Dispose();
+                }
+                return taken;
+            }
+        }
+
+        public void Keep(object key, int layer, DeviceTensors weights)
+        {
+            lock (_layers)
+            {
+                if (_stopped)
+                {
+                    weights.Dispose();
+                    return;
+                }
+                if (_layers.Remove((key, layer), out var old)) old.Weights.Dispose();
+                _layers[(key, layer)] = (weights, ++_clock);
+            }
+        }
+
+        public void ReleaseAll()
+        {
+            lock (_layers)
+            {
+                _stopped = true;
+                foreach (var v in _layers.Values) v.Weights.Dispose();
+                _layers.Clear();
+            }
+        }
+    }
 
     /// <summary>One line for a person: the exception's own message, which names what was wrong.</summary>
     static string Describe(Exception e) => e switch

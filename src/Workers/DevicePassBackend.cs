@@ -40,9 +40,26 @@ public sealed class DevicePassBackend : IPassBackend
     long _bytesTransferred;
     Activation?[] _microBatches; // one per micro-batch; touched on the device threads only, one step at a time
 
+    readonly IReadOnlySet<int> _pinned;
+    readonly IReadOnlyDictionary<int, DeviceTensors> _warm;
+    readonly Action<int, DeviceTensors>? _keep;
+
+    /// <param name="pinned">Layers never evicted during the pass (<see cref="Superpipeline.Engine.Policy.LoadGate.Pinned"/>).</param>
+    /// <param name="warm">Pinned layers' weights already on the device (kept from an earlier pass): the pass owns them from
+    /// now on, uses them instead of loading, and counts their bytes in its peak.</param>
+    /// <param name="keep">Where the pinned layers' weights go when the pass succeeds; null, or a failed pass: they are freed.</param>
     public DevicePassBackend(Accelerator device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, IReadOnlyList<Tensor> inputs,
-        Action<LayerProgress>? progress, TimeSpan askTimeout, GenerationStep? step = null, DeviceKvSession? kvSession = null)
+        Action<LayerProgress>? progress, TimeSpan askTimeout, GenerationStep? step = null, DeviceKvSession? kvSession = null,
+        IReadOnlySet<int>? pinned = null, IReadOnlyDictionary<int, DeviceTensors>? warm = null, Action<int, DeviceTensors>? keep = null)
     {
+        _pinned = pinned ?? new HashSet<int>();
+        _warm = warm ?? new Dictionary<int, DeviceTensors>();
+        _keep = keep;
+        foreach (var (layer, placed) in _warm)
+        {
+            if (!_pinned.Contains(layer)) throw new ArgumentException($"layer {layer} is kept on the device but not pinned", nameof(warm));
+            _resident[layer] = placed; // owned by the pass from here: freed or kept by FreeAllAsync, whatever happens next
+        }
         if (layerActors.Count != model.Layers.Count)
             throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
         if (inputs.Count == 0) throw new ArgumentException("a pass needs at least one input");
@@ -72,7 +89,9 @@ public sealed class DevicePassBackend : IPassBackend
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
         _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
-        _reservedBefore = kvSession?.BaselineBytes ?? device.Memory.Reserved;
+        // A generation session's passes measure from before the session (its device caches count); kept pinned layers count in
+        // this pass's peak.
+        _reservedBefore = kvSession?.BaselineBytes ?? device.Memory.Reserved - _warm.Values.Sum(w => w.Bytes);
         device.Memory.ResetPeak();
     }
 
@@ -116,7 +135,8 @@ public sealed class DevicePassBackend : IPassBackend
 
     public void Admitted(int layer, CancellationToken cancel)
     {
-        _weights[layer] = _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel);
+        if (!_warm.ContainsKey(layer)) // a kept pinned layer is already on the device: no weights to ask for
+            _weights[layer] = _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel);
         if (_step is { Placement: KvPlacement.Host } step && _model.Layers[layer].Kv is not null)
             _kvAsked[layer] = _layerActors[layer].Ask<LayerActor.HostKv>(
                 new LayerActor.GetKv(step.Session, step.Context.Batch, step.Capacity), _askTimeout, cancel);
@@ -124,6 +144,20 @@ public sealed class DevicePassBackend : IPassBackend
 
     public async Task LoadAsync(int layer, CancellationToken cancel)
     {
+        if (_warm.ContainsKey(layer))
+        {
+            var warmKv = _kvAsked.TryRemove(layer, out var warmAsked) ? await warmAsked.ConfigureAwait(false) : null;
+            await _device.OnTransferThread(() =>
+            {
+                cancel.ThrowIfCancellationRequested();
+                _loadStart[layer] = Now;
+                if (warmKv is not null) BringKv(layer, _model.Layers[layer], warmKv.Cache); // its weights stayed, its host KV comes in
+                _loadSeconds[layer] = Now - _loadStart[layer];
+                _progress(new LayerProgress(layer, Layers, LayerPhase.Loaded, Now));
+                return 0;
+            }).ConfigureAwait(false);
+            return;
+        }
         if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
         var weights = await asked.ConfigureAwait(false);
         var hostKv = _kvAsked.TryRemove(layer, out var kvAsked) ? await kvAsked.ConfigureAwait(false) : null;
@@ -240,6 +274,10 @@ public sealed class DevicePassBackend : IPassBackend
         foreach (var layer in _weights.Keys.ToArray()) // asked at admission, never loaded: a disk-tier read is dropped when it lands
             if (_weights.TryRemove(layer, out var asked))
                 asked.ContinueWith(t => { if (t.IsCompletedSuccessfully) t.Result.Lease?.Dispose(); }, TaskScheduler.Default);
+        // A pass that succeeded hands its pinned layers to the keeper (when it has one); every other byte is freed.
+        bool succeeded = Outputs is not null;
+        foreach (var layer in _resident.Keys.ToArray())
+            if (succeeded && _keep is not null && _pinned.Contains(layer) && _resident.TryRemove(layer, out var placed)) _keep(layer, placed);
         foreach (var layer in _resident.Keys.Concat(_kvBrought.Keys).ToArray()) Evict(layer);
         _stepTensors?.Dispose();
         _stepTensors = null;
@@ -260,7 +298,11 @@ public sealed class DevicePassBackend : IPassBackend
             _loadStart[i], _loadSeconds[i], _computeStart[i], _computeSeconds[i], _evictAt[i])).ToImmutableArray();
         return new PassReport(_device.Name, n, window, swap, _model.Bytes, _device.Memory.Capacity,
             _device.Memory.Peak - _reservedBefore, Interlocked.Read(ref _bytesTransferred), _clock.Elapsed.TotalSeconds,
-            PassReport.LowerBound(timings), timings);
+            PassReport.LowerBound(timings), timings)
+        {
+            Pinned = [.. _pinned.Order()],
+            PinnedReused = _warm.Count,
+        };
     }
 
     /// <summary>The live activation on the device with the bytes it holds.</summary>

@@ -49,7 +49,12 @@ public static class GenerationSession
             outcome = await GenerationLoop.RunAsync(padded, request, async (ids, context, token) =>
             {
                 var step = new GenerationStep(session, context, options.Placement, capacity);
-                var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(model, layerActors, ids, options.Policy) { Step = step, Stop = token },
+                var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(model, layerActors, ids, options.Policy)
+                    {
+                        // Pinned layers stay on the device from one token's pass to the next: the layer actors that own the
+                        // weights are the model's identity.
+                        Step = step, Stop = token, ResidentKey = layerActors[0],
+                    },
                     passTimeout, token).ConfigureAwait(false);
                 switch (answer)
                 {

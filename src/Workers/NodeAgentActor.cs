@@ -252,9 +252,10 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         var inputs = activations.Select(TensorPayloads.ToTensor).ToArray();
         var coordinator = a.Coordinator;
         var self = Self;
+        // Keyed by the deployment (model and layer range), so the stage's pinned layers stay on the device for the next job of it.
         var pass = new DeviceLoaderActor.RunPass(stage, layers, inputs, policy,
             p => { if (p.Phase == LayerPhase.Computed) coordinator.Tell(StageProgress.Of(a, p), self); })
-        { Stop = attempt.Stop };
+        { Stop = attempt.Stop, ResidentKey = deployment.Key };
         var loader = _loaders[a.Device];
         var hostPeak = DeploymentWeights.MeasurePass(deployment, _hostMemory);
         // The pass starts once every LayerActor holds its host weights: its wall time measures the pass, not reading the checkpoint.

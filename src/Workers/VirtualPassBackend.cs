@@ -28,8 +28,13 @@ public sealed class VirtualPassBackend : IPassBackend
     long _transferred;
     double _end;
 
-    public VirtualPassBackend(ModelCost model, DeviceCost device, IScheduler scheduler)
+    readonly IReadOnlySet<int> _warm;
+
+    /// <param name="warm">Pinned layers already on the device when the pass begins (a later pass of the job): their bytes
+    /// count from the start and their load moves nothing, as in <see cref="PassSimulator"/>.</param>
+    public VirtualPassBackend(ModelCost model, DeviceCost device, IScheduler scheduler, IReadOnlySet<int>? warm = null)
     {
+        _warm = warm ?? new HashSet<int>();
         _model = model;
         _device = device.Validated();
         _scheduler = scheduler;
@@ -67,6 +72,7 @@ public sealed class VirtualPassBackend : IPassBackend
     public Task BeginAsync(CancellationToken cancel)
     {
         _origin = _scheduler.Now;
+        foreach (var w in _warm) _memory.Reserve(0, _model.Layers[w].Bytes, $"pinned layer {w} ({_model.Layers[w].Name}) weights");
         _memory.Reserve(0, _model.InputBytes, "the pass input");
         _transferred += _model.InputBytes;
         _linkFree = _device.TransferSeconds(_model.InputBytes);
@@ -77,6 +83,11 @@ public sealed class VirtualPassBackend : IPassBackend
     {
         var cost = _model.Layers[layer];
         double start = Math.Max(_now, _linkFree);
+        if (_warm.Contains(layer))
+        {
+            _loadStart[layer] = _loadEnd[layer] = start;
+            return Task.CompletedTask;
+        }
         _memory.Reserve(start, cost.Bytes, $"layer {layer} ({cost.Name}) weights");
         _transferred += cost.Bytes;
         _loadStart[layer] = start;

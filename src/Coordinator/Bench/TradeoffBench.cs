@@ -100,6 +100,7 @@ public static class TradeoffBench
                 {
                     var calibration = await BenchHarness.EnginePassAsync(host, spec, calibrationPolicy, cancel);
                     warmBlocks.AddRange(Enumerable.Range(1, spec.Blocks).Select(b => calibration.Report.LayerTimings[b].ComputeSeconds));
+                    if (p.Window is null) await BenchHarness.EnginePassAsync(host, spec, p, cancel); // window = all: loads the pinned layers
                     await BenchHarness.EnginePassAsync(host, spec, p, cancel);
                 }
                 double warm = Stats.Quantile(warmBlocks, 0.25);
@@ -120,6 +121,9 @@ public static class TradeoffBench
                 for (int g = 0; g < grid.Length; g++)
                 {
                     var calibration = await BenchHarness.EnginePassAsync(host, spec, calibrationPolicy, cancel);
+                    // Window = all pins every layer: the pass before the measured one loads them (the calibration pass released
+                    // them), so the measured one is a later pass of a job, where nothing but the input moves.
+                    if (grid[g].Policy.IsResident) await BenchHarness.EnginePassAsync(host, spec, grid[g].Spec, cancel);
                     var run = await BenchHarness.EnginePassAsync(host, spec, grid[g].Spec, cancel);
                     runs[g].Add((cost.Flops / calibration.Report.LayerTimings.Sum(t => t.ComputeSeconds), run));
                 }
@@ -167,10 +171,9 @@ public static class TradeoffBench
     /// just before it; the point's times are medians over the repeats, its peaks the largest over the repeats.</summary>
     static TradeoffPoint Point(OffloadPolicy policy, List<(double Rate, EngineRun Run)> runs, ModelCost cost, DeviceCost device)
     {
-        var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
-        var predictions = runs.Select(x => PassSimulator.Run(cost, device with { FlopsPerSecond = x.Rate }, new WindowGate(policy, bytes))).ToArray();
+        var predictions = runs.Select(x => Predict(cost, device with { FlopsPerSecond = x.Rate }, policy)).ToArray();
         double rate = Stats.Median(runs.Select(x => x.Rate));
-        var atMedianRate = PassSimulator.Run(cost, device with { FlopsPerSecond = rate }, new WindowGate(policy, bytes));
+        var atMedianRate = Predict(cost, device with { FlopsPerSecond = rate }, policy);
         var reports = runs.Select(x => x.Run.Report).ToArray();
         double measured = Stats.Median(reports.Select(r => r.WallSeconds));
         double predicted = Stats.Median(predictions.Select(p => p.MakespanSeconds));
@@ -193,11 +196,16 @@ public static class TradeoffBench
 
     /// <summary>Whether the predicted peak changes when the compute rate is 20 % off either way: the peak is then
     /// decided by a race between a load starting and a compute ending, and a measured pass may fall on either side.</summary>
-    public static bool PeakSensitiveToTiming(ModelCost cost, DeviceCost device, OffloadPolicy policy, long peak)
+    public static bool PeakSensitiveToTiming(ModelCost cost, DeviceCost device, OffloadPolicy policy, long peak) =>
+        new[] { 0.8, 1.25 }.Any(f => Predict(cost, device with { FlopsPerSecond = device.FlopsPerSecond * f }, policy).PeakDeviceBytes != peak);
+
+    /// <summary>The simulated pass of a grid point as it is measured: window = all as a later pass of a job, every layer pinned
+    /// and already on the device; a window with nothing pinned.</summary>
+    static SimulatedPass Predict(ModelCost cost, DeviceCost device, OffloadPolicy policy)
     {
         var bytes = cost.Layers.Select(l => l.Bytes).ToArray();
-        return new[] { 0.8, 1.25 }.Any(f =>
-            PassSimulator.Run(cost, device with { FlopsPerSecond = device.FlopsPerSecond * f }, new WindowGate(policy, bytes)).PeakDeviceBytes != peak);
+        var pinned = policy.PinnedSet(bytes.Length);
+        return PassSimulator.Run(cost, device, new WindowGate(policy, bytes, pinned), pinned);
     }
 
     static string Markdown(TradeoffReport r, string png)
@@ -224,7 +232,9 @@ public static class TradeoffBench
             $"Prediction: PassSimulator with the emulated link, no transfer latency, and the compute rate of a calibration pass " +
             $"({c.CalibrationPolicy}) run just before each measured pass: median {F(c.FlopsPerSecond / 1e9, "0.0")} GFLOP/s, " +
             $"from {F(c.MinFlopsPerSecond / 1e9, "0.0")} to {F(c.MaxFlopsPerSecond / 1e9, "0.0")} over {c.CalibrationPasses} passes. " +
-            $"Measured and predicted times are medians of {r.Repeats} passes, peaks the largest of them; error = (predicted − measured) ÷ measured.",
+            $"Measured and predicted times are medians of {r.Repeats} passes, peaks the largest of them; error = (predicted − measured) ÷ measured. " +
+            "Window = all pins every layer: it is measured as a later pass of a job (the pass before it loaded the layers), where only the " +
+            "input crosses the link.",
             "",
         };
         var table = new MarkdownTable("k", "k'", "measured s", "predicted s", "error %", "measured peak bytes", "predicted peak bytes", "peak MiB");

@@ -134,7 +134,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         try
         {
             model = ModelCatalog.Create(submit.Model);
-            if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy, model.Layers.Count);
+            if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy with { ResidentAuto = false }, model.Layers.Count); // auto pins are planned at dispatch
             ModelCatalog.CheckWeights(submit.Model, model);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))
@@ -167,7 +167,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             try
             {
                 var cost = ModelCost.From(first.Model);
-                placement = Placement.Place(cost, slots, first.Submit.Policy.Auto ? PlanFor(cost, slots) : first.Submit.Policy);
+                var asked = first.Submit.Policy;
+                placement = Placement.Place(cost, slots, asked.Auto || asked.ResidentAuto ? PlanFor(cost, slots, asked) : asked);
             }
             catch (ArgumentException e)
             {
@@ -201,10 +202,14 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         return batch;
     }
 
-    /// <summary>--window auto across devices: the smallest device's budget decides one window for every stage.</summary>
-    static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots)
+    /// <summary>--window auto (and --resident-layers auto) across devices: the smallest device's budget decides one window (and
+    /// pinned count) for every stage. Pins auto beside a given window needs only the budget (<see cref="Planner.PinFor"/>).</summary>
+    static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots, PolicySpec asked)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
+        if (!asked.Auto) return Planner.PinFor(cost, asked, smallest.CapacityBytes);
+        if ((asked.ResidentAuto || asked.ResidentLayers > 0) && smallest.Cost is { } d)
+            return Planner.ChooseWithPins(cost, d.Validated(), smallest.CapacityBytes, asked.ResidentAuto ? null : asked.ResidentLayers);
         var device = smallest.Cost ?? throw new ArgumentException(
             $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
         return Planner.Choose(cost, device.Validated(), smallest.CapacityBytes).Policy;
@@ -267,7 +272,13 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             stages.Sum(s => s.Item2?.BytesTransferred ?? 0),
             placement.Length == 1 && first is not null ? first.WallSeconds : wall.TotalSeconds,
             stages.Sum(s => s.Item2?.LowerBoundSeconds ?? 0),
-            timings) { Stages = plan, MicroBatches = attempt.Jobs.Length, PeakHostWeightBytes = stages.Max(s => s.Item2?.PeakHostWeightBytes ?? 0) };
+            timings)
+        {
+            Stages = plan, MicroBatches = attempt.Jobs.Length,
+            Pinned = [.. stages.Where(s => s.Item2 is not null).SelectMany(s => s.Item2!.Pinned.Select(i => i + s.p.FirstLayer))],
+            PinnedReused = stages.Sum(s => s.Item2?.PinnedReused ?? 0),
+            PeakHostWeightBytes = stages.Max(s => s.Item2?.PeakHostWeightBytes ?? 0),
+        };
     }
 
     /// <summary>The job's one answer: recorded, sent to every client waiting for it; the oldest records beyond the limit are forgotten.</summary>

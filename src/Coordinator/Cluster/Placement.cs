@@ -61,10 +61,16 @@ public static class Placement
             + $"with its activations; the largest device has {devices.Max(d => d.Device.CapacityBytes):N0}");
     }
 
-    static PolicySpec Clip(PolicySpec policy, int layers) =>
-        policy.Window is null || policy.Auto
+    static PolicySpec Clip(PolicySpec policy, int layers)
+    {
+        policy = policy with { ResidentLayers = Math.Min(policy.ResidentLayers, layers) }; // pins are per stage
+        return policy.Window is null || policy.Auto
             ? policy
-            : new PolicySpec(Math.Min(policy.Window.Value, layers), policy.Swap is { } s ? Math.Min(s, Math.Min(policy.Window.Value, layers)) : null);
+            : policy with
+            {
+                Window = Math.Min(policy.Window.Value, layers), Swap = policy.Swap is { } s ? Math.Min(s, Math.Min(policy.Window.Value, layers)) : null,
+            };
+    }
 
     /// <summary>Contiguous split of n layers into exactly <paramref name="stages"/> non-empty parts minimising the
     /// largest cost (dynamic programming, O(stages·n²)); null when every split has an infinite cost.</summary>

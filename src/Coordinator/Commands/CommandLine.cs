@@ -91,6 +91,7 @@ public static class Flags
     {
         [FieldException.Window] = "--window",
         [FieldException.Swap] = "--swap",
+        [FieldException.ResidentLayers] = "--resident-layers",
         [FieldException.Policy] = "--policy",
         [FieldException.Device] = "--device",
         [FieldException.Devices] = "--devices",
@@ -109,12 +110,33 @@ public static class Flags
     public static string Describe(FieldException e, Command command) =>
         FlagOfField.TryGetValue(e.Field, out var flag) && command.Options.Any(o => o.Name == flag) ? e.MessageFor(flag) : e.Message;
 
-    /// <summary>--window (number, all or auto) and --swap; auto chooses both, so a --swap beside it is refused.</summary>
-    public static PolicySpec ParsePolicy(string window, string? swap)
+    /// <summary>--window (number, all or auto) and --swap; auto chooses both, so a --swap beside it is refused. --resident-layers
+    /// (a count from 0, or auto; null: none) pins layers beside the window.</summary>
+    public static PolicySpec ParsePolicy(string window, string? swap, string? resident = null)
     {
+        var (pins, pinsAuto) = ParseResidentLayers(resident);
         if (string.Equals(window.Trim(), "auto", StringComparison.OrdinalIgnoreCase))
-            return swap is null ? PolicySpec.Planned : throw new ArgumentException("--swap cannot be given with --window auto: the planner chooses both");
-        return new PolicySpec(OffloadPolicy.ParseWindow(window), swap is null ? null : OffloadPolicy.ParseSwap(swap));
+            return swap is null
+                ? PolicySpec.Planned with { ResidentLayers = pins, ResidentAuto = pinsAuto }
+                : throw new ArgumentException("--swap cannot be given with --window auto: the planner chooses both");
+        return new PolicySpec(OffloadPolicy.ParseWindow(window), swap is null ? null : OffloadPolicy.ParseSwap(swap), ResidentLayers: pins,
+            ResidentAuto: pinsAuto);
+    }
+
+    /// <summary>The option every command that runs a job shares.</summary>
+    public static Option<string> ResidentLayersOption() => new("--resident-layers")
+    {
+        Description = "layers pinned on the device for the whole job, outside the window: loaded once and never evicted, reused by the next " +
+            "pass or job of the same model on the worker (a count, spread over the layers, or 'auto': the most that fit the device memory)",
+    };
+
+    static (int Count, bool Auto) ParseResidentLayers(string? text)
+    {
+        if (text is null) return (0, false);
+        if (string.Equals(text.Trim(), "auto", StringComparison.OrdinalIgnoreCase)) return (0, true);
+        return int.TryParse(text.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= 0
+            ? (n, false)
+            : throw new ArgumentException($"--resident-layers must be a whole number from 0, or 'auto'; got '{text}'");
     }
 
     public static double? ParseGbps(string? text)

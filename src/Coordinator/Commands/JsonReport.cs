@@ -29,7 +29,10 @@ public static class JsonReport
         r.MicroBatches,
         [.. r.Stages.Select(s => new RunStage(s.Stage, s.Node, s.Device, s.FirstLayer, s.LayerCount, s.Window, s.Swap, s.Bytes, s.Flops,
             s.PeakDeviceBytes, s.WallSeconds))],
-        [.. r.LayerTimings.Select(l => new RunLayer(l.Index, l.Name, l.Bytes, l.LoadStart, l.LoadSeconds, l.ComputeStart, l.ComputeSeconds, l.EvictAt))]);
+        [.. r.LayerTimings.Select(l => new RunLayer(l.Index, l.Name, l.Bytes, l.LoadStart, l.LoadSeconds, l.ComputeStart, l.ComputeSeconds, l.EvictAt))])
+    {
+        PinnedLayers = r.Pinned, PinnedReused = r.PinnedReused,
+    };
 
     public static void Write(string path, RunReport report) => ReportWriter.WriteJson(path, report);
 }
@@ -57,7 +60,14 @@ public sealed record RunReport(
     double OverlapEfficiency,
     int MicroBatches,
     IReadOnlyList<RunStage> Stages,
-    IReadOnlyList<RunLayer> PerLayer);
+    IReadOnlyList<RunLayer> PerLayer)
+{
+    /// <summary>Layers pinned on the device for the whole job (never evicted; every layer under window = all).</summary>
+    public IReadOnlyList<int> PinnedLayers { get; init; } = [];
+
+    /// <summary>Pinned layers already on the device when the pass began (kept from an earlier job of the model): not moved.</summary>
+    public int PinnedReused { get; init; }
+}
 
 /// <summary>The model as it was asked for; <paramref name="Blocks"/> is --layers. <paramref name="Checkpoint"/> and
 /// <paramref name="Input"/> (absolute paths) appear only for a checkpoint model, and for token ids read from a file.</summary>

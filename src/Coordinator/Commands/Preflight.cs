@@ -38,7 +38,7 @@ public static class Preflight
     public static LayeredModel Model(ModelSpec spec, PolicySpec policy)
     {
         var model = ModelCatalog.Create(spec);
-        if (!policy.Auto) OffloadPolicy.For(policy, model.Layers.Count);
+        if (!policy.Auto) OffloadPolicy.For(policy with { ResidentAuto = false }, model.Layers.Count); // auto pins are planned later
         ModelCatalog.CheckWeights(spec, model);
         return model;
     }

@@ -6,6 +6,7 @@ using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Text;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
@@ -36,6 +37,7 @@ public static class RunCommand
         {
             Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
         };
+        var resident = Flags.ResidentLayersOption();
         var memory = new Option<string>("--device-memory")
         {
             Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
@@ -55,7 +57,7 @@ public static class RunCommand
             "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
         model.AddTo(run);
         model.AddPromptTo(run);
-        foreach (var o in new Option[] { window, swap, memory, link, device, report, trace, output, hostMemory }) run.Options.Add(o);
+        foreach (var o in new Option[] { window, swap, resident, memory, link, device, report, trace, output, hostMemory }) run.Options.Add(o);
         run.SetAction(async (r, cancel) =>
         {
             var spec = model.Read(r);
@@ -63,7 +65,7 @@ public static class RunCommand
             {
                 return await RunAsync(new RunOptions(
                         spec,
-                        Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
+                        Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)),
                         new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
                             Flags.ParseGbps(r.GetValue(link))),
                         r.GetValue(report), r.GetValue(trace), r.GetValue(output))
@@ -89,6 +91,8 @@ public static class RunCommand
         OutputPaths.CheckWritable(o.OutputPath, "--output");
         var model = Preflight.Model(o.Model, o.Policy);
         Preflight.DeviceFits(model, o.Device.CapacityBytes);
+        if (!o.Policy.Auto && !o.Policy.ResidentAuto)
+            Planner.CheckPinsFit(ModelCost.From(model), OffloadPolicy.For(o.Policy, model.Layers.Count), o.Device.CapacityBytes);
         Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")), Preflight.HostWeightBytes(o.Model, model, o.HostMemory));
 
         await using var host = EmbeddedHost.Start(o.Device, o.HostMemory is { } h ? $"superpipeline.worker.host-memory = {h}" : null);
@@ -122,6 +126,20 @@ public static class RunCommand
         return 0;
     }
 
+    /// <summary>"0-3, 7, 9-10" for sorted layer indices.</summary>
+    static string Ranges(IReadOnlyList<int> sorted)
+    {
+        var parts = new List<string>();
+        for (int i = 0; i < sorted.Count;)
+        {
+            int j = i;
+            while (j + 1 < sorted.Count && sorted[j + 1] == sorted[j] + 1) j++;
+            parts.Add(j == i ? $"{sorted[i]}" : $"{sorted[i]}-{sorted[j]}");
+            i = j + 1;
+        }
+        return string.Join(", ", parts);
+    }
+
     static void Summarize(IAnsiConsole console, RunOptions o, JobSucceeded ok, string sha)
     {
         var r = ok.Report;
@@ -138,6 +156,9 @@ public static class RunCommand
         Row("sum of load time", $"{r.LayerTimings.Sum(l => l.LoadSeconds):0.000} s");
         Row("sum of compute time", $"{r.LayerTimings.Sum(l => l.ComputeSeconds):0.000} s");
         Row("peak device bytes", $"{r.PeakDeviceBytes:N0} ({r.PeakDeviceBytes / (double)r.ModelBytes:P1} of the model)");
+        if (o.Policy.Pins)
+            Row(o.Policy.ResidentAuto ? "pinned layers (planned) / already resident" : "pinned layers / already resident",
+                $"{r.Pinned.Length} ({Ranges(r.Pinned)}) / {r.PinnedReused}");
         Row("bytes transferred", $"{r.BytesTransferred:N0}");
         if (o.HostMemory is { } budget) Row("peak host weight bytes (--host-memory)", $"{r.PeakHostWeightBytes:N0} (budget {budget:N0})");
         Row("output", $"{ok.Output.DType}[{string.Join(", ", ok.Output.Shape)}]");

@@ -21,6 +21,7 @@ public static class SubmitCommand
         var contact = new Option<string[]>("--contact") { Description = "host:port of a coordinator (repeatable)", Required = true };
         var window = new Option<string>("--window") { Description = "k per stage (a number, 'all' or 'auto')", DefaultValueFactory = _ => "3" };
         var swap = new Option<string>("--swap") { Description = "k' per stage" };
+        var resident = Flags.ResidentLayersOption();
         var id = new Option<string>("--id") { Description = "job id; resubmitting an id never runs the job twice (default: a new id)" };
         var report = new Option<string>("--report") { Description = "write the JSON report (with the placement) to this file" };
         var trace = new Option<string>("--trace") { Description = "write a Chrome trace of the stages' layers" };
@@ -38,7 +39,8 @@ public static class SubmitCommand
         var verbose = new Option<bool>("--verbose") { Description = "show Akka's own log lines (remoting, cluster client) on stderr" };
         var submit = new Command("submit", "Submit a job to a running cluster through ClusterClient, show progress, and write the same files as run.");
         model.AddTo(submit);
-        foreach (var o in new Option[] { contact, window, swap, id, report, trace, output, hostname, config, connect, verbose }) submit.Options.Add(o);
+        foreach (var o in new Option[] { contact, window, swap, resident, id, report, trace, output, hostname, config, connect, verbose })
+            submit.Options.Add(o);
         submit.SetAction(async (r, cancel) =>
         {
             OutputPaths.CheckWritable(r.GetValue(report), "--report");
@@ -46,7 +48,7 @@ public static class SubmitCommand
             OutputPaths.CheckWritable(r.GetValue(output), "--output");
             var timeout = Flags.ParseDuration(r.GetValue(connect)!, "--connect-timeout");
             var spec = model.Read(r);
-            var policy = Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap));
+            var policy = Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident));
             Preflight.Model(spec, policy);
             var contacts = r.GetValue(contact)!;
             var job = new SubmitJob(r.GetValue(id) is { } given ? new JobId(given) : JobId.New(), spec, policy);

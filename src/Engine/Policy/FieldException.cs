@@ -8,6 +8,9 @@ public sealed class FieldException(string field, string problem) : ArgumentExcep
 {
     public const string Window = "window", Swap = "swap", Policy = "policy";
 
+    /// <summary>Layers pinned on the device for the whole job (<c>PolicySpec.ResidentLayers</c>).</summary>
+    public const string ResidentLayers = "resident layers";
+
     /// <summary>Device fields: a device's kind (sim, cuda, auto), a list of devices to create, a device's memory in bytes.</summary>
     public const string Device = "device", Devices = "devices", DeviceMemory = "device memory";
 

@@ -1,30 +1,55 @@
+using System.Collections.Immutable;
+
 namespace Superpipeline.Engine.Policy;
 
 /// <summary>Decides when a layer may be loaded onto the device and which layers leave together after compute.
 /// The real loader, the virtual-time loader and the analytic simulator all use these same objects, so a policy
 /// means the same thing everywhere. State changes only when a layer is admitted (its load starts) and when a
 /// group is evicted (at the end of a compute), so the schedule does not depend on the order in which
-/// simultaneous events are processed. Not thread-safe: callers serialise access.</summary>
+/// simultaneous events are processed. Not thread-safe: callers serialise access.
+/// <para><see cref="Pinned"/> layers stay on the device for the whole job: they are always admissible, take no slot of the
+/// policy's (they do not count in <see cref="ResidentCount"/> or <see cref="ResidentBytes"/>), never join an eviction
+/// group, and are never evicted. The rest are streamed under the policy.</para></summary>
 public abstract class LoadGate
 {
-    protected LoadGate(IReadOnlyList<long> layerBytes) => LayerBytes = layerBytes;
+    protected LoadGate(IReadOnlyList<long> layerBytes, IReadOnlySet<int>? pinned = null)
+    {
+        LayerBytes = layerBytes;
+        Pinned = pinned ?? ImmutableSortedSet<int>.Empty;
+        foreach (var i in Pinned)
+            if (i < 0 || i >= layerBytes.Count) throw new ArgumentOutOfRangeException(nameof(pinned), i, $"pinned layer outside 0..{layerBytes.Count - 1}");
+    }
 
     protected IReadOnlyList<long> LayerBytes { get; }
     readonly List<int> _computedNotEvicted = [];
 
-    /// <summary>Layers admitted and not yet evicted.</summary>
+    /// <summary>Layers on the device for the whole job: loaded once, never evicted, outside the policy's slots.</summary>
+    public IReadOnlySet<int> Pinned { get; }
+
+    /// <summary>Streamed (not pinned) layers admitted and not yet evicted: the slots in use.</summary>
     public int ResidentCount { get; private set; }
     public long ResidentBytes { get; private set; }
+
+    /// <summary>Weight bytes of the pinned layers admitted so far (in this pass; they are never evicted).</summary>
+    public long PinnedBytes { get; private set; }
 
     /// <summary>Short name for reports ("window 3/1", "bytes 2 GiB/200 MiB").</summary>
     public abstract string Describe();
 
-    /// <summary>Whether <paramref name="layer"/> (the next in order) may start loading now.</summary>
-    public abstract bool CanAdmit(int layer);
+    /// <summary>Whether <paramref name="layer"/> (the next in order) may start loading now: a pinned layer always may.</summary>
+    public bool CanAdmit(int layer) => Pinned.Contains(layer) || CanAdmitStreamed(layer);
+
+    /// <summary>Whether streamed layer <paramref name="layer"/> may start loading now, under the policy.</summary>
+    protected abstract bool CanAdmitStreamed(int layer);
 
     public void Admit(int layer)
     {
         if (!CanAdmit(layer)) throw new InvalidOperationException($"layer {layer} is not admissible now");
+        if (Pinned.Contains(layer))
+        {
+            PinnedBytes += LayerBytes[layer];
+            return;
+        }
         ResidentCount++;
         ResidentBytes += LayerBytes[layer];
         OnAdmitted(layer);
@@ -33,18 +58,20 @@ public abstract class LoadGate
     protected virtual void OnAdmitted(int layer) { }
 
     /// <summary>Records that <paramref name="layer"/> is about to compute; returns the layers to evict when its
-    /// compute ends (empty while a group is still filling). The last layer always closes its group.</summary>
+    /// compute ends (empty while a group is still filling). The last layer always closes its group; pinned layers
+    /// never join one.</summary>
     public IReadOnlyList<int> GroupClosedBy(int layer)
     {
-        _computedNotEvicted.Add(layer);
-        if (_computedNotEvicted.Count < GroupSize && layer != LayerBytes.Count - 1) return [];
+        bool last = layer == LayerBytes.Count - 1;
+        if (!Pinned.Contains(layer)) _computedNotEvicted.Add(layer);
+        if (_computedNotEvicted.Count == 0 || (_computedNotEvicted.Count < GroupSize && !last)) return [];
         var group = _computedNotEvicted.ToArray();
         _computedNotEvicted.Clear();
         return group;
     }
 
-    /// <summary>Most layers this gate can ever hold at once: the loader buffers that many loaded layers, so the
-    /// gate alone decides how far loads run ahead.</summary>
+    /// <summary>Most layers this gate can ever hold at once, pinned ones included: the loader buffers that many loaded
+    /// layers, so the gate alone decides how far loads run ahead.</summary>
     public abstract int MaxResidentLayers { get; }
 
     /// <summary>Layers computed and freed together; the paper's k'.</summary>
@@ -58,21 +85,23 @@ public abstract class LoadGate
             ResidentCount--;
             ResidentBytes -= LayerBytes[e];
         }
-        OnComputed(layer);
+        if (!Pinned.Contains(layer)) OnComputed(layer);
     }
 
     protected virtual void OnComputed(int layer) { }
 }
 
 /// <summary>Superpipeline's (k, k'): at most k layers resident; evicted k' at a time. k = k' = 1 is the
-/// synchronous, layer-by-layer mode of Accelerate's cpu_offload.</summary>
-public sealed class WindowGate(OffloadPolicy policy, IReadOnlyList<long> layerBytes) : LoadGate(layerBytes)
+/// synchronous, layer-by-layer mode of Accelerate's cpu_offload.
+/// <paramref name="pinned"/> layers stay outside the window (see <see cref="LoadGate"/>).</summary>
+public sealed class WindowGate(OffloadPolicy policy, IReadOnlyList<long> layerBytes, IReadOnlySet<int>? pinned = null) : LoadGate(layerBytes, pinned)
 {
     public OffloadPolicy Policy { get; } = policy;
     protected override int GroupSize => Policy.Swap;
-    public override int MaxResidentLayers => Policy.Window;
-    public override bool CanAdmit(int layer) => ResidentCount < Policy.Window;
-    public override string Describe() => Policy.IsResident ? "resident (window all)" : $"window {Policy.Window}, swap {Policy.Swap}";
+    public override int MaxResidentLayers => Policy.Window + Pinned.Count;
+    protected override bool CanAdmitStreamed(int layer) => ResidentCount < Policy.Window;
+    public override string Describe() => Policy.IsResident ? "resident (window all)"
+        : $"window {Policy.Window}, swap {Policy.Swap}" + (Pinned.Count > 0 ? $", {Pinned.Count} pinned" : "");
 }
 
 /// <summary>DeepSpeed ZeRO-Inference style: budgets in bytes rather than layers. A layer may load while the
@@ -98,7 +127,7 @@ public sealed class ByteBudgetGate : LoadGate
     protected override int GroupSize => 1;
     public override int MaxResidentLayers => LayerBytes.Count;
 
-    public override bool CanAdmit(int layer)
+    protected override bool CanAdmitStreamed(int layer)
     {
         long b = LayerBytes[layer];
         if (_ahead.Count == 0) return ResidentBytes + b <= LiveBytes;

@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using System.Globalization;
 using Superpipeline.Contracts;
 
@@ -48,6 +49,14 @@ public sealed record OffloadPolicy(PolicyKind Kind, int Window, int Swap, long L
     /// <summary>Micro-batches that share one weight load: M for batched, 1 otherwise.</summary>
     public int SharedMicroBatches => Kind == PolicyKind.Batched ? MicroBatches : 1;
 
+    /// <summary>Layers pinned on the device for the whole job beside a window (<c>PolicySpec.ResidentLayers</c>): loaded once,
+    /// never evicted, outside the k slots; which ones is <see cref="PinnedSet"/>. Resident (window all) pins every layer.</summary>
+    public int Pinned { get; init; }
+
+    /// <summary>The pinned layers of a model of <paramref name="layers"/> layers: all of them under window = all, else
+    /// <see cref="Pinned"/> spread by <see cref="PinnedLayers.Spread"/>.</summary>
+    public ImmutableSortedSet<int> PinnedSet(int layers) => IsResident ? PinnedLayers.All(layers) : PinnedLayers.Spread(Pinned, layers);
+
     /// <summary>The window policy a job asks for (<paramref name="spec"/>), checked for a model of <paramref name="layers"/>
     /// layers; throws a <see cref="FieldException"/> naming the knob (window or swap) and its valid range.</summary>
     public static OffloadPolicy For(PolicySpec spec, int layers)
@@ -61,7 +70,10 @@ public sealed record OffloadPolicy(PolicyKind Kind, int Window, int Swap, long L
         int swap = spec.Swap ?? (resident ? layers : 1);
         if (swap < 1 || swap > window)
             throw new FieldException(FieldException.Swap, $"must be from 1 to the window ({window}); got {swap}");
-        return new OffloadPolicy(resident ? PolicyKind.Resident : PolicyKind.Window, window, swap, 0, 0, 1);
+        if (spec.ResidentAuto) throw new FieldException(FieldException.ResidentLayers, "auto must be planned before it is run");
+        if (spec.ResidentLayers < 0 || spec.ResidentLayers > layers)
+            throw new FieldException(FieldException.ResidentLayers, $"must be from 0 to {layers} (the model's layers) or 'auto'; got {spec.ResidentLayers}");
+        return new OffloadPolicy(resident ? PolicyKind.Resident : PolicyKind.Window, window, swap, 0, 0, 1) { Pinned = resident ? 0 : spec.ResidentLayers };
     }
 
     /// <summary>Parses a window's text: a whole number or "all" (null). ("auto" is a front end's word: it plans first.)</summary>
@@ -128,20 +140,22 @@ public sealed record OffloadPolicy(PolicyKind Kind, int Window, int Swap, long L
         }
     }
 
-    /// <summary>The gate for a model of <paramref name="layerBytes"/>; throws naming the policy when it does not fit the model.</summary>
-    public LoadGate CreateGate(IReadOnlyList<long> layerBytes)
+    /// <summary>The gate for a model of <paramref name="layerBytes"/>; throws naming the policy when it does not fit the model.
+    /// <paramref name="pinned"/> layers (see <see cref="PinnedSet"/>) stay outside the window; byte budgets take none.</summary>
+    public LoadGate CreateGate(IReadOnlyList<long> layerBytes, IReadOnlySet<int>? pinned = null)
     {
         int n = layerBytes.Count;
         switch (Kind)
         {
             case PolicyKind.Synchronous:
-                return new WindowGate(For(new PolicySpec(1, 1), n), layerBytes);
+                return new WindowGate(For(new PolicySpec(1, 1), n), layerBytes, pinned);
             case PolicyKind.Resident:
-                return new WindowGate(For(PolicySpec.Resident, n), layerBytes);
+                return new WindowGate(For(PolicySpec.Resident, n), layerBytes, pinned);
             case PolicyKind.Window or PolicyKind.Batched:
                 if (Window > n) throw new FieldException(FieldException.Policy, $"{this}: k = {Window} is above the model's {n} streamed layers");
-                return new WindowGate(this, layerBytes);
+                return new WindowGate(this, layerBytes, pinned);
             default:
+                if (pinned is { Count: > 0 }) throw new FieldException(FieldException.Policy, $"{this}: byte budgets take no pinned layers");
                 try { return new ByteBudgetGate(LiveBytes, PrefetchBytes, layerBytes); }
                 catch (ArgumentException e) { throw new FieldException(FieldException.Policy, $"{this}: {e.Message}"); }
         }
@@ -162,7 +176,7 @@ public sealed record OffloadPolicy(PolicyKind Kind, int Window, int Swap, long L
     {
         PolicyKind.Synchronous => "synchronous (window 1/1)",
         PolicyKind.Resident => "resident (all layers)",
-        PolicyKind.Window => $"window {Window}/{Swap}",
+        PolicyKind.Window => $"window {Window}/{Swap}" + (Pinned > 0 ? $", {Pinned} pinned" : ""),
         PolicyKind.ByteBudget => $"bytes live {ByteSize.Format(LiveBytes)} / prefetch {ByteSize.Format(PrefetchBytes)}",
         _ => $"batched {Window}/{Swap} × {MicroBatches}",
     };

@@ -45,13 +45,22 @@ public sealed record SimulatedPass(
 /// <see cref="LoadGate"/> admits it; layer i computes when it is loaded and layer i−1 has computed; a group
 /// closed by a compute is evicted when that compute ends; the output comes back over the link last. Weights
 /// are reserved when their load starts, a layer's output and workspace when its compute starts, and its
-/// workspace and input are freed when its compute ends.</summary>
+/// workspace and input are freed when its compute ends.
+/// <para>Pinned layers (<see cref="LoadGate.Pinned"/>) are never evicted. Those in <paramref name="warm"/> are already on the
+/// device when the pass begins (a later pass of the job): their bytes count from the start, nothing crosses the link for
+/// them, and their "load" takes no time once the load before it has ended (the loader takes layers in order).</para></summary>
 public static class PassSimulator
 {
-    public static SimulatedPass Run(ModelCost model, DeviceCost device, LoadGate gate)
+    public static SimulatedPass Run(ModelCost model, DeviceCost device, LoadGate gate, IReadOnlySet<int>? warm = null)
     {
         int n = model.Layers.Length;
         var memory = new MemoryLog();
+        warm ??= ImmutableSortedSet<int>.Empty;
+        foreach (var w in warm)
+        {
+            if (!gate.Pinned.Contains(w)) throw new ArgumentException($"layer {w} is already resident but not pinned", nameof(warm));
+            memory.Reserve(0, model.Layers[w].Bytes, $"pinned layer {w} ({model.Layers[w].Name}) weights");
+        }
         double[] loadStart = new double[n], loadEnd = new double[n], computeStart = new double[n], computeEnd = new double[n], evictAt = new double[n];
         Array.Fill(evictAt, -1);
         var groups = new IReadOnlyList<int>[n];
@@ -87,6 +96,12 @@ public static class PassSimulator
             {
                 int i = nextLoad++;
                 gate.Admit(i);
+                if (warm.Contains(i))
+                {
+                    loadStart[i] = loadEnd[i] = Math.Max(now, linkFree);
+                    loaded[i] = true;
+                    continue;
+                }
                 loadStart[i] = Math.Max(now, linkFree);
                 memory.Reserve(loadStart[i], model.Layers[i].Bytes, $"layer {i} ({model.Layers[i].Name}) weights");
                 transferred += model.Layers[i].Bytes;

@@ -69,6 +69,85 @@ public static class Planner
 
     public static Plan Choose(ModelCost model, DeviceCost device, long budgetBytes) => Choose(_ => model, [1], device, budgetBytes);
 
+    /// <summary>Most device bytes a pass under <paramref name="policy"/> can hold with its pinned layers, whatever the timing:
+    /// the pinned layers' weights, the window's k largest streamed layers, and the largest input + output + workspace of a
+    /// computing layer (<see cref="ModelCost.ActivationBoundBytes"/>). Window = all: the whole model with the activations.</summary>
+    public static long PinnedNeedBytes(ModelCost model, OffloadPolicy policy)
+    {
+        var (pinned, window) = PinnedAndWindowBytes(model, policy);
+        return pinned + window + model.ActivationBoundBytes();
+    }
+
+    static (long Pinned, long Window) PinnedAndWindowBytes(ModelCost model, OffloadPolicy policy)
+    {
+        int n = model.Layers.Length;
+        if (policy.IsResident) return (model.Bytes, 0);
+        var pinned = policy.PinnedSet(n);
+        long window = Enumerable.Range(0, n).Where(i => !pinned.Contains(i)).Select(i => model.Layers[i].Bytes).OrderDescending().Take(policy.Window).Sum();
+        return (pinned.Sum(i => model.Layers[i].Bytes), window);
+    }
+
+    /// <summary>Refuses pinned layers that do not fit <paramref name="capacityBytes"/> beside the window (see
+    /// <see cref="PinnedNeedBytes"/>), with a <see cref="FieldException"/> naming the resident layers and every figure.</summary>
+    public static void CheckPinsFit(ModelCost model, OffloadPolicy policy, long capacityBytes)
+    {
+        if (policy.Pinned == 0 || policy.IsResident) return;
+        var (pinned, window) = PinnedAndWindowBytes(model, policy);
+        long act = model.ActivationBoundBytes(), need = pinned + window + act;
+        if (need > capacityBytes)
+            throw new FieldException(FieldException.ResidentLayers, $"{policy.Pinned} with window {policy.Window} need {need:N0} bytes on the device "
+                + $"({pinned:N0} pinned + {window:N0} for the window's largest streamed layers + {act:N0} of activations and workspace); "
+                + $"the device has {capacityBytes:N0}");
+    }
+
+    /// <summary>The most layers that can be pinned beside <paramref name="window"/>'s streamed layers within
+    /// <paramref name="budgetBytes"/> (by <see cref="PinnedNeedBytes"/>); 0 when none fit.</summary>
+    public static int MostPinned(ModelCost model, OffloadPolicy window, long budgetBytes)
+    {
+        if (window.IsResident) return 0; // window = all pins every layer already
+        for (int pins = model.Layers.Length; pins > 0; pins--)
+            if (PinnedNeedBytes(model, window with { Pinned = pins }) <= budgetBytes) return pins;
+        return 0;
+    }
+
+    /// <summary>Resolves <c>--resident-layers auto</c> beside a window the job gives: <paramref name="asked"/> with the most
+    /// layers pinned that fit <paramref name="budgetBytes"/>.</summary>
+    public static PolicySpec PinFor(ModelCost model, PolicySpec asked, long budgetBytes)
+    {
+        var window = OffloadPolicy.For(asked with { ResidentAuto = false, ResidentLayers = 0 }, model.Layers.Length);
+        return asked with { ResidentAuto = false, ResidentLayers = MostPinned(model, window, budgetBytes) };
+    }
+
+    /// <summary><c>--window auto --resident-layers auto</c>: for every pinned count, and every k', the largest window whose
+    /// pass fits <paramref name="budgetBytes"/> (by <see cref="PinnedNeedBytes"/>) is simulated with the pinned layers
+    /// already resident (a decode pass); the fastest wins, more pins on a tie (fewer bytes cross the link). With
+    /// <paramref name="pins"/> given (<c>--window auto --resident-layers N</c>) only the window is chosen, beside that many.</summary>
+    public static PolicySpec ChooseWithPins(ModelCost model, DeviceCost device, long budgetBytes, int? pins = null)
+    {
+        int n = model.Layers.Length;
+        long[] bytes = [.. model.Layers.Select(l => l.Bytes)];
+        (double Seconds, PolicySpec Policy)? best = null;
+        if (pins is < 0 || pins > n) throw new FieldException(FieldException.ResidentLayers, $"must be from 0 to {n} (the model's layers); got {pins}");
+        for (int p = pins ?? n; p >= (pins ?? 0); p--)
+        {
+            var pinned = PinnedLayers.Spread(p, n);
+            int streamed = n - p;
+            for (int s = 1; s <= Math.Max(1, streamed); s++)
+            {
+                var spec = Enumerable.Range(s, Math.Max(1, streamed) - s + 1).Reverse().Select(k => new PolicySpec(k, s, ResidentLayers: p))
+                    .FirstOrDefault(p => PinnedNeedBytes(model, OffloadPolicy.For(p, n)) <= budgetBytes);
+                if (spec is null) continue;
+                var policy = OffloadPolicy.For(spec, n);
+                double seconds = PassSimulator.Run(model, device, policy.CreateGate(bytes, pinned), pinned).MakespanSeconds;
+                if (best is null || seconds < best.Value.Seconds) best = (seconds, spec);
+            }
+        }
+        return best?.Policy ?? (pins > 0
+            ? throw new FieldException(FieldException.ResidentLayers, $"{pins} leave no room for a window in {budgetBytes:N0} bytes: they need "
+                + $"{PinnedNeedBytes(model, OffloadPolicy.WindowOf(1, 1) with { Pinned = pins.Value }):N0} with one streamed layer and the activations")
+            : throw new ArgumentException($"no window fits {ByteSize.Format(budgetBytes)}: even one layer at a time with its activations needs more"));
+    }
+
     /// <summary>Every (k, k') that fits the budget: the exhaustive grid the planner is checked against.</summary>
     public static IReadOnlyList<PlanPoint> Grid(ModelCost model, DeviceCost device, long budgetBytes, int batch = 1)
     {

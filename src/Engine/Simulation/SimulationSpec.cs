@@ -53,10 +53,7 @@ public sealed record Workload(int Batch, int Prompt, int Generate, int MicroBatc
     public IReadOnlySet<int> ResidentSet(int layers)
     {
         if (!ResidentLayers.IsDefaultOrEmpty) return ResidentLayers.ToHashSet();
-        var set = new HashSet<int>();
-        for (int i = 0; i < layers; i++)
-            if ((long)(i + 1) * ResidentCount / layers > (long)i * ResidentCount / layers) set.Add(i);
-        return set;
+        return PinnedLayers.Spread(ResidentCount, layers);
     }
 
     /// <summary>Tokens the job generates: every sequence of every micro-batch.</summary>

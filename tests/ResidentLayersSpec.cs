@@ -100,7 +100,11 @@ public sealed class ResidentLayersSpec() : TestKit(WorkerConfig.Load())
         Assert.Equal(resident, again);
         Assert.Equal(h.Model.Layers.Count, second.PinnedReused);
         Assert.Equal(TensorBytes.Of(h.Input), second.BytesTransferred); // the input only
-        Assert.Equal(first.PeakDeviceBytes, second.PeakDeviceBytes);
+        // Every later pass holds every layer from its start, so its peak is fixed; the first pass's depends on how far loads ran
+        // ahead of compute when the layer with the most workspace computed, never more.
+        var (_, third) = await Pass(h, h.Policy(null), "m");
+        Assert.Equal(second.PeakDeviceBytes, third.PeakDeviceBytes);
+        Assert.True(first.PeakDeviceBytes <= second.PeakDeviceBytes, $"first pass peak {first.PeakDeviceBytes:N0} > later {second.PeakDeviceBytes:N0}");
     }
 
     [Fact]

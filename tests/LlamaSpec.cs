@@ -182,6 +182,11 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var headMatrix = source.Load(head)[Llama.Names.Embedding];
         Assert.Equal(TensorBytes.Raw(embedding), TensorBytes.Raw(headMatrix));
         Assert.Contains("\"tie_word_embeddings\": true", File.ReadAllText(Path.Combine(dir, "config.json")));
+        // Seeded (no checkpoint), the head's matrix is the embedding's too, not a second draw.
+        var seeded = new SeededWeights(4);
+        using var seededEmbedding = seeded.Load(model.Layers[0])[Llama.Names.Embedding];
+        using var seededHead = seeded.Load(head)[Llama.Names.Embedding];
+        Assert.Equal(TensorBytes.Raw(seededEmbedding), TensorBytes.Raw(seededHead));
     }
 
     [Fact]

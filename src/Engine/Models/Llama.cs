@@ -368,8 +368,11 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
 
 /// <summary>Final RMSNorm (model.norm) and the LM head: [B, T, H] → logits [B, T, V]. With tie_word_embeddings the head's matrix
 /// is the embedding's (read again by this layer: each layer owns its weights).</summary>
-public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head")
+public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head"), ITiedLayer
 {
+    /// <summary>With <c>tie_word_embeddings</c>, the LM matrix is the embedding's: seeded weights give it the embedding's values.</summary>
+    public Layer? TiedTo(string parameter) => c.TieWordEmbeddings && parameter == Llama.Names.Embedding ? new LlamaEmbedding(0, c) : null;
+
     public override IReadOnlyList<ParamSpec> Parameters { get; } =
         [new(Llama.Names.FinalNorm, c.Hidden), new(Llama.Names.Head(c), c.Vocab, c.Hidden)];
 

@@ -17,7 +17,7 @@ public static class JobProtocol
     /// With <paramref name="Generation"/> it is a generation job instead: a prefill pass over its prompts, then one decode pass per
     /// new token, through the same stages (never coalesced); its progress is one <see cref="JobToken"/> per step and its answer
     /// <see cref="JobGenerated"/>.</summary>
-    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null, GenerationSpec? Generation = null) : IJobCommand;
+    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null, GenerationParameters? Generation = null) : IJobCommand;
 
     public sealed record JobAccepted(JobId Id) : IJobEvent;
 

@@ -92,7 +92,7 @@ public static class GenerationSession
 
     /// <summary>A generation job's request, prompts and KV placement as the engine takes them (the one conversion from the wire
     /// record); a <see cref="FieldException"/> naming the KV placement when it is neither "device" nor "host".</summary>
-    public static (GenerationRequest Request, IReadOnlyList<IReadOnlyList<long>> Prompts, KvPlacement Placement) FromSpec(GenerationSpec spec) =>
+    public static (GenerationRequest Request, IReadOnlyList<IReadOnlyList<long>> Prompts, KvPlacement Placement) FromSpec(GenerationParameters spec) =>
         (new GenerationRequest(spec.MaxNewTokens, new SamplingSettings(spec.Temperature, spec.TopK, spec.TopP, spec.Seed), spec.Eos, spec.Pad),
             spec.Prompts.IsDefault ? [] : [.. spec.Prompts.Select(p => (IReadOnlyList<long>)(p.IsDefault ? [] : [.. p]))],
             ParsePlacement(spec.Kv));

@@ -303,7 +303,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     /// <summary>Opens a session on every stage of a generation attempt; the loop starts once all are ready (their layers hold
     /// their weights, so time to first token measures passes, not reading the checkpoint).</summary>
-    void OpenGeneration(Attempt attempt, JobRecord job, GenerationSpec generation)
+    void OpenGeneration(Attempt attempt, JobRecord job, GenerationParameters generation)
     {
         var (request, prompts, kv) = GenerationSession.FromSpec(generation);
         var run = _generations[attempt.Number] = new GenerationRun(attempt, GenerationSession.Check(job.Model, prompts, request), request, kv);

@@ -32,7 +32,7 @@ public sealed record GenerateReportFile(string Model, string Input, string Sampl
 public static class GenerateCommand
 {
     /// <summary>The flag that carries each generation field the engine names in its refusals.</summary>
-    static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
+    internal static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
     {
         [GenerationFields.MaxNewTokens] = "--max-new-tokens", [GenerationFields.Temperature] = "--temperature",
         [GenerationFields.TopK] = "--top-k", [GenerationFields.TopP] = "--top-p", [GenerationFields.Eos] = "--eos",
@@ -94,14 +94,15 @@ public static class GenerateCommand
         return policy.Auto ? throw new ArgumentException("--window auto is not supported by generate yet: give a number or 'all'") : policy;
     }
 
-    /// <summary>Runs <paramref name="parse"/>, naming the flag of a generation field it refuses.</summary>
-    internal static T InFlags<T>(Func<T> parse)
+    /// <summary>Runs <paramref name="parse"/>, naming the flag of a generation field it refuses (from <paramref name="flags"/>, by
+    /// default generate's own).</summary>
+    internal static T InFlags<T>(Func<T> parse, IReadOnlyDictionary<string, string>? flags = null)
     {
         try
         {
             return parse();
         }
-        catch (FieldException e) when (FlagOfField.TryGetValue(e.Field, out var flag))
+        catch (FieldException e) when ((flags ?? FlagOfField).TryGetValue(e.Field, out var flag))
         {
             throw new ArgumentException(e.MessageFor(flag), e);
         }
@@ -160,7 +161,7 @@ public static class GenerateCommand
         KvPlacement placement)
     {
         var sampling = request.Sampling;
-        var generation = new GenerationSpec([.. prompts.Select(p => p.ToImmutableArray())], request.MaxNewTokens, sampling.Temperature, sampling.TopK,
+        var generation = new GenerationParameters([.. prompts.Select(p => p.ToImmutableArray())], request.MaxNewTokens, sampling.Temperature, sampling.TopK,
             sampling.TopP, sampling.Seed, request.Eos, request.PadId, GenerationSession.Name(placement));
         return new SubmitJob(id, spec with { Batch = prompts.Count, Sequence = prompts.Max(p => p.Length) }, policy, Generation: generation);
     }

@@ -12,7 +12,7 @@ namespace Superpipeline.Contracts;
 /// <param name="Eos">End-of-sequence id: a row that emits it is finished; null: rows run to <paramref name="MaxNewTokens"/>.</param>
 /// <param name="Pad">Fills left padding and finished rows; null: the EOS id, else 0.</param>
 /// <param name="Kv">Where each stage's KV caches live: "device" (on the stage's device for the job) or "host" (with its layer actors).</param>
-public sealed record GenerationSpec(
+public sealed record GenerationParameters(
     ImmutableArray<ImmutableArray<long>> Prompts,
     int MaxNewTokens,
     double? Temperature = null,
@@ -24,7 +24,7 @@ public sealed record GenerationSpec(
     string Kv = "device")
 {
     /// <summary>Rows and their ids compare by value (a resubmitted job is the same job).</summary>
-    public bool Equals(GenerationSpec? other) =>
+    public bool Equals(GenerationParameters? other) =>
         other is not null && MaxNewTokens == other.MaxNewTokens && Temperature == other.Temperature && TopK == other.TopK && TopP == other.TopP
         && Seed == other.Seed && Eos == other.Eos && Pad == other.Pad && Kv == other.Kv
         && Prompts.Length == other.Prompts.Length && Prompts.Zip(other.Prompts).All(p => p.First.AsSpan().SequenceEqual(p.Second.AsSpan()));

@@ -108,27 +108,29 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
     /// <summary>Blocks among layers [first, first + count) of the 6 (layer 0 is the embedding, layer 5 the head).</summary>
     static int BlocksIn(int first, int count) => Enumerable.Range(first, count).Count(i => i >= 1 && i <= Blocks);
 
-    static async Task Until(Func<bool> condition, string what)
+    static async Task Until(Func<bool> condition, Func<string> what, TimeSpan limit)
     {
-        var deadline = DateTime.UtcNow + Wait;
+        var deadline = DateTime.UtcNow + limit;
         while (!condition())
         {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"waited {Wait} for {what}");
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"waited {limit} for {what()}");
             await Task.Delay(50);
         }
     }
 
+    /// <summary>Sessions end as their stages hear of the failure: bounded well under the test's limit.</summary>
     static async Task DevicesFree(params ClusterHost[] workers) =>
         await Until(() => workers.SelectMany(w => w.Devices).All(d => d.Memory.Reserved == 0),
-            "every worker device to hold no bytes: " + string.Join(", ", workers.SelectMany(w => w.Devices).Select(d => d.Memory.Reserved)));
+            () => "every worker device to hold no bytes, not " + string.Join(", ", workers.SelectMany(w => w.Devices).Select(d => d.Memory.Reserved)),
+            TimeSpan.FromSeconds(20));
 
     [Fact]
     public async Task Tokens_from_two_workers_equal_one_process_for_both_kv_placements_greedy_and_sampled_with_each_stage_s_kv_on_its_node()
     {
         string dir = await Export();
         var coordinator = Coordinator();
-        var a = Worker(coordinator);
-        var b = Worker(coordinator);
+        var a = Worker(coordinator, "sim:1x64MiB");
+        var b = Worker(coordinator); // two devices: three stages over the two nodes, one of them with two blocks
         var client = Client(coordinator);
         int n = 0;
         foreach (var kv in new[] { KvPlacement.Device, KvPlacement.Host })
@@ -159,8 +161,8 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
                 foreach (var t in tokens) Assert.Equal([answered[0, 5 + t.Step], answered[1, 5 + t.Step]], t.Tokens.ToArray());
 
                 var r = ok.Report;
-                output.WriteLine($"{what}: {string.Join("; ", r.Stages.Select(s => $"{s.Node}/{s.Device} [{s.FirstLayer}+{s.LayerCount}] peak {s.PeakDeviceBytes} "
-                    + $"kv {s.KvBytes}"))}");
+                output.WriteLine($"{what}: " + string.Join("; ",
+                    r.Stages.Select(s => $"{s.Node}/{s.Device} [{s.FirstLayer}+{s.LayerCount}] peak {s.PeakDeviceBytes} kv {s.KvBytes}")));
                 Assert.True(r.Stages.Length >= 3, $"{what}: {r.Stages.Length} stages");
                 Assert.Equal(new[] { Node(a), Node(b) }.Order(), r.Stages.Select(s => s.Node).Distinct().Order());
                 Assert.Equal(Enumerable.Range(0, 6), r.Stages.SelectMany(s => Enumerable.Range(s.FirstLayer, s.LayerCount)));
@@ -169,7 +171,8 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
                 {
                     Assert.Equal(BlocksIn(s.FirstLayer, s.LayerCount) * BlockKvBytes(2, capacity), s.KvBytes);
                     Assert.Equal(6, s.Passes); // a prefill and five decode passes on every stage
-                    if (kv == KvPlacement.Device) Assert.True(s.PeakDeviceBytes >= s.KvBytes, $"{what}: stage {s.Stage} peak {s.PeakDeviceBytes} < KV {s.KvBytes}");
+                    if (kv == KvPlacement.Device)
+                        Assert.True(s.PeakDeviceBytes >= s.KvBytes, $"{what}: stage {s.Stage} peak {s.PeakDeviceBytes} < KV {s.KvBytes}");
                 }
                 Assert.Equal(Blocks * BlockKvBytes(2, capacity), r.KvBytes);
                 Assert.Equal(kv == KvPlacement.Host ? "host" : "device", r.KvPlacement);

@@ -30,7 +30,8 @@ public static class JobProtocol
     /// that has finished (EOS) shows the pad id. A job placed again after a worker was lost starts over from step 0.</summary>
     public sealed record JobToken(JobId Id, int Step, ImmutableArray<long> Tokens) : IJobEvent
     {
-        public bool Equals(JobToken? other) => other is not null && Id == other.Id && Step == other.Step && Tokens.AsSpan().SequenceEqual(other.Tokens.AsSpan());
+        public bool Equals(JobToken? other) =>
+            other is not null && Id == other.Id && Step == other.Step && Tokens.AsSpan().SequenceEqual(other.Tokens.AsSpan());
         public override int GetHashCode() => HashCode.Combine(Id, Step);
     }
 

@@ -270,7 +270,8 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         }
         var session = _generations[id] = new GenerationStageSession(id, g, stage, policy, key, deployment.Layers, _loaders[g.Device], placement);
         var self = Self;
-        deployment.Ready.ContinueWith(r => new GenerationLoaded(session, r.IsCompletedSuccessfully ? null : r.Exception?.GetBaseException().Message ?? "cancelled"),
+        deployment.Ready.ContinueWith(r =>
+                new GenerationLoaded(session, r.IsCompletedSuccessfully ? null : r.Exception?.GetBaseException().Message ?? "cancelled"),
             TaskScheduler.Default).PipeTo(self);
     }
 

@@ -55,8 +55,8 @@ public static class SubmitCommand
         };
         var submit = new Command("submit", "Submit a job to a running cluster through ClusterClient, show progress, and write the same files as run.");
         model.AddTo(submit);
-        foreach (var o in new Option[] { contact, window, swap, id, report, trace, output, hostname, config, connect, verbose, generate, temperature, topK, topP,
-            eos, kv })
+        foreach (var o in new Option[] { contact, window, swap, id, report, trace, output, hostname, config, connect, verbose, generate, temperature,
+            topK, topP, eos, kv })
             submit.Options.Add(o);
         submit.SetAction(async (r, cancel) =>
         {
@@ -91,8 +91,8 @@ public static class SubmitCommand
                 var tokensSha = Convert.ToHexStringLower(SHA256.HashData(tokens.Bytes.AsSpan()));
                 if (r.GetValue(output) is { } op) Npy.Write(op, tokens);
                 if (r.GetValue(report) is { } rp)
-                    ReportWriter.WriteJson(rp, new GenerateReportFile(spec.Checkpoint!, spec.Input!, Sampling(asked), asked.Eos, generated.Report, [.. tokens.Shape],
-                        tokensSha));
+                    ReportWriter.WriteJson(rp, new GenerateReportFile(spec.Checkpoint!, spec.Input!, Sampling(asked), asked.Eos, generated.Report,
+                        [.. tokens.Shape], tokensSha));
                 GenerateCommand.Summarize(AnsiConsole.Console, generated.Report, tokens, tokensSha, r.GetValue(report), r.GetValue(output));
                 Console.WriteLine($"job {job.Id} generated {generated.Report.NewTokens} token(s) per row in {generated.Report.WallSeconds:0.000} s");
                 return 0;

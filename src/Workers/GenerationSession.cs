@@ -17,9 +17,10 @@ public sealed record GenerationResult(long[,] Tokens, GenerationReport Report);
 
 /// <summary>Generation on one stage that holds every layer: a prefill pass over the left-padded prompts, then one decode pass
 /// per new token, each a <see cref="DeviceLoaderActor.RunPass"/> with a <see cref="GenerationStep"/> on the same loader, layer
-/// actors and (k, k') as a plain pass. It needs only the loader's and the layer actors' references, so a node agent can host
-/// it for the cluster as it hosts stage attempts. Whatever happens (success, a failed pass, cancellation), the session's KV
-/// caches are freed on the device and in the layer actors before it returns.</summary>
+/// actors and (k, k') as a plain pass. Generation jobs (generate, submit --generate) run the same passes stage by stage from the
+/// job manager (see <see cref="GenerationStageSession"/>); this loop over one stage is the engine's reference. Whatever happens
+/// (success, a failed pass, cancellation), the session's KV caches are freed on the device and in the layer actors before it
+/// returns.</summary>
 public static class GenerationSession
 {
     /// <param name="prompts">Token ids, one list per batch row, of any lengths (left padded here).</param>

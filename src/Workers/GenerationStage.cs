@@ -11,8 +11,9 @@ namespace Superpipeline.Workers;
 
 /// <summary>One stage that holds every layer of a model for generation: the layers' <see cref="LayerActor"/>s (host weights,
 /// and the KV caches under host placement) and a <see cref="DeviceLoaderActor"/> on one device, made with the same factories
-/// the node agent uses, under <paramref name="parent"/> (an actor system in-process; a node agent's context later). Disposing
-/// it stops them, which frees the weights and any cache left.</summary>
+/// the node agent uses, under <paramref name="parent"/> (an actor system). Disposing it stops them, which frees the weights and
+/// any cache left. The CLI's generate and the cluster run generation as a job instead (the node agent's
+/// <see cref="GenerationStageSession"/> per stage); this one-stage path is the engine's own, which the specs use as a reference.</summary>
 public sealed class GenerationStage : IDisposable
 {
     readonly IActorRefFactory _parent;

@@ -204,7 +204,7 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
         // Once the first token is in, fill the last stage's device: its next step cannot load a layer and fails.
         var filled = new TaskCompletionSource<DeviceMemory.Reservation>(TaskCreationOptions.RunContinuationsAsynchronously);
         var last = new[] { a, b }.OrderBy(Node, StringComparer.Ordinal).Last().Devices[0]; // placement orders stages by node
-        var job = Job(dir, "doomed", Request(false, 40), KvPlacement.Device, new PolicySpec(1, 1));
+        var job = Job(dir, "doomed", Request(false, 55), KvPlacement.Device, new PolicySpec(1, 1)); // steps left long after the first
         var answer = await client.RunAsync(job, onToken: t =>
         {
             if (t.Step != 0) return;
@@ -226,7 +226,7 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
     public async Task A_worker_lost_mid_generation_has_the_job_re_placed_with_the_tokens_of_an_uninterrupted_run()
     {
         string dir = await Export();
-        var request = Request(sampled: true, maxNew: 40);
+        var request = Request(sampled: true, maxNew: 55);
         var coordinator = Coordinator();
         var stays = Worker(coordinator);
         var doomed = Worker(coordinator, crashable: true);

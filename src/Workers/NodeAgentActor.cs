@@ -237,8 +237,15 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         if (_attempts.TryGetValue(id.Attempt, out var known) && known.Cancelled) return; // given up already: never resurrected
         if (_generations.TryGetValue(id, out var open))
         {
-            if (open.Phase is GenerationStagePhase.Ready or GenerationStagePhase.Stepping) g.Coordinator.Tell(new GenerationReady(g.Job, g.Attempt, g.Stage));
-            return; // a repeated assignment
+            if (open.Open.Coordinator.Equals(g.Coordinator))
+            {
+                if (open.Phase is GenerationStagePhase.Ready or GenerationStagePhase.Stepping)
+                    g.Coordinator.Tell(new GenerationReady(g.Job, g.Attempt, g.Stage));
+                return; // a repeated assignment
+            }
+            _log.Info("generation stage {0} of {1} opened again by another coordinator; the old session ends", g.Stage, id.Attempt);
+            _generations.Remove(id); // no longer current: it ends, frees its caches and releases its deployment, and answers no one
+            EndGeneration(open, report: false);
         }
         LayeredModel stage;
         OffloadPolicy policy;

@@ -81,14 +81,15 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
     }
 
     /// <summary>The reference: the engine's generation on one in-process stage holding every layer (no job manager, no node agent).</summary>
-    static async Task<long[,]> SingleProcess(string dir, GenerationRequest request, KvPlacement kv)
+    static async Task<long[,]> SingleProcess(string dir, GenerationRequest request, KvPlacement kv, long[][]? prompts = null)
     {
-        var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, Prompts.Length, Prompts.Max(p => p.Length), 0));
+        prompts ??= Prompts;
+        var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, prompts.Length, prompts.Max(p => p.Length), 0));
         using var system = ActorSystem.Create("reference", WorkerConfig.Load());
         using var device = new SimulatedDevice("sim:0", 64L << 20);
         using var weights = new CheckpointWeights(dir);
         using var stage = GenerationStage.Start(system, device, model, weights, TimeSpan.FromSeconds(30));
-        var result = await stage.GenerateAsync(Prompts, new GenerationOptions(request, OffloadPolicy.For(new PolicySpec(2, 1), model.Layers.Count), kv),
+        var result = await stage.GenerateAsync(prompts, new GenerationOptions(request, OffloadPolicy.For(new PolicySpec(2, 1), model.Layers.Count), kv),
             TimeSpan.FromMinutes(1));
         await system.Terminate();
         return result.Tokens;
@@ -258,6 +259,25 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
     }
 
     static Task<long[,]> SingleProcessFor(string dir, GenerationRequest request) => SingleProcess(dir, request, KvPlacement.Device);
+
+    [Fact]
+    public async Task Generation_jobs_submitted_together_are_not_coalesced_and_each_gets_the_tokens_of_its_own_prompts()
+    {
+        string dir = await Export();
+        await using var host = EmbeddedHost.Start(new DeviceSpec(DeviceKind.Sim, 64L << 20, null));
+        long[][] others = [[3, 1, 4, 1, 5], [27, 18]]; // the same model spec and policy as Prompts: coalescable as passes
+        var greedy = Job(dir, "together-0", Request(false), KvPlacement.Device, new PolicySpec(1, 1));
+        var sampled = Job(dir, "together-1", Request(true), KvPlacement.Host, new PolicySpec(1, 1), others);
+        var answers = await Task.WhenAll(host.RunAsync(greedy), host.RunAsync(sampled)).WaitAsync(Wait);
+        var first = Assert.IsType<JobGenerated>(answers[0]);
+        var second = Assert.IsType<JobGenerated>(answers[1]);
+        Assert.Equal((await SingleProcess(dir, Request(false), KvPlacement.Device)).Cast<long>(), Tokens(first.Tokens).Cast<long>());
+        Assert.Equal((await SingleProcess(dir, Request(true), KvPlacement.Host, others)).Cast<long>(), Tokens(second.Tokens).Cast<long>());
+        Assert.Equal([2L, 5 + 6], second.Tokens.Shape.ToArray());
+        Assert.Equal(greedy.Model, sampled.Model);
+        Assert.Equal(6, first.Report.Passes);
+        Assert.Equal(0, host.Device.Memory.Reserved);
+    }
 
     [Fact]
     public async Task Bad_generation_requests_are_refused_by_the_job_manager_in_one_line()

@@ -21,8 +21,8 @@ namespace Superpipeline.Tests;
 /// makes the tokens of a single-process generation (the engine's in-process <see cref="GenerationStage"/>, no job system), for
 /// both KV placements, greedy and sampled; each stage's KV cache is on its own node (the report's per-stage KV bytes, counted
 /// here from the config); every stage ends its session (device bytes back to zero) after success and after a failed step; a
-/// worker lost mid-generation has the job re-placed with the same tokens; bad requests are refused by the job manager in one
-/// line; and <c>submit --generate</c> writes the tokens <c>generate</c> writes.</summary>
+/// worker lost mid-generation has the job re-placed with the same tokens; generation jobs are never coalesced; bad requests are
+/// refused by the job manager in one line; and <c>submit --generate</c> writes the tokens <c>generate</c> writes.</summary>
 public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLifetime
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(120);

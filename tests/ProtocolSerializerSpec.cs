@@ -46,6 +46,8 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
             ["JobFailed"] = "failed", ["JobRefused"] = "refused", ["RegisterWorker"] = "register", ["WorkerRegistered"] = "registered",
             ["StageAssignment"] = "stage", ["StageInput"] = "stage-input", ["StageProgress"] = "stage-progress", ["StageDone"] = "stage-done",
             ["StageOutput"] = "stage-output", ["StageFailed"] = "stage-failed", ["CancelAttempt"] = "cancel", ["MessageChunk"] = "chunk",
+            ["JobToken"] = "token", ["JobGenerated"] = "generated", ["OpenGeneration"] = "gen-open", ["GenerationReady"] = "gen-ready",
+            ["GenerationStepInput"] = "gen-step", ["GenerationLogits"] = "gen-logits", ["EndGeneration"] = "gen-end", ["GenerationEnded"] = "gen-ended",
         };
         var actual = ProtocolTypes().ToDictionary(t => t.Name, t => Serializer.Manifest(RuntimeHelpers.GetUninitializedObject(t)));
         Assert.Equal(expected.OrderBy(kv => kv.Key), actual.OrderBy(kv => kv.Key));
@@ -71,6 +73,35 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
         Assert.Equal("/data/ids.npy", back.Model.Input);
         var seeded = new SubmitJob(new JobId("demo-1"), ModelSpec.Demo, PolicySpec.Resident);
         Assert.Null(Assert.IsType<SubmitJob>(Serializer.FromBinary(Serializer.ToBinary(seeded), "submit")).Model.Checkpoint);
+    }
+
+    [Fact]
+    public void A_generation_job_and_its_answer_round_trip_with_prompts_of_different_lengths_and_per_stage_figures()
+    {
+        var spec = new ModelSpec("llama", 2, 64, 4, 256, 5, 2, 0, Checkpoint: "/data/ckpt");
+        var generation = new GenerationParameters([[1, 2, 3, 4, 5], [7, 8]], 6, Temperature: 0.7, TopK: 5, TopP: null, Seed: 3, Eos: 2, Kv: "host");
+        var submit = new SubmitJob(new JobId("gen-1"), spec, new PolicySpec(1, 1), Generation: generation);
+        var back = Assert.IsType<SubmitJob>(Serializer.FromBinary(Serializer.ToBinary(submit), "submit"));
+        Assert.Equal(submit, back); // a resubmission that crossed the wire is the same job
+        Assert.Equal([7L, 8], back.Generation!.Prompts[1].ToArray());
+        Assert.NotEqual(submit, submit with { Generation = generation with { Prompts = [[1, 2, 3, 4, 5], [7, 9]] } });
+
+        var report = new GenerationReport("a/sim:0,b/sim:0", 4, 1, 1, "host", 2, 5, 6, 6, 1000, 64 << 20, 0.5, 20, 900, 400, 5000, 1.5)
+        {
+            Stages =
+            [
+                new GenerationStagePlan(0, "a", "sim:0", 0, 2, 1, 1, 900, 100, 2500, 6),
+                new GenerationStagePlan(1, "b", "sim:0", 2, 2, 1, 1, 800, 300, 2500, 6),
+            ],
+        };
+        var tokens = new TensorPayload("Int64", [2, 11], [.. new byte[2 * 11 * 8]]);
+        var answer = Assert.IsType<JobGenerated>(Serializer.FromBinary(Serializer.ToBinary(new JobGenerated(new JobId("gen-1"), tokens, report)), "generated"));
+        Assert.Equal(tokens, answer.Tokens);
+        Assert.Equal(report.Stages.ToArray(), answer.Report.Stages.ToArray());
+        Assert.Equal(report with { Stages = [] }, answer.Report with { Stages = [] });
+
+        var step = new GenerationProtocol.GenerationStepInput(new JobId("gen-1"), 3, 1, 4, tokens, tokens, tokens, 10);
+        Assert.Equal(step, Serializer.FromBinary(Serializer.ToBinary(step), "gen-step"));
     }
 
     [Theory]

@@ -1,3 +1,5 @@
+using System.Collections.Immutable;
+
 namespace Superpipeline.Contracts;
 
 /// <summary>The measured record of one generation (a prefill pass, then one decode pass per new token) on one device.</summary>
@@ -27,4 +29,9 @@ public sealed record GenerationReport(
     long PeakDeviceBytes,
     long KvBytes,
     long BytesTransferred,
-    double WallSeconds);
+    double WallSeconds)
+{
+    /// <summary>The placement, when the generation ran as pipeline stages through the job system: each stage's node, layers,
+    /// peak and KV bytes (empty when one in-process stage ran it directly).</summary>
+    public ImmutableArray<GenerationStagePlan> Stages { get; init; } = [];
+}

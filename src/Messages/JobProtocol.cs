@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using Superpipeline.Contracts;
 
 namespace Superpipeline.Messages;
@@ -12,8 +13,11 @@ public static class JobProtocol
 
     /// <summary>Run one forward pass of <paramref name="Model"/> (weights from its seed) under <paramref name="Policy"/>, on the
     /// input drawn from <paramref name="InputSeed"/> (default: the model's seed). Jobs with the same model and policy
-    /// may be coalesced into one pass as micro-batches; each keeps its own input and output.</summary>
-    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null) : IJobCommand;
+    /// may be coalesced into one pass as micro-batches; each keeps its own input and output.
+    /// With <paramref name="Generation"/> it is a generation job instead: a prefill pass over its prompts, then one decode pass per
+    /// new token, through the same stages (never coalesced); its progress is one <see cref="JobToken"/> per step and its answer
+    /// <see cref="JobGenerated"/>.</summary>
+    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null, GenerationParameters? Generation = null) : IJobCommand;
 
     public sealed record JobAccepted(JobId Id) : IJobEvent;
 
@@ -21,6 +25,19 @@ public static class JobProtocol
     /// (the whole model's layer count, whichever stage ran it).</summary>
     public sealed record JobProgress(JobId Id, LayerProgress Progress) : IJobEvent;
     public sealed record JobSucceeded(JobId Id, TensorPayload Output, PassReport Report) : IJobEvent;
+
+    /// <summary>A generation job made step <paramref name="Step"/>'s tokens (0: the one the prefill chose), one per row; a row
+    /// that has finished (EOS) shows the pad id. A job placed again after a worker was lost starts over from step 0.</summary>
+    public sealed record JobToken(JobId Id, int Step, ImmutableArray<long> Tokens) : IJobEvent
+    {
+        public bool Equals(JobToken? other) =>
+            other is not null && Id == other.Id && Step == other.Step && Tokens.AsSpan().SequenceEqual(other.Tokens.AsSpan());
+        public override int GetHashCode() => HashCode.Combine(Id, Step);
+    }
+
+    /// <summary>A generation job's answer: <paramref name="Tokens"/> int64 [batch, prompt + new] (left-padded prompts, then the
+    /// new tokens) and its report, with each stage's peak and KV bytes in <see cref="GenerationReport.Stages"/>.</summary>
+    public sealed record JobGenerated(JobId Id, TensorPayload Tokens, GenerationReport Report) : IJobEvent;
     /// <summary>The job did not complete; <paramref name="Reason"/> is a one-line message for a person.</summary>
     public sealed record JobFailed(JobId Id, string Reason) : IJobEvent;
 

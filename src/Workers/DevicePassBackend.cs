@@ -63,8 +63,8 @@ public sealed class DevicePassBackend : IPassBackend
         if (layerActors.Count != model.Layers.Count)
             throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
         if (inputs.Count == 0) throw new ArgumentException("a pass needs at least one input");
-        if (step is not null && (inputs.Count != 1 || step.Context.Batch != inputs[0].shape[0] || step.Context.Tokens != inputs[0].shape[^1]))
-            throw new ArgumentException($"a generation step takes one input of [{step.Context.Batch}, {step.Context.Tokens}] token ids");
+        if (step is not null && (inputs.Count != 1 || step.Context.Batch != inputs[0].shape[0] || step.Context.Tokens != inputs[0].shape[1]))
+            throw new ArgumentException($"a generation step takes one input of [{step.Context.Batch}, {step.Context.Tokens}, ...] (ids, or activations)");
         if (step is { Placement: KvPlacement.Device } && kvSession is null)
             throw new ArgumentException("a generation step with its KV cache on the device needs the session's caches");
         // A generation step's input follows the step ([B, T] prefill, [B, 1] decode); the model's own shape is for plain passes.

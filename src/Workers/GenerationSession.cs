@@ -17,9 +17,10 @@ public sealed record GenerationResult(long[,] Tokens, GenerationReport Report);
 
 /// <summary>Generation on one stage that holds every layer: a prefill pass over the left-padded prompts, then one decode pass
 /// per new token, each a <see cref="DeviceLoaderActor.RunPass"/> with a <see cref="GenerationStep"/> on the same loader, layer
-/// actors and (k, k') as a plain pass. It needs only the loader's and the layer actors' references, so a node agent can host
-/// it for the cluster as it hosts stage attempts. Whatever happens (success, a failed pass, cancellation), the session's KV
-/// caches are freed on the device and in the layer actors before it returns.</summary>
+/// actors and (k, k') as a plain pass. Generation jobs (generate, submit --generate) run the same passes stage by stage from the
+/// job manager (see <see cref="GenerationStageSession"/>); this loop over one stage is the engine's reference. Whatever happens
+/// (success, a failed pass, cancellation), the session's KV caches are freed on the device and in the layer actors before it
+/// returns.</summary>
 public static class GenerationSession
 {
     /// <param name="prompts">Token ids, one list per batch row, of any lengths (left padded here).</param>
@@ -30,14 +31,7 @@ public static class GenerationSession
         CancellationToken cancel = default)
     {
         var request = options.Request;
-        var padded = PaddedPrompts.LeftPad(prompts, request.Pad);
-        long vocab = model.ActivationShapes()[^1].Shape[^1];
-        long? maxPositions = model.Layers.Select(l => l.MaxPositions).Where(p => p is not null).Min();
-        request.Validate(padded.Length, maxPositions, vocab);
-        for (int b = 0; b < prompts.Count; b++)
-            foreach (long id in prompts[b])
-                if (id < 0 || id >= vocab)
-                    throw new FieldException(GenerationFields.Prompt, $"{b} holds token id {id}, outside the vocabulary [0, {vocab})");
+        var padded = Check(model, prompts, request);
 
         var session = Guid.NewGuid();
         long capacity = padded.Length + (long)request.MaxNewTokens;
@@ -86,6 +80,29 @@ public static class GenerationSession
         return new GenerationResult(outcome.Tokens, report);
     }
 
+    /// <summary>The prompts left padded, once the request and the prompts are checked against <paramref name="model"/> (the whole
+    /// model): a <see cref="FieldException"/> names the first bad field (max new tokens below 1, a sampling setting out of range,
+    /// an EOS id outside the vocabulary, prompt plus new tokens beyond the model's positions, an empty prompt, an id ≥ vocab).</summary>
+    public static PaddedPrompts Check(LayeredModel model, IReadOnlyList<IReadOnlyList<long>> prompts, GenerationRequest request)
+    {
+        var padded = PaddedPrompts.LeftPad(prompts, request.Pad);
+        long vocab = model.ActivationShapes()[^1].Shape[^1];
+        long? maxPositions = model.Layers.Select(l => l.MaxPositions).Where(p => p is not null).Min();
+        request.Validate(padded.Length, maxPositions, vocab);
+        for (int b = 0; b < prompts.Count; b++)
+            foreach (long id in prompts[b])
+                if (id < 0 || id >= vocab)
+                    throw new FieldException(GenerationFields.Prompt, $"{b} holds token id {id}, outside the vocabulary [0, {vocab})");
+        return padded;
+    }
+
+    /// <summary>A generation job's request, prompts and KV placement as the engine takes them (the one conversion from the wire
+    /// record); a <see cref="FieldException"/> naming the KV placement when it is neither "device" nor "host".</summary>
+    public static (GenerationRequest Request, IReadOnlyList<IReadOnlyList<long>> Prompts, KvPlacement Placement) FromSpec(GenerationParameters spec) =>
+        (new GenerationRequest(spec.MaxNewTokens, new SamplingSettings(spec.Temperature, spec.TopK, spec.TopP, spec.Seed), spec.Eos, spec.Pad),
+            spec.Prompts.IsDefault ? [] : [.. spec.Prompts.Select(p => (IReadOnlyList<long>)(p.IsDefault ? [] : [.. p]))],
+            ParsePlacement(spec.Kv));
+
     /// <summary>The placement as the report and the CLI name it: "device" or "host".</summary>
     public static string Name(KvPlacement placement) => placement == KvPlacement.Host ? "host" : "device";
 
@@ -97,8 +114,9 @@ public static class GenerationSession
         _ => throw new FieldException(GenerationFields.KvPlacement, $"must be 'device' or 'host'; got '{text}'"),
     };
 
-    /// <summary>Frees the session's caches: the loader's device caches, and each attention layer's host cache.</summary>
-    static async Task EndAsync(IActorRef loader, IReadOnlyList<IActorRef> layerActors, LayeredModel model, Guid session, KvPlacement placement,
+    /// <summary>Frees the session's caches: the loader's device caches, and each attention layer's host cache (send it after the
+    /// session's last pass has answered).</summary>
+    public static async Task EndAsync(IActorRef loader, IReadOnlyList<IActorRef> layerActors, LayeredModel model, Guid session, KvPlacement placement,
         TimeSpan timeout)
     {
         var ends = new List<Task> { loader.Ask<DeviceLoaderActor.SessionEnded>(new DeviceLoaderActor.EndSession(session), timeout) };

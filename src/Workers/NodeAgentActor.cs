@@ -9,6 +9,7 @@ using Superpipeline.Engine.Policy;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
+using static Superpipeline.Messages.GenerationProtocol;
 using static Superpipeline.Messages.StageProtocol;
 using static Superpipeline.Messages.WorkerProtocol;
 using static TorchSharp.torch;
@@ -40,6 +41,15 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
 
     private sealed record StageFinished(StageAttempt Attempt, StageAssignment Stage, object Answer) : INoSerializationVerificationNeeded;
 
+    /// <summary>A generation stage's layer actors hold their weights (or failed to read them).</summary>
+    private sealed record GenerationLoaded(GenerationStageSession Session, string? Error) : INoSerializationVerificationNeeded;
+
+    /// <summary>A generation stage's pass for a step answered.</summary>
+    private sealed record GenerationStepped(GenerationStageSession Session, GenerationStepInput Input, object Answer) : INoSerializationVerificationNeeded;
+
+    /// <summary>A generation stage's caches are freed (on the device and in its layer actors).</summary>
+    private sealed record GenerationFreed(GenerationStageSession Session, string? Error) : INoSerializationVerificationNeeded;
+
     /// <summary>In-process: ask for the agent's figures; the answer is <see cref="Status"/>.</summary>
     public sealed record GetStatus : INoSerializationVerificationNeeded
     {
@@ -63,6 +73,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly TimeSpan _askTimeout;
     readonly WorkerSettings _worker;
     readonly Dictionary<AttemptId, StageAttempt> _attempts = [];
+    readonly Dictionary<GenerationStageId, GenerationStageSession> _generations = [];
     readonly DeploymentPool _deployments;
     readonly HostWeightBudget? _hostMemory; // the disk tier's reads share it (superpipeline.worker.host-memory)
     readonly Queue<StageRef> _waitingForHostMemory = new(); // first come, first deployed
@@ -91,6 +102,12 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Receive<StageInput>(OnInput);
         Receive<StageFinished>(OnFinished);
         Receive<CancelAttempt>(c => OnCancel(new AttemptId(c.Job, c.Attempt)));
+        Receive<OpenGeneration>(OnOpenGeneration);
+        Receive<GenerationLoaded>(OnGenerationLoaded);
+        Receive<GenerationStepInput>(OnGenerationStep);
+        Receive<GenerationStepped>(OnGenerationStepped);
+        Receive<EndGeneration>(e => EndGenerations(new AttemptId(e.Job, e.Attempt), report: true));
+        Receive<GenerationFreed>(OnGenerationFreed);
         Receive<Terminated>(t => OnTerminated(t.ActorRef));
         Receive<Tidy>(_ => OnTidy());
         Receive<GetStatus>(_ => Sender.Tell(new Status(_deployments.HostBytes, _deployments.PeakHostBytes, _deployments.Budget,
@@ -116,6 +133,8 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         foreach (var attempt in _attempts.Values) attempt.Cancel(Now); // their passes stop and free their device bytes
         _attempts.Clear();
+        foreach (var session in _generations.Values) session.WantEnd(report: false); // the loader frees their caches as it stops
+        _generations.Clear();
     }
 
     /// <summary>Registers once every device has been measured (once per device, <see cref="DeviceCalibration.MeasureOnceAsync"/>),
@@ -204,7 +223,185 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     {
         if (!_attempts.TryGetValue(id, out var attempt)) _attempts[id] = attempt = new StageAttempt(id, Now);
         attempt.Cancel(Now);
+        EndGenerations(id, report: false);
     }
+
+    /// <summary>Opens a stage of a generation job: its layers deployed within the host weight budget (or it fails at once, it does
+    /// not wait for room), then <see cref="GenerationReady"/> to the coordinator once they hold their weights.</summary>
+    void OnOpenGeneration(OpenGeneration g)
+    {
+        var id = new GenerationStageId(new AttemptId(g.Job, g.Attempt), g.Stage);
+        void Refuse(string why) => g.Coordinator.Tell(new StageFailed(g.Job, g.Attempt, g.Stage, why));
+        if (!_devices.ContainsKey(g.Device))
+        {
+            Refuse($"node {_node} has no device {g.Device}");
+            return;
+        }
+        if (_attempts.TryGetValue(id.Attempt, out var known) && known.Cancelled) return; // given up already: never resurrected
+        if (_generations.TryGetValue(id, out var open))
+        {
+            if (open.Open.Coordinator.Equals(g.Coordinator))
+            {
+                if (open.Phase is GenerationStagePhase.Ready or GenerationStagePhase.Stepping)
+                    g.Coordinator.Tell(new GenerationReady(g.Job, g.Attempt, g.Stage));
+                return; // a repeated assignment
+            }
+            _log.Info("generation stage {0} of {1} opened again by another coordinator; the old session ends", g.Stage, id.Attempt);
+            _generations.Remove(id); // no longer current: it ends, frees its caches and releases its deployment, and answers no one
+            EndGeneration(open, report: false);
+        }
+        LayeredModel stage;
+        OffloadPolicy policy;
+        KvPlacement placement;
+        ImmutableArray<long> layerBytes;
+        try
+        {
+            stage = ModelCatalog.Create(g.Model).Slice(g.FirstLayer, g.LayerCount);
+            policy = OffloadPolicy.For(g.Policy, g.LayerCount);
+            ModelCatalog.CheckWeights(g.Model, stage);
+            placement = GenerationSession.ParsePlacement(g.Kv);
+            layerBytes = DeploymentWeights.LayerHostBytes(g.Model, stage, _hostMemory);
+        }
+        catch (Exception e) when (ModelCatalog.IsRefusal(e))
+        {
+            Refuse(e.Message);
+            return;
+        }
+        var key = DeploymentKey.Of(g.Model, g.FirstLayer, g.LayerCount);
+        long bytes = layerBytes.Sum();
+        if (_deployments.TooLarge(key, bytes) is { } why)
+        {
+            Refuse(why);
+            return;
+        }
+        var deployment = _deployments.TryAcquire(key, bytes, Now, _waitingForHostMemory.Count == 0, () => Deploy(g.Model, stage, layerBytes));
+        if (deployment is null)
+        {
+            Refuse($"node {_node} has no room in its host weight budget for layers {g.FirstLayer}..{g.FirstLayer + g.LayerCount - 1} now");
+            return;
+        }
+        var session = _generations[id] = new GenerationStageSession(id, g, stage, policy, key, deployment.Layers, _loaders[g.Device], placement);
+        var self = Self;
+        deployment.Ready.ContinueWith(r =>
+                new GenerationLoaded(session, r.IsCompletedSuccessfully ? null : r.Exception?.GetBaseException().Message ?? "cancelled"),
+            TaskScheduler.Default).PipeTo(self);
+    }
+
+    void OnGenerationLoaded(GenerationLoaded m)
+    {
+        var session = m.Session;
+        if (!Current(session) || session.Phase != GenerationStagePhase.Loading) return;
+        var g = session.Open;
+        if (m.Error is { } error)
+        {
+            g.Coordinator.Tell(new StageFailed(g.Job, g.Attempt, g.Stage, error));
+            EndGeneration(session, report: false);
+            return;
+        }
+        session.Loaded();
+        g.Coordinator.Tell(new GenerationReady(g.Job, g.Attempt, g.Stage));
+    }
+
+    /// <summary>Runs one step on a stage: its layers as one generation pass over the session's caches on this node.</summary>
+    void OnGenerationStep(GenerationStepInput s)
+    {
+        var id = new GenerationStageId(new AttemptId(s.Job, s.Attempt), s.Stage);
+        if (!_generations.TryGetValue(id, out var session) || session.Phase != GenerationStagePhase.Ready || session.EndWanted)
+        {
+            _log.Debug("step {0} of generation stage {1} of {2} dropped: the stage is not ready", s.Step, s.Stage, id.Attempt);
+            return;
+        }
+        session.Stepping();
+        var input = TensorPayloads.ToTensor(s.Activations);
+        var context = new Superpipeline.Engine.Generation.StepContext(TensorPayloads.ToTensor(s.Positions), TensorPayloads.ToTensor(s.Mask), s.Past,
+            lastPositionOnly: true);
+        var pass = new DeviceLoaderActor.RunPass(session.Stage, session.Layers, input, session.Policy)
+        {
+            Step = new GenerationStep(session.Session, context, session.Placement, session.Capacity), Stop = session.Stop,
+            ResidentKey = session.Deployment, // pinned layers stay on the device from token to token, and for later jobs of the model
+        };
+        var self = Self;
+        session.Loader.Ask<object>(pass, Timeout.InfiniteTimeSpan)
+            .ContinueWith(t =>
+            {
+                input.Dispose();
+                context.Dispose();
+                var answer = t.IsCompletedSuccessfully
+                    ? t.Result
+                    : new DeviceLoaderActor.PassFailed(t.Exception?.GetBaseException().Message ?? "cancelled", t.Exception!);
+                return new GenerationStepped(session, s, answer);
+            }, TaskScheduler.Default)
+            .PipeTo(self);
+    }
+
+    /// <summary>A step's pass answered: its activations go on to the next stage (the logits, from the last, to the coordinator);
+    /// a failed step fails the attempt and ends the session.</summary>
+    void OnGenerationStepped(GenerationStepped m)
+    {
+        var session = m.Session;
+        var g = session.Open;
+        if (m.Answer is DeviceLoaderActor.PassSucceeded ok)
+        {
+            session.Stepped(ok.Report);
+            TensorPayload output;
+            using (var first = ok.Outputs[0]) output = TensorPayloads.From(first);
+            foreach (var extra in ok.Outputs.Skip(1)) extra.Dispose();
+            if (!session.EndWanted && Current(session))
+            {
+                if (g.Stage == g.Stages - 1) _sender.Tell(g.Coordinator, new GenerationLogits(g.Job, g.Attempt, m.Input.Step, output), Self);
+                else _sender.Tell(g.Next!, m.Input with { Stage = g.Stage + 1, Activations = output }, Self);
+            }
+        }
+        else
+        {
+            session.Stepped(null);
+            var reason = m.Answer is DeviceLoaderActor.PassFailed failed ? failed.Reason : $"unexpected answer {m.Answer}";
+            if (!session.EndWanted)
+            {
+                _log.Warning("generation stage {0} of job {1} failed on {2}: {3}", g.Stage, g.Job, g.Device, reason);
+                g.Coordinator.Tell(new StageFailed(g.Job, g.Attempt, g.Stage, reason));
+            }
+            session.WantEnd(report: false);
+        }
+        if (session.EndWanted) EndGeneration(session, session.ReportEnd);
+    }
+
+    /// <summary>Ends every generation stage of <paramref name="attempt"/> on this node (now, or once its running pass answers).</summary>
+    void EndGenerations(AttemptId attempt, bool report)
+    {
+        foreach (var session in _generations.Values.Where(g => g.Id.Attempt == attempt).ToArray())
+            EndGeneration(session, report);
+    }
+
+    void EndGeneration(GenerationStageSession session, bool report)
+    {
+        if (!session.WantEnd(report)) return; // a pass runs (it ends when the pass answers), or it is ending already
+        session.Ending();
+        var self = Self;
+        GenerationSession.EndAsync(session.Loader, session.Layers, session.Stage, session.Session, session.Placement, _askTimeout)
+            .ContinueWith(t => new GenerationFreed(session, t.IsCompletedSuccessfully ? null : t.Exception?.GetBaseException().Message),
+                TaskScheduler.Default)
+            .PipeTo(self);
+    }
+
+    /// <summary>A stage's caches are freed: its deployment is released and, when the coordinator ended it, it reports its figures.</summary>
+    void OnGenerationFreed(GenerationFreed m)
+    {
+        var session = m.Session;
+        if (m.Error is { } error) _log.Warning("generation stage {0} of {1}: freeing its caches failed: {2}", session.Id.Stage, session.Id.Attempt, error);
+        _deployments.Release(session.Deployment, Now);
+        if (Current(session))
+        {
+            _generations.Remove(session.Id);
+            var g = session.Open;
+            if (session.ReportEnd && m.Error is null)
+                g.Coordinator.Tell(new GenerationEnded(g.Job, g.Attempt, g.Stage, session.Plan(_node, g.Device, g.FirstLayer), session.DeviceCapacityBytes));
+        }
+        session.Dispose();
+        StartWaiting();
+    }
+
+    bool Current(GenerationStageSession session) => _generations.TryGetValue(session.Id, out var known) && ReferenceEquals(known, session);
 
     /// <summary>Runs the stage now if its deployment is (or can be made) resident within the host weight budget; else
     /// the stage waits for room. A stage that can never run here fails at once.</summary>

@@ -28,6 +28,7 @@ public sealed class ClientActor : ReceiveActor, IWithTimers
         _send = send;
         Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<JobSucceeded>(Terminal);
+        Receive<JobGenerated>(Terminal);
         Receive<JobFailed>(Terminal);
         Receive<JobRefused>(Terminal);
         Receive<IJobEvent>(e => { if (!_done) _events.TryWrite(e); });

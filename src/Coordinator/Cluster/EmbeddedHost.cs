@@ -46,8 +46,10 @@ public sealed class EmbeddedHost : IAsyncDisposable
         return channel.Reader;
     }
 
-    /// <summary>Submits and waits for the terminal event, passing progress to <paramref name="onProgress"/>.</summary>
-    public Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null) => JobEvents.LastAsync(Submit(job), job.Id, onProgress);
+    /// <summary>Submits and waits for the terminal event, passing progress to <paramref name="onProgress"/> (a generation job's
+    /// tokens to <paramref name="onToken"/>).</summary>
+    public Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null, Action<JobToken>? onToken = null) =>
+        JobEvents.LastAsync(Submit(job), job.Id, onProgress, onToken);
 
     public async ValueTask DisposeAsync()
     {
@@ -59,13 +61,16 @@ public sealed class EmbeddedHost : IAsyncDisposable
 /// <summary>Reading a job's events as a client does.</summary>
 public static class JobEvents
 {
-    /// <summary>Reads progress (passed to <paramref name="onProgress"/>) until the one terminal event, and returns it.</summary>
-    public static async Task<IJobEvent> LastAsync(ChannelReader<IJobEvent> events, JobId id, Action<LayerProgress>? onProgress)
+    /// <summary>Reads progress (passed to <paramref name="onProgress"/>, a generation job's tokens to <paramref name="onToken"/>) until
+    /// the one terminal event, and returns it.</summary>
+    public static async Task<IJobEvent> LastAsync(ChannelReader<IJobEvent> events, JobId id, Action<LayerProgress>? onProgress,
+        Action<JobToken>? onToken = null)
     {
         IJobEvent? last = null;
         await foreach (var e in events.ReadAllAsync())
         {
             if (e is JobProgress p) onProgress?.Invoke(p.Progress);
+            if (e is JobToken t) onToken?.Invoke(t);
             last = e;
         }
         return last ?? new JobFailed(id, "the client stopped without an answer");

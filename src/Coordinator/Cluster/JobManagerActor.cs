@@ -10,6 +10,8 @@ using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
 using Superpipeline.Workers;
+using Superpipeline.Engine.Generation;
+using static Superpipeline.Messages.GenerationProtocol;
 using static Superpipeline.Messages.JobProtocol;
 using static Superpipeline.Messages.StageProtocol;
 using static Superpipeline.Messages.WorkerProtocol;
@@ -35,12 +37,21 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Sweep() { }
     }
 
+    /// <summary>A generation attempt's loop ended: with its outcome, or with the error that ended it.</summary>
+    private sealed record GenerationLoopEnded(int Attempt, GenerationOutcome? Outcome, Exception? Error) : INoSerializationVerificationNeeded;
+
+    /// <summary>A generation attempt's loop made a step's tokens.</summary>
+    private sealed record TokensMade(int Attempt, TokenStep Step) : INoSerializationVerificationNeeded;
+
     /// <summary>A registered worker; the inventory is rebuilt from registrations, so it is not journaled job state.</summary>
     sealed record Worker(IActorRef Agent, string Node, ImmutableArray<DeviceInfo> Devices, DateTime LastSeen);
 
     readonly SuperpipelineSettings _settings;
     readonly Dictionary<Address, Worker> _workers = [];
     JobManagerState _state = JobManagerState.Empty;
+    /// <summary>The loops of running generation attempts, by attempt number: runtime state beside the journaled job state
+    /// (a restarted manager places the job again, and generation restarts from its prompts).</summary>
+    readonly Dictionary<int, GenerationRun> _generations = [];
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
 
@@ -55,6 +66,11 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Receive<StageDone>(OnStageDone);
         Receive<StageOutput>(OnOutput);
         Receive<StageFailed>(OnStageFailed);
+        Receive<GenerationReady>(OnGenerationReady);
+        Receive<GenerationLogits>(OnLogits);
+        Receive<TokensMade>(OnTokens);
+        Receive<GenerationLoopEnded>(OnLoopEnded);
+        Receive<GenerationEnded>(OnGenerationEnded);
         Receive<ClusterEvent.UnreachableMember>(m => Lost(m.Member.Address, "unreachable"));
         Receive<ClusterEvent.MemberRemoved>(m => Lost(m.Member.Address, "removed"));
         Receive<ClusterEvent.IMemberEvent>(_ => { });
@@ -80,6 +96,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
+        foreach (var run in _generations.Values) run.Cancel();
         if (InCluster)
             Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
     }
@@ -135,6 +152,11 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         {
             model = ModelCatalog.Create(submit.Model);
             if (!submit.Policy.Auto) OffloadPolicy.For(submit.Policy with { ResidentAuto = false }, model.Layers.Count); // auto pins are planned at dispatch
+            if (submit.Generation is { } g)
+            {
+                var (request, prompts, _) = GenerationSession.FromSpec(g);
+                GenerationSession.Check(model, prompts, request);
+            }
             ModelCatalog.CheckWeights(submit.Model, model);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))
@@ -177,6 +199,11 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             }
             var attempt = new Attempt(_state.LastAttempt + 1, [.. batch.Select(j => j.Id)], [.. placement], Stopwatch.GetTimestamp());
             Apply(new AttemptPlaced(attempt));
+            if (first.Submit.Generation is { } generation)
+            {
+                OpenGeneration(attempt, first, generation);
+                continue;
+            }
             var seeds = batch.Select(j => j.Submit.InputSeed ?? j.Submit.Model.Seed).ToImmutableArray();
             for (int s = placement.Count - 1; s >= 0; s--)
             {
@@ -188,16 +215,19 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         }
     }
 
-    /// <summary>The first queued job and, behind it, queued jobs of the same model and policy up to the micro-batch limit.</summary>
+    /// <summary>The first queued job and, behind it, queued jobs of the same model and policy up to the micro-batch limit.
+    /// Generation jobs are never coalesced: each runs alone.</summary>
     List<JobRecord> NextBatch()
     {
         var first = _state.Jobs[_state.Queue[0]];
         var batch = new List<JobRecord> { first };
+        if (first.Submit.Generation is not null) return batch;
         foreach (var id in _state.Queue.Skip(1))
         {
             if (batch.Count >= _settings.MaxMicroBatches) break;
             var candidate = _state.Jobs[id];
-            if (candidate.Submit.Model == first.Submit.Model && candidate.Submit.Policy == first.Submit.Policy) batch.Add(candidate);
+            if (candidate.Submit.Generation is null && candidate.Submit.Model == first.Submit.Model && candidate.Submit.Policy == first.Submit.Policy)
+                batch.Add(candidate);
         }
         return batch;
     }
@@ -233,6 +263,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     void OnStageFailed(StageFailed f)
     {
         if (!_state.Current(f.Job, f.Attempt, out var attempt)) return;
+        StopGeneration(attempt.Number);
         attempt.Cancel(Self);
         Apply(new AttemptEnded(attempt.Number));
         foreach (var id in attempt.Jobs) Answer(_state.Jobs[id], new JobFailed(id, f.Reason));
@@ -281,6 +312,95 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         };
     }
 
+    /// <summary>Opens a session on every stage of a generation attempt; the loop starts once all are ready (their layers hold
+    /// their weights, so time to first token measures passes, not reading the checkpoint).</summary>
+    void OpenGeneration(Attempt attempt, JobRecord job, GenerationParameters generation)
+    {
+        var (request, prompts, kv) = GenerationSession.FromSpec(generation);
+        var run = _generations[attempt.Number] = new GenerationRun(attempt, GenerationSession.Check(job.Model, prompts, request), request, kv);
+        var placement = attempt.Placement;
+        for (int s = placement.Length - 1; s >= 0; s--)
+        {
+            var p = placement[s];
+            var next = s + 1 < placement.Length ? placement[s + 1].Slot.Agent : null;
+            p.Slot.Agent.Tell(new OpenGeneration(attempt.Run, attempt.Number, s, placement.Length, job.Submit.Model, p.FirstLayer, p.LayerCount,
+                p.Slot.Device.Name, p.Policy, GenerationSession.Name(kv), run.Prompts.Batch, run.Capacity, next, Self));
+        }
+    }
+
+    /// <summary>A stage is ready; once every stage is, the loop starts.</summary>
+    void OnGenerationReady(GenerationReady r)
+    {
+        if (!_state.Current(r.Job, r.Attempt, out var attempt) || !attempt.IsStage(r.Stage, Sender)) return;
+        if (!_generations.TryGetValue(attempt.Number, out var run) || run.Started) return;
+        run.StageReady(r.Stage);
+        if (!run.AllReady) return;
+        var self = Self;
+        var first = attempt.Placement[0].Slot.Agent;
+        var sender = _sender;
+        int number = attempt.Number;
+        run.Start(step => sender.Tell(first, step, self), step => self.Tell(new TokensMade(number, step)))
+            .ContinueWith(t => new GenerationLoopEnded(number, t.IsCompletedSuccessfully ? t.Result : null,
+                t.IsCompletedSuccessfully ? null : t.Exception?.GetBaseException() ?? new OperationCanceledException("the generation was cancelled")),
+                TaskScheduler.Default)
+            .PipeTo(self);
+    }
+
+    void OnLogits(GenerationLogits l)
+    {
+        if (_state.Current(l.Job, l.Attempt, out var attempt) && attempt.IsStage(attempt.Placement.Length - 1, Sender)
+            && _generations.TryGetValue(attempt.Number, out var run))
+            run.Deliver(l.Step, l.Logits);
+    }
+
+    /// <summary>One event per token step to the clients of the job.</summary>
+    void OnTokens(TokensMade m)
+    {
+        if (!_state.Attempts.TryGetValue(m.Attempt, out var attempt) || !_generations.ContainsKey(m.Attempt)) return;
+        if (!attempt.Started) Apply(new AttemptStarted(attempt.Number));
+        var id = attempt.Run;
+        foreach (var c in _state.Jobs[id].Clients) c.Tell(new JobToken(id, m.Step.Step, [.. m.Step.Tokens]));
+    }
+
+    /// <summary>The loop ended: with its tokens, every stage is asked to end its session (the answer waits for them all);
+    /// with an error, the job fails and every stage ends its session.</summary>
+    void OnLoopEnded(GenerationLoopEnded e)
+    {
+        if (!_generations.TryGetValue(e.Attempt, out var run)) return; // stopped already (failed or given up)
+        var attempt = run.Attempt;
+        if (e.Outcome is { } outcome)
+        {
+            run.Outcome = outcome;
+            foreach (var agent in attempt.Placement.Select(p => p.Slot.Agent).Distinct()) agent.Tell(new EndGeneration(attempt.Run, attempt.Number));
+            return;
+        }
+        StopGeneration(attempt.Number);
+        attempt.Cancel(Self);
+        Apply(new AttemptEnded(attempt.Number));
+        var reason = e.Error?.Message ?? "the generation stopped";
+        Answer(_state.Jobs[attempt.Run], new JobFailed(attempt.Run, reason.Split('\n')[0]));
+    }
+
+    /// <summary>A stage ended its session; once all have, the job is answered with its tokens and report.</summary>
+    void OnGenerationEnded(GenerationEnded e)
+    {
+        if (!_state.Current(e.Job, e.Attempt, out var attempt) || !attempt.IsStage(e.Stage, Sender)) return;
+        if (!_generations.TryGetValue(attempt.Number, out var run) || run.Outcome is not { } outcome) return;
+        run.StageEnded(e);
+        if (!run.AllEnded) return;
+        _generations.Remove(attempt.Number);
+        run.Dispose();
+        Apply(new AttemptEnded(attempt.Number));
+        var job = _state.Jobs[attempt.Run];
+        Answer(job, new JobGenerated(job.Id, GenerationRun.Tokens(outcome.Tokens), run.Report(job.Model, outcome)));
+    }
+
+    /// <summary>Stops the loop of a generation attempt, if it is one (its stages end their sessions on <see cref="CancelAttempt"/>).</summary>
+    void StopGeneration(int attempt)
+    {
+        if (_generations.Remove(attempt, out var run)) run.Dispose();
+    }
+
     /// <summary>The job's one answer: recorded, sent to every client waiting for it; the oldest records beyond the limit are forgotten.</summary>
     void Answer(JobRecord job, IJobEvent answer)
     {
@@ -298,6 +418,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         _log.Warning("worker {0} is {1}; re-placing its jobs", worker.Node, why);
         foreach (var attempt in _state.Attempts.Values.Reverse().Where(a => a.Uses(address)).ToArray())
         {
+            StopGeneration(attempt.Number);
             attempt.Cancel(Self, address);
             Apply(new AttemptAbandoned(attempt.Number));
         }

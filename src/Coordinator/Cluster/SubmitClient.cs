@@ -108,8 +108,10 @@ public sealed class SubmitClient : IAsyncDisposable
         return channel.Reader;
     }
 
-    /// <summary>Submits and waits for the one answer, passing progress to <paramref name="onProgress"/>.</summary>
-    public Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null) => JobEvents.LastAsync(Submit(job), job.Id, onProgress);
+    /// <summary>Submits and waits for the one answer, passing progress to <paramref name="onProgress"/> (a generation job's tokens to
+    /// <paramref name="onToken"/>).</summary>
+    public Task<IJobEvent> RunAsync(SubmitJob job, Action<LayerProgress>? onProgress = null, Action<JobToken>? onToken = null) =>
+        JobEvents.LastAsync(Submit(job), job.Id, onProgress, onToken);
 
     public async ValueTask DisposeAsync() => await _system.Terminate();
 }

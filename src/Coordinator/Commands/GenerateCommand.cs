@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using System.CommandLine;
 using System.Globalization;
 using System.Security.Cryptography;
@@ -6,12 +7,14 @@ using Akka.Actor;
 using Spectre.Console;
 using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Bench;
+using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Workers;
+using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Coordinator.Commands;
 
@@ -24,11 +27,12 @@ public sealed record GenerateReportFile(string Model, string Input, string Sampl
     string TokensSha256);
 
 /// <summary><c>superpipeline generate</c>: a prefill pass over the prompts, then one decode pass per new token, each streaming
-/// every layer under (k, k') on one in-process stage (<see cref="GenerationStage"/>).</summary>
+/// every layer under (k, k'): a generation job through the job system of one process (<see cref="EmbeddedHost"/>), the same path
+/// a cluster runs (<c>submit --generate N</c>).</summary>
 public static class GenerateCommand
 {
     /// <summary>The flag that carries each generation field the engine names in its refusals.</summary>
-    static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
+    internal static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
     {
         [GenerationFields.MaxNewTokens] = "--max-new-tokens", [GenerationFields.Temperature] = "--temperature",
         [GenerationFields.TopK] = "--top-k", [GenerationFields.TopP] = "--top-p", [GenerationFields.Eos] = "--eos",
@@ -90,21 +94,22 @@ public static class GenerateCommand
         return policy.Auto ? throw new ArgumentException("--window auto is not supported by generate yet: give a number or 'all'") : policy;
     }
 
-    /// <summary>Runs <paramref name="parse"/>, naming the flag of a generation field it refuses.</summary>
-    static T InFlags<T>(Func<T> parse)
+    /// <summary>Runs <paramref name="parse"/>, naming the flag of a generation field it refuses (from <paramref name="flags"/>, by
+    /// default generate's own).</summary>
+    internal static T InFlags<T>(Func<T> parse, IReadOnlyDictionary<string, string>? flags = null)
     {
         try
         {
             return parse();
         }
-        catch (FieldException e) when (FlagOfField.TryGetValue(e.Field, out var flag))
+        catch (FieldException e) when ((flags ?? FlagOfField).TryGetValue(e.Field, out var flag))
         {
             throw new ArgumentException(e.MessageFor(flag), e);
         }
     }
 
     /// <summary>config.json's eos_token_id (the first when it is a list); null when it has none.</summary>
-    static long? ConfigEos(string dir)
+    internal static long? ConfigEos(string dir)
     {
         if (!Directory.Exists(dir)) throw new ArgumentException($"--model {dir}: not a checkpoint directory");
         using var config = ConfigJson.Open(dir);
@@ -121,7 +126,7 @@ public static class GenerateCommand
         OutputPaths.CheckWritable(o.OutputPath, "--output");
         var spec = ModelCatalog.CheckpointSpec(o.ModelDir, 1, 1, 0, o.Input);
         var model = Preflight.Model(spec, o.Policy);
-        var policy = OffloadPolicy.For(o.Policy, model.Layers.Count);
+        OffloadPolicy.For(o.Policy, model.Layers.Count); // "window 5 exceeds the 4 layers" before any work
         long[][] prompts;
         using (var ids = model.MakeInput(0)) prompts = [.. Enumerable.Range(0, (int)ids.shape[0]).Select(b => ids[b].data<long>().ToArray())];
         long vocab = model.ActivationShapes()[^1].Shape[^1];
@@ -133,31 +138,14 @@ public static class GenerateCommand
         Preflight.DeviceFits(model, o.Device.CapacityBytes);
         Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
 
-        var config = WorkerConfig.Load(null);
-        var settings = SuperpipelineSettings.Create(config);
-        using var device = DeviceFactory.Create(o.Device);
-        var system = ActorSystem.Create("superpipeline", config);
-        GenerationResult result;
-        try
-        {
-            using var weights = new Superpipeline.Engine.Checkpoints.CheckpointWeights(o.ModelDir);
-            using var stage = GenerationStage.Start(system, device, model, weights, settings.AskTimeout);
-            console.MarkupLineInterpolated(
-                $"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {prompts.Max(p => p.Length)} tokens, {o.Request.Sampling}");
-            result = await stage.GenerateAsync(prompts, new GenerationOptions(o.Request, policy, o.Placement), settings.PassTimeout,
-                step => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"token {step.Step + 1}: {string.Join(' ', step.Tokens)}")), cancel);
-        }
-        catch (GenerationFailedException e)
-        {
-            throw new InvalidOperationException(e.Message, e);
-        }
-        finally
-        {
-            await system.Terminate();
-        }
+        await using var host = EmbeddedHost.Start(o.Device);
+        console.MarkupLineInterpolated(
+            $"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {prompts.Max(p => p.Length)} tokens, {o.Request.Sampling}");
+        var job = Job(JobId.New(), spec with { Input = null }, o.Policy, prompts, o.Request, o.Placement);
+        var answer = await host.RunAsync(job, onToken: t => PrintToken(console, t)).WaitAsync(cancel);
+        var result = Generated(job, answer);
 
-        var tokens = Payload(result.Tokens);
+        var tokens = result.Tokens;
         var sha = Convert.ToHexStringLower(SHA256.HashData(tokens.Bytes.AsSpan()));
         if (o.OutputPath is not null) Npy.Write(o.OutputPath, tokens);
         if (o.ReportPath is not null)
@@ -167,14 +155,35 @@ public static class GenerateCommand
         return 0;
     }
 
-    static TensorPayload Payload(long[,] tokens)
+    /// <summary>A generation job: <paramref name="spec"/> sized for the prompts (batch rows, longest prompt), the request and KV
+    /// placement in their wire form (the one conversion from the engine's types).</summary>
+    internal static SubmitJob Job(JobId id, ModelSpec spec, PolicySpec policy, IReadOnlyList<long[]> prompts, GenerationRequest request,
+        KvPlacement placement)
     {
-        var bytes = new byte[tokens.Length * sizeof(long)];
-        Buffer.BlockCopy(tokens, 0, bytes, 0, bytes.Length);
-        return new TensorPayload("Int64", [tokens.GetLength(0), tokens.GetLength(1)], [.. bytes]);
+        var sampling = request.Sampling;
+        var generation = new GenerationParameters([.. prompts.Select(p => p.ToImmutableArray())], request.MaxNewTokens, sampling.Temperature, sampling.TopK,
+            sampling.TopP, sampling.Seed, request.Eos, request.PadId, GenerationSession.Name(placement));
+        return new SubmitJob(id, spec with { Batch = prompts.Count, Sequence = prompts.Max(p => p.Length) }, policy, Generation: generation);
     }
 
-    static void Summarize(IAnsiConsole console, GenerateOptions o, GenerationReport r, TensorPayload tokens, string sha)
+    /// <summary>One line per step: each row's new token.</summary>
+    internal static void PrintToken(IAnsiConsole console, JobToken t) =>
+        console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"token {t.Step + 1}: {string.Join(' ', t.Tokens)}"));
+
+    /// <summary>The generation's answer, or the job's refusal or failure as an error of one line.</summary>
+    internal static JobGenerated Generated(SubmitJob job, IJobEvent answer) => answer switch
+    {
+        JobGenerated ok => ok,
+        JobRefused refused => throw new ArgumentException(refused.Reason),
+        JobFailed failed => throw new InvalidOperationException(failed.Reason),
+        _ => throw new InvalidOperationException($"job {job.Id}: unexpected answer {answer}"),
+    };
+
+    internal static void Summarize(IAnsiConsole console, GenerateOptions o, GenerationReport r, TensorPayload tokens, string sha) =>
+        Summarize(console, r, tokens, sha, o.ReportPath, o.OutputPath);
+
+    /// <summary>The summary table (with the stages, when the job ran as several) and the files written.</summary>
+    internal static void Summarize(IAnsiConsole console, GenerationReport r, TensorPayload tokens, string sha, string? reportPath, string? outputPath)
     {
         var table = new Table().AddColumn("measure").AddColumn(new TableColumn("value").RightAligned());
         void Row(string measure, string value) => table.AddRow(new Text(measure), new Text(value));
@@ -190,7 +199,16 @@ public static class GenerateCommand
         Row("tokens", $"Int64[{string.Join(", ", tokens.Shape)}]");
         Row("tokens sha256", sha);
         console.Write(table);
-        foreach (var (label, path) in new[] { ("report", o.ReportPath), ("output", o.OutputPath) })
+        if (r.Stages.Length > 1)
+        {
+            var stages = new Table().AddColumn("stage").AddColumn("node").AddColumn("device").AddColumn("layers").AddColumn("k/k'")
+                .AddColumn(new TableColumn("peak bytes").RightAligned()).AddColumn(new TableColumn("KV bytes").RightAligned());
+            foreach (var s in r.Stages)
+                stages.AddRow(new Text($"{s.Stage}"), new Text(s.Node), new Text(s.Device), new Text($"{s.FirstLayer}..{s.FirstLayer + s.LayerCount - 1}"),
+                    new Text($"{s.Window}/{s.Swap}"), new Text($"{s.PeakDeviceBytes:N0}"), new Text($"{s.KvBytes:N0}"));
+            console.Write(stages);
+        }
+        foreach (var (label, path) in new[] { ("report", reportPath), ("output", outputPath) })
             if (path is not null) console.MarkupLineInterpolated($"{label}: {path}");
     }
 }

@@ -3,14 +3,19 @@ using System.CommandLine;
 using System.Security.Cryptography;
 using Spectre.Console;
 using Superpipeline.Contracts;
+using Superpipeline.Coordinator.Bench;
+using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Models;
+using Superpipeline.Workers;
 using Superpipeline.Messages;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Coordinator.Commands;
 
 /// <summary><c>superpipeline submit</c>: a client outside the cluster (<see cref="SubmitClient"/>) sends one job, shows its
-/// progress, and writes the same files as run.</summary>
+/// progress, and writes the same files as run; with <c>--generate N</c> a generation job (prompts from <c>--input</c>), whose tokens
+/// and summary it prints and writes as generate does.</summary>
 public static class SubmitCommand
 {
     public const string DefaultConnectTimeout = "30s";
@@ -37,9 +42,22 @@ public static class SubmitCommand
             DefaultValueFactory = _ => DefaultConnectTimeout,
         };
         var verbose = new Option<bool>("--verbose") { Description = "show Akka's own log lines (remoting, cluster client) on stderr" };
+        var generate = new Option<int?>("--generate")
+        {
+            Description = "generate N new tokens per row of --input (a checkpoint's --model DIR) instead of one pass; --seed seeds the sampling",
+        };
+        var temperature = new Option<double?>("--temperature") { Description = "with --generate: sample, dividing the logits by this (> 0) first" };
+        var topK = new Option<int?>("--top-k") { Description = "with --generate: sample among the k most likely tokens (k ≥ 1)" };
+        var topP = new Option<double?>("--top-p") { Description = "with --generate: sample among the most likely tokens holding this mass, in (0, 1]" };
+        var eos = new Option<long?>("--eos") { Description = "with --generate: end-of-sequence id (default: config.json's eos_token_id)" };
+        var kv = new Option<string>("--kv")
+        {
+            Description = "with --generate: where each stage keeps its KV cache, device or host", DefaultValueFactory = _ => "device",
+        };
         var submit = new Command("submit", "Submit a job to a running cluster through ClusterClient, show progress, and write the same files as run.");
         model.AddTo(submit);
-        foreach (var o in new Option[] { contact, window, swap, resident, id, report, trace, output, hostname, config, connect, verbose })
+        foreach (var o in new Option[] { contact, window, swap, resident, id, report, trace, output, hostname, config, connect, verbose, generate, temperature,
+            topK, topP, eos, kv })
             submit.Options.Add(o);
         submit.SetAction(async (r, cancel) =>
         {
@@ -49,9 +67,13 @@ public static class SubmitCommand
             var timeout = Flags.ParseDuration(r.GetValue(connect)!, "--connect-timeout");
             var spec = model.Read(r);
             var policy = Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident));
-            Preflight.Model(spec, policy);
+            var checkedModel = Preflight.Model(spec, policy);
             var contacts = r.GetValue(contact)!;
-            var job = new SubmitJob(r.GetValue(id) is { } given ? new JobId(given) : JobId.New(), spec, policy);
+            var jobId = r.GetValue(id) is { } given ? new JobId(given) : JobId.New();
+            var job = r.GetValue(generate) is { } n
+                ? GenerationJob(jobId, spec, policy, checkedModel, n, r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(model.Seed),
+                    r.GetValue(eos), r.GetValue(kv)!, r.GetValue(trace))
+                : new SubmitJob(jobId, spec, policy);
             await using var client = SubmitClient.Start(contacts, r.GetValue(hostname)!, ConfigFile.Read(r.GetValue(config)), r.GetValue(verbose));
             if (!await client.ConnectAsync(timeout, cancel))
             {
@@ -62,7 +84,20 @@ public static class SubmitCommand
             var answer = await client.RunAsync(job, p =>
             {
                 if (p.Layer == p.Layers - 1 || p.Layer % 8 == 0) Console.Error.WriteLine($"  layer {p.Layer + 1}/{p.Layers} computed");
-            });
+            }, t => GenerateCommand.PrintToken(AnsiConsole.Console, t));
+            if (job.Generation is { } asked)
+            {
+                var generated = GenerateCommand.Generated(job, answer);
+                var tokens = generated.Tokens;
+                var tokensSha = Convert.ToHexStringLower(SHA256.HashData(tokens.Bytes.AsSpan()));
+                if (r.GetValue(output) is { } op) Npy.Write(op, tokens);
+                if (r.GetValue(report) is { } rp)
+                    ReportWriter.WriteJson(rp, new GenerateReportFile(spec.Checkpoint!, spec.Input!, Sampling(asked), asked.Eos, generated.Report,
+                        [.. tokens.Shape], tokensSha));
+                GenerateCommand.Summarize(AnsiConsole.Console, generated.Report, tokens, tokensSha, r.GetValue(report), r.GetValue(output));
+                Console.WriteLine($"job {job.Id} generated {generated.Report.NewTokens} token(s) per row in {generated.Report.WallSeconds:0.000} s");
+                return 0;
+            }
             switch (answer)
             {
                 case JobSucceeded ok:
@@ -80,6 +115,33 @@ public static class SubmitCommand
         });
         return submit;
     }
+
+    /// <summary>--generate N: the prompts from --input (a checkpoint's token ids), checked as the job manager will check them, with
+    /// the refused field named by its flag; the job's spec carries no input file (the prompts travel in the job).</summary>
+    static SubmitJob GenerationJob(JobId id, ModelSpec spec, PolicySpec policy, LayeredModel model, int maxNew, double? temperature, int? topK,
+        double? topP, long seed, long? eos, string kv, string? trace)
+    {
+        if (spec.Checkpoint is null || spec.Input is null)
+            throw new ArgumentException("--generate needs --model to name a checkpoint directory and --input its prompts (int64 token ids [batch, seq])");
+        if (trace is not null) throw new ArgumentException("--trace is for passes; it cannot be given with --generate");
+        long[][] prompts;
+        using (var ids = model.MakeInput(0)) prompts = [.. Enumerable.Range(0, (int)ids.shape[0]).Select(b => ids[b].data<long>().ToArray())];
+        var (request, placement) = GenerateCommand.InFlags(() =>
+        {
+            var request = new GenerationRequest(maxNew, new SamplingSettings(temperature, topK, topP, seed), eos ?? GenerateCommand.ConfigEos(spec.Checkpoint));
+            GenerationSession.Check(model, prompts, request);
+            return (request, GenerationSession.ParsePlacement(kv));
+        }, FlagOfField);
+        return GenerateCommand.Job(id, spec with { Input = null }, policy, prompts, request, placement);
+    }
+
+    /// <summary>Generate's flags for the generation fields, but the tokens to make are --generate's.</summary>
+    static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>(GenerateCommand.FlagOfField)
+    {
+        [GenerationFields.MaxNewTokens] = "--generate",
+    };
+
+    static string Sampling(GenerationParameters g) => new SamplingSettings(g.Temperature, g.TopK, g.TopP, g.Seed).ToString();
 
     static void PrintStages(PassReport report)
     {

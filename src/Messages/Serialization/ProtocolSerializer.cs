@@ -5,6 +5,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Akka.Actor;
 using Akka.Serialization;
+using static Superpipeline.Messages.GenerationProtocol;
 using static Superpipeline.Messages.JobProtocol;
 using static Superpipeline.Messages.StageProtocol;
 using static Superpipeline.Messages.WorkerProtocol;
@@ -27,6 +28,9 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
         ("stage", typeof(StageAssignment)), ("stage-input", typeof(StageInput)), ("stage-done", typeof(StageDone)),
         ("stage-output", typeof(StageOutput)), ("stage-failed", typeof(StageFailed)), ("cancel", typeof(CancelAttempt)),
         ("stage-progress", typeof(StageProgress)),
+        ("token", typeof(JobToken)), ("generated", typeof(JobGenerated)),
+        ("gen-open", typeof(OpenGeneration)), ("gen-ready", typeof(GenerationReady)), ("gen-step", typeof(GenerationStepInput)),
+        ("gen-logits", typeof(GenerationLogits)), ("gen-end", typeof(EndGeneration)), ("gen-ended", typeof(GenerationEnded)),
         ("chunk", typeof(MessageChunk)),
     ];
 

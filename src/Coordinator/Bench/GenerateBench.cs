@@ -95,7 +95,7 @@ public static class GenerateBench
                 var run = new Runner(system, settings, model, dir, prompts, request, repeats, log, cancel);
 
                 // 1. Compute first: a resident generation without link emulation; its warm decode passes move no weights.
-                var calibration = await run.VariantAsync("calibration (resident, no link)", PolicySpec.Resident, residentCapacity, null, null);
+                var calibration = (await run.InterleavedAsync([run.Start("calibration (resident, no link)", PolicySpec.Resident, residentCapacity, null, null)]))[0];
                 double decodeSeconds = Batch / calibration.DecodeTokensPerSecond;
                 double flopsPerSecond = costs.Decode.Flops / decodeSeconds;
                 double LinkFor(double ratio) => modelBytes / (ratio * decodeSeconds);
@@ -109,11 +109,12 @@ public static class GenerateBench
                     log.WriteLine($"generate bench: transfer ÷ compute {ratio:0.##}: link {link / 1e9:0.000} GB/s; plan {plan.Policy} "
                         + $"(predicted {plan.Best.DecodeTokensPerSecond:0.0} tokens/s, {plan.SpeedupOverSynchronous:0.00}× synchronous; {plan.Simulated} "
                         + "simulated)");
-                    var variants = new List<GenerateVariant>();
-                    if (full) variants.Add(await run.VariantAsync("resident", PolicySpec.Resident, residentCapacity, link, null));
-                    variants.Add(await run.VariantAsync("synchronous", new PolicySpec(1, 1), offloadedCapacity, link, null));
-                    variants.Add(await run.VariantAsync("planned", plan.Policy, offloadedCapacity, link, null));
-                    if (full) variants.Add(await run.VariantAsync("planned, disk tier", plan.Policy, offloadedCapacity, link, hostBudget));
+                    var asked = new List<(string Name, PolicySpec Spec, long Capacity, long? HostBudget)>();
+                    if (full) asked.Add(("resident", PolicySpec.Resident, residentCapacity, null));
+                    asked.Add(("synchronous", new PolicySpec(1, 1), offloadedCapacity, null));
+                    asked.Add(("planned", plan.Policy, offloadedCapacity, null));
+                    if (full) asked.Add(("planned, disk tier", plan.Policy, offloadedCapacity, hostBudget));
+                    var variants = await run.InterleavedAsync([.. asked.Select(a => run.Start(a.Name, a.Spec, a.Capacity, link, a.HostBudget))]);
                     return new LinkRun(ratio, link / 1e9, ratio, plan.Policy.ToString(), plan.Best.DecodeTokensPerSecond,
                         plan.Synchronous.DecodeTokensPerSecond, plan.Best.PeakDeviceBytes, variants);
                 }
@@ -151,44 +152,102 @@ public static class GenerateBench
         return [.. Enumerable.Range(0, Batch).Select(_ => Enumerable.Range(0, length).Select(_ => (long)random.Next(vocab)).ToArray())];
     }
 
-    /// <summary>Runs variants: each on a fresh simulated device and <see cref="GenerationStage"/>, a cold generation then warm repeats.</summary>
+    /// <summary>Runs variants, each on a fresh simulated device and <see cref="GenerationStage"/>: every variant's cold generation,
+    /// then rounds of one warm generation per variant, so that a machine whose speed drifts during the run (a shared 2-core machine
+    /// does) slows every variant alike.</summary>
     sealed class Runner(ActorSystem system, SuperpipelineSettings settings, LayeredModel model, string dir, long[][] prompts,
         GenerationRequest request, int repeats, TextWriter log, CancellationToken cancel)
     {
         int _stages;
 
-        public async Task<GenerateVariant> VariantAsync(string name, PolicySpec spec, long capacity, double? linkBytesPerSecond, long? hostBudget)
+        ActorSystem System { get; } = system;
+        SuperpipelineSettings Settings { get; } = settings;
+        LayeredModel Model { get; } = model;
+        string Dir { get; } = dir;
+        long[][] Prompts { get; } = prompts;
+        GenerationRequest Request { get; } = request;
+        CancellationToken Cancel { get; } = cancel;
+
+        public VariantRun Start(string name, PolicySpec spec, long capacity, double? linkBytesPerSecond, long? hostBudget) =>
+            new(this, name, spec, capacity, linkBytesPerSecond, hostBudget, $"gbench-{_stages++}");
+
+        public async Task<IReadOnlyList<GenerateVariant>> InterleavedAsync(IReadOnlyList<VariantRun> runs)
         {
-            cancel.ThrowIfCancellationRequested();
-            var policy = OffloadPolicy.For(spec, model.Layers.Count);
-            using var device = DeviceFactory.Create(new DeviceSpec(DeviceKind.Sim, capacity, linkBytesPerSecond / 1e9));
-            var budget = hostBudget is { } b ? new HostWeightBudget(b) : null;
-            using var checkpoint = new CheckpointWeights(dir);
-            IWeightSource weights = budget is null ? checkpoint : new DiskTierWeights(dir, budget);
-            var runs = new List<Superpipeline.Workers.GenerationResult>();
-            using (var stage = GenerationStage.Start(system, device, model, weights, settings.AskTimeout, $"gbench-{_stages++}"))
+            try
             {
-                for (int i = 0; i <= repeats; i++)
-                {
-                    var result = await stage.GenerateAsync(prompts, new GenerationOptions(request, policy, WorkerKv.Device), settings.PassTimeout,
-                        cancel: cancel);
-                    runs.Add(result);
-                }
+                for (int round = 0; round <= repeats; round++)
+                    foreach (var r in runs) await r.GenerateAsync();
+                var results = runs.Select(r => r.Result()).ToArray();
+                foreach (var v in results)
+                    log.WriteLine($"generate bench: {v.Name} ({v.Policy}): cold {v.ColdDecodeTokensPerSecond:0.0} tokens/s, warm {v.DecodeTokensPerSecond:0.0} "
+                        + $"(TTFT {v.TimeToFirstTokenSeconds * 1e3:0.0} ms); peak {v.PeakDeviceBytes:N0} of {v.DeviceCapacityBytes:N0}; sha {v.TokensSha256[..12]}");
+                return results;
             }
-            var cold = runs[0].Report;
-            var warm = runs.Skip(1).Select(r => r.Report).ToArray();
-            var shas = runs.Select(r => Sha(r.Tokens)).Distinct().ToArray();
-            long hostPeak = budget?.Peak ?? model.Layers.Sum(checkpoint.StoredBytes);
-            var v = new GenerateVariant(name, spec.ToString(), policy.IsResident ? "all" : $"{policy.Window}", policy.IsResident ? "all" : $"{policy.Swap}",
-                policy.IsResident ? model.Layers.Count : policy.Pinned, capacity, linkBytesPerSecond / 1e9,
-                cold.TimeToFirstTokenSeconds, cold.DecodeTokensPerSecond, cold.BytesTransferred, cold.WallSeconds,
-                Stats.Median(warm.Select(r => r.TimeToFirstTokenSeconds)), Stats.Median(warm.Select(r => r.DecodeTokensPerSecond)),
-                [.. warm.Select(r => r.DecodeTokensPerSecond)], Stats.Median(warm.Select(r => (double)r.BytesTransferred)),
-                runs.Max(r => r.Report.PeakDeviceBytes), device.Memory.Peak, cold.KvBytes, hostPeak, hostBudget,
-                shas.Length == 1 ? shas[0] : "differs");
-            log.WriteLine($"generate bench: {name} ({spec}): cold {v.ColdDecodeTokensPerSecond:0.0} tokens/s, warm {v.DecodeTokensPerSecond:0.0} "
-                + $"(TTFT {v.TimeToFirstTokenSeconds * 1e3:0.0} ms); peak {v.PeakDeviceBytes:N0} of {capacity:N0}; sha {v.TokensSha256[..12]}");
-            return v;
+            finally
+            {
+                foreach (var r in runs) await r.StopAsync();
+            }
+        }
+
+        /// <summary>One variant's device, weights and stage, and its generations so far (the first is the cold one).</summary>
+        public sealed class VariantRun
+        {
+            readonly Runner _runner;
+            readonly string _name;
+            readonly PolicySpec _spec;
+            readonly OffloadPolicy _policy;
+            readonly long _capacity;
+            readonly double? _link;
+            readonly Accelerator _device;
+            readonly HostWeightBudget? _budget;
+            readonly CheckpointWeights _checkpoint;
+            readonly GenerationStage _stage;
+            readonly List<Superpipeline.Workers.GenerationResult> _runs = [];
+
+            public VariantRun(Runner runner, string name, PolicySpec spec, long capacity, double? linkBytesPerSecond, long? hostBudget, string stageName)
+            {
+                _runner = runner;
+                (_name, _spec, _capacity, _link) = (name, spec, capacity, linkBytesPerSecond);
+                _policy = OffloadPolicy.For(spec, runner.Model.Layers.Count);
+                _device = DeviceFactory.Create(new DeviceSpec(DeviceKind.Sim, capacity, linkBytesPerSecond / 1e9));
+                _budget = hostBudget is { } b ? new HostWeightBudget(b) : null;
+                _checkpoint = new CheckpointWeights(runner.Dir);
+                IWeightSource weights = _budget is null ? _checkpoint : new DiskTierWeights(runner.Dir, _budget);
+                _stage = GenerationStage.Start(runner.System, _device, runner.Model, weights, runner.Settings.AskTimeout, stageName);
+            }
+
+            public async Task GenerateAsync()
+            {
+                _runner.Cancel.ThrowIfCancellationRequested();
+                var options = new GenerationOptions(_runner.Request, _policy, WorkerKv.Device);
+                _runs.Add(await _stage.GenerateAsync(_runner.Prompts, options, _runner.Settings.PassTimeout, cancel: _runner.Cancel));
+            }
+
+            public GenerateVariant Result()
+            {
+                var cold = _runs[0].Report;
+                var warm = _runs.Skip(1).Select(r => r.Report).ToArray();
+                var shas = _runs.Select(r => Sha(r.Tokens)).Distinct().ToArray();
+                var model = _runner.Model;
+                long hostPeak = _budget?.Peak ?? model.Layers.Sum(_checkpoint.StoredBytes);
+                return new GenerateVariant(_name, _spec.ToString(), _policy.IsResident ? "all" : $"{_policy.Window}",
+                    _policy.IsResident ? "all" : $"{_policy.Swap}", _policy.IsResident ? model.Layers.Count : _policy.Pinned, _capacity, _link / 1e9,
+                    cold.TimeToFirstTokenSeconds, cold.DecodeTokensPerSecond, cold.BytesTransferred, cold.WallSeconds,
+                    Stats.Median(warm.Select(r => r.TimeToFirstTokenSeconds)), Stats.Median(warm.Select(r => r.DecodeTokensPerSecond)),
+                    [.. warm.Select(r => r.DecodeTokensPerSecond)], Stats.Median(warm.Select(r => (double)r.BytesTransferred)),
+                    _runs.Max(r => r.Report.PeakDeviceBytes), _device.Memory.Peak, cold.KvBytes, hostPeak, _budget?.Capacity,
+                    shas.Length == 1 ? shas[0] : "differs");
+            }
+
+            /// <summary>Stops the stage's actors and waits for them (they free their device bytes), then frees the device.</summary>
+            public async Task StopAsync()
+            {
+                var timeout = _runner.Settings.AskTimeout;
+                try { await Task.WhenAll(_stage.Layers.Append(_stage.Loader).Select(a => a.GracefulStop(timeout))); }
+                catch (TaskCanceledException) { /* an actor that did not stop in time is stopped with the system */ }
+                _checkpoint.Dispose();
+                _device.Dispose();
+            }
         }
 
         public Task<int> TorchThreadsAsync()
@@ -261,7 +320,8 @@ public static class GenerateBench
             double predicted = link.PredictedDecodeTokensPerSecond / link.PredictedSynchronousTokensPerSecond;
             lines.Add($"Plan: {link.Plan}; predicted {F(link.PredictedDecodeTokensPerSecond, "0.0")} decode tokens/s against "
                 + $"{F(link.PredictedSynchronousTokensPerSecond, "0.0")} synchronous ({F(predicted, "0.00")}×), "
-                + $"peak {link.PredictedPeakBytes:N0} bytes. Measured: {F(link.Speedup, "0.00")}×.");
+                + $"peak {link.PredictedPeakBytes:N0} bytes. Measured: {F(link.Speedup, "0.00")}× (warm medians; per round "
+                + $"{string.Join(", ", link.SpeedupPerRound.Select(x => F(x, "0.00")))}).");
             lines.Add("");
             var table = new MarkdownTable("variant", "k", "k'", "pinned>", "decode tok/s>", "cold tok/s>", "TTFT ms>", "cold TTFT ms>", "peak device bytes>",
                 "% of resident>", "KV bytes>", "bytes moved (warm)>", "host weight peak / budget>", "tokens sha256");
@@ -307,8 +367,13 @@ public sealed record LinkRun(double TransferOverCompute, double LinkGBps, double
     double PredictedDecodeTokensPerSecond, double PredictedSynchronousTokensPerSecond, long PredictedPeakBytes, IReadOnlyList<GenerateVariant> Variants)
 {
     /// <summary>Warm median decode tokens/s, planned ÷ synchronous.</summary>
-    public double Speedup => Variants.Single(v => v.Name == "planned").DecodeTokensPerSecond / Variants.Single(v => v.Name == "synchronous")
-        .DecodeTokensPerSecond;
+    public double Speedup => Planned.DecodeTokensPerSecond / Synchronous.DecodeTokensPerSecond;
+
+    /// <summary>Planned ÷ synchronous decode tokens/s within each warm round (the two ran one after the other).</summary>
+    public IReadOnlyList<double> SpeedupPerRound => [.. Planned.WarmDecodeTokensPerSecond.Zip(Synchronous.WarmDecodeTokensPerSecond, (p, s) => p / s)];
+
+    GenerateVariant Planned => Variants.Single(v => v.Name == "planned");
+    GenerateVariant Synchronous => Variants.Single(v => v.Name == "synchronous");
 }
 
 /// <summary>One variant: its policy and device, the cold generation, the warm repeats' medians, peaks and the tokens' digest.</summary>

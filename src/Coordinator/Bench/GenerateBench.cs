@@ -95,7 +95,8 @@ public static class GenerateBench
                 var run = new Runner(system, settings, model, dir, prompts, request, repeats, log, cancel);
 
                 // 1. Compute first: a resident generation without link emulation; its warm decode passes move no weights.
-                var calibration = (await run.InterleavedAsync([run.Start("calibration (resident, no link)", PolicySpec.Resident, residentCapacity, null, null)]))[0];
+                var calibrating = run.Start("calibration (resident, no link)", PolicySpec.Resident, residentCapacity, null, null);
+                var calibration = (await run.InterleavedAsync([calibrating]))[0];
                 double decodeSeconds = Batch / calibration.DecodeTokensPerSecond;
                 double flopsPerSecond = costs.Decode.Flops / decodeSeconds;
                 double LinkFor(double ratio) => modelBytes / (ratio * decodeSeconds);
@@ -179,8 +180,9 @@ public static class GenerateBench
                     foreach (var r in runs) await r.GenerateAsync();
                 var results = runs.Select(r => r.Result()).ToArray();
                 foreach (var v in results)
-                    log.WriteLine($"generate bench: {v.Name} ({v.Policy}): cold {v.ColdDecodeTokensPerSecond:0.0} tokens/s, warm {v.DecodeTokensPerSecond:0.0} "
-                        + $"(TTFT {v.TimeToFirstTokenSeconds * 1e3:0.0} ms); peak {v.PeakDeviceBytes:N0} of {v.DeviceCapacityBytes:N0}; sha {v.TokensSha256[..12]}");
+                    log.WriteLine($"generate bench: {v.Name} ({v.Policy}): cold {v.ColdDecodeTokensPerSecond:0.0} tokens/s, "
+                        + $"warm {v.DecodeTokensPerSecond:0.0} (TTFT {v.TimeToFirstTokenSeconds * 1e3:0.0} ms); "
+                        + $"peak {v.PeakDeviceBytes:N0} of {v.DeviceCapacityBytes:N0}; sha {v.TokensSha256[..12]}");
                 return results;
             }
             finally
@@ -235,7 +237,7 @@ public static class GenerateBench
                     cold.TimeToFirstTokenSeconds, cold.DecodeTokensPerSecond, cold.BytesTransferred, cold.WallSeconds,
                     Stats.Median(warm.Select(r => r.TimeToFirstTokenSeconds)), Stats.Median(warm.Select(r => r.DecodeTokensPerSecond)),
                     [.. warm.Select(r => r.DecodeTokensPerSecond)], Stats.Median(warm.Select(r => (double)r.BytesTransferred)),
-                    _runs.Max(r => r.Report.PeakDeviceBytes), _device.Memory.Peak, cold.KvBytes, hostPeak, _budget?.Capacity,
+                    _runs.Max(r => r.Report.PeakDeviceBytes), cold.KvBytes, hostPeak, _budget?.Capacity,
                     shas.Length == 1 ? shas[0] : "differs");
             }
 
@@ -379,14 +381,13 @@ public sealed record LinkRun(double TransferOverCompute, double LinkGBps, double
 /// <summary>One variant: its policy and device, the cold generation, the warm repeats' medians, peaks and the tokens' digest.</summary>
 /// <param name="LinkGBps">The emulated link; null: none (a plain copy).</param>
 /// <param name="PeakDeviceBytes">The largest peak the generations' reports gave.</param>
-/// <param name="DeviceMemoryPeakBytes">The device memory's own peak over the variant.</param>
 /// <param name="PeakHostWeightBytes">Disk tier: the most the host weight budget held at once over the variant; else the stored bytes
 /// the layer actors hold.</param>
 /// <param name="TokensSha256">SHA-256 of the tokens (int64 [batch, prompt + new]), or "differs" if the generations disagreed.</param>
 public sealed record GenerateVariant(string Name, string Policy, string Window, string Swap, int Pinned, long DeviceCapacityBytes, double? LinkGBps,
     double ColdTimeToFirstTokenSeconds, double ColdDecodeTokensPerSecond, long ColdBytesTransferred, double ColdWallSeconds,
     double TimeToFirstTokenSeconds, double DecodeTokensPerSecond, IReadOnlyList<double> WarmDecodeTokensPerSecond, double BytesTransferred,
-    long PeakDeviceBytes, long DeviceMemoryPeakBytes, long KvBytes, long PeakHostWeightBytes, long? HostBudgetBytes, string TokensSha256);
+    long PeakDeviceBytes, long KvBytes, long PeakHostWeightBytes, long? HostBudgetBytes, string TokensSha256);
 
 /// <summary>One goal of issue 8's point 10 and whether this run met it.</summary>
 public sealed record GenerateGoal(string Measure, string Goal, string Measured, bool Met);

@@ -5,7 +5,8 @@ namespace Superpipeline.Coordinator.Commands;
 
 /// <summary><c>superpipeline bench</c>: the engine bench (<see cref="EngineBench"/>), or with <c>--tradeoff</c> the
 /// memory/time trade-off over (k, k') (<see cref="TradeoffBench"/>), or with <c>--cluster</c> the cluster's job
-/// throughput (<see cref="ClusterBench"/>).</summary>
+/// throughput (<see cref="ClusterBench"/>), or with <c>--generate</c> generation offloaded against resident and synchronous
+/// (<see cref="GenerateBench"/>).</summary>
 public static class BenchCommand
 {
     public static Command Build()
@@ -17,7 +18,8 @@ public static class BenchCommand
         var quick = new Option<bool>("--quick") { Description = "smaller model and fewer repetitions (runs in seconds; figures are noisier)" };
         var repeats = new Option<int?>("--repeats")
         {
-            Description = "measured repetitions per measure (default 9, or 3 with --quick; with --tradeoff 5, or 3 with --quick)",
+            Description = "measured repetitions per measure (default 9, or 3 with --quick; with --tradeoff 5, or 3 with --quick; "
+                + "with --generate warm generations per variant, 3, or 1 with --quick)",
         };
         var tradeoff = new Option<bool>("--tradeoff")
         {
@@ -28,13 +30,20 @@ public static class BenchCommand
         {
             Description = "instead: job throughput of an in-process cluster with one worker node against two; writes cluster.md and cluster.json",
         };
+        var generate = new Option<bool>("--generate")
+        {
+            Description = "instead: generation of a seeded Llama checkpoint 4× the device (batch 8, 32 new tokens) under link emulation: resident, "
+                + "k = k' = 1, the planned window and pins, and the plan with the disk tier; writes generate.md and generate.json",
+        };
         var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory; " +
             "or, with --tradeoff, the memory/time trade-off over (k, k'); or, with --cluster, a cluster's job throughput.");
-        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster }) bench.Options.Add(o);
+        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster, generate }) bench.Options.Add(o);
         bench.SetAction((r, cancel) =>
         {
             string dir = r.GetValue(output)!;
             bool fast = r.GetValue(quick);
+            if (r.GetValue(generate))
+                return GenerateBench.RunAsync(new GenerateBenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
             if (r.GetValue(cluster)) return ClusterBench.RunAsync(dir, fast, Console.Out, Console.Error, cancel);
             if (r.GetValue(tradeoff)) return TradeoffBench.RunAsync(new TradeoffOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
             return EngineBench.RunAsync(new BenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);

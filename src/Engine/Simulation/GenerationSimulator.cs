@@ -1,6 +1,7 @@
 using Superpipeline.Contracts;
 using System.Collections.Immutable;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Models;
 
 namespace Superpipeline.Engine.Simulation;
 
@@ -114,8 +115,104 @@ public static class GenerationSimulator
             tokensGenerated / total, peak, fixedBytes, repeats * all.Sum(p => p.Pass.BytesTransferred), oom, all);
     }
 
+    /// <summary>Simulates a generation of a layered model (the engine's own passes, as <c>generate</c> runs them) under a window
+    /// policy with pinned layers: the prefill pass loads every layer, the pinned ones included, through <see cref="PassSimulator"/>;
+    /// a decode pass finds the pinned layers on the device (warm) and streams the rest under the same gate. Decode passes cost
+    /// alike in this model (<see cref="Layer.Flops"/> does not grow with the cache), so one is simulated and counted
+    /// <see cref="GenerationShape.NewTokens"/> − 1 times. Compute time is FLOPs at <see cref="DeviceCost.FlopsPerSecond"/>: calibrate
+    /// it on decode passes (memory-bound on a CPU) for decode figures. Not modelled: the KV write-back of a host cache (a
+    /// full-duplex link) and a pinned layer's host cache brought in each decode pass.</summary>
+    public static GenerationEstimate Estimate(GenerationCosts costs, DeviceCost device, PolicySpec spec)
+    {
+        int n = costs.Decode.Layers.Length;
+        var policy = OffloadPolicy.For(spec, n);
+        var pinned = policy.PinnedSet(n);
+        long[] prefillBytes = [.. costs.Prefill.Layers.Select(l => l.Bytes)];
+        long[] decodeBytes = [.. costs.Decode.Layers.Select(l => l.Bytes)];
+        var prefill = PassSimulator.Run(costs.Prefill, device, policy.CreateGate(prefillBytes, pinned));
+        var decode = PassSimulator.Run(costs.Decode, device, policy.CreateGate(decodeBytes, pinned), pinned);
+        int decodePasses = costs.Shape.NewTokens - 1;
+        long need = Planner.PinnedNeedBytes(costs.Decode, policy) - costs.Decode.ActivationBoundBytes() + costs.ActivationBoundBytes
+            + costs.FixedDeviceBytes;
+        return new GenerationEstimate(spec, prefill.MakespanSeconds, decode.MakespanSeconds, decodePasses,
+            costs.Shape.Batch / decode.MakespanSeconds, Math.Max(prefill.PeakDeviceBytes, decode.PeakDeviceBytes) + costs.FixedDeviceBytes, need,
+            prefill.BytesTransferred + decodePasses * decode.BytesTransferred);
+    }
+
     /// <summary>Seconds one layer computes for one micro-batch: device time (compute- or memory-bound) plus host attention.</summary>
     public static double LayerSeconds(LayerWork l, GpuSpec gpu, HostSpec host) =>
         Math.Max(l.DeviceFlops / gpu.FlopsPerSecond, l.DeviceTrafficBytes / gpu.MemoryBytesPerSecond)
         + l.HostFlops / host.AttentionFlopsPerSecond;
+}
+
+/// <summary>What a generation of a layered model is asked to do, for <see cref="GenerationSimulator.Estimate"/> and
+/// <see cref="Planner.ChooseForGeneration"/>: <see cref="Batch"/> rows, a prompt of <see cref="Prompt"/> tokens (the padded
+/// length), <see cref="NewTokens"/> new tokens, and where the KV caches live.</summary>
+public sealed record GenerationShape(int Batch, int Prompt, int NewTokens, KvPlacement Kv = KvPlacement.Device)
+{
+    /// <summary>Tokens each layer's KV cache holds at the end: prompt + new tokens (the session allocates them at once).</summary>
+    public long Capacity => (long)Prompt + NewTokens;
+
+    public GenerationShape Validated()
+    {
+        if (Batch < 1) throw new ArgumentException($"the batch must be at least 1; got {Batch}");
+        if (Prompt < 1) throw new ArgumentException($"the prompt must hold at least 1 token; got {Prompt}");
+        if (NewTokens < 1) throw new ArgumentException($"the new tokens must be at least 1; got {NewTokens}");
+        return this;
+    }
+}
+
+/// <summary>The cost model of one generation of a layered model: its prefill pass ([batch, prompt] tokens) and a decode pass
+/// ([batch, 1]), each a <see cref="ModelCost"/> from the layers' own <see cref="Layer.Flops"/>, output shapes and workspace, and each
+/// layer's KV bytes at the session's capacity (<see cref="GenerationShape.Capacity"/>).</summary>
+/// <param name="KvBytes">Per layer, K and V at the capacity (0 for a layer without a cache).</param>
+public sealed record GenerationCosts(GenerationShape Shape, ModelCost Prefill, ModelCost Decode, ImmutableArray<long> KvBytes)
+{
+    /// <summary>Bytes of every layer's KV cache: on the device for the whole job under <see cref="KvPlacement.Device"/>.</summary>
+    public long TotalKvBytes => KvBytes.Sum();
+
+    /// <summary>Bytes the device holds for the whole job besides the passes: the KV caches under device placement, else 0.</summary>
+    public long FixedDeviceBytes => Shape.Kv == KvPlacement.Device ? TotalKvBytes : 0;
+
+    public static GenerationCosts Of(LayeredModel model, GenerationShape shape)
+    {
+        shape.Validated();
+        ImmutableArray<long> kv = [.. model.Layers.Select(l => l.Kv?.Bytes(shape.Batch, shape.Capacity) ?? 0)];
+        // Under host placement a streamed layer brings its cache in with its weights; a device cache stays apart (fixed bytes).
+        long[] extra = [.. kv.Select(b => shape.Kv == KvPlacement.Host ? b : 0)];
+        return new GenerationCosts(shape, CostAt(model, shape.Batch, shape.Prompt, extra, "prefill"), CostAt(model, shape.Batch, 1, extra, "decode"), kv);
+    }
+
+    static ModelCost CostAt(LayeredModel model, long batch, long tokens, long[] extraBytes, string phase)
+    {
+        long[] shape = [batch, tokens];
+        var dtype = model.InputDType;
+        long input = TensorBytes.Of(shape, dtype);
+        var layers = ImmutableArray.CreateBuilder<LayerCost>(model.Layers.Count);
+        foreach (var l in model.Layers)
+        {
+            long[] output = l.OutputShape(shape);
+            var outputType = l.OutputDType(dtype);
+            layers.Add(new LayerCost(l.Name, l.Bytes + extraBytes[l.Index], l.Flops(shape), TensorBytes.Of(output, outputType), l.WorkspaceBytes(shape)));
+            (shape, dtype) = (output, outputType);
+        }
+        return new ModelCost($"{model.Name} {phase}", input, layers.MoveToImmutable());
+    }
+
+    /// <summary>Most bytes besides weights live at once in either phase (<see cref="ModelCost.ActivationBoundBytes"/>).</summary>
+    public long ActivationBoundBytes => Math.Max(Prefill.ActivationBoundBytes(), Decode.ActivationBoundBytes());
+}
+
+/// <summary>A generation of a layered model as <see cref="GenerationSimulator.Estimate"/> predicts it.</summary>
+/// <param name="PrefillSeconds">The prefill pass: every layer loads, the pinned ones included (they stay).</param>
+/// <param name="DecodePassSeconds">One decode pass: the pinned layers are already on the device, the others stream.</param>
+/// <param name="DecodeTokensPerSecond">Batch ÷ <paramref name="DecodePassSeconds"/>, as the session counts decode tokens/s.</param>
+/// <param name="PeakDeviceBytes">The larger pass peak plus <see cref="GenerationCosts.FixedDeviceBytes"/>.</param>
+/// <param name="NeedBytes">The timing-independent bound the planner fits to the device: the pinned layers, the window's largest
+/// streamed layers, the activations of either phase (<see cref="Planner.PinnedNeedBytes"/>) and the device KV caches.</param>
+/// <param name="BytesTransferred">Weights (and host KV caches) moved by the prefill and every decode pass.</param>
+public sealed record GenerationEstimate(PolicySpec Policy, double PrefillSeconds, double DecodePassSeconds, int DecodePasses,
+    double DecodeTokensPerSecond, long PeakDeviceBytes, long NeedBytes, long BytesTransferred)
+{
+    public bool FitsIn(long capacityBytes) => NeedBytes <= capacityBytes && PeakDeviceBytes <= capacityBytes;
 }

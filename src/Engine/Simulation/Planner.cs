@@ -1,5 +1,6 @@
 using Superpipeline.Engine.Policy;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Models;
 
 namespace Superpipeline.Engine.Simulation;
 
@@ -14,6 +15,18 @@ public sealed record PlanPoint(int Window, int Swap, int Batch, double MakespanS
 public sealed record Plan(PlanPoint Best, int Simulated, long BudgetBytes)
 {
     public PolicySpec Policy => new(Best.Window, Best.Swap);
+}
+
+/// <summary>The generation planner's answer (<see cref="Planner.ChooseForGeneration"/>): the chosen policy with its estimate,
+/// k = k' = 1 without pins estimated alike (what the choice is measured against), the costs it used and how many generations
+/// it simulated.</summary>
+public sealed record GenerationPlan(GenerationEstimate Best, GenerationEstimate Synchronous, GenerationCosts Costs, int Simulated)
+{
+    /// <summary>What to run: (k, k') and the pinned count (window = all when every layer is pinned).</summary>
+    public PolicySpec Policy => Best.Policy;
+
+    /// <summary>Predicted decode tokens/s of the plan ÷ that of k = k' = 1.</summary>
+    public double SpeedupOverSynchronous => Best.DecodeTokensPerSecond / Synchronous.DecodeTokensPerSecond;
 }
 
 /// <summary>Chooses k and k' (and the batch, when several are allowed) for a memory budget so as to minimise
@@ -146,6 +159,71 @@ public static class Planner
             ? throw new FieldException(FieldException.ResidentLayers, $"{pins} leave no room for a window in {budgetBytes:N0} bytes: they need "
                 + $"{PinnedNeedBytes(model, OffloadPolicy.WindowOf(1, 1) with { Pinned = pins.Value }):N0} with one streamed layer and the activations")
             : throw new ArgumentException($"no window fits {ByteSize.Format(budgetBytes)}: even one layer at a time with its activations needs more"));
+    }
+
+    /// <summary><c>generate --window auto --resident-layers auto</c>: the (k, k') and pinned count with the most decode tokens/s
+    /// (<see cref="GenerationSimulator.Estimate"/>) whose timing-independent need (<see cref="GenerationEstimate.NeedBytes"/>:
+    /// pinned layers, the window's largest streamed layers, activations of either phase and, with <see cref="KvPlacement.Device"/>,
+    /// every KV cache) and simulated peak fit <see cref="DeviceCost.CapacityBytes"/>. For every pinned count and every k' the
+    /// largest window that fits is simulated, as <see cref="ChooseWithPins"/> does for single passes, and k = k' = 1 without pins
+    /// is always a candidate, so the plan never loses to it in the simulator; on a tie the one with more pins wins (fewer bytes
+    /// cross the link), then the smaller window. With <paramref name="pins"/> given (<c>--resident-layers N</c>) only the window
+    /// is chosen, beside that many.</summary>
+    /// <param name="device">The device's capacity, link and compute rate (see <c>DeviceCalibration</c>; a decode pass on a CPU
+    /// is memory-bound, so a rate measured on decode passes predicts decode best).</param>
+    /// <exception cref="FieldException">Naming <see cref="FieldException.DeviceMemory"/> when not even k = k' = 1 fits (with the
+    /// device KV caches), or <see cref="FieldException.ResidentLayers"/> when the given pins leave no room for a window.</exception>
+    public static GenerationPlan ChooseForGeneration(LayeredModel model, DeviceCost device, GenerationShape shape, int? pins = null)
+    {
+        var costs = GenerationCosts.Of(model, shape);
+        int n = model.Layers.Count;
+        if (pins is < 0 || pins > n) throw new FieldException(FieldException.ResidentLayers, $"must be from 0 to {n} (the model's layers); got {pins}");
+        int simulated = 0;
+        GenerationEstimate Simulate(PolicySpec spec)
+        {
+            simulated++;
+            return GenerationSimulator.Estimate(costs, device, spec);
+        }
+        long Need(PolicySpec spec) =>
+            PinnedNeedBytes(costs.Decode, OffloadPolicy.For(spec, n)) - costs.Decode.ActivationBoundBytes() + costs.ActivationBoundBytes
+            + costs.FixedDeviceBytes;
+
+        var synchronous = Simulate(new PolicySpec(1, 1));
+        GenerationEstimate? best = pins is null or 0 && synchronous.FitsIn(device.CapacityBytes) ? synchronous : null;
+        for (int p = pins ?? n; p >= (pins ?? 0); p--)
+        {
+            int streamed = n - p;
+            // Every layer pinned is window = all: nothing moves after the prefill.
+            if (streamed == 0)
+            {
+                Consider(Simulate(PolicySpec.Resident));
+                continue;
+            }
+            for (int s = 1; s <= streamed; s++)
+            {
+                var spec = Enumerable.Range(s, streamed - s + 1).Reverse().Select(k => new PolicySpec(k, s, ResidentLayers: p))
+                    .FirstOrDefault(x => Need(x) <= device.CapacityBytes);
+                if (spec is null) continue;
+                Consider(Simulate(spec));
+            }
+        }
+        void Consider(GenerationEstimate e)
+        {
+            if (!e.FitsIn(device.CapacityBytes)) return;
+            if (best is null || e.DecodeTokensPerSecond > best.DecodeTokensPerSecond
+                || e.DecodeTokensPerSecond == best.DecodeTokensPerSecond && Rank(e.Policy).CompareTo(Rank(best.Policy)) > 0) best = e;
+        }
+        (int Pins, int Smaller) Rank(PolicySpec x) => (x.Window is null ? n : x.ResidentLayers, -(x.Window ?? n));
+        if (best is null)
+        {
+            if (pins > 0)
+                throw new FieldException(FieldException.ResidentLayers, $"{pins} leave no room for a window in {device.CapacityBytes:N0} bytes: they need "
+                    + $"{Need(new PolicySpec(1, 1, ResidentLayers: pins.Value)):N0} with one streamed layer, the activations and the device KV caches");
+            throw new FieldException(FieldException.DeviceMemory, $"{device.CapacityBytes:N0} bytes cannot generate {shape.NewTokens} tokens for {shape.Batch} "
+                + $"rows of {shape.Prompt}: one layer at a time needs {synchronous.NeedBytes:N0} (of which {costs.FixedDeviceBytes:N0} for the KV caches "
+                + "on the device)");
+        }
+        return new GenerationPlan(best, synchronous, costs, simulated);
     }
 
     /// <summary>Every (k, k') that fits the budget: the exhaustive grid the planner is checked against.</summary>

@@ -190,7 +190,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             {
                 var cost = ModelCost.From(first.Model);
                 var asked = first.Submit.Policy;
-                placement = Placement.Place(cost, slots, asked.Auto || asked.ResidentAuto ? PlanFor(cost, slots, asked) : asked);
+                placement = Placement.Place(cost, slots, asked.Auto || asked.ResidentAuto ? PlanFor(first, cost, slots, asked) : asked);
             }
             catch (ArgumentException e)
             {
@@ -233,10 +233,19 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     }
 
     /// <summary>--window auto (and --resident-layers auto) across devices: the smallest device's budget decides one window (and
-    /// pinned count) for every stage. Pins auto beside a given window needs only the budget (<see cref="Planner.PinFor"/>).</summary>
-    static PolicySpec PlanFor(ModelCost cost, IReadOnlyList<DeviceSlot> slots, PolicySpec asked)
+    /// pinned count) for every stage. Pins auto beside a given window needs only the budget (<see cref="Planner.PinFor"/>).
+    /// A generation job's window auto plans for its decode passes and KV caches (<see cref="Planner.ChooseForGeneration"/>).</summary>
+    static PolicySpec PlanFor(JobRecord job, ModelCost cost, IReadOnlyList<DeviceSlot> slots, PolicySpec asked)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
+        if (job.Submit.Generation is { } g && asked.Auto)
+        {
+            var measured = smallest.Cost ?? throw new ArgumentException(
+                $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
+            var shape = new GenerationShape(g.Prompts.Length, g.Prompts.Max(p => p.Length), g.MaxNewTokens,
+                g.Kv == "host" ? Engine.Simulation.KvPlacement.Host : Engine.Simulation.KvPlacement.Device);
+            return Planner.ChooseForGeneration(job.Model, measured.Validated(), shape, asked.ResidentAuto ? null : asked.ResidentLayers).Policy;
+        }
         if (!asked.Auto) return Planner.PinFor(cost, asked, smallest.CapacityBytes);
         if ((asked.ResidentAuto || asked.ResidentLayers > 0) && smallest.Cost is { } d)
             return Planner.ChooseWithPins(cost, d.Validated(), smallest.CapacityBytes, asked.ResidentAuto ? null : asked.ResidentLayers);

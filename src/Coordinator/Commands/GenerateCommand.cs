@@ -19,12 +19,23 @@ using static Superpipeline.Messages.JobProtocol;
 namespace Superpipeline.Coordinator.Commands;
 
 /// <summary>What <c>superpipeline generate</c> was asked to do, already parsed.</summary>
-public sealed record GenerateOptions(string ModelDir, string Input, GenerationRequest Request, PolicySpec Policy, KvPlacement Placement,
-    DeviceSpec Device, string? OutputPath, string? ReportPath);
+/// <param name="Input">int64 token ids [batch, seq] (each row a prompt), or null with <paramref name="Prompts"/>.</param>
+/// <param name="Prompts">Text prompts (one per row, of any lengths) through the checkpoint's tokenizer; empty with an input.</param>
+/// <param name="Request">What to generate; an end-of-sequence or pad id left null comes from the tokenizer or config.json.</param>
+public sealed record GenerateOptions(string ModelDir, string? Input, IReadOnlyList<string> Prompts, GenerationRequest Request, PolicySpec Policy,
+    KvPlacement Placement, DeviceSpec Device, string? OutputPath, string? ReportPath)
+{
+    /// <summary>The disk tier: host bytes for weights (<c>--host-memory</c>), or null to keep every layer in memory.</summary>
+    public long? HostMemory { get; init; }
+}
 
 /// <summary>The JSON report of <c>superpipeline generate</c>: the model, the measured generation and the tokens' digest.</summary>
-public sealed record GenerateReportFile(string Model, string Input, string Sampling, long? Eos, GenerationReport Generation, long[] TokensShape,
-    string TokensSha256);
+public sealed record GenerateReportFile(string Model, string? Input, string Sampling, long? Eos, GenerationReport Generation, long[] TokensShape,
+    string TokensSha256)
+{
+    /// <summary>Each row as text (prompt and generated), when the checkpoint has a tokenizer.</summary>
+    public IReadOnlyList<string>? Texts { get; init; }
+}
 
 /// <summary><c>superpipeline generate</c>: a prefill pass over the prompts, then one decode pass per new token, each streaming
 /// every layer under (k, k'): a generation job through the job system of one process (<see cref="EmbeddedHost"/>), the same path
@@ -37,23 +48,38 @@ public static class GenerateCommand
         [GenerationFields.MaxNewTokens] = "--max-new-tokens", [GenerationFields.Temperature] = "--temperature",
         [GenerationFields.TopK] = "--top-k", [GenerationFields.TopP] = "--top-p", [GenerationFields.Eos] = "--eos",
         [GenerationFields.KvPlacement] = "--kv", [GenerationFields.Prompt] = "--input",
+        [FieldException.DeviceMemory] = "--device-memory", [FieldException.ResidentLayers] = "--resident-layers",
     };
 
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + safetensors)", Required = true };
-        var input = new Option<string>("--input") { Description = "int64 token ids [batch, seq] in a .npy file: each row is one prompt", Required = true };
+        var input = new Option<string>("--input") { Description = "int64 token ids [batch, seq] in a .npy file: each row is one prompt" };
+        var prompt = new Option<string[]>("--prompt")
+        {
+            Description = "a text prompt, through the checkpoint's tokenizer (repeatable: one per batch row, of any lengths)",
+            AllowMultipleArgumentsPerToken = false,
+        };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "tokens to generate per row", DefaultValueFactory = _ => 32 };
         var temperature = new Option<double?>("--temperature") { Description = "sample, dividing the logits by this (> 0) first" };
         var topK = new Option<int?>("--top-k") { Description = "sample among the k most likely tokens (k ≥ 1)" };
         var topP = new Option<double?>("--top-p") { Description = "sample among the most likely tokens holding this probability mass, in (0, 1]" };
         var seed = new Option<long>("--seed") { Description = "seed of the sampling (each row draws from its own generator)", DefaultValueFactory = _ => 0 };
-        var eos = new Option<long?>("--eos") { Description = "end-of-sequence token id: a row stops there (default: config.json's eos_token_id)" };
+        var eos = new Option<long?>("--eos")
+        {
+            Description = "end-of-sequence token id: a row stops there (default: the tokenizer's, else config.json's eos_token_id)",
+        };
         var kv = new Option<string>("--kv") { Description = "where the KV cache lives: device (for the whole run) or host (brought in with each layer)",
             DefaultValueFactory = _ => "device" };
         var window = new Option<string>("--window")
         {
-            Description = "k: layers resident on the device at once (a number or 'all')", DefaultValueFactory = _ => "3",
+            Description = "k: layers resident on the device at once (a number, 'all', or 'auto' to plan k, k' and the pinned layers for the "
+                + "device, the batch and the KV cache)", DefaultValueFactory = _ => "3",
+        };
+        var resident = Flags.ResidentLayersOption();
+        var hostMemory = new Option<string>("--host-memory")
+        {
+            Description = "host bytes for weights: below the checkpoint's size, layers stay in its files and are read as the window reaches them",
         };
         var swap = new Option<string>("--swap")
         {
@@ -70,28 +96,26 @@ public static class GenerateCommand
 
         var command = new Command("generate", "Generate tokens from a checkpoint: a prefill pass, then one decode pass per token, each streaming "
             + "the layers under (k, k') with a KV cache.");
-        foreach (var o in new Option[] { model, input, maxNew, temperature, topK, topP, seed, eos, kv, window, swap, memory, link, device, output, report })
+        foreach (var o in new Option[] { model, input, prompt, maxNew, temperature, topK, topP, seed, eos, kv, window, swap, resident, hostMemory, memory,
+            link, device, output, report })
             command.Options.Add(o);
         command.SetAction((r, cancel) =>
         {
             var options = InFlags(() => new GenerateOptions(
-                r.GetValue(model)!, r.GetValue(input)!,
+                r.GetValue(model)!, r.GetValue(input), r.GetValue(prompt) ?? [],
                 new GenerationRequest(r.GetValue(maxNew), new SamplingSettings(r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed)),
-                    r.GetValue(eos) ?? ConfigEos(r.GetValue(model)!)),
-                ParsePolicy(r.GetValue(window)!, r.GetValue(swap)),
+                    r.GetValue(eos)),
+                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)),
                 GenerationSession.ParsePlacement(r.GetValue(kv)!),
                 new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
                     Flags.ParseGbps(r.GetValue(link))),
-                r.GetValue(output), r.GetValue(report)));
+                r.GetValue(output), r.GetValue(report))
+            {
+                HostMemory = r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null,
+            });
             return RunAsync(options, AnsiConsole.Console, cancel);
         });
         return command;
-    }
-
-    static PolicySpec ParsePolicy(string window, string? swap)
-    {
-        var policy = Flags.ParsePolicy(window, swap);
-        return policy.Auto ? throw new ArgumentException("--window auto is not supported by generate yet: give a number or 'all'") : policy;
     }
 
     /// <summary>Runs <paramref name="parse"/>, naming the flag of a generation field it refuses (from <paramref name="flags"/>, by
@@ -108,49 +132,54 @@ public static class GenerateCommand
         }
     }
 
-    /// <summary>config.json's eos_token_id (the first when it is a list); null when it has none.</summary>
-    internal static long? ConfigEos(string dir)
-    {
-        if (!Directory.Exists(dir)) throw new ArgumentException($"--model {dir}: not a checkpoint directory");
-        using var config = ConfigJson.Open(dir);
-        if (!config.Root.TryGetProperty("eos_token_id", out var e)) return null;
-        if (e.ValueKind == JsonValueKind.Array && e.GetArrayLength() > 0) e = e[0];
-        return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out long id) ? id : null;
-    }
-
     /// <summary>Checks everything before any work, generates on an in-process stage, prints the tokens as they come and a
     /// summary, and writes the files. Returns the exit code.</summary>
     public static async Task<int> RunAsync(GenerateOptions o, IAnsiConsole console, CancellationToken cancel)
     {
         OutputPaths.CheckWritable(o.ReportPath, "--report");
         OutputPaths.CheckWritable(o.OutputPath, "--output");
-        var spec = ModelCatalog.CheckpointSpec(o.ModelDir, 1, 1, 0, o.Input);
+        var read = GenerationPrompts.Read(o.ModelDir, o.Input, o.Prompts);
+        var prompts = read.Ids;
+        var request = o.Request with { Eos = read.Eos(o.Request.Eos, o.ModelDir), PadId = o.Request.PadId ?? read.Pad };
+        int longest = prompts.Max(p => p.Length);
+        var spec = ModelCatalog.CheckpointSpec(o.ModelDir, prompts.Length, longest, 0);
         var model = Preflight.Model(spec, o.Policy);
-        OffloadPolicy.For(o.Policy, model.Layers.Count); // "window 5 exceeds the 4 layers" before any work
-        long[][] prompts;
-        using (var ids = model.MakeInput(0)) prompts = [.. Enumerable.Range(0, (int)ids.shape[0]).Select(b => ids[b].data<long>().ToArray())];
-        long vocab = model.ActivationShapes()[^1].Shape[^1];
-        InFlags(() =>
-        {
-            o.Request.Validate(prompts.Max(p => p.Length), model.Layers.Select(l => l.MaxPositions).Min(), vocab);
-            return 0;
-        });
+        if (!o.Policy.Auto) OffloadPolicy.For(o.Policy with { ResidentAuto = false }, model.Layers.Count); // "window 5 exceeds the 4 layers"
+        InFlags(() => GenerationSession.Check(model, prompts, request));
         Preflight.DeviceFits(model, o.Device.CapacityBytes);
-        Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")));
+        Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")), Preflight.HostWeightBytes(spec, model, o.HostMemory));
 
-        await using var host = EmbeddedHost.Start(o.Device);
-        console.MarkupLineInterpolated(
-            $"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {prompts.Max(p => p.Length)} tokens, {o.Request.Sampling}");
-        var job = Job(JobId.New(), spec with { Input = null }, o.Policy, prompts, o.Request, o.Placement);
-        var answer = await host.RunAsync(job, onToken: t => PrintToken(console, t)).WaitAsync(cancel);
+        await using var host = EmbeddedHost.Start(o.Device, o.HostMemory is { } h ? $"superpipeline.worker.host-memory = {h}" : null);
+        console.MarkupLineInterpolated($"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {longest} tokens, {request.Sampling}");
+        var text = read.Tokenizer is { } tokenizer && prompts.Length == 1 ? tokenizer.TextStream() : null;
+        if (text is not null) console.Write(new Text(read.Texts?[0] ?? read.Tokenizer!.Decode([.. prompts[0].Select(id => (int)id)])));
+        var job = Job(JobId.New(), spec, o.Policy, prompts, request, o.Placement);
+        var answer = await host.RunAsync(job, onToken: t =>
+        {
+            if (text is null) PrintToken(console, t);
+            else console.Write(new Text(text.Append((int)t.Tokens[0]))); // one prompt: its text as it is produced
+        }).WaitAsync(cancel);
+        if (text is not null) console.WriteLine(text.Flush());
         var result = Generated(job, answer);
 
         var tokens = result.Tokens;
         var sha = Convert.ToHexStringLower(SHA256.HashData(tokens.Bytes.AsSpan()));
+        IReadOnlyList<string>? texts = null;
+        if (read.Tokenizer is not null)
+        {
+            using var all = TensorPayloads.ToTensor(tokens);
+            var grid = new long[tokens.Shape[0], tokens.Shape[1]];
+            var flat = all.data<long>().ToArray();
+            for (int i = 0; i < flat.Length; i++) grid[i / grid.GetLength(1), i % grid.GetLength(1)] = flat[i];
+            int promptWidth = (int)tokens.Shape[1] - result.Report.NewTokens;
+            texts = [.. Enumerable.Range(0, prompts.Length).Select(b => read.Text(grid, b, promptWidth))];
+            if (text is null)
+                for (int b = 0; b < texts.Count; b++) console.WriteLine($"row {b}: {texts[b]}");
+        }
         if (o.OutputPath is not null) Npy.Write(o.OutputPath, tokens);
         if (o.ReportPath is not null)
-            ReportWriter.WriteJson(o.ReportPath, new GenerateReportFile(Path.GetFullPath(o.ModelDir), Path.GetFullPath(o.Input), o.Request.Sampling.ToString(),
-                o.Request.Eos, result.Report, [.. tokens.Shape], sha));
+            ReportWriter.WriteJson(o.ReportPath, new GenerateReportFile(Path.GetFullPath(o.ModelDir), o.Input is null ? null : Path.GetFullPath(o.Input),
+                request.Sampling.ToString(), request.Eos, result.Report, [.. tokens.Shape], sha) { Texts = texts });
         Summarize(console, o, result.Report, tokens, sha);
         return 0;
     }

@@ -124,11 +124,11 @@ public static class SubmitCommand
         if (spec.Checkpoint is null || spec.Input is null)
             throw new ArgumentException("--generate needs --model to name a checkpoint directory and --input its prompts (int64 token ids [batch, seq])");
         if (trace is not null) throw new ArgumentException("--trace is for passes; it cannot be given with --generate");
-        long[][] prompts;
-        using (var ids = model.MakeInput(0)) prompts = [.. Enumerable.Range(0, (int)ids.shape[0]).Select(b => ids[b].data<long>().ToArray())];
+        var read = GenerationPrompts.Read(spec.Checkpoint, spec.Input, []);
+        var prompts = read.Ids;
         var (request, placement) = GenerateCommand.InFlags(() =>
         {
-            var request = new GenerationRequest(maxNew, new SamplingSettings(temperature, topK, topP, seed), eos ?? GenerateCommand.ConfigEos(spec.Checkpoint));
+            var request = new GenerationRequest(maxNew, new SamplingSettings(temperature, topK, topP, seed), read.Eos(eos, spec.Checkpoint), read.Pad);
             GenerationSession.Check(model, prompts, request);
             return (request, GenerationSession.ParsePlacement(kv));
         }, FlagOfField);

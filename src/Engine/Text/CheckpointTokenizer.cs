@@ -81,6 +81,10 @@ public sealed class CheckpointTokenizer
     /// <summary>The id of <paramref name="token"/> in the vocabulary, or null.</summary>
     public int? IdOf(string token) => _vocabulary.TryGetValue(token, out var id) ? id : null;
 
+    /// <summary>Whether <paramref name="directory"/> holds any of the tokenizer files <see cref="Load"/> reads.</summary>
+    public static bool Present(string directory) =>
+        new[] { TokenizerJson, VocabJson, MergesTxt, TokenizerModel }.Any(f => System.IO.File.Exists(Path.Combine(directory, f)));
+
     /// <summary>Reads the tokenizer of the checkpoint in <paramref name="directory"/>.</summary>
     public static CheckpointTokenizer Load(string directory)
     {

@@ -17,6 +17,22 @@ public static class PromptIds
     /// model's positions, an id outside its vocabulary, and prompts of different lengths (they need an attention mask).</summary>
     public static TensorPayload Encode(CheckpointTokenizer tokenizer, IReadOnlyList<string> prompts, TokenLimits limits)
     {
+        var rows = EncodeRows(tokenizer, prompts, limits);
+        if (rows.Select(r => r.Count).Distinct().Count() > 1)
+            throw new ArgumentException($"prompts of different lengths ({string.Join(", ", rows.Select(r => r.Count))} tokens) need an attention " +
+                "mask; `generate` takes them");
+        int seq = rows[0].Count;
+        var bytes = new byte[rows.Count * seq * sizeof(long)];
+        for (int b = 0; b < rows.Count; b++)
+            for (int t = 0; t < seq; t++)
+                BitConverter.TryWriteBytes(bytes.AsSpan((b * seq + t) * sizeof(long)), (long)rows[b][t]);
+        return new TensorPayload("Int64", [rows.Count, seq], [.. bytes]);
+    }
+
+    /// <summary>The ids of each of <paramref name="prompts"/>, of any lengths (generation left-pads them). Refused in one line: a
+    /// prompt that encodes to nothing, one longer than the model's positions, an id outside its vocabulary.</summary>
+    public static IReadOnlyList<IReadOnlyList<int>> EncodeRows(CheckpointTokenizer tokenizer, IReadOnlyList<string> prompts, TokenLimits limits)
+    {
         if (prompts.Count == 0) throw new ArgumentException("no prompt given");
         var rows = new List<IReadOnlyList<int>>();
         foreach (var (prompt, row) in prompts.Select((p, i) => (p, i + 1)))
@@ -31,15 +47,7 @@ public static class PromptIds
                     $"vocabulary [0, {limits.Vocab}) (vocab_size)");
             rows.Add(ids);
         }
-        if (rows.Select(r => r.Count).Distinct().Count() > 1)
-            throw new ArgumentException($"prompts of different lengths ({string.Join(", ", rows.Select(r => r.Count))} tokens) need an attention " +
-                "mask; `generate` takes them");
-        int seq = rows[0].Count;
-        var bytes = new byte[rows.Count * seq * sizeof(long)];
-        for (int b = 0; b < rows.Count; b++)
-            for (int t = 0; t < seq; t++)
-                BitConverter.TryWriteBytes(bytes.AsSpan((b * seq + t) * sizeof(long)), (long)rows[b][t]);
-        return new TensorPayload("Int64", [rows.Count, seq], [.. bytes]);
+        return rows;
     }
 
     /// <summary>Writes <paramref name="ids"/> to a new .npy file in the temporary directory; returns its path. Delete it with

@@ -39,4 +39,9 @@ public sealed record GenerationParameters(
 /// bytes it held over its passes (its KV caches included under device placement), the KV bytes its attention layers keep on
 /// its node (at full capacity, on the device or with its layer actors), the host → device bytes it moved and its passes.</summary>
 public sealed record GenerationStagePlan(int Stage, string Node, string Device, int FirstLayer, int LayerCount, int Window, int Swap,
-    long PeakDeviceBytes, long KvBytes, long BytesTransferred, int Passes);
+    long PeakDeviceBytes, long KvBytes, long BytesTransferred, int Passes)
+{
+    /// <summary>The most host bytes the stage's weights held during the session: its LayerActors' stored weights, or with the
+    /// disk tier the most its node's reads held at once.</summary>
+    public long PeakHostWeightBytes { get; init; }
+}

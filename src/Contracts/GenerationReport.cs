@@ -34,4 +34,8 @@ public sealed record GenerationReport(
     /// <summary>The placement, when the generation ran as pipeline stages through the job system: each stage's node, layers,
     /// peak and KV bytes (empty when one in-process stage ran it directly).</summary>
     public ImmutableArray<GenerationStagePlan> Stages { get; init; } = [];
+
+    /// <summary>The most host bytes held by weights on one stage's node during the generation (the largest stage's figure; 0
+    /// when not measured).</summary>
+    public long PeakHostWeightBytes { get; init; }
 }

@@ -133,8 +133,19 @@ public sealed class GenerationStageSession(
 
     public void Ending() => Phase = GenerationStagePhase.Ending;
 
-    public GenerationStagePlan Plan(string node, string device, int firstLayer) =>
-        new(Id.Stage, node, device, firstLayer, Stage.Layers.Count, Window, Swap, PeakDeviceBytes, KvBytes, BytesTransferred, Passes);
+    /// <summary>Reads the host bytes the stage's weights hold at their fullest over the session (set when the session opens).</summary>
+    public Func<long>? HostWeightPeak { get; set; }
+    long? _hostWeightPeak;
 
-    public void Dispose() => _stop.Dispose();
+    public GenerationStagePlan Plan(string node, string device, int firstLayer) =>
+        new(Id.Stage, node, device, firstLayer, Stage.Layers.Count, Window, Swap, PeakDeviceBytes, KvBytes, BytesTransferred, Passes)
+        {
+            PeakHostWeightBytes = _hostWeightPeak ??= HostWeightPeak?.Invoke() ?? 0,
+        };
+
+    public void Dispose()
+    {
+        _hostWeightPeak ??= HostWeightPeak?.Invoke() ?? 0; // ends the measure (the disk tier's meter) when no plan was asked for
+        _stop.Dispose();
+    }
 }

@@ -280,7 +280,10 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             Refuse($"node {_node} has no room in its host weight budget for layers {g.FirstLayer}..{g.FirstLayer + g.LayerCount - 1} now");
             return;
         }
-        var session = _generations[id] = new GenerationStageSession(id, g, stage, policy, key, deployment.Layers, _loaders[g.Device], placement);
+        var session = _generations[id] = new GenerationStageSession(id, g, stage, policy, key, deployment.Layers, _loaders[g.Device], placement)
+        {
+            HostWeightPeak = DeploymentWeights.MeasurePass(deployment, _hostMemory), // over the whole session
+        };
         var self = Self;
         deployment.Ready.ContinueWith(r =>
                 new GenerationLoaded(session, r.IsCompletedSuccessfully ? null : r.Exception?.GetBaseException().Message ?? "cancelled"),

@@ -88,7 +88,10 @@ public sealed class GenerationRun(Attempt attempt, PaddedPrompts prompts, Genera
             placement.Length == 1 ? placement[0].Slot.Device.Name : string.Join(",", placement.Select(p => $"{p.Slot.Node}/{p.Slot.Device.Name}")),
             model.Layers.Count, stages[0].Window, stages[0].Swap, GenerationSession.Name(Placement), Prompts.Batch, Prompts.Length, outcome.NewTokens,
             stages[0].Passes, model.Bytes, capacity, outcome.FirstTokenSeconds, outcome.DecodeTokensPerSecond, stages.Max(s => s.PeakDeviceBytes),
-            stages.Sum(s => s.KvBytes), stages.Sum(s => s.BytesTransferred), WallSeconds) { Stages = stages };
+            stages.Sum(s => s.KvBytes), stages.Sum(s => s.BytesTransferred), WallSeconds)
+        {
+            Stages = stages, PeakHostWeightBytes = stages.Max(s => s.PeakHostWeightBytes),
+        };
     }
 
     /// <summary>Tokens int64 [B, prompt + new] as they cross the wire.</summary>

@@ -224,6 +224,7 @@ public static class GenerateCommand
         Row("peak device bytes", $"{r.PeakDeviceBytes:N0} ({r.PeakDeviceBytes / (double)r.ModelBytes:P1} of the model)");
         Row("KV bytes", $"{r.KvBytes:N0}");
         Row("bytes transferred", $"{r.BytesTransferred:N0}");
+        if (r.PeakHostWeightBytes > 0) Row("peak host weight bytes", $"{r.PeakHostWeightBytes:N0}");
         Row("wall time", $"{r.WallSeconds:0.000} s");
         Row("tokens", $"Int64[{string.Join(", ", tokens.Shape)}]");
         Row("tokens sha256", sha);

@@ -21,8 +21,12 @@ namespace Superpipeline.Coordinator.Bench;
 /// <param name="TransferOverCompute">The emulated link is set so that streaming every layer once takes this multiple of a resident
 /// decode pass's compute (measured first, without link emulation).</param>
 /// <param name="HarderTransferOverCompute">The same for the second, transfer-bound link (synchronous and planned only).</param>
+/// <param name="ComputeThreads">Threads libtorch computes with on each simulated device (null: libtorch's default, every core).
+/// One by default: the simulated accelerator computes on one core and the host side (actors, stream, loader) has the other,
+/// as a real accelerator leaves the host's cores to the host.</param>
 public sealed record GenerateBenchOptions(string OutDir = "bench-results", bool Quick = false, int? Repeats = null,
-    double TransferOverCompute = GenerateBench.DefaultTransferOverCompute, double HarderTransferOverCompute = GenerateBench.DefaultHarderTransferOverCompute);
+    double TransferOverCompute = GenerateBench.DefaultTransferOverCompute, double HarderTransferOverCompute = GenerateBench.DefaultHarderTransferOverCompute,
+    int? ComputeThreads = 1);
 
 /// <summary><c>superpipeline bench --generate</c> (issue 8, point 10): a seeded Llama checkpoint (F32) four times the simulated device
 /// generates 32 new tokens for a batch of 8 under link emulation, in one run: (a) resident on a device big enough (the reference
@@ -61,6 +65,20 @@ public static class GenerateBench
 
     public static async Task<int> RunAsync(GenerateBenchOptions o, TextWriter output, CancellationToken cancel, TextWriter? log = null)
     {
+        // libtorch's thread count may be process-wide: whatever the devices were set to, the process gets its own back.
+        int threadsBefore = TorchSharp.torch.get_num_threads();
+        try
+        {
+            return await RunCoreAsync(o, output, cancel, log).ConfigureAwait(false);
+        }
+        finally
+        {
+            TorchSharp.torch.set_num_threads(threadsBefore);
+        }
+    }
+
+    static async Task<int> RunCoreAsync(GenerateBenchOptions o, TextWriter output, CancellationToken cancel, TextWriter? log)
+    {
         log ??= TextWriter.Null;
         int repeats = Stats.Repeats(o.Repeats, o.Quick ? 1 : 3);
         foreach (var ratio in new[] { o.TransferOverCompute, o.HarderTransferOverCompute })
@@ -95,7 +113,7 @@ public static class GenerateBench
             try
             {
                 var settings = SuperpipelineSettings.Create(system.Settings.Config);
-                var run = new Runner(system, settings, model, dir, prompts, request, repeats, log, cancel);
+                var run = new Runner(system, settings, model, dir, prompts, request, repeats, log, cancel) { ComputeThreads = o.ComputeThreads };
 
                 // 1. Compute first: a resident generation without link emulation; its warm decode passes move no weights.
                 var calibrating = run.Start("calibration (resident, no link)", PolicySpec.Resident, residentCapacity, null, null);
@@ -185,6 +203,15 @@ public static class GenerateBench
         long[][] Prompts { get; } = prompts;
         GenerationRequest Request { get; } = request;
         CancellationToken Cancel { get; } = cancel;
+        public int? ComputeThreads { get; init; }
+
+        /// <summary>A simulated device for a variant, computing with <see cref="ComputeThreads"/> threads.</summary>
+        public Accelerator Device(long capacity, double? linkBytesPerSecond)
+        {
+            var device = DeviceFactory.Create(new DeviceSpec(DeviceKind.Sim, capacity, linkBytesPerSecond / 1e9));
+            if (ComputeThreads is { } n) device.OnComputeThread(() => { TorchSharp.torch.set_num_threads(n); return 0; }).Wait();
+            return device;
+        }
 
         public VariantRun Start(string name, PolicySpec spec, long capacity, double? linkBytesPerSecond, long? hostBudget) =>
             new(this, name, spec, capacity, linkBytesPerSecond, hostBudget, $"gbench-{_stages++}");
@@ -228,7 +255,7 @@ public static class GenerateBench
                 _runner = runner;
                 (_name, _spec, _capacity, _link) = (name, spec, capacity, linkBytesPerSecond);
                 _policy = OffloadPolicy.For(spec, runner.Model.Layers.Count);
-                _device = DeviceFactory.Create(new DeviceSpec(DeviceKind.Sim, capacity, linkBytesPerSecond / 1e9));
+                _device = runner.Device(capacity, linkBytesPerSecond);
                 _budget = hostBudget is { } b ? new HostWeightBudget(b) : null;
                 _checkpoint = new CheckpointWeights(runner.Dir);
                 IWeightSource weights = _budget is null ? _checkpoint : new DiskTierWeights(runner.Dir, _budget);
@@ -271,7 +298,7 @@ public static class GenerateBench
 
         public Task<int> TorchThreadsAsync()
         {
-            using var device = DeviceFactory.Create(new DeviceSpec(DeviceKind.Sim, 1L << 20, null));
+            using var device = Device(1L << 20, null);
             return device.OnComputeThread(TorchSharp.torch.get_num_threads);
         }
     }

@@ -35,15 +35,27 @@ public static class BenchCommand
             Description = "instead: generation of a seeded Llama checkpoint 4× the device (batch 8, 32 new tokens) under link emulation: resident, "
                 + "k = k' = 1, the planned window and pins, and the plan with the disk tier; writes generate.md and generate.json",
         };
+        var computeThreads = new Option<string>("--compute-threads")
+        {
+            Description = "with --generate: threads the simulated device computes with (a number, or 'all' for libtorch's default); one leaves the "
+                + "other cores to the host side, as a real accelerator does",
+            DefaultValueFactory = _ => "1",
+        };
         var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory; " +
             "or, with --tradeoff, the memory/time trade-off over (k, k'); or, with --cluster, a cluster's job throughput.");
-        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster, generate }) bench.Options.Add(o);
+        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster, generate, computeThreads }) bench.Options.Add(o);
         bench.SetAction((r, cancel) =>
         {
             string dir = r.GetValue(output)!;
             bool fast = r.GetValue(quick);
             if (r.GetValue(generate))
-                return GenerateBench.RunAsync(new GenerateBenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
+            {
+                string threads = r.GetValue(computeThreads)!;
+                int? n = threads == "all" ? null
+                    : int.TryParse(threads, out int t) && t >= 1 ? t
+                    : throw new ArgumentException($"--compute-threads must be a whole number from 1, or 'all'; got '{threads}'");
+                return GenerateBench.RunAsync(new GenerateBenchOptions(dir, fast, r.GetValue(repeats), ComputeThreads: n), Console.Out, cancel, Console.Error);
+            }
             if (r.GetValue(cluster)) return ClusterBench.RunAsync(dir, fast, Console.Out, Console.Error, cancel);
             if (r.GetValue(tradeoff)) return TradeoffBench.RunAsync(new TradeoffOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
             return EngineBench.RunAsync(new BenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);

@@ -5,15 +5,18 @@ using static TorchSharp.torch;
 
 namespace Superpipeline.Engine.Devices;
 
-/// <summary>The default accelerator where there is no CUDA: its tensors are CPU tensors in an arena of its own
-/// (counted by <see cref="DeviceMemory"/>), transfers are real copies made on a thread of their own, and an
-/// optional link bandwidth stretches each copy to the time PCIe would take. Compute is real.</summary>
+/// <summary>The default accelerator where there is no CUDA: its tensors are CPU tensors counted by <see cref="DeviceMemory"/>,
+/// and compute is real. Without a link bandwidth, transfers are real copies made on a thread of their own. With one (an
+/// emulated link), the link is a copy engine as PCIe's DMA is: a transfer takes bytes ÷ bandwidth on the transfer thread and
+/// no CPU core or memory bandwidth away from compute, so the device's tensors share the host tensors' storage (weights are
+/// never written in place) instead of being copied by the CPU that computes. F16/BF16 tensors are still widened into new
+/// float32 storage as they arrive.</summary>
 public sealed class SimulatedDevice(string name, long capacityBytes, double? linkGBps = null) : Accelerator(name, capacityBytes, linkGBps)
 {
     public override DeviceKind Kind => DeviceKind.Sim;
     public override bool WantsPinnedHost => false;
 
-    protected override Tensor Place(Tensor host) => host.clone();
+    protected override Tensor Place(Tensor host) => LinkBytesPerSecond is null ? host.clone() : host.alias();
 
     /// <summary>Always in place: see <see cref="PlaceWidened"/>.</summary>
     protected override bool WidensInPlace(Tensor host) => true;

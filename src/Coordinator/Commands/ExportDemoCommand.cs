@@ -17,7 +17,10 @@ public static class ExportDemoCommand
         var heads = new Option<int>("--heads") { Description = "num_attention_heads", DefaultValueFactory = _ => 4 };
         var kvHeads = new Option<int>("--kv-heads") { Description = "llama: num_key_value_heads (default: --heads)" };
         var ffn = new Option<int>("--ffn") { Description = "intermediate_size (gpt2: n_inner)", DefaultValueFactory = _ => 128 };
-        var vocab = new Option<int>("--vocab") { Description = "vocab_size", DefaultValueFactory = _ => 256 };
+        var vocab = new Option<int>("--vocab")
+        {
+            Description = "vocab_size (from 257 for gpt2 and 260 for llama, a tokenizer is written too)", DefaultValueFactory = _ => 512,
+        };
         var positions = new Option<int>("--max-positions") { Description = "max_position_embeddings", DefaultValueFactory = _ => 512 };
         var seed = new Option<long>("--seed") { Description = "seed of the weights", DefaultValueFactory = _ => 1 };
         var shards = new Option<int>("--shards") { Description = "safetensors files to split the tensors over", DefaultValueFactory = _ => 1 };

@@ -86,6 +86,16 @@ public sealed class GeneratePromptSpec : IDisposable
         Assert.NotEqual(0, await Cli.MainAsync(["generate", "--model", Path.Combine(_dir, "nowhere"), "--prompt", "a"]));
     }
 
+    [Fact]
+    public void Steps_a_failed_over_job_sends_again_are_shown_once()
+    {
+        var shown = new List<int>();
+        var onToken = GenerateCommand.NewSteps(t => shown.Add(t.Step));
+        foreach (int step in new[] { 0, 1, 2, 0, 1, 2, 3, 4 }) // a restart from the prompt after step 2
+            onToken(new Superpipeline.Messages.JobProtocol.JobToken(new Superpipeline.Contracts.JobId("j"), step, [7]));
+        Assert.Equal([0, 1, 2, 3, 4], shown);
+    }
+
     public void Dispose()
     {
         try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }

@@ -154,11 +154,11 @@ public static class GenerateCommand
         var text = read.Tokenizer is { } tokenizer && prompts.Length == 1 ? tokenizer.TextStream() : null;
         if (text is not null) console.Write(new Text(read.Texts?[0] ?? read.Tokenizer!.Decode([.. prompts[0].Select(id => (int)id)])));
         var job = Job(JobId.New(), spec, o.Policy, prompts, request, o.Placement);
-        var answer = await host.RunAsync(job, onToken: t =>
+        var answer = await host.RunAsync(job, onToken: NewSteps(t =>
         {
             if (text is null) PrintToken(console, t);
             else console.Write(new Text(text.Append((int)t.Tokens[0]))); // one prompt: its text as it is produced
-        }).WaitAsync(cancel);
+        })).WaitAsync(cancel);
         if (text is not null) console.WriteLine(text.Flush());
         var result = Generated(job, answer);
 
@@ -196,6 +196,19 @@ public static class GenerateCommand
     }
 
     /// <summary>One line per step: each row's new token.</summary>
+    /// <summary>Passes on each step once: a job that failed over restarts its generation from the prompt and sends the steps it
+    /// had sent again (the same tokens: generation is deterministic); they are not shown twice.</summary>
+    public static Action<JobToken> NewSteps(Action<JobToken> onToken)
+    {
+        int shown = -1;
+        return t =>
+        {
+            if (t.Step <= shown) return;
+            shown = t.Step;
+            onToken(t);
+        };
+    }
+
     internal static void PrintToken(IAnsiConsole console, JobToken t) =>
         console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"token {t.Step + 1}: {string.Join(' ', t.Tokens)}"));
 

@@ -84,7 +84,7 @@ public static class SubmitCommand
             var answer = await client.RunAsync(job, p =>
             {
                 if (p.Layer == p.Layers - 1 || p.Layer % 8 == 0) Console.Error.WriteLine($"  layer {p.Layer + 1}/{p.Layers} computed");
-            }, t => GenerateCommand.PrintToken(AnsiConsole.Console, t));
+            }, GenerateCommand.NewSteps(t => GenerateCommand.PrintToken(AnsiConsole.Console, t)));
             if (job.Generation is { } asked)
             {
                 var generated = GenerateCommand.Generated(job, answer);

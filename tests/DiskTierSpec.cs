@@ -42,6 +42,7 @@ public sealed class DiskTierSpec() : TestKit(WorkerConfig.Load()), IDisposable
     static async Task<(byte[] Output, PassReport Report, NodeAgentActor.Status Status)> Run(EmbeddedHost host, ModelSpec spec, PolicySpec policy)
     {
         var answer = await host.RunAsync(new SubmitJob(JobId.New(), spec, policy)).WaitAsync(TimeSpan.FromSeconds(120));
+        if (answer is JobFailed failed) Assert.Fail($"{policy}: {failed.Reason}");
         var ok = Assert.IsType<JobSucceeded>(answer);
         var status = await host.System.ActorSelection("/user/node-agent")
             .Ask<NodeAgentActor.Status>(NodeAgentActor.GetStatus.Instance, TimeSpan.FromSeconds(30));

@@ -133,10 +133,22 @@ public sealed class DevicePassBackend : IPassBackend
         });
     }
 
+    /// <summary>The last weights asked for: each ask is made once the one before it has been answered, so the layer actors read
+    /// (the disk tier) and take host budget in layer order. Asked at once, the actors could take the budget in any order, and a
+    /// later layer's read could hold bytes an earlier layer's read waits for, while that later layer's load waits for the earlier
+    /// one: a deadlock until the ask times out (it happened with window all, which admits every layer at once).</summary>
+    Task _lastAsk = Task.CompletedTask;
+
     public void Admitted(int layer, CancellationToken cancel)
     {
         if (!_warm.ContainsKey(layer)) // a kept pinned layer is already on the device: no weights to ask for
-            _weights[layer] = _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel);
+        {
+            var ask = _lastAsk.ContinueWith(
+                _ => _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel),
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default).Unwrap();
+            _weights[layer] = ask;
+            _lastAsk = ask;
+        }
         if (_step is { Placement: KvPlacement.Host } step && _model.Layers[layer].Kv is not null)
             _kvAsked[layer] = _layerActors[layer].Ask<LayerActor.HostKv>(
                 new LayerActor.GetKv(step.Session, step.Context.Batch, step.Capacity), _askTimeout, cancel);

@@ -127,7 +127,9 @@ public sealed class NodeAgentSpec : TestKit, IDisposable
         Assert.Single(Status(agent).Deployments);
         Scheduler.Advance(TimeSpan.FromMinutes(2));
         AwaitAssert(() => Assert.Equal((0L, 0), (Status(agent).HostWeightBytes, Status(agent).Deployments.Length)), TimeSpan.FromSeconds(10));
-        AwaitAssert(() => Assert.Equal(tensors, TensorProbe.LiveTensors()), TimeSpan.FromSeconds(10));
+        // Not more than before the deployment: its tensors are freed. (Equality would be racy: an earlier test's actor system
+        // still shutting down may free tensors of its own meanwhile.)
+        AwaitAssert(() => Assert.InRange(TensorProbe.LiveTensors(), 0, tensors), TimeSpan.FromSeconds(10));
     }
 
     [Fact]

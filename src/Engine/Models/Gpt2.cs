@@ -268,23 +268,19 @@ public sealed class Gpt2Block(int index, int block, Gpt2Config c, Gpt2Names name
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, StepContext step, KvCache? cache)
     {
         var kv = Llama.Require(cache, Name);
-        long b = x.shape[0], t = x.shape[1];
-        int heads = c.Heads, d = c.HeadDim, hidden = c.Hidden;
-        var h = F.layer_norm(x, [hidden], w[N("ln_1.weight")], w[N("ln_1.bias")], c.LayerNormEps);
-        var qkv = Gpt2.Conv1D(h, w[N("attn.c_attn.weight")], w[N("attn.c_attn.bias")]);
-        var q = qkv.narrow(-1, 0, hidden).view(b, t, heads, d).transpose(1, 2);
-        var k = qkv.narrow(-1, hidden, hidden).view(b, t, heads, d).transpose(1, 2);
-        var v = qkv.narrow(-1, 2 * hidden, hidden).view(b, t, heads, d).transpose(1, 2);
-        var (keys, values) = kv.Append(k, v);
-        var attn = Llama.CachedAttention(q, keys, values, heads, step);
-        var merged = attn.transpose(1, 2).reshape(b, t, hidden);
-        x = x + Gpt2.Conv1D(merged, w[N("attn.c_proj.weight")], w[N("attn.c_proj.bias")]);
-        h = F.layer_norm(x, [hidden], w[N("ln_2.weight")], w[N("ln_2.bias")], c.LayerNormEps);
-        var m = F.gelu(Gpt2.Conv1D(h, w[N("mlp.c_fc.weight")], w[N("mlp.c_fc.bias")]), TorchSharp.Modules.GELU.Approximate.tanh);
-        return x + Gpt2.Conv1D(m, w[N("mlp.c_proj.weight")], w[N("mlp.c_proj.bias")]);
+        return Forward(w, x, (q, k, v) =>
+        {
+            var (keys, values) = kv.Append(k, v);
+            return Llama.CachedAttention(q, keys, values, c.Heads, step);
+        });
     }
 
-    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
+        Forward(w, x, (q, k, v) => F.scaled_dot_product_attention(q, k, v, null, 0.0, true));
+
+    /// <summary>The block, whichever pass: LayerNorm, c_attn, <paramref name="attention"/> over q, k, v ([B, heads, T, d]),
+    /// c_proj, LayerNorm, gelu_new MLP.</summary>
+    Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, Func<Tensor, Tensor, Tensor, Tensor> attention)
     {
         long b = x.shape[0], t = x.shape[1];
         int heads = c.Heads, d = c.HeadDim, hidden = c.Hidden;
@@ -293,7 +289,7 @@ public sealed class Gpt2Block(int index, int block, Gpt2Config c, Gpt2Names name
         var q = qkv.narrow(-1, 0, hidden).view(b, t, heads, d).transpose(1, 2);
         var k = qkv.narrow(-1, hidden, hidden).view(b, t, heads, d).transpose(1, 2);
         var v = qkv.narrow(-1, 2 * hidden, hidden).view(b, t, heads, d).transpose(1, 2);
-        var attn = F.scaled_dot_product_attention(q, k, v, null, 0.0, true);
+        var attn = attention(q, k, v);
         var merged = attn.transpose(1, 2).reshape(b, t, hidden);
         x = x + Gpt2.Conv1D(merged, w[N("attn.c_proj.weight")], w[N("attn.c_proj.bias")]);
         h = F.layer_norm(x, [hidden], w[N("ln_2.weight")], w[N("ln_2.bias")], c.LayerNormEps);

@@ -292,7 +292,23 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
 
     internal long IntsHeld(long[] input) => c.HeadDim / 2 + input[1];
 
-    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
+    public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
+        Forward(w, x, t => Llama.Rotary(c, t, x.device), (q, k, v) =>
+        {
+            if (c.KvHeads != c.Heads)
+            {
+                long b = k.shape[0], t = k.shape[2];
+                int groups = c.Heads / c.KvHeads;
+                k = k.unsqueeze(2).expand(b, c.KvHeads, groups, t, c.HeadDim).reshape(b, c.Heads, t, c.HeadDim);
+                v = v.unsqueeze(2).expand(b, c.KvHeads, groups, t, c.HeadDim).reshape(b, c.Heads, t, c.HeadDim);
+            }
+            return F.scaled_dot_product_attention(q, k, v, null, 0.0, true);
+        });
+
+    /// <summary>The decoder layer, whichever pass: RMSNorm, projections, rotary positions from <paramref name="rotary"/> (given the
+    /// tokens), <paramref name="attention"/> over q, k, v ([B, heads or KV heads, T, d]), output projection, SwiGLU MLP.</summary>
+    Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, Func<long, (Tensor Cos, Tensor Sin)> rotary,
+        Func<Tensor, Tensor, Tensor, Tensor> attention)
     {
         long b = x.shape[0], t = x.shape[1];
         int heads = c.Heads, kvHeads = c.KvHeads, d = c.HeadDim;
@@ -300,16 +316,10 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
         var q = F.linear(h, w[Llama.Names.Q(Block)]).view(b, t, heads, d).transpose(1, 2);
         var k = F.linear(h, w[Llama.Names.K(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
         var v = F.linear(h, w[Llama.Names.V(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
-        var (cos, sin) = Llama.Rotary(c, t, x.device);
+        var (cos, sin) = rotary(t);
         q = q * cos + Llama.RotateHalf(q) * sin;
         k = k * cos + Llama.RotateHalf(k) * sin;
-        if (kvHeads != heads)
-        {
-            int groups = heads / kvHeads;
-            k = k.unsqueeze(2).expand(b, kvHeads, groups, t, d).reshape(b, heads, t, d);
-            v = v.unsqueeze(2).expand(b, kvHeads, groups, t, d).reshape(b, heads, t, d);
-        }
-        var attn = F.scaled_dot_product_attention(q, k, v, null, 0.0, true);
+        var attn = attention(q, k, v);
         var merged = attn.transpose(1, 2).reshape(b, t, c.Hidden);
         x = x + F.linear(merged, w[Llama.Names.O(Block)]);
         h = Llama.RmsNorm(x, w[Llama.Names.PostNorm(Block)], c.RmsNormEps);
@@ -337,22 +347,11 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x, StepContext step, KvCache? cache)
     {
         var kv = Llama.Require(cache, Name);
-        long b = x.shape[0], t = x.shape[1];
-        int heads = c.Heads, kvHeads = c.KvHeads, d = c.HeadDim;
-        var h = Llama.RmsNorm(x, w[Llama.Names.InputNorm(Block)], c.RmsNormEps);
-        var q = F.linear(h, w[Llama.Names.Q(Block)]).view(b, t, heads, d).transpose(1, 2);
-        var k = F.linear(h, w[Llama.Names.K(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
-        var v = F.linear(h, w[Llama.Names.V(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
-        var (cos, sin) = Llama.Rotary(c, step.Positions, x.device);
-        q = q * cos + Llama.RotateHalf(q) * sin;
-        k = k * cos + Llama.RotateHalf(k) * sin;
-        var (keys, values) = kv.Append(k, v);
-        var attn = Llama.CachedAttention(q, keys, values, heads, step);
-        var merged = attn.transpose(1, 2).reshape(b, t, c.Hidden);
-        x = x + F.linear(merged, w[Llama.Names.O(Block)]);
-        h = Llama.RmsNorm(x, w[Llama.Names.PostNorm(Block)], c.RmsNormEps);
-        var m = F.silu(F.linear(h, w[Llama.Names.Gate(Block)])) * F.linear(h, w[Llama.Names.Up(Block)]);
-        return x + F.linear(m, w[Llama.Names.Down(Block)]);
+        return Forward(w, x, _ => Llama.Rotary(c, step.Positions, x.device), (q, k, v) =>
+        {
+            var (keys, values) = kv.Append(k, v);
+            return Llama.CachedAttention(q, keys, values, c.Heads, step);
+        });
     }
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>

@@ -238,21 +238,21 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     static PolicySpec PlanFor(JobRecord job, ModelCost cost, IReadOnlyList<DeviceSlot> slots, PolicySpec asked)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
-        if (job.Submit.Generation is { } g && asked.Auto)
+        if (!asked.Auto) return Planner.PinFor(cost, asked, smallest.CapacityBytes);
+        if (job.Submit.Generation is { } g)
         {
-            var measured = smallest.Cost ?? throw new ArgumentException(
-                $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
             var shape = new GenerationShape(g.Prompts.Length, g.Prompts.Max(p => p.Length), g.MaxNewTokens,
                 g.Kv == "host" ? Engine.Simulation.KvPlacement.Host : Engine.Simulation.KvPlacement.Device);
-            return Planner.ChooseForGeneration(job.Model, measured.Validated(), shape, asked.ResidentAuto ? null : asked.ResidentLayers).Policy;
+            return Planner.ChooseForGeneration(job.Model, (smallest.Cost ?? throw Unmeasured(smallest)).Validated(), shape,
+                asked.ResidentAuto ? null : asked.ResidentLayers).Policy;
         }
-        if (!asked.Auto) return Planner.PinFor(cost, asked, smallest.CapacityBytes);
         if ((asked.ResidentAuto || asked.ResidentLayers > 0) && smallest.Cost is { } d)
             return Planner.ChooseWithPins(cost, d.Validated(), smallest.CapacityBytes, asked.ResidentAuto ? null : asked.ResidentLayers);
-        var device = smallest.Cost ?? throw new ArgumentException(
-            $"device {smallest.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
-        return Planner.Choose(cost, device.Validated(), smallest.CapacityBytes).Policy;
+        return Planner.Choose(cost, (smallest.Cost ?? throw Unmeasured(smallest)).Validated(), smallest.CapacityBytes).Policy;
     }
+
+    static ArgumentException Unmeasured(DeviceInfo device) =>
+        new($"device {device.Name} was registered without a measured compute rate and link, so window auto cannot plan for it");
 
     /// <summary>A stage's progress goes to the clients of every job of its attempt, with the model's layer count.</summary>
     void OnProgress(StageProgress p)

@@ -3,6 +3,7 @@ using Akka.TestKit.Xunit2;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Onnx;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Contracts;
 using Superpipeline.Workers;
@@ -136,5 +137,183 @@ public sealed partial class BertOnnxSpec(ITestOutputHelper output) : TestKit(Wor
         var mean = h1.mean([1]);
         Assert.True(e1.allclose(mean / mean.norm(1, true, 2), rtol: 0, atol: 1e-6));
         Assert.Equal(1.0, e1.norm().item<float>(), 5);
+    }
+}
+
+/// <summary>all-MiniLM-L6-v2 from its ONNX file against ONNX Runtime on the same file (the independent reference).</summary>
+public sealed partial class BertOnnxSpec
+{
+    internal static readonly string[] Texts =
+    [
+        "This is an example sentence",
+        "Each sentence is converted",
+        "Superpipeline streams the layers of a model larger than the device, one window at a time, and the output does not change.",
+        "Hi",
+    ];
+
+    /// <summary>ONNX Runtime's last_hidden_state [N, T, H] and pooler output [N, H] for the encoded inputs [N, 3, T].</summary>
+    internal static (float[] Hidden, float[] Pooler) Reference(string onnx, long[] encoded, int n, int t)
+    {
+        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(onnx);
+        Microsoft.ML.OnnxRuntime.NamedOnnxValue Input(string name, int row) => Microsoft.ML.OnnxRuntime.NamedOnnxValue.CreateFromTensor(name,
+            new Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<long>(Enumerable.Range(0, n).SelectMany(i => encoded.Skip((i * 3 + row) * t).Take(t)).ToArray(),
+                [n, t]));
+        using var results = session.Run([Input("input_ids", 0), Input("attention_mask", 1), Input("token_type_ids", 2)]);
+        return (results.First(r => r.Name == "last_hidden_state").AsTensor<float>().ToArray(), results.First(r => r.Name != "last_hidden_state")
+            .AsTensor<float>().ToArray());
+    }
+
+    /// <summary>sentence-transformers' Pooling(mean) + Normalize on the reference's hidden state, written here from their definitions.</summary>
+    internal static float[] MeanPooled(float[] hidden, long[] encoded, int n, int t, int h)
+    {
+        var result = new float[n * h];
+        for (int i = 0; i < n; i++)
+        {
+            double count = 0;
+            var sum = new double[h];
+            for (int j = 0; j < t; j++)
+            {
+                long m = encoded[(i * 3 + 1) * t + j];
+                count += m;
+                for (int c = 0; c < h; c++) sum[c] += m * hidden[(i * t + j) * h + c];
+            }
+            var mean = sum.Select(s => s / Math.Max(count, 1e-9)).ToArray();
+            double norm = Math.Max(Math.Sqrt(mean.Sum(v => v * v)), 1e-12);
+            for (int c = 0; c < h; c++) result[i * h + c] = (float)(mean[c] / norm);
+        }
+        return result;
+    }
+
+    static long[] Longs(TensorPayload p)
+    {
+        var data = new long[p.Elements];
+        Buffer.BlockCopy(p.Bytes.ToArray(), 0, data, 0, p.Bytes.Length);
+        return data;
+    }
+
+    string WriteInput(TensorPayload encoded)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"bert-input-{Guid.NewGuid():N}.npy");
+        Engine.IO.Npy.Write(path, encoded);
+        return path;
+    }
+
+    /// <summary>Our pass's three outputs against the reference at real positions; returns the largest differences.</summary>
+    (double Hidden, double Embedding, double Pooler) Compare(Tensor ours, long[] encoded, float[] refHidden, float[] refPooler, int n, int t, int h)
+    {
+        var (hidden, embedding, pooled) = Bert.Unpack(ours);
+        var refEmbedding = MeanPooled(refHidden, encoded, n, t, h);
+        double dh = 0, de = 0, dp = 0;
+        var ourHidden = hidden.contiguous().data<float>().ToArray();
+        var ourEmbedding = embedding.contiguous().data<float>().ToArray();
+        var ourPooler = pooled.contiguous().data<float>().ToArray();
+        for (int i = 0; i < n; i++)
+        {
+            for (int j = 0; j < t; j++)
+                if (encoded[(i * 3 + 1) * t + j] == 1)
+                    for (int c = 0; c < h; c++) dh = Math.Max(dh, Math.Abs(ourHidden[(i * t + j) * h + c] - refHidden[(i * t + j) * h + c]));
+            for (int c = 0; c < h; c++)
+            {
+                de = Math.Max(de, Math.Abs(ourEmbedding[i * h + c] - refEmbedding[i * h + c]));
+                dp = Math.Max(dp, Math.Abs(ourPooler[i * h + c] - refPooler[i * h + c]));
+            }
+        }
+        return (dh, de, dp);
+    }
+
+    [Fact]
+    public async Task MiniLm_matches_onnx_runtime_and_every_window_is_bit_identical_on_a_device_under_a_quarter_of_the_weights()
+    {
+        string onnx = OnnxFixture.MiniLm;
+        var config = BertOnnx.ConfigOf(OnnxGraph.Load(onnx));
+        Assert.Equal(new BertConfig(384, 6, 12, 1536, 30522, 512, 2, 1e-12, -10000f, true), config with { LayerNormEps = 1e-12 });
+        var encodedPayload = BertText.Encode(BertText.Load(OnnxFixture.MiniLmVocab), Texts, config.MaxPositions);
+        var encoded = Longs(encodedPayload);
+        int n = Texts.Length, t = (int)encodedPayload.Shape[2], h = config.Hidden;
+        Assert.Contains(0L, encoded.Skip(t).Take(t)); // the second text is padded: padding is visible
+        var (refHidden, refPooler) = Reference(onnx, encoded, n, t);
+        string input = WriteInput(encodedPayload);
+        try
+        {
+            var spec = ModelCatalog.CheckpointSpec(onnx, 1, 1, 0, input, "bert");
+            var model = ModelCatalog.Create(spec);
+            using var weights = (OnnxWeights)ModelCatalog.Weights(spec);
+            using var x = model.MakeInput(spec.Seed);
+            long quarter = model.Bytes / 4 - 1;
+            var (resident, first) = await Pass(Sys, model, weights, x, 2, 1, quarter);
+            Assert.True(first.PeakDeviceBytes <= quarter, $"peak {first.PeakDeviceBytes} > {quarter}");
+            byte[] expected;
+            using (resident)
+            {
+                var (dh, de, dp) = Compare(resident, encoded, refHidden, refPooler, n, t, h);
+                output.WriteLine($"k = 2 on {quarter} bytes against ONNX Runtime, {n} texts of up to {t} tokens: max |Δ| hidden {dh:E2}, embedding {de:E2}, pooler {dp:E2}");
+                Assert.True(dh <= 1e-4 && de <= 1e-4 && dp <= 1e-4, $"hidden {dh}, embedding {de}, pooler {dp}");
+                expected = TensorBytes.Raw(resident);
+            }
+
+            output.WriteLine($"model {model.Bytes} bytes in {model.Layers.Count} layers, largest {model.Layers.Max(l => l.Bytes)}; device {quarter} bytes");
+            foreach (var (k, swap, capacity) in new (int?, int?, long)[] { (1, 1, quarter), (2, 1, quarter), (2, 2, quarter), (3, 1, 1L << 30),
+                (5, 2, 1L << 30), (null, null, 1L << 30) })
+            {
+                var (got, report) = await Pass(Sys, model, weights, x, k, swap, capacity);
+                using (got)
+                {
+                    output.WriteLine($"(k, k') = ({k?.ToString() ?? "all"}, {swap?.ToString() ?? "all"}) on {capacity} bytes: peak {report.PeakDeviceBytes}");
+                    Assert.True(report.PeakDeviceBytes <= capacity, $"peak {report.PeakDeviceBytes} > {capacity}");
+                    Assert.True(expected.SequenceEqual(TensorBytes.Raw(got)), $"(k, k') = ({k}, {swap}) differs from k = 2");
+                }
+            }
+        }
+        finally
+        {
+            File.Delete(input);
+        }
+    }
+
+    [Fact]
+    public void BertTokenizer_gives_the_reference_ids_and_pads_with_mask_zero()
+    {
+        var tokenizer = BertText.Load(OnnxFixture.MiniLmVocab);
+        // bert-base-uncased's ids for this sentence (the transformers documentation's tokenizer example)
+        var encoded = Longs(BertText.Encode(tokenizer, ["Hello, my dog is cute", "Hi"], 512));
+        Assert.Equal(new long[] { 101, 7592, 1010, 2026, 3899, 2003, 10140, 102 }, encoded.Take(8));
+        Assert.Equal(new long[] { 1, 1, 1, 1, 1, 1, 1, 1 }, encoded.Skip(8).Take(8));
+        Assert.Equal(new long[] { 101, 7632, 102, 0, 0, 0, 0, 0 }, encoded.Skip(24).Take(8));
+        Assert.Equal(new long[] { 1, 1, 1, 0, 0, 0, 0, 0 }, encoded.Skip(32).Take(8));
+        Assert.All(encoded.Skip(16).Take(8).Concat(encoded.Skip(40)), v => Assert.Equal(0L, v));
+        var e = Assert.Throws<ArgumentException>(() => BertText.Encode(tokenizer, ["short", string.Join(" ", Enumerable.Repeat("word", 600))], 512));
+        Assert.Equal("text 1 is 602 tokens with [CLS] and [SEP]; the model takes at most 512 positions", e.Message);
+    }
+
+    [Fact]
+    public void Files_that_are_not_a_bert_encoder_are_one_line_refusals()
+    {
+        string dir = Directory.CreateTempSubdirectory("bert-refusals-").FullName;
+        try
+        {
+            string garbage = Path.Combine(dir, "garbage.onnx");
+            File.WriteAllBytes(garbage, [.. Enumerable.Range(0, 4096).Select(i => (byte)(i * 7919 % 251))]);
+            var e = Assert.ThrowsAny<Exception>(() => OnnxImport.Import(garbage, "bert"));
+            output.WriteLine(e.Message);
+            Assert.Contains("not an ONNX model", e.Message);
+
+            string truncated = Path.Combine(dir, "truncated.onnx");
+            var bytes = File.ReadAllBytes(OnnxFixture.MiniLm);
+            File.WriteAllBytes(truncated, bytes[..(bytes.Length / 2)]);
+            e = Assert.ThrowsAny<Exception>(() => OnnxImport.Import(truncated, "bert"));
+            output.WriteLine(e.Message);
+            Assert.Contains("truncated", e.Message);
+            Assert.DoesNotContain('\n', e.Message);
+
+            e = Assert.Throws<OnnxException>(() => OnnxImport.Import(OnnxFixture.ResNet18, "bert"));
+            output.WriteLine(e.Message);
+            var first = OnnxGraph.Load(OnnxFixture.ResNet18).Nodes.First(n => n.Inputs.Contains("Input247"));
+            Assert.StartsWith($"{OnnxFixture.ResNet18}: node {first.Label}: expected a BERT encoder's input 'input_ids'", e.Message);
+            Assert.DoesNotContain('\n', e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
     }
 }

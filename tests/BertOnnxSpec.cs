@@ -316,4 +316,69 @@ public sealed partial class BertOnnxSpec
             Directory.Delete(dir, true);
         }
     }
+
+    static async Task<(int Code, string Error)> Cli(params string[] args)
+    {
+        var saved = Console.Error;
+        using var error = new StringWriter();
+        Console.SetError(error);
+        try
+        {
+            return (await Coordinator.Cli.MainAsync(args), error.ToString());
+        }
+        finally
+        {
+            Console.SetError(saved);
+        }
+    }
+
+    [Fact]
+    public async Task Embed_writes_the_embeddings_onnx_runtime_gives_and_refuses_bad_input_in_one_line()
+    {
+        string dir = Directory.CreateTempSubdirectory("bert-embed-").FullName;
+        try
+        {
+            string emb = Path.Combine(dir, "emb.npy"), hidden = Path.Combine(dir, "hidden.npy");
+            string[] texts = [Texts[0], Texts[2], Texts[3]];
+            var (code, error) = await Cli(["embed", "--model", OnnxFixture.MiniLm, .. texts.SelectMany(t => new[] { "--text", t }), "--output", emb,
+                "--hidden-states", hidden, "--window", "2", "--device-memory", "20MiB"]);
+            Assert.True(code == 0, error);
+            var encodedPayload = BertText.Encode(BertText.Load(OnnxFixture.MiniLmVocab), texts, 512);
+            var encoded = Longs(encodedPayload);
+            int t = (int)encodedPayload.Shape[2];
+            var (refHidden, _) = Reference(OnnxFixture.MiniLm, encoded, texts.Length, t);
+            var expected = MeanPooled(refHidden, encoded, texts.Length, t, 384);
+            var (descr, shape, data) = Engine.IO.Npy.Read(emb);
+            Assert.Equal("<f4", descr);
+            Assert.Equal(new long[] { 3, 384 }, shape);
+            var got = new float[3 * 384];
+            Buffer.BlockCopy(data, 0, got, 0, data.Length);
+            double diff = got.Zip(expected, (a, b) => Math.Abs(a - b)).Max();
+            output.WriteLine($"embed on a 20 MiB device, k = 2: max |Δ| against ONNX Runtime's mean-pooled, normalised embeddings {diff:E2}");
+            Assert.True(diff <= 1e-4, $"{diff}");
+            Assert.Equal(new long[] { 3, t, 384 }, Engine.IO.Npy.Read(hidden).Shape);
+
+            string tooLong = string.Join(" ", Enumerable.Repeat("word", 600));
+            foreach (var (args, says) in new (string[], string)[]
+            {
+                (["--text", "fine", "--text", tooLong], "superpipeline: text 1 is 602 tokens with [CLS] and [SEP]; the model takes at most 512 positions"),
+                (["--text", "fine", "--vocab", Path.Combine(dir, "none.txt")], $"superpipeline: {Path.Combine(dir, "none.txt")}: vocabulary not found"),
+                (["--text", "fine", "--window", "0"], "superpipeline: --window"),
+            })
+            {
+                (code, error) = await Cli(["embed", "--model", OnnxFixture.MiniLm, .. args, "--output", Path.Combine(dir, "no.npy")]);
+                Assert.Equal(1, code);
+                Assert.StartsWith(says, error);
+                Assert.Single(error.TrimEnd().Split('\n'));
+            }
+            (code, error) = await Cli(["embed", "--model", OnnxFixture.ResNet18, "--family", "bert", "--text", "x", "--output", Path.Combine(dir, "no.npy")]);
+            Assert.Equal(1, code);
+            Assert.Contains("node 'Convolution249' (Conv): expected a BERT encoder's input 'input_ids'", error);
+            Assert.False(File.Exists(Path.Combine(dir, "no.npy")));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }

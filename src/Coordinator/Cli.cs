@@ -24,6 +24,7 @@ public static class Cli
         root.Subcommands.Add(SubmitCommand.Build());
         root.Subcommands.Add(ExportDemoCommand.Build());
         root.Subcommands.Add(GenerateCommand.Build());
+        root.Subcommands.Add(EmbedCommand.Build());
         root.Subcommands.Add(WeightsCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

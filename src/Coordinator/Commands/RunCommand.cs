@@ -86,6 +86,18 @@ public static class RunCommand
     /// host, prints the summary and writes the files. Returns the exit code.</summary>
     public static async Task<int> RunAsync(RunOptions o, IAnsiConsole console, CancellationToken cancel)
     {
+        var ok = await PassAsync(o, console, cancel);
+        var sha = Convert.ToHexStringLower(SHA256.HashData(ok.Output.Bytes.AsSpan()));
+        if (o.ReportPath is not null) JsonReport.Write(o.ReportPath, JsonReport.Build(o.Model, ok.Report, ok.Output, sha));
+        if (o.TracePath is not null) ChromeTrace.Write(o.TracePath, ok.Report);
+        if (o.OutputPath is not null) Npy.Write(o.OutputPath, ok.Output);
+        Summarize(console, o, ok, sha);
+        return 0;
+    }
+
+    /// <summary>The pass of <see cref="RunAsync"/> without its files and summary (shared by <c>embed</c>).</summary>
+    internal static async Task<JobSucceeded> PassAsync(RunOptions o, IAnsiConsole console, CancellationToken cancel)
+    {
         OutputPaths.CheckWritable(o.ReportPath, "--report");
         OutputPaths.CheckWritable(o.TracePath, "--trace");
         OutputPaths.CheckWritable(o.OutputPath, "--output");
@@ -117,13 +129,7 @@ public static class RunCommand
 
         if (answer is JobFailed failed) throw new ArgumentException(failed.Reason);
         if (answer is JobRefused refused) throw new ArgumentException(refused.Reason);
-        var ok = (JobSucceeded)answer;
-        var sha = Convert.ToHexStringLower(SHA256.HashData(ok.Output.Bytes.AsSpan()));
-        if (o.ReportPath is not null) JsonReport.Write(o.ReportPath, JsonReport.Build(o.Model, ok.Report, ok.Output, sha));
-        if (o.TracePath is not null) ChromeTrace.Write(o.TracePath, ok.Report);
-        if (o.OutputPath is not null) Npy.Write(o.OutputPath, ok.Output);
-        Summarize(console, o, ok, sha);
-        return 0;
+        return (JobSucceeded)answer;
     }
 
     /// <summary>"0-3, 7, 9-10" for sorted layer indices.</summary>
@@ -140,7 +146,7 @@ public static class RunCommand
         return string.Join(", ", parts);
     }
 
-    static void Summarize(IAnsiConsole console, RunOptions o, JobSucceeded ok, string sha)
+    internal static void Summarize(IAnsiConsole console, RunOptions o, JobSucceeded ok, string sha)
     {
         var r = ok.Report;
         double ratio = r.ModelBytes / (double)r.DeviceCapacityBytes;

@@ -246,7 +246,8 @@ public sealed partial class BertOnnxSpec
             using (resident)
             {
                 var (dh, de, dp) = Compare(resident, encoded, refHidden, refPooler, n, t, h);
-                output.WriteLine($"k = 2 on {quarter} bytes against ONNX Runtime, {n} texts of up to {t} tokens: max |Δ| hidden {dh:E2}, embedding {de:E2}, pooler {dp:E2}");
+                output.WriteLine($"k = 2 on {quarter} bytes against ONNX Runtime, {n} texts of up to {t} tokens: "
+                    + $"max |Δ| hidden {dh:E2}, embedding {de:E2}, pooler {dp:E2}");
                 Assert.True(dh <= 1e-4 && de <= 1e-4 && dp <= 1e-4, $"hidden {dh}, embedding {de}, pooler {dp}");
                 expected = TensorBytes.Raw(resident);
             }

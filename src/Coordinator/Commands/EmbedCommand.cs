@@ -23,7 +23,10 @@ public sealed class PassFlags
             "for the device memory)",
         DefaultValueFactory = _ => "3",
     };
-    readonly Option<string> swap = new("--swap") { Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all" };
+    readonly Option<string> swap = new("--swap")
+    {
+        Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
+    };
     readonly Option<string> resident = Flags.ResidentLayersOption();
     readonly Option<string> memory = new("--device-memory")
     {

@@ -101,7 +101,8 @@ public static class Bert
         if (shape.Length != 3 || shape[0] < 1 || shape[1] != 3 || shape[2] < 1)
             throw new ArgumentException($"{path}: BERT inputs must have shape [batch, 3, seq] (ids, mask, types), got [{string.Join(", ", shape)}]");
         if (shape[2] > c.MaxPositions) throw new ArgumentException($"{path}: sequence length {shape[2]} exceeds the model's {c.MaxPositions} positions");
-        if (data.Length != shape[0] * 3 * shape[2] * sizeof(long)) throw new ArgumentException($"{path}: data is {data.Length} bytes, not {Shape(shape)} int64");
+        if (data.Length != shape[0] * 3 * shape[2] * sizeof(long))
+            throw new ArgumentException($"{path}: data is {data.Length} bytes, not {Shape(shape)} int64");
         long t = shape[2];
         for (long i = 0; i < data.Length / sizeof(long); i++)
         {

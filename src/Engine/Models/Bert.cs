@@ -74,12 +74,11 @@ public static class Bert
         if (batch < 1) throw new FieldException(FieldException.Batch, $"must be at least 1 (got {batch})");
         if (sequence < 1 || sequence > config.MaxPositions)
             throw new FieldException(FieldException.Sequence, $"({sequence}) must be in [1, {config.MaxPositions}] (the model's positions)");
-        var names = new BertNames();
         var layers = new List<Layer>();
-        for (int s = 0; s < config.WordShards; s++) layers.Add(new BertWordShard(layers.Count, s, config, names));
-        layers.Add(new BertEmbeddings(layers.Count, config, names));
-        for (int b = 0; b < config.Layers; b++) layers.Add(new BertBlock(layers.Count, b, config, names));
-        layers.Add(new BertHead(layers.Count, config, names));
+        for (int s = 0; s < config.WordShards; s++) layers.Add(new BertWordShard(layers.Count, s, config));
+        layers.Add(new BertEmbeddings(layers.Count, config));
+        for (int b = 0; b < config.Layers; b++) layers.Add(new BertBlock(layers.Count, b, config));
+        layers.Add(new BertHead(layers.Count, config));
         return new LayeredModel(name, layers, [batch, 3, sequence], ScalarType.Int64, seed =>
         {
             if (input is not null) return TensorPayloads.ToTensor(input);
@@ -138,7 +137,7 @@ public static class Bert
 
 /// <summary>Hugging Face BertModel's tensor names (no "bert." prefix, as BertModel saves them and ONNX exports keep them), plus the
 /// name of a word-embedding row shard.</summary>
-public sealed class BertNames
+public static class BertNames
 {
     public const string Words = "embeddings.word_embeddings.weight";
     public const string Positions = "embeddings.position_embeddings.weight";
@@ -176,7 +175,7 @@ public sealed class BertWordShard : Layer
 {
     readonly BertConfig c;
 
-    public BertWordShard(int index, int shard, BertConfig config, BertNames names) : base(index, $"embed.words.{shard}")
+    public BertWordShard(int index, int shard, BertConfig config) : base(index, $"embed.words.{shard}")
     {
         c = config;
         Shard = shard;
@@ -241,7 +240,7 @@ public sealed class BertWordShard : Layer
 
 /// <summary>BertEmbeddings after the word rows: (words + token_type_embeddings[type]) + position_embeddings[0..T), LayerNorm (the order
 /// modeling_bert.py adds them in): [B, T, H + 3] → [B, T, H + 1], the mask carried as the last channel.</summary>
-public sealed class BertEmbeddings(int index, BertConfig c, BertNames names) : Layer(index, "embed")
+public sealed class BertEmbeddings(int index, BertConfig c) : Layer(index, "embed")
 {
     public override IReadOnlyList<ParamSpec> Parameters { get; } =
     [
@@ -249,7 +248,6 @@ public sealed class BertEmbeddings(int index, BertConfig c, BertNames names) : L
         new(BertNames.EmbeddingNormWeight, c.Hidden), new(BertNames.EmbeddingNormBias, c.Hidden),
     ];
 
-    public BertNames Names { get; } = names;
     public override long? MaxPositions => c.MaxPositions;
 
     public override long[] OutputShape(long[] input)
@@ -283,10 +281,9 @@ public sealed class BertEmbeddings(int index, BertConfig c, BertNames names) : L
 
 /// <summary>One BertLayer, post-LN: h = LN(x + dense(softmax(q·kᵀ / √d + mask) · v)), out = LN(h + dense(gelu_erf(dense(h)))), the additive
 /// mask (1 − m) · MaskValue built from the mask channel m: [B, T, H + 1] → [B, T, H + 1].</summary>
-public sealed class BertBlock(int index, int block, BertConfig c, BertNames names) : Layer(index, $"block.{block}")
+public sealed class BertBlock(int index, int block, BertConfig c) : Layer(index, $"block.{block}")
 {
     public int Block { get; } = block;
-    public BertNames Names { get; } = names;
 
     public override IReadOnlyList<ParamSpec> Parameters { get; } = BertNames.BlockParameters(block, c);
 
@@ -342,12 +339,11 @@ public sealed class BertBlock(int index, int block, BertConfig c, BertNames name
 /// <summary>The outputs: [B, T, H + 1] → [B, T + 2, H]: the last hidden state (rows [0, T)), the sentence embedding (row T:
 /// sentence-transformers' Pooling(mean) over the mask, sum(h · m) / max(sum(m), 1e-9), then Normalize, h / max(‖h‖₂, 1e-12)) and
 /// BertPooler's tanh(dense(h[:, 0])) (row T + 1; zeros when the model has no pooler). <see cref="Bert.Unpack"/> splits them.</summary>
-public sealed class BertHead(int index, BertConfig c, BertNames names) : Layer(index, "pool")
+public sealed class BertHead(int index, BertConfig c) : Layer(index, "pool")
 {
     public override IReadOnlyList<ParamSpec> Parameters { get; } =
         c.Pooler ? [new(BertNames.PoolerWeight, c.Hidden, c.Hidden), new(BertNames.PoolerBias, c.Hidden)] : [];
 
-    public BertNames Names { get; } = names;
 
     public override long[] OutputShape(long[] input)
     {

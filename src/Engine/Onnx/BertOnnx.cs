@@ -32,7 +32,7 @@ public sealed class BertOnnx : IOnnxFamily
     sealed class Walk(OnnxGraph g)
     {
         readonly Dictionary<string, OnnxParam> table = new(StringComparer.Ordinal);
-        string ids = "", mask = "", types = "";
+        string ids = "", mask = "", types = "", wordTable = "";
         int hidden, heads = -1, vocab, intermediate = -1, positions, typeVocab;
         double eps = -1;
         float? maskValue;
@@ -65,8 +65,6 @@ public sealed class BertOnnx : IOnnxFamily
             }
             return (config, table);
         }
-
-        string wordTable = "";
 
         string Input(string name)
         {

@@ -67,7 +67,8 @@ public sealed class ImageInputSpec : IDisposable
                 var v = Values(t);
                 int plane = size.Height * size.Width;
                 int[] rgb = [17, 128, 250];
-                for (int c = 0; c < 3; c++) Assert.All(v[(c * plane)..((c + 1) * plane)], x => Assert.Equal(Normalized(rgb[c], ImageNetMean[c], ImageNetStd[c]), x));
+                for (int c = 0; c < 3; c++)
+                    Assert.All(v[(c * plane)..((c + 1) * plane)], x => Assert.Equal(Normalized(rgb[c], ImageNetMean[c], ImageNetStd[c]), x));
             }
     }
 

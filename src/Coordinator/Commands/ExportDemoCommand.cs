@@ -55,8 +55,8 @@ public static class ExportDemoCommand
                 () => new Option[] { kvHeads, vocab, positions }.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } given
                     ? throw new ArgumentException($"{given.Name} applies to llama and gpt2 only: vit has no tokens")
                     : (new VitConfig(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads), Intermediate: r.GetValue(ffn),
-                        ImageSize: r.GetValue(imageSize), PatchSize: r.GetValue(patchSize), Labels: r.GetResult(labels) is { Implicit: false } ? r.GetValue(labels) : 2),
-                        r.GetResult(labels) is { Implicit: false }));
+                        ImageSize: r.GetValue(imageSize), PatchSize: r.GetValue(patchSize),
+                        Labels: r.GetResult(labels) is { Implicit: false } ? r.GetValue(labels) : 2), r.GetResult(labels) is { Implicit: false }));
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
             string name = r.GetValue(family)!.Trim().ToLowerInvariant();
             if (name == VitConfig.ModelType) return 0; // images, no tokenizer

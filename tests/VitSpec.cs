@@ -284,13 +284,13 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
     // ---- the CLI: export-demo vit, run --image ----
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour)
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour, SKEncodedImageFormat format = SKEncodedImageFormat.Png)
     {
         using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
         for (int y = 0; y < height; y++)
             for (int x = 0; x < width; x++)
                 bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
+        using var data = bitmap.Encode(format, 90);
         string path = Path.Combine(root, name);
         File.WriteAllBytes(path, data.ToArray());
         return path;
@@ -306,9 +306,9 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var config = VitConfig.Read(dir);
         Assert.Equal((2, 32, 4, 48, 16, 4, 5), (config.Layers, config.Hidden, config.Heads, config.Intermediate, config.ImageSize, config.PatchSize,
             config.Labels));
-        // Images of other sizes than the model's 16 × 16: the processor resizes them.
+        // A PNG of another size than the model's 16 × 16 (the processor resizes it) and a JPEG.
         string a = Png("a.png", 40, 50, (y, x) => new SKColor((byte)(5 * x), (byte)(6 * y), 128));
-        string b = Png("b.png", 16, 16, (y, x) => new SKColor((byte)(255 - 9 * y), 30, (byte)(15 * x)));
+        string b = Png("b.jpg", 16, 16, (y, x) => new SKColor((byte)(255 - 9 * y), 30, (byte)(15 * x)), SKEncodedImageFormat.Jpeg);
         byte[] Run(string window)
         {
             string output = Path.Combine(root, $"out-{Guid.NewGuid():N}.npy");

@@ -82,7 +82,9 @@ public static class ModelCatalog
         {
             var onnx = new ModelSpec(OnnxImport.FamilyOf(directory, onnxFamily), 0, 0, 0, 0, sequence, batch, seed,
                 Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
-            return onnx with { Blocks = OnnxImport.Create(onnx).Layers.Count };
+            var model = OnnxImport.Create(onnx);
+            // An input file sets the batch (and a text family's sequence), as a checkpoint's ids do.
+            return onnx with { Blocks = model.Layers.Count, Batch = (int)model.InputShape[0] };
         }
         if (onnxFamily is not null) throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
         if (FamilyOf(directory) == VitConfig.ModelType) return Vit.CheckpointSpec(directory, batch, seed, input); // input: pixels

@@ -3,6 +3,7 @@ using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Onnx;
 using Superpipeline.Engine.Policy;
 
 namespace Superpipeline.Coordinator;
@@ -23,6 +24,7 @@ public static class Cli
         root.Subcommands.Add(SubmitCommand.Build());
         root.Subcommands.Add(ExportDemoCommand.Build());
         root.Subcommands.Add(GenerateCommand.Build());
+        root.Subcommands.Add(WeightsCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
@@ -44,7 +46,7 @@ public static class Cli
         }
         catch (Exception e) when (e is ArgumentException or DeviceOutOfMemoryException or IOException or UnauthorizedAccessException
             or InvalidOperationException or TimeoutException
-            or CheckpointConfigException or SafetensorsException)
+            or CheckpointConfigException or SafetensorsException or OnnxException)
         {
             return Refuse(e.Message);
         }

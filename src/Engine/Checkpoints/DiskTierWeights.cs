@@ -75,7 +75,7 @@ public static class DiskTier
     /// stored bytes (half of float32 for F16/BF16), a seeded model's float32 bytes.</summary>
     public static IReadOnlyList<long> StoredLayerBytes(ModelSpec spec, LayeredModel stage)
     {
-        if (spec.Checkpoint is null) return [.. stage.Layers.Select(l => l.Bytes)];
+        if (spec.Checkpoint is null || Onnx.OnnxImport.IsOnnx(spec.Checkpoint)) return [.. stage.Layers.Select(l => l.Bytes)];
         using var checkpoint = new CheckpointWeights(spec.Checkpoint);
         return [.. stage.Layers.Select(checkpoint.StoredBytes)];
     }
@@ -89,6 +89,9 @@ public static class DiskTier
         if (hostMemory is not { } limit) return false;
         var bytes = StoredLayerBytes(spec, stage);
         if (bytes.Sum() <= limit) return false;
+        if (Onnx.OnnxImport.IsOnnx(spec.Checkpoint))
+            throw new FieldException(FieldException.HostMemory,
+                $"{limit:N0} bytes is below the {bytes.Sum():N0} bytes of the ONNX model's weights: only a safetensors checkpoint's weights can stay on disk");
         if (spec.Checkpoint is null)
         {
             if (!refuseSeeded) return false;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Onnx;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Engine.Text;
@@ -19,6 +20,7 @@ public static class ModelCatalog
 
     public static LayeredModel Create(ModelSpec spec)
     {
+        if (OnnxImport.IsOnnx(spec.Checkpoint)) return OnnxImport.Create(spec);
         if (spec.Checkpoint is not null) return FromCheckpoint(spec);
         if (spec.Input is not null) throw new ArgumentException($"{spec.Input}: token ids are read only for a checkpoint model");
         return spec.Name switch
@@ -49,24 +51,39 @@ public static class ModelCatalog
     /// <summary>The layers' host weights: the checkpoint's tensors for a checkpoint model (dispose the source, an
     /// <see cref="IDisposable"/>, once the layers have loaded), else seeded.</summary>
     public static IWeightSource Weights(ModelSpec spec) =>
-        spec.Checkpoint is not null ? new CheckpointWeights(spec.Checkpoint) : new SeededWeights(spec.Seed);
+        OnnxImport.IsOnnx(spec.Checkpoint) ? OnnxImport.Weights(spec)
+        : spec.Checkpoint is not null ? new CheckpointWeights(spec.Checkpoint) : new SeededWeights(spec.Seed);
 
     /// <summary>For a checkpoint model, checks from the headers that every layer's tensor is there, F32, F16 or BF16, with its shape (a
     /// <see cref="SafetensorsException"/> naming the file and tensor); nothing for a seeded family.</summary>
     public static void CheckWeights(ModelSpec spec, LayeredModel model)
     {
         if (spec.Checkpoint is null) return;
+        if (OnnxImport.IsOnnx(spec.Checkpoint))
+        {
+            OnnxImport.Weights(spec).Check(model);
+            return;
+        }
         using var weights = new CheckpointWeights(spec.Checkpoint);
         weights.Check(model);
     }
 
     /// <summary>The refusals a model spec can give: a field, an argument, a checkpoint's config or tensors.</summary>
-    public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException;
+    public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException or OnnxException;
 
     /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama or gpt2),
-    /// the size fields echoing the config.</summary>
-    public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null)
+    /// the size fields echoing the config. For an ONNX file (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or the
+    /// one whose inputs the graph has (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
+    /// (Blocks) with the others 0: the graph, not a config, sizes it.</summary>
+    public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null, string? onnxFamily = null)
     {
+        if (OnnxImport.IsOnnx(directory))
+        {
+            var onnx = new ModelSpec(OnnxImport.FamilyOf(directory, onnxFamily), 0, 0, 0, 0, sequence, batch, seed,
+                Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
+            return onnx with { Blocks = OnnxImport.Create(onnx).Layers.Count };
+        }
+        if (onnxFamily is not null) throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
         var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
         {
             Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>

@@ -92,8 +92,18 @@ public static class ResNet
     internal static Tensor Conv(Tensor x, Tensor w, long stride) =>
         F.conv2d(x, w, null, strides: [stride, stride], padding: [w.shape[2] / 2, w.shape[3] / 2]);
 
-    internal static Tensor BatchNorm(Tensor x, IReadOnlyDictionary<string, Tensor> w, string bn, double eps) =>
-        F.batch_norm(x, w[$"{bn}.running_mean"], w[$"{bn}.running_var"], w[$"{bn}.weight"], w[$"{bn}.bias"], false, 0.0, eps);
+    /// <summary>BatchNorm2d in inference form, in place on <paramref name="x"/> (a conv's fresh output): x · s + t per channel with
+    /// s = weight / √(running_var + eps) and t = bias − running_mean · s, two [C] temporaries (<see cref="BatchNormBytes"/>).
+    /// In place, a conv's output and its BN's are one tensor: the stem's workspace halves.</summary>
+    internal static Tensor BatchNorm(Tensor x, IReadOnlyDictionary<string, Tensor> w, string bn, double eps)
+    {
+        var scale = (w[$"{bn}.running_var"] + eps).rsqrt_().mul_(w[$"{bn}.weight"]);
+        var shift = (w[$"{bn}.running_mean"] * scale).neg_().add_(w[$"{bn}.bias"]);
+        return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1));
+    }
+
+    /// <summary>The temporaries of one <see cref="BatchNorm"/> over <paramref name="channels"/>: its scale and shift.</summary>
+    internal static long BatchNormBytes(long channels) => 2 * channels * sizeof(float);
 
     internal static IEnumerable<ParamSpec> BatchNormParameters(string bn, long channels) =>
         [new($"{bn}.weight", channels), new($"{bn}.bias", channels), new($"{bn}.running_mean", channels), new($"{bn}.running_var", channels)];
@@ -155,13 +165,14 @@ public sealed class ResNetStem(int index, ResNetConfig c) : Layer(index, "stem")
         return 2.0 * conv[0] * conv[1] * conv[2] * conv[3] * 3 * 49;
     }
 
-    /// <summary>The conv's output and BN's (ReLU is in place on it): 2·N·C·H1·W1 floats at the conv's size; inside the max pool,
-    /// the indices a device kernel keeps beside the output (int64, the output's elements).</summary>
+    /// <summary>The conv's output (N·C·H1·W1 floats; BN and ReLU are in place on it) and BN's scale and shift; inside the max
+    /// pool, the indices a device kernel keeps beside the output (int64, the output's elements).</summary>
     public override long WorkspaceBytes(long[] input)
     {
         var conv = ConvShape(input);
         var output = OutputShape(input);
-        return 2 * conv.Aggregate(1L, (a, b) => a * b) * sizeof(float) + output.Aggregate(1L, (a, b) => a * b) * sizeof(long);
+        return conv.Aggregate(1L, (a, b) => a * b) * sizeof(float) + ResNet.BatchNormBytes(c.Width)
+            + output.Aggregate(1L, (a, b) => a * b) * sizeof(long);
     }
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
@@ -220,13 +231,14 @@ public sealed class ResNetBlockIn(int index, ResNetBlockShape b, ResNetConfig c)
         return 2 * n * (convs + (b.Downsample ? hw2 * b.Out * b.In : 0));
     }
 
-    /// <summary>Each conv's output and its BN's (ReLU is in place): basic 2·N·Mid·H'·W'; a bottleneck adds its 1×1's two at the
-    /// input's size, 2·N·Mid·H·W; a downsample adds its two, 2·N·Out·H'·W'. The concatenation is the output.</summary>
+    /// <summary>Each conv's output (BN and ReLU are in place on it) and each BN's scale and shift: basic N·Mid·H'·W'; a
+    /// bottleneck adds its 1×1's at the input's size, N·Mid·H·W; a downsample adds N·Out·H'·W'. The concatenation is the output.</summary>
     public override long WorkspaceBytes(long[] input)
     {
         long n = input[0], hw = input[2] * input[3], hw2 = Side(input[2]) * Side(input[3]);
-        long floats = 2 * n * b.Mid * hw2 + (b.Bottleneck ? 2 * n * b.Mid * hw : 0) + (b.Downsample ? 2 * n * b.Out * hw2 : 0);
-        return floats * sizeof(float);
+        long floats = n * b.Mid * hw2 + (b.Bottleneck ? n * b.Mid * hw : 0) + (b.Downsample ? n * b.Out * hw2 : 0);
+        long norms = ResNet.BatchNormBytes(b.Mid) * (b.Bottleneck ? 2 : 1) + (b.Downsample ? ResNet.BatchNormBytes(b.Out) : 0);
+        return floats * sizeof(float) + norms;
     }
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
@@ -272,13 +284,13 @@ public sealed class ResNetBlockOut(int index, ResNetBlockShape b, ResNetConfig c
 
     public override double Flops(long[] input) => 2.0 * input[0] * input[2] * input[3] * b.Out * b.Mid * Kernel * Kernel;
 
-    /// <summary>The conv's output (N·Out·H·W; BN's output is then added to and ReLU'd in place, and is the output), and for a
+    /// <summary>BN's scale and shift (the conv's output, normalised, added to and ReLU'd in place, is the output), and for a
     /// batch above one the conv's input made contiguous (N·Mid·H·W: channels [0, Mid) of one image are contiguous, of several
     /// are not).</summary>
     public override long WorkspaceBytes(long[] input)
     {
         long n = input[0], hw = input[2] * input[3];
-        return (n * b.Out * hw + (n > 1 ? n * b.Mid * hw : 0)) * sizeof(float);
+        return (n > 1 ? n * b.Mid * hw * sizeof(float) : 0) + ResNet.BatchNormBytes(b.Out);
     }
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)

@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using Superpipeline.Contracts;
+using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using static TorchSharp.torch;
@@ -16,7 +17,10 @@ namespace Superpipeline.Engine.Onnx;
 /// a float32 .npy [N, 3, H, W] of preprocessed pixels at the graph's image size; without one, N(0, 1) pixels seeded.</summary>
 public sealed class ResNetOnnx : IOnnxFamily
 {
-    public string Name => "resnet";
+    /// <summary>The family's name ("resnet"), as --family and ModelSpec.Name give it.</summary>
+    public const string Family = "resnet";
+
+    public string Name => Family;
 
     /// <summary>One float input [N, 3, H, W].</summary>
     public bool Claims(OnnxGraph g) =>
@@ -63,10 +67,11 @@ public sealed class ResNetOnnx : IOnnxFamily
         public ResNetConfig Run()
         {
             var input = g.Inputs.Count > 0 ? g.Inputs[0] : throw new OnnxException($"{g.File}: the graph has no input");
-            var first = Only(input.Name, "the image input");
+            var first = g.Consumers(input.Name) is [var c, ..] ? c : throw new OnnxException($"{g.File}: the input '{input.Name}' is not used");
             if (g.Inputs.Count != 1 || input.ElementType != "float" || input.Shape.Length != 4 || input.Shape[1] != 3)
                 throw Misfit(first, $"resnet takes one float image input [N, 3, H, W]; '{input.Name}' is {input.ElementType} "
                     + $"[{string.Join(", ", input.Shape)}]{(g.Inputs.Count > 1 ? $" and the graph has {g.Inputs.Count} inputs" : "")}");
+            first = Only(input.Name, "the image input");
             (height, width) = (input.Shape[2] > 0 ? input.Shape[2] : 224, input.Shape[3] > 0 ? input.Shape[3] : 224);
             long imageHeight = height, imageWidth = width;
 
@@ -298,5 +303,81 @@ public sealed class ResNetOnnx : IOnnxFamily
             Table[ResNetNames.FcBias] = new OnnxParam(b);
             return (int)classes;
         }
+    }
+}
+
+/// <summary>Images for a "resnet" ONNX model. Beside the packaged ResNet18.onnx sits ML.NET's <c>ResNetPreprocess.onnx</c>
+/// (<see cref="MlNetPreprocess"/>), which says what the CNTK export takes: ML.NET's ResizeImages (IsoCrop: the shortest edge to
+/// 224, center crop) and ExtractPixels give RGB pixels 0..255 channel-first [1, 3, 224, 224]; the graph then splits the channels,
+/// concatenates them as B, G, R, and subtracts its MeanImage constant [1, 3, 224, 224] (a per-pixel ImageNet mean image, BGR,
+/// channel averages 103.1, 115.9, 123.2). When that file sits beside the model it is followed (<see cref="Apply"/>); otherwise
+/// the model is taken to be torchvision's and gets <see cref="ImagePreprocess.ImageNet"/> (shortest edge 256, center crop 224,
+/// 1/255, ImageNet mean and std).</summary>
+public static class ResNetImages
+{
+    public const string MlNetPreprocess = "ResNetPreprocess.onnx";
+
+    /// <summary>The RGB pixels 0..255 ML.NET's ResizeImages and ExtractPixels give at <paramref name="height"/> ×
+    /// <paramref name="width"/>: shortest edge to the larger side, bilinear (ML.NET resizes bicubic through System.Drawing),
+    /// center crop, no rescale, no normalisation.</summary>
+    public static ImagePreprocess RawPixels(int height, int width) =>
+        new(Math.Max(height, width), null, ResampleFilter.Bilinear, new ImageSize(height, width), null, [], []);
+
+    /// <summary>ML.NET's preprocessing graph beside <paramref name="model"/>, or null when there is none.</summary>
+    public static string? PreprocessBeside(string model)
+    {
+        string path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(model))!, MlNetPreprocess);
+        return File.Exists(path) ? path : null;
+    }
+
+    /// <summary>The float32 pixels [N, 3, H, W] <paramref name="model"/> takes for <paramref name="images"/>: through
+    /// ML.NET's preprocessing graph when it sits beside the model, else torchvision's ImageNet transform. The caller disposes it.
+    /// A file that is missing or does not decode is one line naming it.</summary>
+    public static Tensor Load(string model, IReadOnlyList<string> images)
+    {
+        var (graph, imported) = OnnxImport.Import(model, ResNetOnnx.Family);
+        var spec = new ModelSpec(ResNetOnnx.Family, 0, 0, 0, 0, 0, 1, 0, Path.GetFullPath(model));
+        var shape = imported.Create(spec).InputShape;
+        int h = (int)shape[2], w = (int)shape[3];
+        if (PreprocessBeside(graph.File) is not { } prep)
+        {
+            if (h != w) throw new ArgumentException($"{model}: torchvision's ImageNet transform crops squares; the model takes {h}×{w}");
+            return ImageInput.Load(images, ImagePreprocess.ImageNet(h));
+        }
+        using var rgb = ImageInput.Load(images, RawPixels(h, w));
+        return Apply(OnnxGraph.Load(prep), rgb);
+    }
+
+    /// <summary>Writes <see cref="Load"/>'s pixels to a temporary .npy (<see cref="ImageInput.WriteTemporary"/>'s name, so
+    /// <see cref="ImageInput.DeleteTemporary"/> removes it) and returns its path: the job's input.</summary>
+    public static string WriteTemporary(string model, IReadOnlyList<string> images)
+    {
+        using var pixels = Load(model, images);
+        string path = ImageInput.WriteTemporary(images, RawPixels((int)pixels.shape[2], (int)pixels.shape[3]));
+        Npy.Write(path, TensorPayloads.From(pixels));
+        return path;
+    }
+
+    /// <summary>ML.NET's preprocessing graph on <paramref name="rgb"/> (float32 [N, 3, H, W]), followed node by node: Split of the
+    /// input into its three channels (axis 1), Concat of them (axis 1) in some order, Sub of a constant (broadcast over the batch).
+    /// Anything else is refused at the first node that does not fit.</summary>
+    public static Tensor Apply(OnnxGraph g, Tensor rgb)
+    {
+        using var scope = NewDisposeScope();
+        if (g.Inputs is not [var input] || g.Outputs.Count != 1) throw new OnnxException($"{g.File}: expected one input and one output");
+        var split = g.Consumers(input.Name) is [var only] ? only : throw new OnnxException($"{g.File}: expected one node on '{input.Name}'");
+        if (split.OpType != "Split" || split.Int("axis", 0) != 1 || split.Outputs.Count != 3 || split.Ints("split").Any(s => s != 1))
+            throw OnnxException.AtNode(g, split, "expected a Split of the input into its three channels (axis 1)");
+        var concat = g.Consumers(split.Outputs[0]) is [var c] ? c : throw OnnxException.AtNode(g, split, "expected one Concat of its outputs");
+        var order = concat.Inputs.Select(v => (long)split.Outputs.ToList().IndexOf(v)).ToArray();
+        if (concat.OpType != "Concat" || concat.Int("axis", 0) != 1 || order.Length != 3 || order.Order().ToArray() is not [0, 1, 2])
+            throw OnnxException.AtNode(g, concat, "expected a Concat of the three channels (axis 1)");
+        var sub = g.Consumers(concat.Outputs[0]) is [var s] ? s : throw OnnxException.AtNode(g, concat, "expected one Sub of its output");
+        if (sub.OpType != "Sub" || sub.Inputs[0] != concat.Outputs[0] || !g.IsConstant(sub.Inputs[1]) || sub.Outputs[0] != g.Outputs[0].Name)
+            throw OnnxException.AtNode(g, sub, "expected the graph's output: the channels minus a constant");
+        var mean = g.ReadConstant(sub.Inputs[1]);
+        if (mean.dim() == 4 && (mean.shape[0] != 1 || mean.shape[2] != rgb.shape[2] || mean.shape[3] != rgb.shape[3]))
+            throw OnnxException.AtNode(g, sub, $"the constant [{string.Join(", ", mean.shape)}] does not fit images [{string.Join(", ", rgb.shape)}]");
+        return (rgb.index_select(1, tensor(order)) - mean).MoveToOuterDisposeScope();
     }
 }

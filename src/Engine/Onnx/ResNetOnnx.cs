@@ -335,27 +335,44 @@ public static class ResNetImages
     /// A file that is missing or does not decode is one line naming it.</summary>
     public static Tensor Load(string model, IReadOnlyList<string> images)
     {
-        var (graph, imported) = OnnxImport.Import(model, ResNetOnnx.Family);
-        var spec = new ModelSpec(ResNetOnnx.Family, 0, 0, 0, 0, 0, 1, 0, Path.GetFullPath(model));
-        var shape = imported.Create(spec).InputShape;
-        int h = (int)shape[2], w = (int)shape[3];
-        if (PreprocessBeside(graph.File) is not { } prep)
-        {
-            if (h != w) throw new ArgumentException($"{model}: torchvision's ImageNet transform crops squares; the model takes {h}×{w}");
-            return ImageInput.Load(images, ImagePreprocess.ImageNet(h));
-        }
-        using var rgb = ImageInput.Load(images, RawPixels(h, w));
-        return Apply(OnnxGraph.Load(prep), rgb);
+        var (preprocess, pipeline) = PipelineOf(model);
+        if (preprocess is null) return ImageInput.Load(images, pipeline);
+        using var rgb = ImageInput.Load(images, pipeline);
+        return Apply(OnnxGraph.Load(preprocess), rgb);
     }
 
-    /// <summary>Writes <see cref="Load"/>'s pixels to a temporary .npy (<see cref="ImageInput.WriteTemporary"/>'s name, so
-    /// <see cref="ImageInput.DeleteTemporary"/> removes it) and returns its path: the job's input.</summary>
+    /// <summary><see cref="Load"/>'s pixels in a temporary .npy (<see cref="ImageInput.WriteTemporary"/>'s, so
+    /// <see cref="ImageInput.DeleteTemporary"/> removes it): the job's input. Returns its path.</summary>
     public static string WriteTemporary(string model, IReadOnlyList<string> images)
     {
-        using var pixels = Load(model, images);
-        string path = ImageInput.WriteTemporary(images, RawPixels((int)pixels.shape[2], (int)pixels.shape[3]));
-        Npy.Write(path, TensorPayloads.From(pixels));
-        return path;
+        var (preprocess, pipeline) = PipelineOf(model);
+        string path = ImageInput.WriteTemporary(images, pipeline);
+        if (preprocess is null) return path;
+        try
+        {
+            using var scope = NewDisposeScope();
+            var (_, shape, data) = Npy.Read(path);
+            var rgb = TensorPayloads.ToTensor(new TensorPayload("Float32", [.. shape], [.. data]));
+            Npy.Write(path, TensorPayloads.From(Apply(OnnxGraph.Load(preprocess), rgb)));
+            return path;
+        }
+        catch
+        {
+            ImageInput.DeleteTemporary(path);
+            throw;
+        }
+    }
+
+    /// <summary>ML.NET's preprocessing graph beside <paramref name="model"/> (null: none) and the pixel pipeline before it: the
+    /// raw RGB pixels at the model's size for the graph, else ImageNet's transform.</summary>
+    static (string? Preprocess, ImagePreprocess Pipeline) PipelineOf(string model)
+    {
+        var (graph, imported) = OnnxImport.Import(model, ResNetOnnx.Family);
+        var shape = imported.Create(new ModelSpec(ResNetOnnx.Family, 0, 0, 0, 0, 0, 1, 0, Path.GetFullPath(model))).InputShape;
+        int h = (int)shape[2], w = (int)shape[3];
+        if (PreprocessBeside(graph.File) is { } preprocess) return (preprocess, RawPixels(h, w));
+        if (h != w) throw new ArgumentException($"{model}: torchvision's ImageNet transform crops squares; the model takes {h}×{w}");
+        return (null, ImagePreprocess.ImageNet(h));
     }
 
     /// <summary>ML.NET's preprocessing graph on <paramref name="rgb"/> (float32 [N, 3, H, W]), followed node by node: Split of the

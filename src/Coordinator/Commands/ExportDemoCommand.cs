@@ -44,6 +44,18 @@ public static class ExportDemoCommand
             if (r.GetValue(family)!.Trim().ToLowerInvariant() != VitConfig.ModelType
                 && vitOnly.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } vitFlag)
                 throw new ArgumentException($"{vitFlag.Name} applies to vit only");
+            (VitConfig, bool) Vit()
+            {
+                if (new Option[] { kvHeads, vocab, positions }.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } given)
+                    throw new ArgumentException($"{given.Name} applies to llama and gpt2 only: vit has no tokens");
+                int size = r.GetValue(imageSize), patch = r.GetValue(patchSize);
+                bool classifier = r.GetResult(labels) is { Implicit: false };
+                if (size < 1 || patch < 1) throw new ArgumentException($"--image-size and --patch-size must be at least 1; got {size} and {patch}");
+                if (size % patch != 0) throw new ArgumentException($"--image-size ({size}) must be a multiple of --patch-size ({patch})");
+                if (classifier && r.GetValue(labels) < 1) throw new ArgumentException($"--labels must be at least 1; got {r.GetValue(labels)}");
+                return (new VitConfig(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads), Intermediate: r.GetValue(ffn),
+                    ImageSize: size, PatchSize: patch, Labels: classifier ? r.GetValue(labels) : 2), classifier);
+            }
             int kv = r.GetResult(kvHeads) is { Implicit: false } ? r.GetValue(kvHeads) : r.GetValue(heads);
             var files = Export(r.GetValue(family)!, r.GetValue(dtype)!, r.GetValue(outDir)!, r.GetValue(seed), r.GetValue(shards), () => new LlamaConfig(
                 Hidden: r.GetValue(hidden), Ffn: r.GetValue(ffn), Layers: r.GetValue(layers), Heads: r.GetValue(heads), KvHeads: kv,
@@ -52,11 +64,7 @@ public static class ExportDemoCommand
                     ? throw new ArgumentException("--kv-heads applies to llama only: gpt2 has no grouped heads")
                     : new Gpt2Config(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads),
                         MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)),
-                () => new Option[] { kvHeads, vocab, positions }.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } given
-                    ? throw new ArgumentException($"{given.Name} applies to llama and gpt2 only: vit has no tokens")
-                    : (new VitConfig(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads), Intermediate: r.GetValue(ffn),
-                        ImageSize: r.GetValue(imageSize), PatchSize: r.GetValue(patchSize), Labels: r.GetResult(labels) is { Implicit: false } ? r.GetValue(labels) : 2),
-                        r.GetResult(labels) is { Implicit: false }));
+                Vit);
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
             string name = r.GetValue(family)!.Trim().ToLowerInvariant();
             if (name == VitConfig.ModelType) return 0; // images, no tokenizer

@@ -84,7 +84,8 @@ public static class ModelCatalog
                 Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
             return onnx with { Blocks = OnnxImport.Create(onnx).Layers.Count };
         }
-        if (onnxFamily is not null) throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
+        if (onnxFamily is not null)
+            throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
         if (FamilyOf(directory) == VitConfig.ModelType) return Vit.CheckpointSpec(directory, batch, seed, input); // input: pixels
         var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
         {

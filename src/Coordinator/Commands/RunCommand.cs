@@ -4,6 +4,7 @@ using Spectre.Console;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Images;
+using Superpipeline.Engine.Onnx;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
@@ -58,7 +59,8 @@ public static class RunCommand
         var image = new Option<string[]>("--image")
         {
             Description = "a PNG or JPEG image, one batch row per --image (repeat it), for a checkpoint that takes images (vit): resized and " +
-                "normalised by its preprocessor_config.json (instead of --input)",
+                "normalised by its preprocessor_config.json (instead of --input); for an ONNX resnet, by ResNetPreprocess.onnx beside it, " +
+                "else ImageNet's",
         };
 
         var run = new Command("run", "Run one forward pass of a model on a device smaller than the model " +
@@ -106,6 +108,21 @@ public static class RunCommand
             throw new ArgumentException("--batch and --seq-len cannot be given with --image: each image is one batch row");
         if (spec.Checkpoint is not { } dir)
             throw new ArgumentException($"--image needs --model to name a checkpoint directory of a family that takes images (vit); got '{spec.Name}'");
+        if (OnnxImport.IsOnnx(dir)) // an ONNX resnet: the pixels its graph takes (ML.NET's preprocessing graph beside it, or ImageNet's)
+        {
+            if (spec.Name != ResNetOnnx.Family)
+                throw new ArgumentException($"--image applies to a model that takes images; {dir} is {spec.Name}, which does not");
+            string onnxPixels = ResNetImages.WriteTemporary(dir, images);
+            try
+            {
+                return ModelCatalog.CheckpointSpec(dir, images.Count, spec.Sequence, spec.Seed, onnxPixels, spec.Name);
+            }
+            catch
+            {
+                ImageInput.DeleteTemporary(onnxPixels);
+                throw;
+            }
+        }
         var preprocess = ModelCatalog.ImagePreprocessOf(dir)
             ?? throw new ArgumentException($"--image applies to a checkpoint that takes images (vit); {dir} is {spec.Name}, which takes token ids");
         return ImageSpec(images, preprocess, pixels => ModelCatalog.CheckpointSpec(dir, images.Count, spec.Sequence, spec.Seed, pixels));

@@ -74,7 +74,8 @@ public static class ModelCatalog
 
     /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama, gpt2 or vit),
     /// the size fields echoing the config; a vit spec's input is pixels (<see cref="Vit.CheckpointSpec"/>). For an ONNX file
-    /// (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or the one whose inputs the graph has (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
+    /// (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or the one whose inputs the graph has
+    /// (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
     /// (Blocks) with the others 0: the graph, not a config, sizes it.</summary>
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null, string? onnxFamily = null)
     {
@@ -86,7 +87,8 @@ public static class ModelCatalog
             // An input file sets the batch (and a text family's sequence), as a checkpoint's ids do.
             return onnx with { Blocks = model.Layers.Count, Batch = (int)model.InputShape[0] };
         }
-        if (onnxFamily is not null) throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
+        if (onnxFamily is not null)
+            throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
         if (FamilyOf(directory) == VitConfig.ModelType) return Vit.CheckpointSpec(directory, batch, seed, input); // input: pixels
         var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
         {

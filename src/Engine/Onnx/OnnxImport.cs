@@ -30,6 +30,7 @@ public static class OnnxImport
 {
     public static IReadOnlyList<IOnnxFamily> Families { get; } =
     [
+        new ResNetOnnx(),
     ];
 
     static readonly ConcurrentDictionary<(string Path, long Length, DateTime Written, string Family), Lazy<(OnnxGraph, OnnxImported)>> Cache = new();

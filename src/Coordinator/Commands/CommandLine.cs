@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.RegularExpressions;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Onnx;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Text;
 
@@ -55,7 +56,7 @@ public sealed class ModelOptions
             if (r.GetResult(SeqLen) is { Implicit: false } || r.GetResult(Batch) is { Implicit: false })
                 throw new ArgumentException("--seq-len and --batch cannot be given with --prompt: the prompts set them");
         }
-        if (!Directory.Exists(model))
+        if (!Directory.Exists(model) && !OnnxImport.IsOnnx(model)) // an .onnx file is a checkpoint too: its graph sizes the model
         {
             if (input is not null) throw new ArgumentException("--input needs --model to name a checkpoint directory");
             return new(model, r.GetValue(Layers), r.GetValue(Hidden), r.GetValue(Heads), r.GetValue(Vocab), r.GetValue(SeqLen), r.GetValue(Batch),

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Onnx;
 using Superpipeline.Engine.Policy;
@@ -71,9 +72,10 @@ public static class ModelCatalog
     /// <summary>The refusals a model spec can give: a field, an argument, a checkpoint's config or tensors.</summary>
     public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException or OnnxException;
 
-    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama or gpt2),
-    /// the size fields echoing the config. For an ONNX file (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or the
-    /// one whose inputs the graph has (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
+    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama, gpt2 or vit),
+    /// the size fields echoing the config; a vit spec's input is pixels (<see cref="Vit.CheckpointSpec"/>). For an ONNX file
+    /// (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or the one whose inputs the graph has
+    /// (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
     /// (Blocks) with the others 0: the graph, not a config, sizes it.</summary>
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null, string? onnxFamily = null)
     {
@@ -81,9 +83,13 @@ public static class ModelCatalog
         {
             var onnx = new ModelSpec(OnnxImport.FamilyOf(directory, onnxFamily), 0, 0, 0, 0, sequence, batch, seed,
                 Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
-            return onnx with { Blocks = OnnxImport.Create(onnx).Layers.Count };
+            var model = OnnxImport.Create(onnx);
+            // An input file sets the batch (and a text family's sequence), as a checkpoint's ids do.
+            return onnx with { Blocks = model.Layers.Count, Batch = (int)model.InputShape[0] };
         }
-        if (onnxFamily is not null) throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
+        if (onnxFamily is not null)
+            throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
+        if (FamilyOf(directory) == VitConfig.ModelType) return Vit.CheckpointSpec(directory, batch, seed, input); // input: pixels
         var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
         {
             Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>
@@ -98,12 +104,18 @@ public static class ModelCatalog
     }
 
     /// <summary>The token ids the checkpoint in <paramref name="directory"/> accepts: its vocab_size and the positions it has.</summary>
-    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == Gpt2Config.ModelType
-        ? Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException()
-        : LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException();
+    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) switch
+    {
+        Gpt2Config.ModelType => Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException(),
+        VitConfig.ModelType => throw new ArgumentException($"{directory}: a vit checkpoint takes images, not text"),
+        _ => LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException(),
+    };
+
+    /// <summary>The image pipeline of the checkpoint in <paramref name="directory"/> when its family takes images (vit), else null.</summary>
+    public static ImagePreprocess? ImagePreprocessOf(string directory) => FamilyOf(directory) == VitConfig.ModelType ? Vit.Preprocess(directory) : null;
 
     /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
-    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType];
+    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType, VitConfig.ModelType];
 
     /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
     static string FamilyOf(string directory)
@@ -115,6 +127,7 @@ public static class ModelCatalog
     static LayeredModel FromCheckpoint(ModelSpec spec)
     {
         string dir = spec.Checkpoint!;
+        if (FamilyOf(dir) == VitConfig.ModelType) return Vit.FromCheckpoint(spec);
         Func<int, int, LayeredModel> create;
         int vocab, positions;
         string key;

@@ -231,7 +231,8 @@ public sealed class OnnxGraph
     {
         var tensorType = v.Type?.TensorType;
         string element = tensorType is null ? "unknown" : ((TensorProto.Types.DataType)tensorType.ElemType).ToString().ToLowerInvariant();
-        long[] shape = tensorType?.Shape is { } s ? [.. s.Dim.Select(d => d.ValueCase == TensorShapeProto.Types.Dimension.ValueOneofCase.DimValue ? d.DimValue : -1)] : [];
+        const TensorShapeProto.Types.Dimension.ValueOneofCase Fixed = TensorShapeProto.Types.Dimension.ValueOneofCase.DimValue;
+        long[] shape = tensorType?.Shape is { } s ? [.. s.Dim.Select(d => d.ValueCase == Fixed ? d.DimValue : -1)] : [];
         return new OnnxValue(v.Name, element, shape);
     }
 }

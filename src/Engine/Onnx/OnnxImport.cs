@@ -31,6 +31,7 @@ public static class OnnxImport
     public static IReadOnlyList<IOnnxFamily> Families { get; } =
     [
         new BertOnnx(),
+        new ResNetOnnx(),
     ];
 
     static readonly ConcurrentDictionary<(string Path, long Length, DateTime Written, string Family), Lazy<(OnnxGraph, OnnxImported)>> Cache = new();
@@ -45,7 +46,7 @@ public static class OnnxImport
         if (family is not null) return Find(family).Name;
         var graph = Graph(path);
         return Families.FirstOrDefault(f => f.Claims(graph))?.Name
-            ?? throw new OnnxException($"{path}: inputs [{string.Join(", ", graph.Inputs.Select(i => $"{i.Name} {i.ElementType}[{string.Join(",", i.Shape)}]"))}] "
+            ?? throw new OnnxException($"{path}: inputs [{string.Join(", ", graph.Inputs.Select(Describe))}] "
                 + $"are not those of a family this build imports ({string.Join(", ", Families.Select(f => f.Name))}); say --family to try one");
     }
 
@@ -100,6 +101,8 @@ public static class OnnxImport
             throw;
         }
     }
+
+    static string Describe(OnnxValue v) => $"{v.Name} {v.ElementType}[{string.Join(",", v.Shape)}]";
 
     static IOnnxFamily Find(string family) =>
         Families.FirstOrDefault(f => string.Equals(f.Name, family.Trim(), StringComparison.OrdinalIgnoreCase))

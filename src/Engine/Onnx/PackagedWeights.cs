@@ -76,8 +76,9 @@ public static class PackagedWeights
     static string PackageFolder(Package p)
     {
         var candidates = new List<string>();
-        if (Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } nuget) candidates.Add(Path.Combine(nuget, p.Id.ToLowerInvariant(), p.Version));
-        candidates.Add(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages", p.Id.ToLowerInvariant(), p.Version));
+        string id = p.Id.ToLowerInvariant();
+        if (Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } nuget) candidates.Add(Path.Combine(nuget, id, p.Version));
+        candidates.Add(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages", id, p.Version));
         if (typeof(PackagedWeights).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
                 .FirstOrDefault(a => a.Key == "Superpipeline.Package." + p.Id)?.Value is { Length: > 0 } built)
             candidates.Add(built);

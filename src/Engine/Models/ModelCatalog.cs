@@ -63,10 +63,11 @@ public static class ModelCatalog
     /// <summary>The refusals a model spec can give: a field, an argument, a checkpoint's config or tensors.</summary>
     public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException;
 
-    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama or gpt2),
-    /// the size fields echoing the config.</summary>
+    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama, gpt2 or clip:
+    /// see <see cref="Clip"/> for which tower), the size fields echoing the config.</summary>
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null)
     {
+        if (FamilyOf(directory) == ClipConfig.ModelType) return Clip.CheckpointSpec(directory, batch, sequence, seed, input); // a tower, by input
         var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
         {
             Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>
@@ -81,12 +82,13 @@ public static class ModelCatalog
     }
 
     /// <summary>The token ids the checkpoint in <paramref name="directory"/> accepts: its vocab_size and the positions it has.</summary>
-    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == Gpt2Config.ModelType
+    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == ClipConfig.ModelType ? Clip.TokenLimits(directory)
+        : FamilyOf(directory) == Gpt2Config.ModelType
         ? Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException()
         : LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException();
 
     /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
-    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType];
+    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType, ClipConfig.ModelType];
 
     /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
     static string FamilyOf(string directory)
@@ -98,6 +100,7 @@ public static class ModelCatalog
     static LayeredModel FromCheckpoint(ModelSpec spec)
     {
         string dir = spec.Checkpoint!;
+        if (FamilyOf(dir) == ClipConfig.ModelType) return Clip.FromCheckpoint(spec); // the tower the spec's name or input asks for
         Func<int, int, LayeredModel> create;
         int vocab, positions;
         string key;

@@ -23,6 +23,7 @@ public static class Cli
         root.Subcommands.Add(SubmitCommand.Build());
         root.Subcommands.Add(ExportDemoCommand.Build());
         root.Subcommands.Add(GenerateCommand.Build());
+        root.Subcommands.Add(SimilarityCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

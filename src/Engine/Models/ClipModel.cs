@@ -1,8 +1,8 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Text;
 using static TorchSharp.torch;
@@ -68,10 +68,6 @@ public static class Clip
 {
     public const string TextTower = "clip-text", VisionTower = "clip-vision";
     public const string LogitScale = "logit_scale";
-
-    /// <summary>The pixel values' mean and std CLIPImageProcessor has by default (OpenAI's), written by the demo's preprocessor config.</summary>
-    public static IReadOnlyList<double> ImageMean { get; } = [0.48145466, 0.4578275, 0.40821073];
-    public static IReadOnlyList<double> ImageStd { get; } = [0.26862954, 0.26130258, 0.27577711];
 
     /// <summary>Whether <paramref name="spec"/> asks for the text tower (see the class summary).</summary>
     public static bool IsText(ModelSpec spec) => spec.Name switch
@@ -263,19 +259,7 @@ public static class Clip
         }
     }
 
-    /// <summary>preprocessor_config.json as CLIPImageProcessor saves it for <paramref name="imageSize"/>: resize the shortest edge
-    /// (bicubic), centre crop, rescale by 1/255, normalise with OpenAI's mean and std.</summary>
-    public static string PreprocessorJson(int imageSize)
-    {
-        var keys = new SortedDictionary<string, object?>(StringComparer.Ordinal)
-        {
-            ["crop_size"] = new SortedDictionary<string, int> { ["height"] = imageSize, ["width"] = imageSize }, ["do_center_crop"] = true,
-            ["do_convert_rgb"] = true, ["do_normalize"] = true, ["do_rescale"] = true, ["do_resize"] = true, ["image_mean"] = ImageMean,
-            ["image_processor_type"] = "CLIPImageProcessor", ["image_std"] = ImageStd, ["resample"] = 3, ["rescale_factor"] = 1 / 255.0,
-            ["size"] = new SortedDictionary<string, int> { ["shortest_edge"] = imageSize },
-        };
-        return JsonSerializer.Serialize(keys, new JsonSerializerOptions { WriteIndented = true, IndentSize = 2 }) + "\n";
-    }
-
-    internal static string Format(double v) => v.ToString("0.####", CultureInfo.InvariantCulture);
+    /// <summary>preprocessor_config.json for CLIPImageProcessor at <paramref name="imageSize"/> (<see cref="ImagePreprocess.Clip"/>:
+    /// shortest edge to the size, bicubic, centre crop, 1/255, OpenAI's mean and std).</summary>
+    public static string PreprocessorJson(int imageSize) => ImagePreprocess.Clip(imageSize).ToJson("CLIPImageProcessor") + "\n";
 }

@@ -88,17 +88,18 @@ public sealed class ClipEncoderLayer(int index, int block, ClipEncoderShape c, s
     }
 
     /// <summary>Counted from <see cref="Forward"/> as it runs in the pass's dispose scope, N = B·T tokens, H hidden, F = ffn:
-    /// layer_norm1 (N·H), q, k, v (3·N·H), the attention output and its merge (2·N·H), out_proj (N·H), the first residual (N·H),
+    /// layer_norm1 (N·H), q, k, v (3·N·H), the attention output (N·H; laid out [B, T, heads, d], so the merge is a view), out_proj (N·H), the first residual (N·H),
     /// layer_norm2 (N·H), fc1 and the activation (2·N·F: quick_gelu's sigmoid beside fc1, multiplied in place; gelu's output),
     /// fc2 (N·H); with side channels the second residual too (N·H), the output being it joined to them. Inside the attention call:
     /// scores [B, heads, T, T] and their softmax, an upper bound as for the GPT-2 block. A causal tower's mask: the float mask
-    /// (B·T·T), its boolean steps (3·B·T·T bytes), the causal triangle (T·T bytes) and the key mask (B·T floats, B·T bytes).
+    /// (B·T·T floats), the joined boolean mask (B·T·T bytes, negated in place), the causal triangle (T·T bytes) and the key mask
+    /// (B·T bytes).
     /// tests/ClipSpec.cs checks the rest against the storages the forward's scope holds.</summary>
     public override long WorkspaceBytes(long[] input)
     {
         long b = input[0], t = input[1], n = b * t, h = c.Hidden, f = c.Ffn;
-        long floats = (sideChannels > 0 ? 11 : 10) * n * h + 2 * n * f + 2L * b * c.Heads * t * t;
-        long mask = causal ? b * t * t * sizeof(float) + 3 * b * t * t + t * t + b * t * (sizeof(float) + 1) : 0;
+        long floats = (sideChannels > 0 ? 10 : 9) * n * h + 2 * n * f + 2L * b * c.Heads * t * t;
+        long mask = causal ? b * t * t * (sizeof(float) + 1) + t * t + b * t : 0;
         return floats * sizeof(float) + mask;
     }
 

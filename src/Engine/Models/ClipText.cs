@@ -135,12 +135,13 @@ public sealed class ClipTextEmbeddings(int index, ClipTextConfig c, ClipTextName
     public override double Flops(long[] input) => (double)input[0] * input[1] * c.Hidden;
 
     /// <summary>N = B·T tokens: the token embeddings and their sum with the positions (2·N·H floats), the mask and the one-hot as
-    /// floats (2·N), the pooled index and its one-hot in int64 (B + N), the ids compared with eos (N bytes and N int32; the
-    /// legacy rule takes the argmax of the ids instead), and an all-ones mask of int64 for unmasked input (N).</summary>
+    /// floats (2·N), the pooled index and its one-hot in int64 (B + N), the ids compared with eos as bool and int32 (5·N bytes; the
+    /// legacy rule takes the argmax of the ids instead), and for ids without a mask the all-ones mask (N int64).</summary>
     public override long WorkspaceBytes(long[] input)
     {
-        long n = input[0] * input[1];
-        return (2 * n * c.Hidden + 2 * n) * sizeof(float) + (input[0] + 2 * n) * sizeof(long) + n * (1 + sizeof(int));
+        long b = input[0], n = b * input[1];
+        return (2 * n * c.Hidden + 2 * n) * sizeof(float) + (b + n) * sizeof(long) + (c.PoolsAtLargestId ? 0 : n * (1 + sizeof(int)))
+            + (input.Length == 2 ? n * sizeof(long) : 0);
     }
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor input)

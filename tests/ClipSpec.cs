@@ -186,7 +186,8 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
         return (h.MoveToOuterDisposeScope(), RefLinear(pooled, sd["text_projection.weight"]).MoveToOuterDisposeScope());
     }
 
-    /// <summary>CLIPModel.forward's logits: embeds / ‖embeds‖₂, logits_per_text = text @ imageᵀ · exp(logit_scale), logits_per_image its transpose.</summary>
+    /// <summary>CLIPModel.forward's logits: embeds / ‖embeds‖₂, logits_per_text = text @ imageᵀ · exp(logit_scale), logits_per_image its
+    /// transpose.</summary>
     static Tensor RefLogitsPerImage(string dir, Tensor imageEmbeds, Tensor textEmbeds)
     {
         var sd = StateDict(dir);
@@ -393,7 +394,8 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
                 long held = HeldBytes(layer, weights, x);
                 long[] shape = acts[i].Shape;
                 long attention = layer is ClipEncoderLayer ? 2L * shape[0] * 4 * shape[1] * shape[1] * sizeof(float) : 0;
-                Assert.True(held + attention == layer.WorkspaceBytes(shape), $"{layer.Name}: holds {held} + {attention}, declares {layer.WorkspaceBytes(shape)}");
+                Assert.True(held + attention == layer.WorkspaceBytes(shape),
+                    $"{layer.Name}: holds {held} + {attention}, declares {layer.WorkspaceBytes(shape)}");
                 using (no_grad()) x = layer.Forward(weights, x);
                 foreach (var w in weights.Values) w.Dispose();
             }
@@ -435,6 +437,7 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
         Assert.Equal(new long[] { 2, 8, 34 }, text.ActivationShapes()[1].Shape);
         var byInput = ModelCatalog.Create(seeded with { Name = ClipConfig.ModelType, Input = WriteNpy("pick.npy", Ids(new long[,] { { 298, 299 } })) });
         Assert.Equal("text.embed", byInput.Layers[0].Name);
+        Assert.Contains("<|startoftext|>", Assert.Throws<ArgumentException>(() => ModelCatalog.TokenLimits(dir)).Message); // run --prompt
 
         var tooLong = Ids(new long[1, Positions + 1]);
         var e = Assert.Throws<ArgumentException>(() => ModelCatalog.CheckpointSpec(dir, 1, 1, 1, WriteNpy("long.npy", tooLong)));

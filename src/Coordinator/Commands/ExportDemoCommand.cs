@@ -32,7 +32,8 @@ public static class ExportDemoCommand
         var imageSize = new Option<int>("--image-size") { Description = "clip: vision_config.image_size", DefaultValueFactory = _ => 32 };
         var patchSize = new Option<int>("--patch-size") { Description = "clip: vision_config.patch_size", DefaultValueFactory = _ => 8 };
         var export = new Command("export-demo", "Write a seeded checkpoint (Hugging Face layout: config.json + safetensors) for run --model DIR.");
-        foreach (var o in new Option[] { family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, imageSize, patchSize }) export.Options.Add(o);
+        foreach (var o in new Option[] { family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, imageSize, patchSize })
+            export.Options.Add(o);
         export.SetAction(r =>
         {
             int kv = r.GetResult(kvHeads) is { Implicit: false } ? r.GetValue(kvHeads) : r.GetValue(heads);

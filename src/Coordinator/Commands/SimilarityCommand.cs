@@ -158,6 +158,7 @@ public static class SimilarityCommand
                 .. Enumerable.Range(0, o.Texts.Count).Select(j => new Text($"{r.LogitsPerImage[i, j]:0.000} ({r.Probabilities[i, j]:P1})"))]);
         console.Write(table);
         console.MarkupLine("each cell: logits_per_image (softmax over the texts, per image)");
-        if (o.OutputPath is not null) console.MarkupLineInterpolated($"output: {o.OutputPath} (logits_per_image, float32 [[{o.Images.Count}, {o.Texts.Count}]])");
+        if (o.OutputPath is not null)
+            console.MarkupLineInterpolated($"output: {o.OutputPath} (logits_per_image, float32 [[{o.Images.Count}, {o.Texts.Count}]])");
     }
 }

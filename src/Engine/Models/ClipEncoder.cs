@@ -88,7 +88,8 @@ public sealed class ClipEncoderLayer(int index, int block, ClipEncoderShape c, s
     }
 
     /// <summary>Counted from <see cref="Forward"/> as it runs in the pass's dispose scope, N = B·T tokens, H hidden, F = ffn:
-    /// layer_norm1 (N·H), q, k, v (3·N·H), the attention output (N·H; laid out [B, T, heads, d], so the merge is a view), out_proj (N·H), the first residual (N·H),
+    /// layer_norm1 (N·H), q, k, v (3·N·H), the attention output (N·H; laid out [B, T, heads, d], so the merge is a view), out_proj
+    /// (N·H), the first residual (N·H),
     /// layer_norm2 (N·H), fc1 and the activation (2·N·F: quick_gelu's sigmoid beside fc1, multiplied in place; gelu's output),
     /// fc2 (N·H); with side channels the second residual too (N·H), the output being it joined to them. Inside the attention call:
     /// scores [B, heads, T, T] and their softmax, an upper bound as for the GPT-2 block. A causal tower's mask: the float mask

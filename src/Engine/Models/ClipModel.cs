@@ -111,9 +111,11 @@ public static class Clip
                 Path.GetFullPath(directory), input is null ? null : Path.GetFullPath(input));
     }
 
-    /// <summary>The text tower's limits: its vocabulary and positions.</summary>
-    public static TokenLimits TokenLimits(string directory) =>
-        ClipConfig.Read(directory).Text is var t ? new(t.Vocab, t.MaxPositions, "text_config.max_position_embeddings") : throw new InvalidOperationException();
+    /// <summary>Prompts tokenized as a decoder's (plain ids, no mask) are refused for a CLIP checkpoint: its text tower needs each text
+    /// wrapped in its start and end tokens (the end is where it pools) and padded with a mask, which <see cref="Tokenize"/> does.</summary>
+    public static ArgumentException PromptsRefused(string directory) => new($"{directory}: a CLIP text tower takes texts wrapped in " +
+        "<|startoftext|> and <|endoftext|> with a padding mask, not prompt ids; the similarity command tokenizes texts for it, or give ids " +
+        "with the mask, int64 [batch, seq, 2], as input");
 
     /// <summary>int64 [B, T] ids or [B, T, 2] ids with the attention mask from <paramref name="path"/>, checked: ids in the
     /// vocabulary, T within the positions, mask values 0 or 1. One-line refusals naming the file and the config key.</summary>
@@ -132,7 +134,8 @@ public static class Clip
         {
             long id = BitConverter.ToInt64(data, i * sizeof(long));
             if (id < 0 || id >= c.Vocab)
-                throw new ArgumentException($"{path}: token id {id} at position {i / stride} is outside the vocabulary [0, {c.Vocab}) (text_config.vocab_size)");
+                throw new ArgumentException(
+                    $"{path}: token id {id} at position {i / stride} is outside the vocabulary [0, {c.Vocab}) (text_config.vocab_size)");
             if (stride == 2 && BitConverter.ToInt64(data, (i + 1) * sizeof(long)) is var m and not 0 and not 1)
                 throw new ArgumentException($"{path}: attention mask value {m} at position {i / stride} is not 0 or 1");
         }
@@ -225,7 +228,8 @@ public static class Clip
     {
         config.Validate();
         if (!SeededCheckpoint.TorchDtypes.TryGetValue(config.TorchDtype, out var stored))
-            throw new ArgumentException($"torch_dtype \"{config.TorchDtype}\" is not written (written: {string.Join(", ", SeededCheckpoint.TorchDtypes.Keys)})");
+            throw new ArgumentException(
+                $"torch_dtype \"{config.TorchDtype}\" is not written (written: {string.Join(", ", SeededCheckpoint.TorchDtypes.Keys)})");
         var tensors = new List<KeyValuePair<string, Tensor>>();
         try
         {

@@ -99,7 +99,8 @@ public static class ClipText
         names ??= new ClipTextNames();
         if (batch < 1) throw new ArgumentOutOfRangeException(nameof(batch), $"batch must be at least 1 (got {batch})");
         if (sequence < 1 || sequence > config.MaxPositions)
-            throw new ArgumentOutOfRangeException(nameof(sequence), $"sequence length {sequence} must be in [1, {config.MaxPositions}] (max_position_embeddings)");
+            throw new ArgumentOutOfRangeException(nameof(sequence),
+                $"sequence length {sequence} must be in [1, {config.MaxPositions}] (max_position_embeddings)");
         var layers = new List<Layer> { new ClipTextEmbeddings(0, config, names) };
         for (int b = 0; b < config.Layers; b++)
             layers.Add(new ClipEncoderLayer(b + 1, b, config.Encoder, names.Prefix, "text", SideChannels, causal: true));
@@ -124,7 +125,8 @@ public sealed class ClipTextEmbeddings(int index, ClipTextConfig c, ClipTextName
     public override long[] OutputShape(long[] input)
     {
         bool ok = (input.Length == 2 || input.Length == 3 && input[2] == 2) && input[1] >= 1;
-        if (!ok) throw new ArgumentException($"{Name}: expected token ids [batch, tokens] or ids with the mask [batch, tokens, 2], got {ClipCommon.Shape(input)}");
+        if (!ok)
+            throw new ArgumentException($"{Name}: expected token ids [batch, tokens] or ids with the mask [batch, tokens, 2], got {ClipCommon.Shape(input)}");
         if (input[1] > c.MaxPositions)
             throw new ArgumentException($"{Name}: sequence length {input[1]} exceeds max_position_embeddings ({c.MaxPositions})");
         return [input[0], input[1], c.Hidden + ClipText.SideChannels];

@@ -82,7 +82,7 @@ public static class ModelCatalog
     }
 
     /// <summary>The token ids the checkpoint in <paramref name="directory"/> accepts: its vocab_size and the positions it has.</summary>
-    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == ClipConfig.ModelType ? Clip.TokenLimits(directory)
+    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == ClipConfig.ModelType ? throw Clip.PromptsRefused(directory)
         : FamilyOf(directory) == Gpt2Config.ModelType
         ? Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException()
         : LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException();

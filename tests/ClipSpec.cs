@@ -46,7 +46,7 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
     string Export(string name = "ckpt", long seed = 3, string act = "quick_gelu")
     {
         string dir = Path.Combine(root, name);
-        ExportDemoCommand.Export("clip", "f32", dir, seed, 1, () => throw new InvalidOperationException(), null, () => Small(act));
+        ExportDemoCommand.Export("clip", "f32", dir, seed, 1, () => throw new InvalidOperationException(), clip: () => Small(act));
         return dir;
     }
 

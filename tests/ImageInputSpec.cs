@@ -209,10 +209,11 @@ public sealed class ImageInputSpec : IDisposable
         // What export writes reads back as the same pipeline.
         var vit = ImagePreprocess.Vit(32);
         File.WriteAllText(file, vit.ToJson());
-        var back = ImagePreprocess.FromFile(file);
-        Assert.Equal(vit.Resize, back.Resize);
-        Assert.Equal(vit.Mean.ToArray(), back.Mean.ToArray());
-        Assert.Null(back.CenterCrop);
+        Assert.Equal(vit, ImagePreprocess.FromFile(file));
+        var clip = ImagePreprocess.Clip(48);
+        File.WriteAllText(file, clip.ToJson("CLIPImageProcessor"));
+        Assert.Equal(clip, ImagePreprocess.FromFile(file));
+        Assert.NotEqual(vit, clip);
 
         Assert.Equal(ImagePreprocess.Vit(48).Resize, ImagePreprocess.ForCheckpoint(Path.Combine(dir, "no-such-dir"), 48).Resize);
     }

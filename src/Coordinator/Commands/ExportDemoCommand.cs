@@ -5,12 +5,13 @@ using Superpipeline.Engine.Text;
 namespace Superpipeline.Coordinator.Commands;
 
 /// <summary><c>superpipeline export-demo</c>: writes a seeded checkpoint of a family (config.json + safetensors + tokenizer) that
-/// <c>run --model DIR</c> reads back: Llama, GPT-2 or CLIP (both towers sized by the same flags, plus a preprocessor_config.json).</summary>
+/// <c>run --model DIR</c> reads back: Llama, GPT-2, ViT (config.json + safetensors + preprocessor_config.json, no tokenizer) or CLIP
+/// (both towers sized by the same flags, with a tokenizer and a preprocessor_config.json).</summary>
 public static class ExportDemoCommand
 {
     public static Command Build()
     {
-        var family = new Option<string>("--family") { Description = "llama, gpt2 or clip", DefaultValueFactory = _ => LlamaConfig.ModelType };
+        var family = new Option<string>("--family") { Description = "llama, gpt2, vit or clip", DefaultValueFactory = _ => LlamaConfig.ModelType };
         var outDir = new Option<string>("--out") { Description = "the directory to write config.json and the safetensors into", Required = true };
         var layers = new Option<int>("--layers") { Description = "decoder layers (num_hidden_layers)", DefaultValueFactory = _ => 2 };
         var hidden = new Option<int>("--hidden") { Description = "hidden_size", DefaultValueFactory = _ => 64 };
@@ -29,13 +30,34 @@ public static class ExportDemoCommand
             Description = "stored tensor dtype and config.json's torch_dtype: f32, f16 or bf16 (the seeded values rounded to it)",
             DefaultValueFactory = _ => "f32",
         };
-        var imageSize = new Option<int>("--image-size") { Description = "clip: vision_config.image_size", DefaultValueFactory = _ => 32 };
-        var patchSize = new Option<int>("--patch-size") { Description = "clip: vision_config.patch_size", DefaultValueFactory = _ => 8 };
+        var imageSize = new Option<int>("--image-size") { Description = "vit and clip: image_size (pixels per edge)", DefaultValueFactory = _ => 32 };
+        var patchSize = new Option<int>("--patch-size") { Description = "vit and clip: patch_size, a divisor of --image-size", DefaultValueFactory = _ => 8 };
+        var labels = new Option<int>("--labels")
+        {
+            Description = "vit: a classifier head of this many labels (ViTForImageClassification); default none (ViTModel with its pooler)",
+        };
+        Option[] vitOnly = [imageSize, patchSize, labels];
         var export = new Command("export-demo", "Write a seeded checkpoint (Hugging Face layout: config.json + safetensors) for run --model DIR.");
-        foreach (var o in new Option[] { family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, imageSize, patchSize })
-            export.Options.Add(o);
+        Option[] all = [family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, .. vitOnly];
+        foreach (var o in all) export.Options.Add(o);
         export.SetAction(r =>
         {
+            string chosen = r.GetValue(family)!.Trim().ToLowerInvariant();
+            Option[] imageFlags = chosen == VitConfig.ModelType ? vitOnly : chosen == ClipConfig.ModelType ? [imageSize, patchSize] : [];
+            if (vitOnly.Except(imageFlags).FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } vitFlag)
+                throw new ArgumentException($"{vitFlag.Name} applies to {(vitFlag == labels ? "vit" : "vit and clip")} only");
+            (VitConfig, bool) Vit()
+            {
+                if (new Option[] { kvHeads, vocab, positions }.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } given)
+                    throw new ArgumentException($"{given.Name} applies to llama and gpt2 only: vit has no tokens");
+                int size = r.GetValue(imageSize), patch = r.GetValue(patchSize);
+                bool classifier = r.GetResult(labels) is { Implicit: false };
+                if (size < 1 || patch < 1) throw new ArgumentException($"--image-size and --patch-size must be at least 1; got {size} and {patch}");
+                if (size % patch != 0) throw new ArgumentException($"--image-size ({size}) must be a multiple of --patch-size ({patch})");
+                if (classifier && r.GetValue(labels) < 1) throw new ArgumentException($"--labels must be at least 1; got {r.GetValue(labels)}");
+                return (new VitConfig(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads), Intermediate: r.GetValue(ffn),
+                    ImageSize: size, PatchSize: patch, Labels: classifier ? r.GetValue(labels) : 2), classifier);
+            }
             int kv = r.GetResult(kvHeads) is { Implicit: false } ? r.GetValue(kvHeads) : r.GetValue(heads);
             var files = Export(r.GetValue(family)!, r.GetValue(dtype)!, r.GetValue(outDir)!, r.GetValue(seed), r.GetValue(shards), () => new LlamaConfig(
                 Hidden: r.GetValue(hidden), Ffn: r.GetValue(ffn), Layers: r.GetValue(layers), Heads: r.GetValue(heads), KvHeads: kv,
@@ -44,10 +66,11 @@ public static class ExportDemoCommand
                     ? throw new ArgumentException("--kv-heads applies to llama only: gpt2 has no grouped heads")
                     : new Gpt2Config(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads),
                         MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)),
-                () => DemoClip(r.GetValue(layers), r.GetValue(hidden), r.GetValue(heads), r.GetValue(ffn), r.GetValue(vocab), r.GetValue(positions),
+                Vit, () => DemoClip(r.GetValue(layers), r.GetValue(hidden), r.GetValue(heads), r.GetValue(ffn), r.GetValue(vocab), r.GetValue(positions),
                     r.GetValue(imageSize), r.GetValue(patchSize), r.GetResult(kvHeads) is { Implicit: false }));
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
             string name = r.GetValue(family)!.Trim().ToLowerInvariant();
+            if (name == VitConfig.ModelType) return 0; // images, no tokenizer
             if (r.GetValue(vocab) < DemoTokenizer.MinimumVocab(name))
                 Console.WriteLine($"no tokenizer written: --vocab {r.GetValue(vocab)} is below the {DemoTokenizer.MinimumVocab(name)} ids a {name} " +
                     "tokenizer needs (256 bytes and its special tokens); run takes --input ids.npy, not --prompt");
@@ -59,7 +82,7 @@ public static class ExportDemoCommand
     /// <summary>Writes the checkpoint of <paramref name="family"/>: config.json, the weights and, when the vocabulary has room for
     /// one, the family's tokenizer (<see cref="DemoTokenizer"/>); returns the files besides config.json. One-line refusals name the flag.</summary>
     public static IReadOnlyList<string> Export(string family, string dtype, string directory, long seed, int shards, Func<LlamaConfig> llama,
-        Func<Gpt2Config>? gpt2 = null, Func<ClipConfig>? clip = null)
+        Func<Gpt2Config>? gpt2 = null, Func<(VitConfig Config, bool Classifier)>? vit = null, Func<ClipConfig>? clip = null)
     {
         string torchDtype = dtype.Trim().ToLowerInvariant() switch
         {
@@ -70,6 +93,8 @@ public static class ExportDemoCommand
         };
         if (shards < 1) throw new ArgumentException($"--shards must be at least 1; got {shards}");
         string name = family.Trim().ToLowerInvariant();
+        if (name == VitConfig.ModelType && vit?.Invoke() is { } v)
+            return VitExport.Write(directory, v.Config with { TorchDtype = torchDtype }, seed, v.Classifier, shards);
         var (files, vocab, positions) = name switch
         {
             LlamaConfig.ModelType when llama() with { TorchDtype = torchDtype } is var l =>
@@ -78,7 +103,7 @@ public static class ExportDemoCommand
                 (Gpt2Export.Write(directory, g with { TorchDtype = torchDtype }, seed, shards), g.Vocab, g.MaxPositions),
             ClipConfig.ModelType when clip?.Invoke() is { } c =>
                 (ExportClip(directory, c with { TorchDtype = torchDtype }, seed, shards), c.Text.Vocab, c.Text.MaxPositions),
-            _ => throw new ArgumentException($"--family must be llama, gpt2 or clip; got '{family}'"),
+            _ => throw new ArgumentException($"--family must be llama, gpt2, vit or clip; got '{family}'"),
         };
         // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.
         if (vocab < DemoTokenizer.MinimumVocab(name)) return files;

@@ -3,7 +3,9 @@ using System.Security.Cryptography;
 using Spectre.Console;
 using Superpipeline.Contracts;
 using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Text;
 using Superpipeline.Engine.Simulation;
@@ -53,14 +55,20 @@ public static class RunCommand
                 "files and are read when the window admits them (default: all weights held in host memory)",
         };
 
+        var image = new Option<string[]>("--image")
+        {
+            Description = "a PNG or JPEG image, one batch row per --image (repeat it), for a checkpoint that takes images (vit): resized and " +
+                "normalised by its preprocessor_config.json (instead of --input)",
+        };
+
         var run = new Command("run", "Run one forward pass of a model on a device smaller than the model " +
             "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
         model.AddTo(run);
         model.AddPromptTo(run);
-        foreach (var o in new Option[] { window, swap, resident, memory, link, device, report, trace, output, hostMemory }) run.Options.Add(o);
+        foreach (var o in new Option[] { window, swap, resident, memory, link, device, report, trace, output, hostMemory, image }) run.Options.Add(o);
         run.SetAction(async (r, cancel) =>
         {
-            var spec = model.Read(r);
+            var spec = WithImages(model.Read(r), r, model, r.GetValue(image) ?? []);
             try
             {
                 return await RunAsync(new RunOptions(
@@ -77,9 +85,48 @@ public static class RunCommand
             finally
             {
                 PromptIds.DeleteTemporary(spec.Input); // the ids of --prompt
+                ImageInput.DeleteTemporary(spec.Input); // the pixels of --image
             }
         });
         return run;
+    }
+
+    /// <summary>--image: the spec of <paramref name="spec"/>'s checkpoint with the images as its input, one batch row each, through
+    /// the checkpoint's own image pipeline (<see cref="ModelCatalog.ImagePreprocessOf"/>). Refused in one line naming the flag: beside
+    /// --input, --prompt, --batch or --seq-len, and for a model that does not take images.</summary>
+    static ModelSpec WithImages(ModelSpec spec, ParseResult r, ModelOptions model, IReadOnlyList<string> images)
+    {
+        if (images.Count == 0) return spec;
+        if (r.GetValue(model.Input) is not null || (r.GetValue(model.Prompt) ?? []).Length > 0)
+        {
+            PromptIds.DeleteTemporary(spec.Input);
+            throw new ArgumentException("--image cannot be given with --input or --prompt: each gives the model's input");
+        }
+        if (r.GetResult(model.Batch) is { Implicit: false } || r.GetResult(model.SeqLen) is { Implicit: false })
+            throw new ArgumentException("--batch and --seq-len cannot be given with --image: each image is one batch row");
+        if (spec.Checkpoint is not { } dir)
+            throw new ArgumentException($"--image needs --model to name a checkpoint directory of a family that takes images (vit); got '{spec.Name}'");
+        var preprocess = ModelCatalog.ImagePreprocessOf(dir)
+            ?? throw new ArgumentException($"--image applies to a checkpoint that takes images (vit); {dir} is {spec.Name}, which takes token ids");
+        return ImageSpec(images, preprocess, pixels => ModelCatalog.CheckpointSpec(dir, images.Count, spec.Sequence, spec.Seed, pixels));
+    }
+
+    /// <summary>The images' pixels through <paramref name="preprocess"/> (float32 [N, 3, H, W], one row per image) written to a
+    /// temporary .npy, and the spec <paramref name="withInput"/> makes of its path (the job's <see cref="ModelSpec.Input"/>: every
+    /// member reads the same path). Delete it with <see cref="ImageInput.DeleteTemporary"/> once the job is done; a spec that fails
+    /// is cleaned up here. An image that is missing or does not decode is one line naming the file.</summary>
+    public static ModelSpec ImageSpec(IReadOnlyList<string> images, ImagePreprocess preprocess, Func<string, ModelSpec> withInput)
+    {
+        string pixels = ImageInput.WriteTemporary(images, preprocess);
+        try
+        {
+            return withInput(pixels);
+        }
+        catch
+        {
+            ImageInput.DeleteTemporary(pixels);
+            throw;
+        }
     }
 
     /// <summary>Checks the job against the model's definition and this machine's memory, runs one pass in an embedded

@@ -61,6 +61,13 @@ public sealed record ImagePreprocess
     public ImmutableArray<float> Mean { get; }
     public ImmutableArray<float> Std { get; }
 
+    /// <summary>Value equality, the mean and std compared element by element.</summary>
+    public bool Equals(ImagePreprocess? other) =>
+        other is not null && ShortestEdge == other.ShortestEdge && Resize == other.Resize && Resample == other.Resample
+        && CenterCrop == other.CenterCrop && RescaleFactor == other.RescaleFactor && Mean.SequenceEqual(other.Mean) && Std.SequenceEqual(other.Std);
+
+    public override int GetHashCode() => HashCode.Combine(ShortestEdge, Resize, Resample, CenterCrop, RescaleFactor, Mean.Length);
+
     /// <summary>torchvision's ImageNet evaluation transform: shortest edge to 256 · size / 224 (256 for 224), bilinear, center
     /// crop size × size, 1/255, ImageNet mean and std.</summary>
     public static ImagePreprocess ImageNet(int size = 224) =>

@@ -519,6 +519,15 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
         using (text)
         using (var reference = RefLogitsPerImage(dir, image, text))
             Assert.True(MaxDiff(logits, reference) <= 1e-5, $"logits differ from the reference by {MaxDiff(logits, reference)}");
+
+        // run --image streams the vision tower alone: image_embeds, as the reference computes them
+        string embeds = Path.Combine(root, "embeds.npy");
+        (code, _, stderr) = Cli(["run", "--model", dir, "--image", a, "--image", b, "--window", "2", "--output", embeds]);
+        Assert.True(code == 0, stderr);
+        var (_, embedShape, embedData) = Npy.Read(embeds);
+        Assert.Equal(new long[] { 2, 24 }, embedShape);
+        using var runEmbeds = ToTensor(embedData, 2, 24);
+        Assert.True(MaxDiff(runEmbeds, image) <= 1e-5, $"run --image differs from the reference by {MaxDiff(runEmbeds, image)}");
     }
 
     [Fact]

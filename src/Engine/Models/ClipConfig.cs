@@ -17,6 +17,8 @@ public sealed class ClipJsonSection(string file, JsonElement element, string pat
     /// <summary>The key as the error names it: "vision_config.hidden_size", or "projection_dim" at the root.</summary>
     public string Key(string key) => Path.Length == 0 ? key : $"{Path}.{key}";
 
+    static readonly JsonElement Empty = JsonDocument.Parse("{}").RootElement.Clone();
+
     bool TryGet(string key, out JsonElement value) =>
         Element.TryGetProperty(key, out value) && value.ValueKind != JsonValueKind.Null;
 
@@ -24,7 +26,7 @@ public sealed class ClipJsonSection(string file, JsonElement element, string pat
     /// transformers' CLIPConfig takes it.</summary>
     public ClipJsonSection Section(string key)
     {
-        if (!TryGet(key, out var v)) return new ClipJsonSection(File, JsonDocument.Parse("{}").RootElement, Key(key));
+        if (!TryGet(key, out var v)) return new ClipJsonSection(File, Empty, Key(key));
         return v.ValueKind == JsonValueKind.Object ? new ClipJsonSection(File, v, Key(key))
             : throw new CheckpointConfigException(File, Key(key), $"is {v.GetRawText()}, not an object");
     }

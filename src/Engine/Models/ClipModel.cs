@@ -74,7 +74,7 @@ public static class Clip
     {
         TextTower => true,
         VisionTower => false,
-        _ => spec.Input is not null && Npy.Read(spec.Input).Descr == "<i8",
+        _ => spec.Input is not null && Read(spec.Input).Descr == "<i8",
     };
 
     /// <summary>The tower <paramref name="spec"/> asks for over the checkpoint in its directory: the spec's input when it names
@@ -98,7 +98,7 @@ public static class Clip
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null)
     {
         var c = ClipConfig.Read(directory);
-        bool text = input is not null && Npy.Read(input).Descr == "<i8";
+        bool text = input is not null && Read(input).Descr == "<i8";
         if (input is not null)
         {
             var shape = text ? TextInput(input, c.Text).Shape : PixelInput(input, c.Vision).Shape;

@@ -38,8 +38,6 @@ public sealed class ClipJsonSection(string file, JsonElement element, string pat
             : throw new CheckpointConfigException(File, Key(key), $"is {v.GetRawText()}, not an integer");
     }
 
-    public int? OptionalInt(string key) => TryGet(key, out _) ? Int(key, 0) : null;
-
     public double Double(string key, double fallback)
     {
         if (!TryGet(key, out var v)) return fallback;

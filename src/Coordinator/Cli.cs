@@ -26,6 +26,7 @@ public static class Cli
         root.Subcommands.Add(GenerateCommand.Build());
         root.Subcommands.Add(EmbedCommand.Build());
         root.Subcommands.Add(WeightsCommand.Build());
+        root.Subcommands.Add(SimilarityCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

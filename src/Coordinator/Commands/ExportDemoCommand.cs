@@ -5,12 +5,13 @@ using Superpipeline.Engine.Text;
 namespace Superpipeline.Coordinator.Commands;
 
 /// <summary><c>superpipeline export-demo</c>: writes a seeded checkpoint of a family (config.json + safetensors + tokenizer) that
-/// <c>run --model DIR</c> reads back: Llama, GPT-2 or ViT (config.json + safetensors + preprocessor_config.json, no tokenizer).</summary>
+/// <c>run --model DIR</c> reads back: Llama, GPT-2, ViT (config.json + safetensors + preprocessor_config.json, no tokenizer) or CLIP
+/// (both towers sized by the same flags, with a tokenizer and a preprocessor_config.json).</summary>
 public static class ExportDemoCommand
 {
     public static Command Build()
     {
-        var family = new Option<string>("--family") { Description = "llama, gpt2 or vit", DefaultValueFactory = _ => LlamaConfig.ModelType };
+        var family = new Option<string>("--family") { Description = "llama, gpt2, vit or clip", DefaultValueFactory = _ => LlamaConfig.ModelType };
         var outDir = new Option<string>("--out") { Description = "the directory to write config.json and the safetensors into", Required = true };
         var layers = new Option<int>("--layers") { Description = "decoder layers (num_hidden_layers)", DefaultValueFactory = _ => 2 };
         var hidden = new Option<int>("--hidden") { Description = "hidden_size", DefaultValueFactory = _ => 64 };
@@ -29,8 +30,8 @@ public static class ExportDemoCommand
             Description = "stored tensor dtype and config.json's torch_dtype: f32, f16 or bf16 (the seeded values rounded to it)",
             DefaultValueFactory = _ => "f32",
         };
-        var imageSize = new Option<int>("--image-size") { Description = "vit: image_size (pixels per edge)", DefaultValueFactory = _ => 32 };
-        var patchSize = new Option<int>("--patch-size") { Description = "vit: patch_size, a divisor of --image-size", DefaultValueFactory = _ => 8 };
+        var imageSize = new Option<int>("--image-size") { Description = "vit and clip: image_size (pixels per edge)", DefaultValueFactory = _ => 32 };
+        var patchSize = new Option<int>("--patch-size") { Description = "vit and clip: patch_size, a divisor of --image-size", DefaultValueFactory = _ => 8 };
         var labels = new Option<int>("--labels")
         {
             Description = "vit: a classifier head of this many labels (ViTForImageClassification); default none (ViTModel with its pooler)",
@@ -41,9 +42,10 @@ public static class ExportDemoCommand
         foreach (var o in all) export.Options.Add(o);
         export.SetAction(r =>
         {
-            if (r.GetValue(family)!.Trim().ToLowerInvariant() != VitConfig.ModelType
-                && vitOnly.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } vitFlag)
-                throw new ArgumentException($"{vitFlag.Name} applies to vit only");
+            string chosen = r.GetValue(family)!.Trim().ToLowerInvariant();
+            Option[] imageFlags = chosen == VitConfig.ModelType ? vitOnly : chosen == ClipConfig.ModelType ? [imageSize, patchSize] : [];
+            if (vitOnly.Except(imageFlags).FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } vitFlag)
+                throw new ArgumentException($"{vitFlag.Name} applies to {(vitFlag == labels ? "vit" : "vit and clip")} only");
             (VitConfig, bool) Vit()
             {
                 if (new Option[] { kvHeads, vocab, positions }.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } given)
@@ -64,7 +66,8 @@ public static class ExportDemoCommand
                     ? throw new ArgumentException("--kv-heads applies to llama only: gpt2 has no grouped heads")
                     : new Gpt2Config(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads),
                         MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)),
-                Vit);
+                Vit, () => DemoClip(r.GetValue(layers), r.GetValue(hidden), r.GetValue(heads), r.GetValue(ffn), r.GetValue(vocab), r.GetValue(positions),
+                    r.GetValue(imageSize), r.GetValue(patchSize), r.GetResult(kvHeads) is { Implicit: false }));
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
             string name = r.GetValue(family)!.Trim().ToLowerInvariant();
             if (name == VitConfig.ModelType) return 0; // images, no tokenizer
@@ -79,7 +82,7 @@ public static class ExportDemoCommand
     /// <summary>Writes the checkpoint of <paramref name="family"/>: config.json, the weights and, when the vocabulary has room for
     /// one, the family's tokenizer (<see cref="DemoTokenizer"/>); returns the files besides config.json. One-line refusals name the flag.</summary>
     public static IReadOnlyList<string> Export(string family, string dtype, string directory, long seed, int shards, Func<LlamaConfig> llama,
-        Func<Gpt2Config>? gpt2 = null, Func<(VitConfig Config, bool Classifier)>? vit = null)
+        Func<Gpt2Config>? gpt2 = null, Func<(VitConfig Config, bool Classifier)>? vit = null, Func<ClipConfig>? clip = null)
     {
         string torchDtype = dtype.Trim().ToLowerInvariant() switch
         {
@@ -98,10 +101,36 @@ public static class ExportDemoCommand
                 (LlamaExport.Write(directory, l, seed, shards), l.Vocab, l.MaxPositions),
             Gpt2Config.ModelType when gpt2?.Invoke() is { } g =>
                 (Gpt2Export.Write(directory, g with { TorchDtype = torchDtype }, seed, shards), g.Vocab, g.MaxPositions),
-            _ => throw new ArgumentException($"--family must be llama, gpt2 or vit; got '{family}'"),
+            ClipConfig.ModelType when clip?.Invoke() is { } c =>
+                (ExportClip(directory, c with { TorchDtype = torchDtype }, seed, shards), c.Text.Vocab, c.Text.MaxPositions),
+            _ => throw new ArgumentException($"--family must be llama, gpt2, vit or clip; got '{family}'"),
         };
         // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.
         if (vocab < DemoTokenizer.MinimumVocab(name)) return files;
         return [.. files, .. DemoTokenizer.Write(directory, name, vocab, positions).Select(f => Path.Combine(directory, f))];
+    }
+
+    /// <summary>A CLIP of the flags' sizes: both towers have --layers blocks of --hidden, --heads and --ffn; the text tower --vocab
+    /// ids (the last two its start and end tokens, eos_token_id the last) and --max-positions; images of --image-size in patches of
+    /// --patch-size; projection_dim is --hidden.</summary>
+    static ClipConfig DemoClip(int layers, int hidden, int heads, int ffn, int vocab, int positions, int imageSize, int patchSize, bool kvHeads)
+    {
+        if (kvHeads) throw new ArgumentException("--kv-heads applies to llama only: clip has no grouped heads");
+        if (imageSize < 1 || patchSize < 1 || imageSize % patchSize != 0)
+            throw new ArgumentException($"--image-size ({imageSize}) must be a positive multiple of --patch-size ({patchSize})");
+        return new ClipConfig(
+            new ClipTextConfig(Hidden: hidden, Ffn: ffn, Layers: layers, Heads: heads, Vocab: vocab, MaxPositions: positions, ProjectionDim: hidden,
+                EosTokenId: vocab - 1, BosTokenId: vocab - 2),
+            new ClipVisionConfig(Hidden: hidden, Ffn: ffn, Layers: layers, Heads: heads, ImageSize: imageSize, PatchSize: patchSize, ProjectionDim: hidden),
+            ProjectionDim: hidden);
+    }
+
+    /// <summary>The CLIP checkpoint and its preprocessor_config.json (CLIPImageProcessor for the vision tower's image size).</summary>
+    static IReadOnlyList<string> ExportClip(string directory, ClipConfig config, long seed, int shards)
+    {
+        var files = Clip.Export(directory, config, seed, shards);
+        string preprocessor = Path.Combine(directory, "preprocessor_config.json");
+        File.WriteAllText(preprocessor, Clip.PreprocessorJson(config.Vision.ImageSize));
+        return [.. files, preprocessor];
     }
 }

@@ -72,10 +72,10 @@ public static class ModelCatalog
     /// <summary>The refusals a model spec can give: a field, an argument, a checkpoint's config or tensors.</summary>
     public static bool IsRefusal(Exception e) => e is ArgumentException or CheckpointConfigException or SafetensorsException or OnnxException;
 
-    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama, gpt2 or vit),
-    /// the size fields echoing the config; a vit spec's input is pixels (<see cref="Vit.CheckpointSpec"/>). For an ONNX file
-    /// (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or the one whose inputs the graph has
-    /// (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
+    /// <summary>A spec that runs the checkpoint in <paramref name="directory"/>: its family from config.json (llama, gpt2, vit or clip),
+    /// the size fields echoing the config. A vit spec's input is pixels (<see cref="Vit.CheckpointSpec"/>); a clip spec's tower is
+    /// chosen by its input (<see cref="Clip"/>). For an ONNX file (<c>PATH.onnx</c>) the family is <paramref name="onnxFamily"/> or
+    /// the one whose inputs the graph has (<see cref="OnnxImport.FamilyOf"/>), and the size fields are the imported model's layers
     /// (Blocks) with the others 0: the graph, not a config, sizes it.</summary>
     public static ModelSpec CheckpointSpec(string directory, int batch, int sequence, long seed, string? input = null, string? onnxFamily = null)
     {
@@ -90,6 +90,7 @@ public static class ModelCatalog
         if (onnxFamily is not null)
             throw new ArgumentException($"{directory}: a family is given for ONNX files only; a checkpoint's config.json names its own");
         if (FamilyOf(directory) == VitConfig.ModelType) return Vit.CheckpointSpec(directory, batch, seed, input); // input: pixels
+        if (FamilyOf(directory) == ClipConfig.ModelType) return Clip.CheckpointSpec(directory, batch, sequence, seed, input); // a tower, by input
         var (type, layers, hidden, heads, vocab, positions, key) = FamilyOf(directory) switch
         {
             Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>
@@ -108,14 +109,21 @@ public static class ModelCatalog
     {
         Gpt2Config.ModelType => Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException(),
         VitConfig.ModelType => throw new ArgumentException($"{directory}: a vit checkpoint takes images, not text"),
+        ClipConfig.ModelType => throw Clip.PromptsRefused(directory),
         _ => LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException(),
     };
 
-    /// <summary>The image pipeline of the checkpoint in <paramref name="directory"/> when its family takes images (vit), else null.</summary>
-    public static ImagePreprocess? ImagePreprocessOf(string directory) => FamilyOf(directory) == VitConfig.ModelType ? Vit.Preprocess(directory) : null;
+    /// <summary>The image pipeline of the checkpoint in <paramref name="directory"/> when its family takes images (vit; clip's vision
+    /// tower), else null.</summary>
+    public static ImagePreprocess? ImagePreprocessOf(string directory) => FamilyOf(directory) switch
+    {
+        VitConfig.ModelType => Vit.Preprocess(directory),
+        ClipConfig.ModelType => ImagePreprocess.ForCheckpoint(directory, ClipConfig.Read(directory).Vision.ImageSize),
+        _ => null,
+    };
 
     /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
-    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType, VitConfig.ModelType];
+    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType, VitConfig.ModelType, ClipConfig.ModelType];
 
     /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
     static string FamilyOf(string directory)
@@ -128,6 +136,7 @@ public static class ModelCatalog
     {
         string dir = spec.Checkpoint!;
         if (FamilyOf(dir) == VitConfig.ModelType) return Vit.FromCheckpoint(spec);
+        if (FamilyOf(dir) == ClipConfig.ModelType) return Clip.FromCheckpoint(spec); // the tower the spec's name or input asks for
         Func<int, int, LayeredModel> create;
         int vocab, positions;
         string key;

@@ -18,6 +18,9 @@ namespace Superpipeline.Engine.Text;
 /// <c>&lt;/s&gt;</c> 2, the byte pieces <c>&lt;0x00&gt;</c>..<c>&lt;0xFF&gt;</c> 3-258, merged pieces, then single characters,
 /// '▁' (the word boundary) first; add_bos_token true. At least 260 ids: with '▁' only as bytes, Microsoft.ML.Tokenizers would
 /// not drop the leading space SentencePiece adds (add_dummy_prefix) when it decodes.</item>
+/// <item>clip (as openai/clip-vit-base-patch32's tokenizer files, less its lowercasing and "&lt;/w&gt;" word ends): gpt2's
+/// byte-level BPE with <c>&lt;|startoftext|&gt;</c> and <c>&lt;|endoftext|&gt;</c> the last two ids (bos, and eos = pad = unk) and
+/// RobertaProcessing as the post-processor, as CLIPTokenizerFast has them. At least 258 ids.</item>
 /// </list>
 /// Also tokenizer_config.json, special_tokens_map.json and generation_config.json (bos/eos ids).</summary>
 public static class DemoTokenizer
@@ -32,14 +35,15 @@ public static class DemoTokenizer
         "In the beginning there was the word, and the word was split into pieces that the model could count. " +
         "She said that they would meet again at the station, where the trains leave for the north and the sea.";
 
-    public const string EndOfText = "<|endoftext|>", Unk = "<unk>", Bos = "<s>", Eos = "</s>";
+    public const string EndOfText = "<|endoftext|>", StartOfText = "<|startoftext|>", Unk = "<unk>", Bos = "<s>", Eos = "</s>";
 
     /// <summary>The fewest ids a family's tokenizer can have: the 256 bytes and its special tokens (and '▁' for llama).</summary>
     public static int MinimumVocab(string family) => family switch
     {
         "gpt2" => 257,
+        "clip" => 258,
         "llama" => 260,
-        _ => throw new ArgumentException($"no demo tokenizer for family '{family}' (known: llama, gpt2)"),
+        _ => throw new ArgumentException($"no demo tokenizer for family '{family}' (known: llama, gpt2, clip)"),
     };
 
     /// <summary>Writes the family's tokenizer files with <paramref name="vocab"/> ids into <paramref name="directory"/>; returns
@@ -49,36 +53,56 @@ public static class DemoTokenizer
         int minimum = MinimumVocab(family);
         if (vocab < minimum)
             throw new ArgumentException($"vocab_size {vocab} is too small for a {family} tokenizer: it needs at least {minimum} ids " +
-                (family == "gpt2" ? "(256 bytes and <|endoftext|>)" : "(<unk>, <s>, </s>, 256 bytes and '▁')"));
+                family switch
+                {
+                    "gpt2" => "(256 bytes and <|endoftext|>)",
+                    "clip" => "(256 bytes, <|startoftext|> and <|endoftext|>)",
+                    _ => "(<unk>, <s>, </s>, 256 bytes and '▁')",
+                });
         Directory.CreateDirectory(directory);
-        return family == "gpt2" ? WriteGpt2(directory, vocab, maxPositions) : WriteLlama(directory, vocab, maxPositions);
+        return family switch
+        {
+            "gpt2" => WriteGpt2(directory, vocab, maxPositions),
+            "clip" => WriteGpt2(directory, vocab, maxPositions, clip: true),
+            _ => WriteLlama(directory, vocab, maxPositions),
+        };
     }
 
-    static IReadOnlyList<string> WriteGpt2(string directory, int size, int maxPositions)
+    /// <summary>GPT-2's files; with <paramref name="clip"/>, CLIP's: &lt;|startoftext|&gt; before &lt;|endoftext|&gt; at the end of
+    /// the vocabulary, RobertaProcessing adding both around a text, no generation_config.json.</summary>
+    static IReadOnlyList<string> WriteGpt2(string directory, int size, int maxPositions, bool clip = false)
     {
+        int specials = clip ? 2 : 1;
         var tokens = ByteLevel.BytesInIdOrder.Select(b => ByteLevel.CharOfByte[b].ToString()).ToList();
         var words = Regex.Matches(Corpus, CheckpointTokenizer.Gpt2Pattern).Select(m => ByteLevel.Encode(Encoding.UTF8.GetBytes(m.Value)));
-        var merges = LearnMerges(words, tokens, size - 257, word => word.Select(c => c.ToString()).ToList(), _ => true,
+        var merges = LearnMerges(words, tokens, size - 256 - specials, word => word.Select(c => c.ToString()).ToList(), _ => true,
             tokens.Where(t => t[0] is >= 'a' and <= 'z' or 'Ġ').ToList());
         var vocab = new Dictionary<string, int>();
         foreach (var t in tokens) vocab[t] = vocab.Count;
+        if (clip) vocab[StartOfText] = size - 2;
         vocab[EndOfText] = size - 1;
-        int eot = size - 1;
+        int eot = size - 1, sot = size - 2;
 
         var addedToken = new JsonObject
         {
             ["content"] = EndOfText, ["lstrip"] = false, ["normalized"] = true, ["rstrip"] = false, ["single_word"] = false, ["special"] = true,
         };
         var byteLevel = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = true };
+        JsonObject Added(int id, string content) => new()
+        {
+            ["id"] = id, ["content"] = content, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = true,
+            ["special"] = true,
+        };
+        var roberta = new JsonObject
+        {
+            ["type"] = "RobertaProcessing", ["sep"] = new JsonArray(EndOfText, eot), ["cls"] = new JsonArray(StartOfText, sot),
+            ["trim_offsets"] = false, ["add_prefix_space"] = false,
+        };
         var tokenizerJson = new JsonObject
         {
             ["version"] = "1.0", ["truncation"] = null, ["padding"] = null,
-            ["added_tokens"] = new JsonArray(new JsonObject
-            {
-                ["id"] = eot, ["content"] = EndOfText, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false, ["normalized"] = true,
-                ["special"] = true,
-            }),
-            ["normalizer"] = null, ["pre_tokenizer"] = byteLevel.DeepClone(), ["post_processor"] = byteLevel.DeepClone(),
+            ["added_tokens"] = clip ? new JsonArray(Added(sot, StartOfText), Added(eot, EndOfText)) : new JsonArray(Added(eot, EndOfText)),
+            ["normalizer"] = null, ["pre_tokenizer"] = byteLevel.DeepClone(), ["post_processor"] = clip ? roberta : byteLevel.DeepClone(),
             ["decoder"] = byteLevel.DeepClone(),
             ["model"] = new JsonObject
             {
@@ -92,6 +116,7 @@ public static class DemoTokenizer
         File.WriteAllText(Path.Combine(directory, "merges.txt"),
             "#version: 0.2\n" + string.Concat(merges.Select(m => $"{m.A} {m.B}\n")), Utf8);
         WriteJson(directory, "tokenizer.json", tokenizerJson.ToJsonString(Indented));
+        if (clip) return WriteClipSettings(directory, maxPositions, sot, eot, addedToken);
         WriteJson(directory, "tokenizer_config.json", new JsonObject
         {
             ["add_bos_token"] = false, ["add_prefix_space"] = false,
@@ -105,6 +130,27 @@ public static class DemoTokenizer
         }.ToJsonString(Indented));
         WriteGenerationConfig(directory, eot, eot);
         return ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
+    }
+
+    /// <summary>CLIPTokenizer's tokenizer_config.json and special_tokens_map.json: bos &lt;|startoftext|&gt;, eos, pad and unk
+    /// &lt;|endoftext|&gt;.</summary>
+    static IReadOnlyList<string> WriteClipSettings(string directory, int maxPositions, int sot, int eot, JsonObject addedToken)
+    {
+        var start = addedToken.DeepClone();
+        start["content"] = StartOfText;
+        WriteJson(directory, "tokenizer_config.json", new JsonObject
+        {
+            ["add_prefix_space"] = false,
+            ["added_tokens_decoder"] = new JsonObject { [$"{sot}"] = start, [$"{eot}"] = addedToken.DeepClone() },
+            ["bos_token"] = StartOfText, ["clean_up_tokenization_spaces"] = false, ["do_lower_case"] = false, ["eos_token"] = EndOfText,
+            ["errors"] = "replace", ["extra_special_tokens"] = new JsonObject(), ["model_max_length"] = maxPositions, ["pad_token"] = EndOfText,
+            ["tokenizer_class"] = "CLIPTokenizer", ["unk_token"] = EndOfText,
+        }.ToJsonString(Indented));
+        WriteJson(directory, "special_tokens_map.json", new JsonObject
+        {
+            ["bos_token"] = StartOfText, ["eos_token"] = EndOfText, ["pad_token"] = EndOfText, ["unk_token"] = EndOfText,
+        }.ToJsonString(Indented));
+        return ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
     }
 
     static IReadOnlyList<string> WriteLlama(string directory, int size, int maxPositions)

@@ -41,6 +41,12 @@ public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int
     public static LlamaConfig Read(string path)
     {
         using var c = ConfigJson.Open(path);
+        return Read(c);
+    }
+
+    /// <summary>Reads an open config (a file's, or LLaVA's text_config as <see cref="ConfigJson.FromText"/> holds it).</summary>
+    public static LlamaConfig Read(ConfigJson c)
+    {
         string file = c.File;
         c.ModelType([ModelType]);
         int heads = c.Int("num_attention_heads");

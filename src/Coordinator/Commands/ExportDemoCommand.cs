@@ -10,7 +10,7 @@ public static class ExportDemoCommand
 {
     public static Command Build()
     {
-        var family = new Option<string>("--family") { Description = "llama or gpt2", DefaultValueFactory = _ => LlamaConfig.ModelType };
+        var family = new Option<string>("--family") { Description = "llama, gpt2 or llava", DefaultValueFactory = _ => LlamaConfig.ModelType };
         var outDir = new Option<string>("--out") { Description = "the directory to write config.json and the safetensors into", Required = true };
         var layers = new Option<int>("--layers") { Description = "decoder layers (num_hidden_layers)", DefaultValueFactory = _ => 2 };
         var hidden = new Option<int>("--hidden") { Description = "hidden_size", DefaultValueFactory = _ => 64 };
@@ -29,8 +29,16 @@ public static class ExportDemoCommand
             Description = "stored tensor dtype and config.json's torch_dtype: f32, f16 or bf16 (the seeded values rounded to it)",
             DefaultValueFactory = _ => "f32",
         };
+        var imageSize = new Option<int>("--image-size") { Description = "llava: the vision tower's image_size (pixels)", DefaultValueFactory = _ => 32 };
+        var patchSize = new Option<int>("--patch-size") { Description = "llava: the vision tower's patch_size", DefaultValueFactory = _ => 8 };
+        var visionLayers = new Option<int>("--vision-layers")
+        {
+            Description = "llava: vision tower layers (features from the last but one, vision_feature_layer -2)", DefaultValueFactory = _ => 2,
+        };
         var export = new Command("export-demo", "Write a seeded checkpoint (Hugging Face layout: config.json + safetensors) for run --model DIR.");
-        foreach (var o in new Option[] { family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype }) export.Options.Add(o);
+        foreach (var o in new Option[] { family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, imageSize, patchSize,
+            visionLayers })
+            export.Options.Add(o);
         export.SetAction(r =>
         {
             int kv = r.GetResult(kvHeads) is { Implicit: false } ? r.GetValue(kvHeads) : r.GetValue(heads);
@@ -40,7 +48,8 @@ public static class ExportDemoCommand
                 () => r.GetResult(kvHeads) is { Implicit: false }
                     ? throw new ArgumentException("--kv-heads applies to llama only: gpt2 has no grouped heads")
                     : new Gpt2Config(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads),
-                        MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)));
+                        MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)),
+                text => LlavaDemo(text, r.GetValue(imageSize), r.GetValue(patchSize), r.GetValue(visionLayers)));
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
             string name = r.GetValue(family)!.Trim().ToLowerInvariant();
             if (r.GetValue(vocab) < DemoTokenizer.MinimumVocab(name))
@@ -54,7 +63,7 @@ public static class ExportDemoCommand
     /// <summary>Writes the checkpoint of <paramref name="family"/>: config.json, the weights and, when the vocabulary has room for
     /// one, the family's tokenizer (<see cref="DemoTokenizer"/>); returns the files besides config.json. One-line refusals name the flag.</summary>
     public static IReadOnlyList<string> Export(string family, string dtype, string directory, long seed, int shards, Func<LlamaConfig> llama,
-        Func<Gpt2Config>? gpt2 = null)
+        Func<Gpt2Config>? gpt2 = null, Func<LlamaConfig, LlavaConfig>? llava = null)
     {
         string torchDtype = dtype.Trim().ToLowerInvariant() switch
         {
@@ -71,10 +80,27 @@ public static class ExportDemoCommand
                 (LlamaExport.Write(directory, l, seed, shards), l.Vocab, l.MaxPositions),
             Gpt2Config.ModelType when gpt2?.Invoke() is { } g =>
                 (Gpt2Export.Write(directory, g with { TorchDtype = torchDtype }, seed, shards), g.Vocab, g.MaxPositions),
-            _ => throw new ArgumentException($"--family must be llama or gpt2; got '{family}'"),
+            LlavaConfig.ModelType when llava?.Invoke(llama() with { TorchDtype = torchDtype }) is { } v =>
+                (LlavaExport.Write(directory, v with { TorchDtype = torchDtype }, seed, shards), v.Text.Vocab, v.Text.MaxPositions),
+            _ => throw new ArgumentException($"--family must be llama, gpt2 or llava; got '{family}'"),
         };
         // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.
         if (vocab < DemoTokenizer.MinimumVocab(name)) return files;
         return [.. files, .. DemoTokenizer.Write(directory, name, vocab, positions).Select(f => Path.Combine(directory, f))];
+    }
+
+    /// <summary>The demo LLaVA: the llama flags' decoder, a CLIP vision tower as wide as it (--hidden, --heads, --ffn) of
+    /// <paramref name="visionLayers"/> layers over images of <paramref name="imageSize"/> pixels in patches of
+    /// <paramref name="patchSize"/>, features from the last layer but one with the class token dropped, and the image token the
+    /// vocabulary's last id (where the demo tokenizer puts &lt;image&gt;). Refusals name the flag.</summary>
+    public static LlavaConfig LlavaDemo(LlamaConfig text, int imageSize, int patchSize, int visionLayers)
+    {
+        if (visionLayers < 1) throw new ArgumentException($"--vision-layers must be at least 1; got {visionLayers}");
+        if (patchSize < 1) throw new ArgumentException($"--patch-size must be at least 1; got {patchSize}");
+        if (imageSize < patchSize || imageSize % patchSize != 0)
+            throw new ArgumentException($"--image-size ({imageSize}) must be a positive multiple of --patch-size ({patchSize})");
+        var vision = new ClipVisionConfig(Hidden: text.Hidden, Ffn: text.Ffn, Layers: visionLayers, Heads: text.Heads, ImageSize: imageSize,
+            PatchSize: patchSize, ProjectionDim: text.Hidden);
+        return new LlavaConfig(text, vision, ImageTokenIndex: text.Vocab - 1, ImageSeqLength: vision.Patches, TorchDtype: text.TorchDtype);
     }
 }

@@ -71,6 +71,8 @@ public static class ModelCatalog
         {
             Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>
                 (Gpt2Config.ModelType, g.Layers, g.Hidden, g.Heads, g.Vocab, g.MaxPositions, "n_positions"),
+            LlavaConfig.ModelType when LlavaConfig.Read(directory).Text is var t =>
+                (LlavaConfig.ModelType, t.Layers, t.Hidden, t.Heads, t.Vocab, t.MaxPositions, "text_config.max_position_embeddings"),
             _ when LlamaConfig.Read(directory) is var l =>
                 (LlamaConfig.ModelType, l.Layers, l.Hidden, l.Heads, l.Vocab, l.MaxPositions, "max_position_embeddings"),
             _ => throw new UnreachableException(),
@@ -81,12 +83,16 @@ public static class ModelCatalog
     }
 
     /// <summary>The token ids the checkpoint in <paramref name="directory"/> accepts: its vocab_size and the positions it has.</summary>
-    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) == Gpt2Config.ModelType
-        ? Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException()
-        : LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException();
+    public static TokenLimits TokenLimits(string directory) => FamilyOf(directory) switch
+    {
+        Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g => new(g.Vocab, g.MaxPositions, "n_positions"),
+        LlavaConfig.ModelType when LlavaConfig.Read(directory).Text is var t => new(t.Vocab, t.MaxPositions, "text_config.max_position_embeddings"),
+        _ when LlamaConfig.Read(directory) is var l => new(l.Vocab, l.MaxPositions, "max_position_embeddings"),
+        _ => throw new UnreachableException(),
+    };
 
     /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
-    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType];
+    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType, LlavaConfig.ModelType];
 
     /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
     static string FamilyOf(string directory)
@@ -101,7 +107,16 @@ public static class ModelCatalog
         Func<int, int, LayeredModel> create;
         int vocab, positions;
         string key;
-        if (FamilyOf(dir) == Gpt2Config.ModelType)
+        string family = FamilyOf(dir);
+        if (family == LlavaConfig.ModelType)
+        {
+            // The decoder: what a pass over token ids runs (generate --image runs the vision side first: Llava.CreateVision).
+            var v = LlavaConfig.Read(dir);
+            var names = LlavaNames.In(dir);
+            (create, vocab, positions, key) = ((b, t) => Llava.Create(spec.Name, v, b, t, names), v.Text.Vocab, v.Text.MaxPositions,
+                "text_config.max_position_embeddings");
+        }
+        else if (family == Gpt2Config.ModelType)
         {
             var g = Gpt2Config.Read(dir);
             string prefix = Gpt2.PrefixIn(dir);

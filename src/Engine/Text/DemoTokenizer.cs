@@ -18,6 +18,7 @@ namespace Superpipeline.Engine.Text;
 /// <c>&lt;/s&gt;</c> 2, the byte pieces <c>&lt;0x00&gt;</c>..<c>&lt;0xFF&gt;</c> 3-258, merged pieces, then single characters,
 /// '▁' (the word boundary) first; add_bos_token true. At least 260 ids: with '▁' only as bytes, Microsoft.ML.Tokenizers would
 /// not drop the leading space SentencePiece adds (add_dummy_prefix) when it decodes.</item>
+/// <item>llava (as llava-hf's): llama's, with <c>&lt;image&gt;</c> an added special token at the last id. At least 261 ids.</item>
 /// </list>
 /// Also tokenizer_config.json, special_tokens_map.json and generation_config.json (bos/eos ids).</summary>
 public static class DemoTokenizer
@@ -34,12 +35,17 @@ public static class DemoTokenizer
 
     public const string EndOfText = "<|endoftext|>", Unk = "<unk>", Bos = "<s>", Eos = "</s>";
 
+    /// <summary>LLaVA's image placeholder: an added special token after the llama pieces (the last id), as llava-hf's tokenizers
+    /// add it after Llama's 32000.</summary>
+    public const string Image = "<image>";
+
     /// <summary>The fewest ids a family's tokenizer can have: the 256 bytes and its special tokens (and '▁' for llama).</summary>
     public static int MinimumVocab(string family) => family switch
     {
         "gpt2" => 257,
         "llama" => 260,
-        _ => throw new ArgumentException($"no demo tokenizer for family '{family}' (known: llama, gpt2)"),
+        "llava" => 261,
+        _ => throw new ArgumentException($"no demo tokenizer for family '{family}' (known: llama, gpt2, llava)"),
     };
 
     /// <summary>Writes the family's tokenizer files with <paramref name="vocab"/> ids into <paramref name="directory"/>; returns
@@ -49,9 +55,14 @@ public static class DemoTokenizer
         int minimum = MinimumVocab(family);
         if (vocab < minimum)
             throw new ArgumentException($"vocab_size {vocab} is too small for a {family} tokenizer: it needs at least {minimum} ids " +
-                (family == "gpt2" ? "(256 bytes and <|endoftext|>)" : "(<unk>, <s>, </s>, 256 bytes and '▁')"));
+                (family == "gpt2" ? "(256 bytes and <|endoftext|>)" : "(<unk>, <s>, </s>, 256 bytes and '▁'" + (family == "llava" ? ", <image>)" : ")")));
         Directory.CreateDirectory(directory);
-        return family == "gpt2" ? WriteGpt2(directory, vocab, maxPositions) : WriteLlama(directory, vocab, maxPositions);
+        return family switch
+        {
+            "gpt2" => WriteGpt2(directory, vocab, maxPositions),
+            "llava" => WriteLlama(directory, vocab - 1, maxPositions, imageId: vocab - 1), // llama's pieces, then <image>
+            _ => WriteLlama(directory, vocab, maxPositions),
+        };
     }
 
     static IReadOnlyList<string> WriteGpt2(string directory, int size, int maxPositions)
@@ -107,7 +118,7 @@ public static class DemoTokenizer
         return ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
     }
 
-    static IReadOnlyList<string> WriteLlama(string directory, int size, int maxPositions)
+    static IReadOnlyList<string> WriteLlama(string directory, int size, int maxPositions, int? imageId = null)
     {
         // SentencePiece's view of the text: spaces are '▁', each sentence starts with one (add_dummy_prefix), a piece never
         // spans a space except at its start, and digits stay single (Llama's split_digits).
@@ -139,10 +150,12 @@ public static class DemoTokenizer
         {
             ["content"] = content, ["lstrip"] = false, ["normalized"] = false, ["rstrip"] = false, ["single_word"] = false,
         };
+        var added = new JsonObject { ["0"] = Added(Unk), ["1"] = Added(Bos), ["2"] = Added(Eos) };
+        if (imageId is { } image) added[$"{image}"] = Added(Image);
         WriteJson(directory, "tokenizer_config.json", new JsonObject
         {
             ["add_bos_token"] = true, ["add_eos_token"] = false,
-            ["added_tokens_decoder"] = new JsonObject { ["0"] = Added(Unk), ["1"] = Added(Bos), ["2"] = Added(Eos) },
+            ["added_tokens_decoder"] = added,
             ["bos_token"] = Bos, ["clean_up_tokenization_spaces"] = false, ["eos_token"] = Eos, ["extra_special_tokens"] = new JsonObject(),
             ["legacy"] = true, ["model_max_length"] = maxPositions, ["pad_token"] = null, ["sp_model_kwargs"] = new JsonObject(),
             ["tokenizer_class"] = "LlamaTokenizer", ["unk_token"] = Unk, ["use_default_system_prompt"] = false,

@@ -216,26 +216,12 @@ public sealed class LlavaProjector(int index, LlavaConfig c, LlavaNames names) :
 /// post_layernorm are not used by LLaVA and not written) and preprocessor_config.json (CLIPImageProcessor's, at the tower's size).</summary>
 public static class LlavaExport
 {
-    /// <summary>CLIP's normalisation (OPENAI_CLIP_MEAN / OPENAI_CLIP_STD), which llava-hf's processors use.</summary>
-    public static readonly double[] ImageMean = [0.48145466, 0.4578275, 0.40821073], ImageStd = [0.26862954, 0.26130258, 0.27577711];
-
     public static IReadOnlyList<string> Write(string directory, LlavaConfig config, long seed, int shards = 1, LlavaNames? names = null)
     {
         config.Validate();
         var files = SeededCheckpoint.Write(directory, Llava.All(config, names), config.ToJson(), config.TorchDtype, seed, shards);
-        int size = config.Vision.ImageSize;
-        var preprocessor = new System.Text.Json.Nodes.JsonObject
-        {
-            ["crop_size"] = new System.Text.Json.Nodes.JsonObject { ["height"] = size, ["width"] = size }, ["do_center_crop"] = true,
-            ["do_convert_rgb"] = true, ["do_normalize"] = true, ["do_rescale"] = true, ["do_resize"] = true,
-            ["image_mean"] = new System.Text.Json.Nodes.JsonArray([.. ImageMean.Select(v => (System.Text.Json.Nodes.JsonNode?)v)]),
-            ["image_processor_type"] = "CLIPImageProcessor",
-            ["image_std"] = new System.Text.Json.Nodes.JsonArray([.. ImageStd.Select(v => (System.Text.Json.Nodes.JsonNode?)v)]),
-            ["processor_class"] = "LlavaProcessor", ["resample"] = 3, ["rescale_factor"] = 1 / 255.0,
-            ["size"] = new System.Text.Json.Nodes.JsonObject { ["shortest_edge"] = size },
-        };
-        string path = Path.Combine(directory, "preprocessor_config.json");
-        File.WriteAllText(path, preprocessor.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true, IndentSize = 2 }) + "\n");
+        string path = Path.Combine(directory, Images.ImagePreprocess.FileName);
+        File.WriteAllText(path, Images.ImagePreprocess.Clip(config.Vision.ImageSize).ToJson("CLIPImageProcessor") + "\n");
         return [.. files, path];
     }
 }

@@ -189,13 +189,9 @@ public sealed class LlavaProjector(int index, LlavaConfig c, LlavaNames names) :
 
     public override double Flops(long[] input) => 2.0 * input[0] * c.ImageTokens * (_vision * (double)_text + _text * (double)_text);
 
-    /// <summary>N = images · image tokens rows: linear_1's output and the activation (2·N·text hidden floats), and the selected
-    /// rows made contiguous for the matrix product when the class token is dropped from more than one image (N·vision hidden).</summary>
-    public override long WorkspaceBytes(long[] input)
-    {
-        long n = input[0] * c.ImageTokens;
-        return (2 * n * _text + (c.SelectStrategy == "default" ? n * _vision : 0)) * sizeof(float);
-    }
+    /// <summary>N = images · image tokens rows: linear_1's output and the activation (2·N·text hidden floats). The selected rows
+    /// are a view (the product reads them strided).</summary>
+    public override long WorkspaceBytes(long[] input) => 2 * input[0] * c.ImageTokens * _text * sizeof(float);
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x)
     {

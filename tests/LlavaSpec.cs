@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using SkiaSharp;
 using Superpipeline.Contracts;
@@ -8,6 +9,7 @@ using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
 using Superpipeline.Workers;
 using TorchSharp;
 using Xunit;
@@ -138,7 +140,8 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var emb = cat([freqs, freqs], -1);
         var cos = emb.cos();
         var sin = emb.sin();
-        Tensor Rotate(Tensor x) => cat([x[TensorIndex.Ellipsis, TensorIndex.Slice(hd / 2, hd)].neg(), x[TensorIndex.Ellipsis, TensorIndex.Slice(0, hd / 2)]], -1);
+        Tensor Rotate(Tensor x) =>
+            cat([x[TensorIndex.Ellipsis, TensorIndex.Slice(hd / 2, hd)].neg(), x[TensorIndex.Ellipsis, TensorIndex.Slice(0, hd / 2)]], -1);
         Tensor Rms(Tensor x, Tensor w) => w * (x * rsqrt(x.pow(2).mean([-1], keepdim: true) + t.RmsNormEps));
         var mask = full(len, len, float.NegativeInfinity).triu(1);
         hidden = embeds;
@@ -281,6 +284,38 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
             "lm_head.weight");
         long first = reference[0, -1].argmax().item<long>();
         Assert.Equal(first, resident[0, prompt.Length]);
+    }
+
+    [Fact]
+    public async Task The_vision_side_gives_bit_identical_features_under_every_window_and_swap()
+    {
+        var config = Small();
+        string dir = Export(config, seed: 13);
+        var vision = Llava.CreateVision("llava-vision", config, 2, LlavaNames.In(dir));
+        using var source = new CheckpointWeights(dir);
+        using var device = new Superpipeline.Engine.Devices.SimulatedDevice("sim:0", 64L << 20, null);
+        var tag = Guid.NewGuid().ToString("N")[..8];
+        var layers = vision.Layers.Select(l => Sys.ActorOf(LayerActor.Props(l, source, pin: false), $"{tag}-layer-{l.Index}")).ToArray();
+        var loader = Sys.ActorOf(DeviceLoaderActor.Props(device, TimeSpan.FromSeconds(30)), $"{tag}-loader");
+        using var pixels = vision.MakeInput(4);
+        async Task<byte[]> Pass(int? k, int? s)
+        {
+            var policy = OffloadPolicy.For(new PolicySpec(k, s), vision.Layers.Count);
+            var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(vision, layers, pixels, policy), TimeSpan.FromMinutes(2));
+            if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
+            using var output = ((DeviceLoaderActor.PassSucceeded)answer).Output;
+            Assert.Equal([2L, config.ImageTokens, config.Text.Hidden], output.shape);
+            return Superpipeline.Engine.TensorBytes.Raw(output);
+        }
+        var resident = await Pass(null, null);
+        for (int k = 1; k <= vision.Layers.Count; k++)
+            for (int s = 1; s <= k; s++)
+            {
+                var output = await Pass(k, s);
+                Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs from resident");
+            }
+        Assert.Equal(0, device.Memory.Reserved);
+        foreach (var a in layers.Append(loader)) Sys.Stop(a);
     }
 
     static bool Same(long[,] a, long[,] b) =>

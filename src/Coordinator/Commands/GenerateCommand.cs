@@ -38,6 +38,9 @@ public sealed record GenerateReportFile(string Model, string? Input, string Samp
 {
     /// <summary>Each row as text (prompt and generated), when the checkpoint has a tokenizer.</summary>
     public IReadOnlyList<string>? Texts { get; init; }
+
+    /// <summary>The images (<c>--image</c>) a LLaVA generation placed at its prompts' &lt;image&gt; tokens, in order; null without.</summary>
+    public IReadOnlyList<string>? Images { get; init; }
 }
 
 /// <summary><c>superpipeline generate</c>: a prefill pass over the prompts, then one decode pass per new token, each streaming
@@ -159,6 +162,8 @@ public static class GenerateCommand
         Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")), Preflight.HostWeightBytes(spec, model, o.HostMemory));
 
         if (o.Images.Count > 0 && o.Policy.Auto) throw new ArgumentException("--window auto is not planned with --image: give --window K or all");
+        if (o.Images.Count > 0 && o.Policy.ResidentAuto)
+            throw new ArgumentException("--resident-layers auto is not planned with --image: give a number of layers");
         if (o.Images.Count > 0 && o.HostMemory is not null) throw new ArgumentException("--host-memory is not supported with --image");
 
         console.MarkupLineInterpolated($"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {longest} tokens, {request.Sampling}");
@@ -208,7 +213,10 @@ public static class GenerateCommand
         if (o.OutputPath is not null) Npy.Write(o.OutputPath, tokens);
         if (o.ReportPath is not null)
             ReportWriter.WriteJson(o.ReportPath, new GenerateReportFile(Path.GetFullPath(o.ModelDir), o.Input is null ? null : Path.GetFullPath(o.Input),
-                request.Sampling.ToString(), request.Eos, result.Report, [.. tokens.Shape], sha) { Texts = texts });
+                request.Sampling.ToString(), request.Eos, result.Report, [.. tokens.Shape], sha)
+                {
+                    Texts = texts, Images = o.Images.Count > 0 ? [.. o.Images.Select(Path.GetFullPath)] : null,
+                });
         Summarize(console, o, result.Report, tokens, sha);
         return 0;
     }

@@ -40,7 +40,8 @@ public sealed record GenerationPrompts(long[][] Ids, IReadOnlyList<string>? Text
         using (var config = ConfigJson.Open(dir)) family = config.String("model_type") ?? "";
         if (family != LlavaConfig.ModelType)
             return images == 0 ? this
-                : throw new ArgumentException($"--image needs a llava checkpoint; {dir} holds a {(family.Length > 0 ? family : "model")} model, which takes no images");
+                : throw new ArgumentException(
+                    $"--image needs a llava checkpoint; {dir} holds a {(family.Length > 0 ? family : "model")} model, which takes no images");
         var llava = LlavaConfig.Read(dir);
         long token = llava.ImageTokenIndex;
         int found = Ids.Sum(row => row.Count(id => id == token));

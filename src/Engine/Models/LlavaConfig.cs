@@ -103,7 +103,8 @@ public sealed record LlavaConfig(LlamaConfig Text, ClipVisionConfig Vision, int 
             ProjectorBias: c.Bool("multimodal_projector_bias", true),
             ImageSeqLength: c.Has("image_seq_length") ? c.Int("image_seq_length") : null,
             TorchDtype: c.String("torch_dtype") ?? c.String("dtype") ?? textConfig.TorchDtype);
-        if (!config.ProjectorBias) throw new CheckpointConfigException(file, "multimodal_projector_bias", "is false; only a projector with biases is supported");
+        if (!config.ProjectorBias)
+            throw new CheckpointConfigException(file, "multimodal_projector_bias", "is false; only a projector with biases is supported");
         config.Validate(file);
         return config;
     }

@@ -152,7 +152,7 @@ public sealed class CheckpointRunSpec : IAsyncLifetime
         Assert.False(Directory.Exists(Path_("g")) || Directory.Exists(Path_("h")));
         var unknown = Assert.Throws<ArgumentException>(
             () => ExportDemoCommand.Export("opt", "f32", Path_("g"), 1, 1, () => throw new InvalidOperationException()));
-        Assert.Equal("--family must be llama, gpt2, vit or clip; got 'opt'", unknown.Message);
+        Assert.Equal("--family must be llama, gpt2, vit, clip or llava; got 'opt'", unknown.Message);
     }
 
     [Fact]

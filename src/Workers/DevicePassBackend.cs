@@ -67,12 +67,15 @@ public sealed class DevicePassBackend : IPassBackend
             throw new ArgumentException($"a generation step takes one input of [{step.Context.Batch}, {step.Context.Tokens}, ...] (ids, or activations)");
         if (step is { Placement: KvPlacement.Device } && kvSession is null)
             throw new ArgumentException("a generation step with its KV cache on the device needs the session's caches");
-        // A generation step's input follows the step ([B, T] prefill, [B, 1] decode); the model's own shape is for plain passes.
+        // A generation step's input follows the step ([B, T] prefill, [B, 1] decode), and so does its dtype (a family's prefill may
+        // carry more than ids: LLaVA's float [B, T, 1 + H]; the first layer's shape check refuses what it cannot take); the model's
+        // own shape and dtype are for plain passes.
         var inputShape = step is null ? model.InputShape : inputs[0].shape;
+        var inputDType = step is null ? model.InputDType : inputs[0].dtype;
         foreach (var input in inputs)
-            if (!input.shape.SequenceEqual(inputShape) || input.dtype != model.InputDType)
+            if (!input.shape.SequenceEqual(inputShape) || input.dtype != inputDType)
                 throw new ArgumentException(
-                    $"input must be {model.InputDType}[{string.Join(", ", inputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
+                    $"input must be {inputDType}[{string.Join(", ", inputShape)}], got {input.dtype}[{string.Join(", ", input.shape)}]");
         _device = device;
         _model = model;
         _layerActors = layerActors;
@@ -82,7 +85,7 @@ public sealed class DevicePassBackend : IPassBackend
         _askTimeout = askTimeout;
         _step = step;
         _kvSession = kvSession;
-        _activations = step is null ? model.ActivationShapes() : StepShapes(model, inputShape, step.Context);
+        _activations = step is null ? model.ActivationShapes() : StepShapes(model, inputShape, inputDType, step.Context);
         _workspace = step is null
             ? [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape))]
             : [.. model.Layers.Select((l, i) => l.WorkspaceBytes(_activations[i].Shape, step.Context))];
@@ -95,9 +98,9 @@ public sealed class DevicePassBackend : IPassBackend
         device.Memory.ResetPeak();
     }
 
-    static IReadOnlyList<(long[] Shape, ScalarType DType)> StepShapes(LayeredModel model, long[] input, StepContext step)
+    static IReadOnlyList<(long[] Shape, ScalarType DType)> StepShapes(LayeredModel model, long[] input, ScalarType inputDType, StepContext step)
     {
-        var list = new List<(long[], ScalarType)> { (input, model.InputDType) };
+        var list = new List<(long[], ScalarType)> { (input, inputDType) };
         foreach (var layer in model.Layers)
         {
             var (shape, dtype) = list[^1];

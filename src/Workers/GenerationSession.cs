@@ -10,7 +10,11 @@ namespace Superpipeline.Workers;
 
 /// <summary>What a generation session is asked to do: the loop's request, the offload policy every pass streams under, and
 /// where the KV caches live.</summary>
-public sealed record GenerationOptions(GenerationRequest Request, OffloadPolicy Policy, KvPlacement Placement = KvPlacement.Device);
+public sealed record GenerationOptions(GenerationRequest Request, OffloadPolicy Policy, KvPlacement Placement = KvPlacement.Device)
+{
+    /// <summary>The family's prefill input from the padded prompts' ids (see <see cref="GenerationLoop.RunAsync"/>); null: the ids.</summary>
+    public Func<Tensor, Tensor>? PrefillInput { get; init; }
+}
 
 /// <summary>A generation's tokens, int64 [B, prompt + new] (left-padded prompts, then the new tokens), and its report.</summary>
 public sealed record GenerationResult(long[,] Tokens, GenerationReport Report);
@@ -60,7 +64,7 @@ public static class GenerationSession
                     default:
                         throw new InvalidOperationException($"unexpected answer to a generation pass: {answer}");
                 }
-            }, onToken, cancel).ConfigureAwait(false);
+            }, onToken, cancel, options.PrefillInput).ConfigureAwait(false);
         }
         catch
         {

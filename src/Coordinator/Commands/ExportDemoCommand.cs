@@ -11,7 +11,7 @@ public static class ExportDemoCommand
 {
     public static Command Build()
     {
-        var family = new Option<string>("--family") { Description = "llama, gpt2, vit or clip", DefaultValueFactory = _ => LlamaConfig.ModelType };
+        var family = new Option<string>("--family") { Description = "llama, gpt2, vit, clip or llava", DefaultValueFactory = _ => LlamaConfig.ModelType };
         var outDir = new Option<string>("--out") { Description = "the directory to write config.json and the safetensors into", Required = true };
         var layers = new Option<int>("--layers") { Description = "decoder layers (num_hidden_layers)", DefaultValueFactory = _ => 2 };
         var hidden = new Option<int>("--hidden") { Description = "hidden_size", DefaultValueFactory = _ => 64 };
@@ -30,22 +30,41 @@ public static class ExportDemoCommand
             Description = "stored tensor dtype and config.json's torch_dtype: f32, f16 or bf16 (the seeded values rounded to it)",
             DefaultValueFactory = _ => "f32",
         };
-        var imageSize = new Option<int>("--image-size") { Description = "vit and clip: image_size (pixels per edge)", DefaultValueFactory = _ => 32 };
-        var patchSize = new Option<int>("--patch-size") { Description = "vit and clip: patch_size, a divisor of --image-size", DefaultValueFactory = _ => 8 };
+        var imageSize = new Option<int>("--image-size")
+        {
+            Description = "vit, clip and llava: image_size (pixels per edge)", DefaultValueFactory = _ => 32,
+        };
+        var patchSize = new Option<int>("--patch-size")
+        {
+            Description = "vit, clip and llava: patch_size, a divisor of --image-size", DefaultValueFactory = _ => 8,
+        };
         var labels = new Option<int>("--labels")
         {
             Description = "vit: a classifier head of this many labels (ViTForImageClassification); default none (ViTModel with its pooler)",
         };
-        Option[] vitOnly = [imageSize, patchSize, labels];
+        var visionLayers = new Option<int>("--vision-layers")
+        {
+            Description = "llava: vision tower layers (features from the last but one, vision_feature_layer -2)", DefaultValueFactory = _ => 2,
+        };
+        Option[] imageOnly = [imageSize, patchSize, labels, visionLayers];
         var export = new Command("export-demo", "Write a seeded checkpoint (Hugging Face layout: config.json + safetensors) for run --model DIR.");
-        Option[] all = [family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, .. vitOnly];
+        Option[] all = [family, outDir, layers, hidden, heads, kvHeads, ffn, vocab, positions, seed, shards, dtype, .. imageOnly];
         foreach (var o in all) export.Options.Add(o);
         export.SetAction(r =>
         {
             string chosen = r.GetValue(family)!.Trim().ToLowerInvariant();
-            Option[] imageFlags = chosen == VitConfig.ModelType ? vitOnly : chosen == ClipConfig.ModelType ? [imageSize, patchSize] : [];
-            if (vitOnly.Except(imageFlags).FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } vitFlag)
-                throw new ArgumentException($"{vitFlag.Name} applies to {(vitFlag == labels ? "vit" : "vit and clip")} only");
+            Option[] imageFlags = chosen switch
+            {
+                VitConfig.ModelType => [imageSize, patchSize, labels],
+                ClipConfig.ModelType => [imageSize, patchSize],
+                LlavaConfig.ModelType => [imageSize, patchSize, visionLayers],
+                _ => [],
+            };
+            if (imageOnly.Except(imageFlags).FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } vitFlag)
+            {
+                string families = vitFlag == labels ? "vit" : vitFlag == visionLayers ? "llava" : "vit, clip and llava";
+                throw new ArgumentException($"{vitFlag.Name} applies to {families} only");
+            }
             (VitConfig, bool) Vit()
             {
                 if (new Option[] { kvHeads, vocab, positions }.FirstOrDefault(o => r.GetResult(o) is { Implicit: false }) is { } given)
@@ -67,7 +86,8 @@ public static class ExportDemoCommand
                     : new Gpt2Config(Hidden: r.GetValue(hidden), Layers: r.GetValue(layers), Heads: r.GetValue(heads),
                         MaxPositions: r.GetValue(positions), Vocab: r.GetValue(vocab), Inner: r.GetValue(ffn)),
                 Vit, () => DemoClip(r.GetValue(layers), r.GetValue(hidden), r.GetValue(heads), r.GetValue(ffn), r.GetValue(vocab), r.GetValue(positions),
-                    r.GetValue(imageSize), r.GetValue(patchSize), r.GetResult(kvHeads) is { Implicit: false }));
+                    r.GetValue(imageSize), r.GetValue(patchSize), r.GetResult(kvHeads) is { Implicit: false }),
+                text => LlavaDemo(text, r.GetValue(imageSize), r.GetValue(patchSize), r.GetValue(visionLayers)));
             Console.WriteLine($"superpipeline export-demo: wrote config.json and {string.Join(", ", files.Select(Path.GetFileName))} to {r.GetValue(outDir)}");
             string name = r.GetValue(family)!.Trim().ToLowerInvariant();
             if (name == VitConfig.ModelType) return 0; // images, no tokenizer
@@ -82,7 +102,8 @@ public static class ExportDemoCommand
     /// <summary>Writes the checkpoint of <paramref name="family"/>: config.json, the weights and, when the vocabulary has room for
     /// one, the family's tokenizer (<see cref="DemoTokenizer"/>); returns the files besides config.json. One-line refusals name the flag.</summary>
     public static IReadOnlyList<string> Export(string family, string dtype, string directory, long seed, int shards, Func<LlamaConfig> llama,
-        Func<Gpt2Config>? gpt2 = null, Func<(VitConfig Config, bool Classifier)>? vit = null, Func<ClipConfig>? clip = null)
+        Func<Gpt2Config>? gpt2 = null, Func<(VitConfig Config, bool Classifier)>? vit = null, Func<ClipConfig>? clip = null,
+        Func<LlamaConfig, LlavaConfig>? llava = null)
     {
         string torchDtype = dtype.Trim().ToLowerInvariant() switch
         {
@@ -103,7 +124,9 @@ public static class ExportDemoCommand
                 (Gpt2Export.Write(directory, g with { TorchDtype = torchDtype }, seed, shards), g.Vocab, g.MaxPositions),
             ClipConfig.ModelType when clip?.Invoke() is { } c =>
                 (ExportClip(directory, c with { TorchDtype = torchDtype }, seed, shards), c.Text.Vocab, c.Text.MaxPositions),
-            _ => throw new ArgumentException($"--family must be llama, gpt2, vit or clip; got '{family}'"),
+            LlavaConfig.ModelType when llava?.Invoke(llama() with { TorchDtype = torchDtype }) is { } v =>
+                (LlavaExport.Write(directory, v with { TorchDtype = torchDtype }, seed, shards), v.Text.Vocab, v.Text.MaxPositions),
+            _ => throw new ArgumentException($"--family must be llama, gpt2, vit, clip or llava; got '{family}'"),
         };
         // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.
         if (vocab < DemoTokenizer.MinimumVocab(name)) return files;
@@ -132,5 +155,20 @@ public static class ExportDemoCommand
         string preprocessor = Path.Combine(directory, "preprocessor_config.json");
         File.WriteAllText(preprocessor, Clip.PreprocessorJson(config.Vision.ImageSize));
         return [.. files, preprocessor];
+    }
+
+    /// <summary>The demo LLaVA: the llama flags' decoder, a CLIP vision tower as wide as it (--hidden, --heads, --ffn) of
+    /// <paramref name="visionLayers"/> layers over images of <paramref name="imageSize"/> pixels in patches of
+    /// <paramref name="patchSize"/>, features from the last layer but one with the class token dropped, and the image token the
+    /// vocabulary's last id (where the demo tokenizer puts &lt;image&gt;). Refusals name the flag.</summary>
+    public static LlavaConfig LlavaDemo(LlamaConfig text, int imageSize, int patchSize, int visionLayers)
+    {
+        if (visionLayers < 1) throw new ArgumentException($"--vision-layers must be at least 1; got {visionLayers}");
+        if (patchSize < 1) throw new ArgumentException($"--patch-size must be at least 1; got {patchSize}");
+        if (imageSize < patchSize || imageSize % patchSize != 0)
+            throw new ArgumentException($"--image-size ({imageSize}) must be a positive multiple of --patch-size ({patchSize})");
+        var vision = new ClipVisionConfig(Hidden: text.Hidden, Ffn: text.Ffn, Layers: visionLayers, Heads: text.Heads, ImageSize: imageSize,
+            PatchSize: patchSize, ProjectionDim: text.Hidden);
+        return new LlavaConfig(text, vision, ImageTokenIndex: text.Vocab - 1, ImageSeqLength: vision.Patches, TorchDtype: text.TorchDtype);
     }
 }

@@ -27,6 +27,9 @@ public sealed record GenerateOptions(string ModelDir, string? Input, IReadOnlyLi
 {
     /// <summary>The disk tier: host bytes for weights (<c>--host-memory</c>), or null to keep every layer in memory.</summary>
     public long? HostMemory { get; init; }
+
+    /// <summary>Images (<c>--image</c>, PNG or JPEG) for a LLaVA checkpoint, one per &lt;image&gt; of the prompts in order.</summary>
+    public IReadOnlyList<string> Images { get; init; } = [];
 }
 
 /// <summary>The JSON report of <c>superpipeline generate</c>: the model, the measured generation and the tokens' digest.</summary>
@@ -35,6 +38,9 @@ public sealed record GenerateReportFile(string Model, string? Input, string Samp
 {
     /// <summary>Each row as text (prompt and generated), when the checkpoint has a tokenizer.</summary>
     public IReadOnlyList<string>? Texts { get; init; }
+
+    /// <summary>The images (<c>--image</c>) a LLaVA generation placed at its prompts' &lt;image&gt; tokens, in order; null without.</summary>
+    public IReadOnlyList<string>? Images { get; init; }
 }
 
 /// <summary><c>superpipeline generate</c>: a prefill pass over the prompts, then one decode pass per new token, each streaming
@@ -93,11 +99,16 @@ public static class GenerateCommand
         var device = new Option<string>("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
         var output = new Option<string>("--output") { Description = "write the tokens, int64 [batch, prompt + new], to this NumPy .npy file" };
         var report = new Option<string>("--report") { Description = "write the JSON report to this file" };
+        var image = new Option<string[]>("--image")
+        {
+            Description = "llava: a PNG or JPEG for the prompt's <image> token (repeatable: one per <image>, in order)",
+            AllowMultipleArgumentsPerToken = false,
+        };
 
         var command = new Command("generate", "Generate tokens from a checkpoint: a prefill pass, then one decode pass per token, each streaming "
             + "the layers under (k, k') with a KV cache.");
         foreach (var o in new Option[] { model, input, prompt, maxNew, temperature, topK, topP, seed, eos, kv, window, swap, resident, hostMemory, memory,
-            link, device, output, report })
+            link, device, output, report, image })
             command.Options.Add(o);
         command.SetAction((r, cancel) =>
         {
@@ -112,6 +123,7 @@ public static class GenerateCommand
                 r.GetValue(output), r.GetValue(report))
             {
                 HostMemory = r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null,
+                Images = r.GetValue(image) ?? [],
             });
             return RunAsync(options, AnsiConsole.Console, cancel);
         });
@@ -138,7 +150,7 @@ public static class GenerateCommand
     {
         OutputPaths.CheckWritable(o.ReportPath, "--report");
         OutputPaths.CheckWritable(o.OutputPath, "--output");
-        var read = GenerationPrompts.Read(o.ModelDir, o.Input, o.Prompts);
+        var read = GenerationPrompts.Read(o.ModelDir, o.Input, o.Prompts).WithImages(o.ModelDir, o.Images.Count);
         var prompts = read.Ids;
         var request = o.Request with { Eos = read.Eos(o.Request.Eos, o.ModelDir), PadId = o.Request.PadId ?? read.Pad };
         int longest = prompts.Max(p => p.Length);
@@ -149,18 +161,40 @@ public static class GenerateCommand
         Preflight.DeviceFits(model, o.Device.CapacityBytes);
         Preflight.HostWeightsFit(model, HostWeightLimit.Read(WorkerConfig.Load("worker")), Preflight.HostWeightBytes(spec, model, o.HostMemory));
 
-        await using var host = EmbeddedHost.Start(o.Device, o.HostMemory is { } h ? $"superpipeline.worker.host-memory = {h}" : null);
+        if (o.Images.Count > 0 && o.Policy.Auto) throw new ArgumentException("--window auto is not planned with --image: give --window K or all");
+        if (o.Images.Count > 0 && o.Policy.ResidentAuto)
+            throw new ArgumentException("--resident-layers auto is not planned with --image: give a number of layers");
+        if (o.Images.Count > 0 && o.HostMemory is not null) throw new ArgumentException("--host-memory is not supported with --image");
+
         console.MarkupLineInterpolated($"[bold]superpipeline generate[/]: {prompts.Length} prompt(s) of up to {longest} tokens, {request.Sampling}");
         var text = read.Tokenizer is { } tokenizer && prompts.Length == 1 ? tokenizer.TextStream() : null;
         if (text is not null) console.Write(new Text(read.Texts?[0] ?? read.Tokenizer!.Decode([.. prompts[0].Select(id => (int)id)])));
         var job = Job(JobId.New(), spec, o.Policy, prompts, request, o.Placement);
-        var answer = await host.RunAsync(job, onToken: NewSteps(t =>
+        var onToken = NewSteps(t =>
         {
             if (text is null) PrintToken(console, t);
             else console.Write(new Text(text.Append((int)t.Tokens[0]))); // one prompt: its text as it is produced
-        })).WaitAsync(cancel);
+        });
+        JobGenerated result;
+        string? visionLine = null;
+        if (o.Images.Count > 0)
+        {
+            // LLaVA with images: the vision pass, then the generation, on one in-process stage (LlavaGenerate).
+            var llava = await LlavaGenerate.RunAsync(o.ModelDir, o.Images, prompts, request, o.Policy, o.Placement, o.Device,
+                t => onToken(new JobToken(job.Id, t.Step, [.. t.Tokens])), cancel);
+            var v = llava.Vision;
+            visionLine = string.Create(CultureInfo.InvariantCulture,
+                $"vision pass: {o.Images.Count} image(s), {v.Layers} layers, window {v.Window} / swap {v.Swap}, {v.WallSeconds:0.000} s");
+            result = new JobGenerated(job.Id, GenerationRun.Tokens(llava.Result.Tokens), llava.Result.Report);
+        }
+        else
+        {
+            await using var host = EmbeddedHost.Start(o.Device, o.HostMemory is { } h ? $"superpipeline.worker.host-memory = {h}" : null);
+            var answer = await host.RunAsync(job, onToken: onToken).WaitAsync(cancel);
+            result = Generated(job, answer);
+        }
         if (text is not null) console.WriteLine(text.Flush());
-        var result = Generated(job, answer);
+        if (visionLine is not null) console.WriteLine(visionLine);
 
         var tokens = result.Tokens;
         var sha = Convert.ToHexStringLower(SHA256.HashData(tokens.Bytes.AsSpan()));
@@ -179,7 +213,10 @@ public static class GenerateCommand
         if (o.OutputPath is not null) Npy.Write(o.OutputPath, tokens);
         if (o.ReportPath is not null)
             ReportWriter.WriteJson(o.ReportPath, new GenerateReportFile(Path.GetFullPath(o.ModelDir), o.Input is null ? null : Path.GetFullPath(o.Input),
-                request.Sampling.ToString(), request.Eos, result.Report, [.. tokens.Shape], sha) { Texts = texts });
+                request.Sampling.ToString(), request.Eos, result.Report, [.. tokens.Shape], sha)
+                {
+                    Texts = texts, Images = o.Images.Count > 0 ? [.. o.Images.Select(Path.GetFullPath)] : null,
+                });
         Summarize(console, o, result.Report, tokens, sha);
         return 0;
     }

@@ -29,6 +29,33 @@ public sealed record GenerationPrompts(long[][] Ids, IReadOnlyList<string>? Text
         return new(ids, null, CheckpointTokenizer.Present(dir) ? CheckpointTokenizer.Load(dir) : null);
     }
 
+    /// <summary>The prompts with their images placed: on a LLaVA checkpoint, each image token (<c>&lt;image&gt;</c>) becomes the
+    /// tokens one image takes (LlavaProcessor's expansion), and the prompts must hold exactly one per <paramref name="images"/>
+    /// file. One-line refusals name the flag: an image token with no --image, --image with no image token, counts that disagree,
+    /// --image on a checkpoint of another family.</summary>
+    public GenerationPrompts WithImages(string dir, int images)
+    {
+        string flag = Texts is null ? "--input" : "--prompt";
+        string family;
+        using (var config = ConfigJson.Open(dir)) family = config.String("model_type") ?? "";
+        if (family != LlavaConfig.ModelType)
+            return images == 0 ? this
+                : throw new ArgumentException(
+                    $"--image needs a llava checkpoint; {dir} holds a {(family.Length > 0 ? family : "model")} model, which takes no images");
+        var llava = LlavaConfig.Read(dir);
+        long token = llava.ImageTokenIndex;
+        int found = Ids.Sum(row => row.Count(id => id == token));
+        string name = Tokenizer?.Decode([(int)token], skipSpecialTokens: false) is { Length: > 0 } text ? text : $"id {token}";
+        if (found == 0 && images > 0)
+            throw new ArgumentException($"{flag} has no image token ({name}, image_token_index {token}), but --image is given: "
+                + $"put {name} where the image goes");
+        if (found > 0 && images == 0)
+            throw new ArgumentException($"{flag} holds {found} image token(s) ({name}), but no --image is given: give one --image FILE per {name}");
+        if (found != images)
+            throw new ArgumentException($"{flag} holds {found} image token(s) ({name}), but {images} --image file(s) are given: give one per {name}");
+        return this with { Ids = [.. Ids.Select(row => Llava.ExpandImageTokens(row, token, llava.ImageTokens))] };
+    }
+
     /// <summary>The end-of-sequence id: <paramref name="given"/> (<c>--eos</c>), else the tokenizer's (tokenizer and generation
     /// configs), else config.json's <c>eos_token_id</c> (the first when it is a list); null when none says.</summary>
     public long? Eos(long? given, string dir) => given ?? Tokenizer?.EosId ?? ConfigEos(dir);

@@ -75,8 +75,10 @@ public static class GenerationLoop
 {
     public delegate Task<Tensor> Pass(Tensor ids, StepContext step, CancellationToken cancel);
 
+    /// <param name="prefillInput">The family's prefill input made from the padded prompts' ids (a host tensor the loop disposes:
+    /// LLaVA's ids with the image features, <c>Llava.PrefillInput</c>); null: the ids themselves. Decode passes always take ids.</param>
     public static async Task<GenerationOutcome> RunAsync(PaddedPrompts prompts, GenerationRequest request, Pass pass,
-        Action<TokenStep>? onToken = null, CancellationToken cancel = default)
+        Action<TokenStep>? onToken = null, CancellationToken cancel = default, Func<Tensor, Tensor>? prefillInput = null)
     {
         int batch = prompts.Batch, promptLength = prompts.Length;
         var clock = Stopwatch.StartNew();
@@ -90,7 +92,7 @@ public static class GenerationLoop
         {
             cancel.ThrowIfCancellationRequested();
             Tensor logits;
-            using (var ids = step == 0 ? from_array(prompts.Ids) : from_array(last!).view(batch, 1))
+            using (var ids = step == 0 ? Prefill(prompts.Ids, prefillInput) : from_array(last!).view(batch, 1))
             using (var context = Context(mask, step == 0 ? 0 : promptLength + step - 1))
                 logits = await pass(ids, context, cancel).ConfigureAwait(false);
             long[] next;
@@ -120,6 +122,13 @@ public static class GenerationLoop
             for (int s = 0; s < tokens.Count; s++) all[b, promptLength + s] = tokens[s][b];
         }
         return new GenerationOutcome(all, promptLength, tokens.Count, firstToken, clock.Elapsed.TotalSeconds - firstToken);
+    }
+
+    static Tensor Prefill(long[,] ids, Func<Tensor, Tensor>? prefillInput)
+    {
+        if (prefillInput is null) return from_array(ids);
+        using var tensor = from_array(ids);
+        return prefillInput(tensor);
     }
 
     /// <summary>The context of a pass over the last <c>T</c> columns of <paramref name="mask"/> (T = all of it for the prefill

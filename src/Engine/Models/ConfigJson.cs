@@ -37,6 +37,10 @@ public sealed class ConfigJson : IDisposable
         return new ConfigJson(file, doc);
     }
 
+    /// <summary>A config held in <paramref name="json"/> (a section of another: LLaVA's text_config with its defaults filled in);
+    /// errors name <paramref name="file"/> as the file.</summary>
+    public static ConfigJson FromText(string file, string json) => new(file, JsonDocument.Parse(json));
+
     /// <summary><c>model_type</c>, checked against the families <paramref name="known"/> to the caller.</summary>
     public string ModelType(IReadOnlyCollection<string> known)
     {

@@ -41,6 +41,12 @@ public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int
     public static LlamaConfig Read(string path)
     {
         using var c = ConfigJson.Open(path);
+        return Read(c);
+    }
+
+    /// <summary>Reads an open config (a file's, or LLaVA's text_config as <see cref="ConfigJson.FromText"/> holds it).</summary>
+    public static LlamaConfig Read(ConfigJson c)
+    {
         string file = c.File;
         c.ModelType([ModelType]);
         int heads = c.Int("num_attention_heads");
@@ -94,40 +100,26 @@ public sealed record LlamaConfig(int Hidden, int Ffn, int Layers, int Heads, int
 /// head (final RMSNorm + LM head). Parameter names are the checkpoint's own tensor names, all in <see cref="Names"/>.</summary>
 public static class Llama
 {
-    /// <summary>The one table from layers to the checkpoint's tensor names.</summary>
-    public static class Names
-    {
-        public const string Embedding = "model.embed_tokens.weight";
-        public const string FinalNorm = "model.norm.weight";
-        public const string LmHead = "lm_head.weight";
-        public static string InputNorm(int i) => $"model.layers.{i}.input_layernorm.weight";
-        public static string Q(int i) => $"model.layers.{i}.self_attn.q_proj.weight";
-        public static string K(int i) => $"model.layers.{i}.self_attn.k_proj.weight";
-        public static string V(int i) => $"model.layers.{i}.self_attn.v_proj.weight";
-        public static string O(int i) => $"model.layers.{i}.self_attn.o_proj.weight";
-        public static string PostNorm(int i) => $"model.layers.{i}.post_attention_layernorm.weight";
-        public static string Gate(int i) => $"model.layers.{i}.mlp.gate_proj.weight";
-        public static string Up(int i) => $"model.layers.{i}.mlp.up_proj.weight";
-        public static string Down(int i) => $"model.layers.{i}.mlp.down_proj.weight";
-
-        /// <summary>The head's LM matrix: lm_head.weight, or the embedding matrix when the head is tied.</summary>
-        public static string Head(LlamaConfig c) => c.TieWordEmbeddings ? Embedding : LmHead;
-    }
+    /// <summary>The one table from layers to the tensor names of a Llama checkpoint (LlamaForCausalLM's: "model." and
+    /// "lm_head.weight").</summary>
+    public static LlamaNames Names { get; } = new();
 
     /// <summary>Seeded weights: matrices N(0, <see cref="InitStd"/>), norm weights 1 + N(0, <see cref="NormStd"/>): large enough
     /// that a wrong transpose, rotation or norm shows in the logits.</summary>
     public const double InitStd = 0.2, NormStd = 0.3;
 
     /// <summary>The model over <paramref name="batch"/> rows of <paramref name="sequence"/> token ids (seeded random ids).</summary>
-    public static LayeredModel Create(string name, LlamaConfig config, int batch, int sequence)
+    /// <paramref name="names"/>: the tensor names (<see cref="Names"/> by default; a LLaVA checkpoint's decoder has its own).
+    public static LayeredModel Create(string name, LlamaConfig config, int batch, int sequence, LlamaNames? names = null)
     {
+        names ??= Names;
         config.Validate();
         if (batch < 1) throw new FieldException(FieldException.Batch, $"must be at least 1 (got {batch})");
         if (sequence < 1 || sequence > config.MaxPositions)
             throw new FieldException(FieldException.Sequence, $"({sequence}) must be in [1, {config.MaxPositions}] (max_position_embeddings)");
-        var layers = new List<Layer> { new LlamaEmbedding(0, config) };
-        for (int b = 0; b < config.Layers; b++) layers.Add(new LlamaBlock(b + 1, b, config));
-        layers.Add(new LlamaHead(config.Layers + 1, config));
+        var layers = new List<Layer> { new LlamaEmbedding(0, config, names) };
+        for (int b = 0; b < config.Layers; b++) layers.Add(new LlamaBlock(b + 1, b, config, names));
+        layers.Add(new LlamaHead(config.Layers + 1, config, names));
         return new LayeredModel(name, layers, [batch, sequence], ScalarType.Int64, seed =>
         {
             using var g = new Generator(unchecked((ulong)seed ^ 0x11a_3a5eedUL));
@@ -207,10 +199,36 @@ public static class Llama
         cache ?? throw new InvalidOperationException($"{layer}: a generation pass needs the layer's KV cache");
 }
 
-/// <summary>Token embedding: int64 [B, T] → float32 [B, T, H].</summary>
-public sealed class LlamaEmbedding(int index, LlamaConfig c) : Layer(index, "embed")
+/// <summary>The one table from Llama layers to a checkpoint's tensor names: the decoder's under <paramref name="model"/>
+/// ("model." for LlamaForCausalLM; a LLaVA checkpoint's "model.language_model." or "language_model.model.") and the LM head's
+/// matrix, <paramref name="lmHead"/> ("lm_head.weight", or "language_model.lm_head.weight").</summary>
+public sealed class LlamaNames(string model = "model.", string lmHead = "lm_head.weight")
 {
-    public override IReadOnlyList<ParamSpec> Parameters { get; } = [new(Llama.Names.Embedding, c.Vocab, c.Hidden)];
+    public string Model { get; } = model;
+    public string Embedding => $"{Model}embed_tokens.weight";
+    public string FinalNorm => $"{Model}norm.weight";
+    public string LmHead { get; } = lmHead;
+    public string InputNorm(int i) => $"{Model}layers.{i}.input_layernorm.weight";
+    public string Q(int i) => $"{Model}layers.{i}.self_attn.q_proj.weight";
+    public string K(int i) => $"{Model}layers.{i}.self_attn.k_proj.weight";
+    public string V(int i) => $"{Model}layers.{i}.self_attn.v_proj.weight";
+    public string O(int i) => $"{Model}layers.{i}.self_attn.o_proj.weight";
+    public string PostNorm(int i) => $"{Model}layers.{i}.post_attention_layernorm.weight";
+    public string Gate(int i) => $"{Model}layers.{i}.mlp.gate_proj.weight";
+    public string Up(int i) => $"{Model}layers.{i}.mlp.up_proj.weight";
+    public string Down(int i) => $"{Model}layers.{i}.mlp.down_proj.weight";
+
+    /// <summary>The head's LM matrix: <see cref="LmHead"/>, or the embedding matrix when the head is tied.</summary>
+    public string Head(LlamaConfig c) => c.TieWordEmbeddings ? Embedding : LmHead;
+}
+
+/// <summary>Token embedding: int64 [B, T] → float32 [B, T, H].</summary>
+public sealed class LlamaEmbedding(int index, LlamaConfig c, LlamaNames names) : Layer(index, "embed")
+{
+    /// <summary>With LlamaForCausalLM's tensor names (<see cref="Llama.Names"/>).</summary>
+    public LlamaEmbedding(int index, LlamaConfig c) : this(index, c, Llama.Names) { }
+
+    public override IReadOnlyList<ParamSpec> Parameters { get; } = [new(names.Embedding, c.Vocab, c.Hidden)];
 
     public override long[] OutputShape(long[] input)
     {
@@ -229,28 +247,31 @@ public sealed class LlamaEmbedding(int index, LlamaConfig c) : Layer(index, "emb
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor ids)
     {
         long b = ids.shape[0], t = ids.shape[1];
-        return w[Llama.Names.Embedding].index_select(0, ids.reshape(-1)).view(b, t, c.Hidden);
+        return w[names.Embedding].index_select(0, ids.reshape(-1)).view(b, t, c.Hidden);
     }
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
     {
-        [Llama.Names.Embedding] = Llama.Normal(g, c.Vocab, c.Hidden),
+        [names.Embedding] = Llama.Normal(g, c.Vocab, c.Hidden),
     };
 }
 
 /// <summary>One LlamaDecoderLayer: x + o(attn(rope(q), rope(k), v)) over input_layernorm(x) with grouped heads and a causal mask,
 /// then x + down(silu(gate(h)) * up(h)) over post_attention_layernorm(x).</summary>
-public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(index, $"block.{block}")
+public sealed class LlamaBlock(int index, int block, LlamaConfig c, LlamaNames names) : Layer(index, $"block.{block}")
 {
+    /// <summary>With LlamaForCausalLM's tensor names (<see cref="Llama.Names"/>).</summary>
+    public LlamaBlock(int index, int block, LlamaConfig c) : this(index, block, c, Llama.Names) { }
+
     public int Block { get; } = block;
 
     public override IReadOnlyList<ParamSpec> Parameters { get; } =
     [
-        new(Llama.Names.InputNorm(block), c.Hidden),
-        new(Llama.Names.Q(block), c.Hidden, c.Hidden), new(Llama.Names.K(block), c.KvDim, c.Hidden),
-        new(Llama.Names.V(block), c.KvDim, c.Hidden), new(Llama.Names.O(block), c.Hidden, c.Hidden),
-        new(Llama.Names.PostNorm(block), c.Hidden),
-        new(Llama.Names.Gate(block), c.Ffn, c.Hidden), new(Llama.Names.Up(block), c.Ffn, c.Hidden), new(Llama.Names.Down(block), c.Hidden, c.Ffn),
+        new(names.InputNorm(block), c.Hidden),
+        new(names.Q(block), c.Hidden, c.Hidden), new(names.K(block), c.KvDim, c.Hidden),
+        new(names.V(block), c.KvDim, c.Hidden), new(names.O(block), c.Hidden, c.Hidden),
+        new(names.PostNorm(block), c.Hidden),
+        new(names.Gate(block), c.Ffn, c.Hidden), new(names.Up(block), c.Ffn, c.Hidden), new(names.Down(block), c.Hidden, c.Ffn),
     ];
 
     public override long[] OutputShape(long[] input)
@@ -312,19 +333,19 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
     {
         long b = x.shape[0], t = x.shape[1];
         int heads = c.Heads, kvHeads = c.KvHeads, d = c.HeadDim;
-        var h = Llama.RmsNorm(x, w[Llama.Names.InputNorm(Block)], c.RmsNormEps);
-        var q = F.linear(h, w[Llama.Names.Q(Block)]).view(b, t, heads, d).transpose(1, 2);
-        var k = F.linear(h, w[Llama.Names.K(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
-        var v = F.linear(h, w[Llama.Names.V(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
+        var h = Llama.RmsNorm(x, w[names.InputNorm(Block)], c.RmsNormEps);
+        var q = F.linear(h, w[names.Q(Block)]).view(b, t, heads, d).transpose(1, 2);
+        var k = F.linear(h, w[names.K(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
+        var v = F.linear(h, w[names.V(Block)]).view(b, t, kvHeads, d).transpose(1, 2);
         var (cos, sin) = rotary(t);
         q = q * cos + Llama.RotateHalf(q) * sin;
         k = k * cos + Llama.RotateHalf(k) * sin;
         var attn = attention(q, k, v);
         var merged = attn.transpose(1, 2).reshape(b, t, c.Hidden);
-        x = x + F.linear(merged, w[Llama.Names.O(Block)]);
-        h = Llama.RmsNorm(x, w[Llama.Names.PostNorm(Block)], c.RmsNormEps);
-        var m = F.silu(F.linear(h, w[Llama.Names.Gate(Block)])) * F.linear(h, w[Llama.Names.Up(Block)]);
-        return x + F.linear(m, w[Llama.Names.Down(Block)]);
+        x = x + F.linear(merged, w[names.O(Block)]);
+        h = Llama.RmsNorm(x, w[names.PostNorm(Block)], c.RmsNormEps);
+        var m = F.silu(F.linear(h, w[names.Gate(Block)])) * F.linear(h, w[names.Up(Block)]);
+        return x + F.linear(m, w[names.Down(Block)]);
     }
 
     public override KvLayout? Kv { get; } = new(c.KvHeads, c.HeadDim);
@@ -356,24 +377,27 @@ public sealed class LlamaBlock(int index, int block, LlamaConfig c) : Layer(inde
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
     {
-        [Llama.Names.InputNorm(Block)] = Llama.NormWeight(g, c.Hidden),
-        [Llama.Names.Q(Block)] = Llama.Normal(g, c.Hidden, c.Hidden), [Llama.Names.K(Block)] = Llama.Normal(g, c.KvDim, c.Hidden),
-        [Llama.Names.V(Block)] = Llama.Normal(g, c.KvDim, c.Hidden), [Llama.Names.O(Block)] = Llama.Normal(g, c.Hidden, c.Hidden),
-        [Llama.Names.PostNorm(Block)] = Llama.NormWeight(g, c.Hidden),
-        [Llama.Names.Gate(Block)] = Llama.Normal(g, c.Ffn, c.Hidden), [Llama.Names.Up(Block)] = Llama.Normal(g, c.Ffn, c.Hidden),
-        [Llama.Names.Down(Block)] = Llama.Normal(g, c.Hidden, c.Ffn),
+        [names.InputNorm(Block)] = Llama.NormWeight(g, c.Hidden),
+        [names.Q(Block)] = Llama.Normal(g, c.Hidden, c.Hidden), [names.K(Block)] = Llama.Normal(g, c.KvDim, c.Hidden),
+        [names.V(Block)] = Llama.Normal(g, c.KvDim, c.Hidden), [names.O(Block)] = Llama.Normal(g, c.Hidden, c.Hidden),
+        [names.PostNorm(Block)] = Llama.NormWeight(g, c.Hidden),
+        [names.Gate(Block)] = Llama.Normal(g, c.Ffn, c.Hidden), [names.Up(Block)] = Llama.Normal(g, c.Ffn, c.Hidden),
+        [names.Down(Block)] = Llama.Normal(g, c.Hidden, c.Ffn),
     };
 }
 
 /// <summary>Final RMSNorm (model.norm) and the LM head: [B, T, H] → logits [B, T, V]. With tie_word_embeddings the head's matrix
 /// is the embedding's (read again by this layer: each layer owns its weights).</summary>
-public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head"), ITiedLayer
+public sealed class LlamaHead(int index, LlamaConfig c, LlamaNames names) : Layer(index, "head"), ITiedLayer
 {
+    /// <summary>With LlamaForCausalLM's tensor names (<see cref="Llama.Names"/>).</summary>
+    public LlamaHead(int index, LlamaConfig c) : this(index, c, Llama.Names) { }
+
     /// <summary>With <c>tie_word_embeddings</c>, the LM matrix is the embedding's: seeded weights give it the embedding's values.</summary>
-    public Layer? TiedTo(string parameter) => c.TieWordEmbeddings && parameter == Llama.Names.Embedding ? new LlamaEmbedding(0, c) : null;
+    public Layer? TiedTo(string parameter) => c.TieWordEmbeddings && parameter == names.Embedding ? new LlamaEmbedding(0, c, names) : null;
 
     public override IReadOnlyList<ParamSpec> Parameters { get; } =
-        [new(Llama.Names.FinalNorm, c.Hidden), new(Llama.Names.Head(c), c.Vocab, c.Hidden)];
+        [new(names.FinalNorm, c.Hidden), new(names.Head(c), c.Vocab, c.Hidden)];
 
     public override long[] OutputShape(long[] input)
     {
@@ -392,7 +416,7 @@ public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head"), 
     }
 
     public override Tensor Forward(IReadOnlyDictionary<string, Tensor> w, Tensor x) =>
-        F.linear(Llama.RmsNorm(x, w[Llama.Names.FinalNorm], c.RmsNormEps), w[Llama.Names.Head(c)]);
+        F.linear(Llama.RmsNorm(x, w[names.FinalNorm], c.RmsNormEps), w[names.Head(c)]);
 
     /// <summary>[B, 1, V] when the step asks for the last position only (generate's logits_to_keep = 1).</summary>
     public override long[] OutputShape(long[] input, StepContext step) =>
@@ -406,7 +430,7 @@ public sealed class LlamaHead(int index, LlamaConfig c) : Layer(index, "head"), 
 
     public override IReadOnlyDictionary<string, Tensor> Initialize(Generator g) => new Dictionary<string, Tensor>
     {
-        [Llama.Names.FinalNorm] = Llama.NormWeight(g, c.Hidden),
-        [Llama.Names.Head(c)] = Llama.Normal(g, c.Vocab, c.Hidden),
+        [names.FinalNorm] = Llama.NormWeight(g, c.Hidden),
+        [names.Head(c)] = Llama.Normal(g, c.Vocab, c.Hidden),
     };
 }

@@ -95,6 +95,8 @@ public static class ModelCatalog
         {
             Gpt2Config.ModelType when Gpt2Config.Read(directory) is var g =>
                 (Gpt2Config.ModelType, g.Layers, g.Hidden, g.Heads, g.Vocab, g.MaxPositions, "n_positions"),
+            LlavaConfig.ModelType when LlavaConfig.Read(directory).Text is var t =>
+                (LlavaConfig.ModelType, t.Layers, t.Hidden, t.Heads, t.Vocab, t.MaxPositions, "text_config.max_position_embeddings"),
             _ when LlamaConfig.Read(directory) is var l =>
                 (LlamaConfig.ModelType, l.Layers, l.Hidden, l.Heads, l.Vocab, l.MaxPositions, "max_position_embeddings"),
             _ => throw new UnreachableException(),
@@ -110,6 +112,8 @@ public static class ModelCatalog
         Gpt2Config.ModelType => Gpt2Config.Read(directory) is var g ? new(g.Vocab, g.MaxPositions, "n_positions") : throw new UnreachableException(),
         VitConfig.ModelType => throw new ArgumentException($"{directory}: a vit checkpoint takes images, not text"),
         ClipConfig.ModelType => throw Clip.PromptsRefused(directory),
+        LlavaConfig.ModelType => LlavaConfig.Read(directory).Text is var t
+            ? new(t.Vocab, t.MaxPositions, "text_config.max_position_embeddings") : throw new UnreachableException(),
         _ => LlamaConfig.Read(directory) is var l ? new(l.Vocab, l.MaxPositions, "max_position_embeddings") : throw new UnreachableException(),
     };
 
@@ -123,7 +127,8 @@ public static class ModelCatalog
     };
 
     /// <summary>The checkpoint families this build reads, by config.json's <c>model_type</c>.</summary>
-    public static IReadOnlyList<string> CheckpointFamilies { get; } = [LlamaConfig.ModelType, Gpt2Config.ModelType, VitConfig.ModelType, ClipConfig.ModelType];
+    public static IReadOnlyList<string> CheckpointFamilies { get; } =
+        [LlamaConfig.ModelType, Gpt2Config.ModelType, VitConfig.ModelType, ClipConfig.ModelType, LlavaConfig.ModelType];
 
     /// <summary>The family <c>DIR/config.json</c> names; one line naming the file and key when it names none this build reads.</summary>
     static string FamilyOf(string directory)
@@ -140,7 +145,16 @@ public static class ModelCatalog
         Func<int, int, LayeredModel> create;
         int vocab, positions;
         string key;
-        if (FamilyOf(dir) == Gpt2Config.ModelType)
+        string family = FamilyOf(dir);
+        if (family == LlavaConfig.ModelType)
+        {
+            // The decoder: what a pass over token ids runs (generate --image runs the vision side first: Llava.CreateVision).
+            var v = LlavaConfig.Read(dir);
+            var names = LlavaNames.In(dir);
+            (create, vocab, positions, key) = ((b, t) => Llava.Create(spec.Name, v, b, t, names), v.Text.Vocab, v.Text.MaxPositions,
+                "text_config.max_position_embeddings");
+        }
+        else if (family == Gpt2Config.ModelType)
         {
             var g = Gpt2Config.Read(dir);
             string prefix = Gpt2.PrefixIn(dir);

@@ -21,6 +21,7 @@ namespace Superpipeline.Engine.Text;
 /// <item>clip (as openai/clip-vit-base-patch32's tokenizer files, less its lowercasing and "&lt;/w&gt;" word ends): gpt2's
 /// byte-level BPE with <c>&lt;|startoftext|&gt;</c> and <c>&lt;|endoftext|&gt;</c> the last two ids (bos, and eos = pad = unk) and
 /// RobertaProcessing as the post-processor, as CLIPTokenizerFast has them. At least 258 ids.</item>
+/// <item>llava (as llava-hf's): llama's, with <c>&lt;image&gt;</c> an added special token at the last id. At least 261 ids.</item>
 /// </list>
 /// Also tokenizer_config.json, special_tokens_map.json and generation_config.json (bos/eos ids).</summary>
 public static class DemoTokenizer
@@ -37,13 +38,18 @@ public static class DemoTokenizer
 
     public const string EndOfText = "<|endoftext|>", StartOfText = "<|startoftext|>", Unk = "<unk>", Bos = "<s>", Eos = "</s>";
 
+    /// <summary>LLaVA's image placeholder: an added special token after the llama pieces (the last id), as llava-hf's tokenizers
+    /// add it after Llama's 32000.</summary>
+    public const string Image = "<image>";
+
     /// <summary>The fewest ids a family's tokenizer can have: the 256 bytes and its special tokens (and '▁' for llama).</summary>
     public static int MinimumVocab(string family) => family switch
     {
         "gpt2" => 257,
         "clip" => 258,
         "llama" => 260,
-        _ => throw new ArgumentException($"no demo tokenizer for family '{family}' (known: llama, gpt2, clip)"),
+        "llava" => 261,
+        _ => throw new ArgumentException($"no demo tokenizer for family '{family}' (known: llama, gpt2, clip, llava)"),
     };
 
     /// <summary>Writes the family's tokenizer files with <paramref name="vocab"/> ids into <paramref name="directory"/>; returns
@@ -57,6 +63,7 @@ public static class DemoTokenizer
                 {
                     "gpt2" => "(256 bytes and <|endoftext|>)",
                     "clip" => "(256 bytes, <|startoftext|> and <|endoftext|>)",
+                    "llava" => "(<unk>, <s>, </s>, 256 bytes, '▁' and <image>)",
                     _ => "(<unk>, <s>, </s>, 256 bytes and '▁')",
                 });
         Directory.CreateDirectory(directory);
@@ -64,6 +71,7 @@ public static class DemoTokenizer
         {
             "gpt2" => WriteGpt2(directory, vocab, maxPositions),
             "clip" => WriteGpt2(directory, vocab, maxPositions, clip: true),
+            "llava" => WriteLlama(directory, vocab - 1, maxPositions, imageId: vocab - 1), // llama's pieces, then <image>
             _ => WriteLlama(directory, vocab, maxPositions),
         };
     }
@@ -153,7 +161,7 @@ public static class DemoTokenizer
         return ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
     }
 
-    static IReadOnlyList<string> WriteLlama(string directory, int size, int maxPositions)
+    static IReadOnlyList<string> WriteLlama(string directory, int size, int maxPositions, int? imageId = null)
     {
         // SentencePiece's view of the text: spaces are '▁', each sentence starts with one (add_dummy_prefix), a piece never
         // spans a space except at its start, and digits stay single (Llama's split_digits).
@@ -185,10 +193,12 @@ public static class DemoTokenizer
         {
             ["content"] = content, ["lstrip"] = false, ["normalized"] = false, ["rstrip"] = false, ["single_word"] = false,
         };
+        var added = new JsonObject { ["0"] = Added(Unk), ["1"] = Added(Bos), ["2"] = Added(Eos) };
+        if (imageId is { } image) added[$"{image}"] = Added(Image);
         WriteJson(directory, "tokenizer_config.json", new JsonObject
         {
             ["add_bos_token"] = true, ["add_eos_token"] = false,
-            ["added_tokens_decoder"] = new JsonObject { ["0"] = Added(Unk), ["1"] = Added(Bos), ["2"] = Added(Eos) },
+            ["added_tokens_decoder"] = added,
             ["bos_token"] = Bos, ["clean_up_tokenization_spaces"] = false, ["eos_token"] = Eos, ["extra_special_tokens"] = new JsonObject(),
             ["legacy"] = true, ["model_max_length"] = maxPositions, ["pad_token"] = null, ["sp_model_kwargs"] = new JsonObject(),
             ["tokenizer_class"] = "LlamaTokenizer", ["unk_token"] = Unk, ["use_default_system_prompt"] = false,

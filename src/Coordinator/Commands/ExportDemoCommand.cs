@@ -124,8 +124,8 @@ public static class ExportDemoCommand
                 (Gpt2Export.Write(directory, g with { TorchDtype = torchDtype }, seed, shards), g.Vocab, g.MaxPositions),
             ClipConfig.ModelType when clip?.Invoke() is { } c =>
                 (ExportClip(directory, c with { TorchDtype = torchDtype }, seed, shards), c.Text.Vocab, c.Text.MaxPositions),
-            LlavaConfig.ModelType when llava?.Invoke(llama() with { TorchDtype = torchDtype }) is { } v =>
-                (LlavaExport.Write(directory, v with { TorchDtype = torchDtype }, seed, shards), v.Text.Vocab, v.Text.MaxPositions),
+            LlavaConfig.ModelType when llava?.Invoke(llama() with { TorchDtype = torchDtype }) is { } lv =>
+                (LlavaExport.Write(directory, lv with { TorchDtype = torchDtype }, seed, shards), lv.Text.Vocab, lv.Text.MaxPositions),
             _ => throw new ArgumentException($"--family must be llama, gpt2, vit, clip or llava; got '{family}'"),
         };
         // The tokenizer beside the weights; a vocabulary too small for one (under 256 bytes + the special tokens) gets none.

@@ -14,7 +14,8 @@ public sealed class ModelOptions
 {
     public Option<string> Model { get; } = new("--model")
     {
-        Description = "model family (demo: a GPT-2 with seeded weights), a checkpoint directory with config.json (llama, gpt2, vit, clip, llava), or an ONNX file (bert, resnet)",
+        Description = "model family (demo: a GPT-2 with seeded weights), a checkpoint directory with config.json "
+            + "(llama, gpt2, vit, clip, llava), or an ONNX file (bert, resnet)",
         DefaultValueFactory = _ => ModelSpec.Demo.Name,
     };
     public Option<string> Input { get; } = new("--input") { Description = "int64 token ids [batch, seq] in a .npy file (checkpoint models)" };

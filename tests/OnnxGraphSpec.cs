@@ -94,4 +94,30 @@ public sealed class OnnxGraphSpec
             File.Delete(path);
         }
     }
+
+    [Fact]
+    public async Task The_weights_command_writes_the_packaged_files_and_run_refuses_a_graph_of_another_family()
+    {
+        string dir = Directory.CreateTempSubdirectory("weights-").FullName;
+        try
+        {
+            Assert.Equal(0, await Coordinator.Cli.MainAsync(["weights", "--name", "resnet18", "--out", dir]));
+            Assert.Equal(File.ReadAllBytes(OnnxFixture.ResNet18), File.ReadAllBytes(Path.Combine(dir, "ResNet18.onnx")));
+            Assert.True(File.Exists(Path.Combine(dir, "ResNetPreprocess.onnx")));
+            Assert.Equal(1, await Coordinator.Cli.MainAsync(["weights", "--name", "gpt-4", "--out", dir]));
+            // Asked as the wrong family, the graph is refused (exit 1) instead of run.
+            Assert.Equal(1, await Coordinator.Cli.MainAsync(["run", "--model", OnnxFixture.MiniLm, "--family", "resnet"]));
+            Assert.Equal(1, await Coordinator.Cli.MainAsync(["run", "--model", Path.Combine(dir, "ResNet18.onnx"), "--family", "bert"]));
+            Assert.Equal(1, await Coordinator.Cli.MainAsync(["run", "--model", Path.Combine(dir, "ResNet18.onnx"), "--family", "gpt2"]));
+            // ML.NET's preprocessing graph has an image input, so resnet claims it; following it stops at its first node.
+            Assert.Equal("resnet", OnnxImport.FamilyOf(OnnxFixture.ResNetPreprocess));
+            var e = Assert.Throws<OnnxException>(() => OnnxImport.Import(OnnxFixture.ResNetPreprocess, "resnet"));
+            Assert.StartsWith($"{OnnxFixture.ResNetPreprocess}: node #0 (Split): ", e.Message);
+            Assert.DoesNotContain('\n', e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

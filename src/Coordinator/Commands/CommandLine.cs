@@ -33,10 +33,15 @@ public sealed class ModelOptions
     public Option<int> SeqLen { get; } = new("--seq-len") { Description = "sequence length", DefaultValueFactory = _ => ModelSpec.Demo.Sequence };
     public Option<int> Batch { get; } = new("--batch") { Description = "batch size", DefaultValueFactory = _ => ModelSpec.Demo.Batch };
     public Option<long> Seed { get; } = new("--seed") { Description = "seed of the weights and the input", DefaultValueFactory = _ => ModelSpec.Demo.Seed };
+    public Option<string> Family { get; } = new("--family")
+    {
+        Description = $"the family of an ONNX --model ({string.Join(", ", OnnxImport.Families.Select(f => f.Name))}; "
+            + "default: the one whose inputs the graph has)",
+    };
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { Model, Layers, Hidden, Heads, Vocab, SeqLen, Batch, Seed, Input }) c.Options.Add(o);
+        foreach (var o in new Option[] { Model, Layers, Hidden, Heads, Vocab, SeqLen, Batch, Seed, Input, Family }) c.Options.Add(o);
     }
 
     /// <summary>Adds --prompt (run only: the ids travel as a temporary .npy the embedded host reads).</summary>
@@ -59,6 +64,7 @@ public sealed class ModelOptions
         }
         if (!Directory.Exists(model) && !OnnxImport.IsOnnx(model)) // an .onnx file is a checkpoint too: its graph sizes the model
         {
+            if (r.GetValue(Family) is not null) throw new ArgumentException("--family applies to an ONNX --model only");
             if (input is not null) throw new ArgumentException("--input needs --model to name a checkpoint directory");
             return new(model, r.GetValue(Layers), r.GetValue(Hidden), r.GetValue(Heads), r.GetValue(Vocab), r.GetValue(SeqLen), r.GetValue(Batch),
                 r.GetValue(Seed));
@@ -68,7 +74,10 @@ public sealed class ModelOptions
             throw new ArgumentException($"{string.Join(", ", given)} cannot be given with --model {model}: the checkpoint's config.json sizes the model");
         if (input is not null && (r.GetResult(SeqLen) is { Implicit: false } || r.GetResult(Batch) is { Implicit: false }))
             throw new ArgumentException($"--seq-len and --batch cannot be given with --input {input}: its shape sets them");
-        if (prompts.Length == 0) return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input);
+        string? family = r.GetValue(Family);
+        if (family is not null && !OnnxImport.IsOnnx(model))
+            throw new ArgumentException($"--family applies to an ONNX --model only; {model}'s config.json names its family");
+        if (prompts.Length == 0) return ModelCatalog.CheckpointSpec(model, r.GetValue(Batch), r.GetValue(SeqLen), r.GetValue(Seed), input, family);
         string ids = PromptIds.WriteTemporary(PromptIds.Encode(CheckpointTokenizer.Load(model), prompts, ModelCatalog.TokenLimits(model)));
         try
         {

@@ -142,7 +142,7 @@ public sealed class LayerActor : ReceiveActor
         {
             answer = work();
         }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+        catch (Exception e) // a refusal or a TorchSharp error: the asker fails with it; the actor keeps its state
         {
             answer = new Status.Failure(e);
         }

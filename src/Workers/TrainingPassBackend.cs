@@ -106,9 +106,10 @@ public sealed class TrainingPassBackend : IPassBackend
         if (layerActors.Count != model.Layers.Count)
             throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
         if (model.Layers.Count < 2) throw new ArgumentException("training streams a model of at least two layers (the head computes the loss)");
+        var first = pass.Batch.Ids[0];
         foreach (var ids in pass.Batch.Ids)
-            if (!ids.shape.SequenceEqual(model.InputShape) || ids.dtype != model.InputDType)
-                throw new ArgumentException($"input must be {model.InputDType}[{string.Join(", ", model.InputShape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
+            if (!ids.shape.SequenceEqual(first.shape) || ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length)
+                throw new ArgumentException($"micro-batches must all be {model.InputDType}[{string.Join(", ", first.shape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
         if (pass.Direction == TrainingDirection.Backward && pass.Gradients is null)
             throw new ArgumentException("a backward pass needs somewhere to send the gradients");
         _device = device;
@@ -116,13 +117,24 @@ public sealed class TrainingPassBackend : IPassBackend
         _layerActors = layerActors;
         _pass = pass;
         _askTimeout = askTimeout;
-        _activations = model.ActivationShapes();
+        _activations = ActivationShapes(model, first.shape); // a micro-batch's rows, not the model's batch
         _carried = new Activation?[pass.Batch.Ids.Count];
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
         _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
         _reservedBefore = device.Memory.Reserved;
         device.Memory.ResetPeak();
+    }
+
+    static IReadOnlyList<(long[] Shape, ScalarType DType)> ActivationShapes(LayeredModel model, long[] input)
+    {
+        var list = new List<(long[], ScalarType)> { (input, model.InputDType) };
+        foreach (var layer in model.Layers)
+        {
+            var (shape, dtype) = list[^1];
+            list.Add((layer.OutputShape(shape), layer.OutputDType(dtype)));
+        }
+        return list;
     }
 
     bool Backward => _pass.Direction == TrainingDirection.Backward;

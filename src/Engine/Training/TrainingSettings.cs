@@ -61,7 +61,7 @@ public sealed record OptimizerSettings(OptimizerKind Kind, double LearningRate, 
         ? string.Create(CultureInfo.InvariantCulture, $"sgd(lr {LearningRate}, momentum {Momentum}, weight decay {WeightDecay})")
         : string.Create(CultureInfo.InvariantCulture, $"adamw(lr {LearningRate}, betas ({Beta1}, {Beta2}), eps {Eps}, weight decay {WeightDecay})");
 
-    internal static string Format(double v) => v.ToString(CultureInfo.InvariantCulture);
+    public static string Format(double v) => v.ToString(CultureInfo.InvariantCulture);
 }
 
 public enum ScheduleKind { Constant, Cosine }

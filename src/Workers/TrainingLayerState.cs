@@ -52,7 +52,7 @@ public sealed class TrainingLayerState : IDisposable
         for (int i = 0; i < _params.Count; i++)
         {
             if (_grads[i] is not { } g) continue;
-            using var n = g.norm(2);
+            using var n = g.norm(2.0f);
             list.Add((_params[i].Name, n.item<float>()));
         }
         return list;

@@ -137,7 +137,7 @@ public sealed class TrainingSession
         {
             await Task.WhenAll(_layers.Select(a => a.Ask<LayerActor.GradientsZeroed>(LayerActor.ZeroGradients.Instance, _askTimeout))).ConfigureAwait(false);
             if (e is TrainingStepException or FieldException) throw;
-            throw new TrainingStepException($"step {step + 1}: {e.GetBaseException().Message}", e);
+            throw new TrainingStepException($"step {step + 1}: {e.GetBaseException().Message.Split('\n')[0]}", e);
         }
         finally
         {

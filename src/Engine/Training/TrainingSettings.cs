@@ -114,7 +114,7 @@ public static class GradClip
         if (norms.Count == 0) throw new ArgumentException("no gradients to clip");
         using var scope = NewDisposeScope();
         var stacked = tensor(norms.ToArray(), ScalarType.Float32);
-        var total = norms.Count == 1 ? stacked[0] : stacked.norm(2);
+        var total = norms.Count == 1 ? stacked[0] : stacked.norm(2.0f);
         var denominator = total + 1e-6;
         var coef = clamp(full_like(denominator, maxNorm).div_(denominator), max: 1.0); // ATen's Scalar / Tensor: fill, then divide
         return (total.item<float>(), coef.item<float>());

@@ -25,6 +25,7 @@ public static class Cli
         root.Subcommands.Add(ExportDemoCommand.Build());
         root.Subcommands.Add(GenerateCommand.Build());
         root.Subcommands.Add(WeightsCommand.Build());
+        root.Subcommands.Add(TrainCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

@@ -105,13 +105,13 @@ public sealed class TrainingSession
         using var batch = new TrainingBatch(_model, parts);
         try
         {
-            var forward = await Pass(batch, TrainingDirection.Forward, null).ConfigureAwait(false);
+            var forward = await Pass(step, batch, TrainingDirection.Forward, null).ConfigureAwait(false);
             long saved = batch.SavedBytes;
             var pending = new Dictionary<(string, int), Tensor>();
             PassReport backward;
             try
             {
-                backward = await Pass(batch, TrainingDirection.Backward, (layer, grads) => Deliver(layer, grads, pending)).ConfigureAwait(false);
+                backward = await Pass(step, batch, TrainingDirection.Backward, (layer, grads) => Deliver(layer, grads, pending)).ConfigureAwait(false);
             }
             finally
             {
@@ -145,7 +145,7 @@ public sealed class TrainingSession
         }
     }
 
-    async Task<PassReport> Pass(TrainingBatch batch, TrainingDirection direction,
+    async Task<PassReport> Pass(int step, TrainingBatch batch, TrainingDirection direction,
         Func<int, IReadOnlyList<IReadOnlyList<(string Name, Tensor Grad)>>, Task>? gradients)
     {
         var pass = new DeviceLoaderActor.RunPass(_model, _layers, batch.Ids, _policy) { Training = new TrainingPass(batch, direction, gradients) };
@@ -154,7 +154,7 @@ public sealed class TrainingSession
         {
             DeviceLoaderActor.PassSucceeded ok => ok.Report,
             DeviceLoaderActor.PassFailed failed => throw new TrainingStepException(
-                $"the {direction.ToString().ToLowerInvariant()} pass failed: {failed.Reason}", failed.Cause),
+                $"step {step + 1}: the {direction.ToString().ToLowerInvariant()} pass failed: {failed.Reason}", failed.Cause),
             _ => throw new InvalidOperationException($"unexpected answer {answer}"),
         };
     }

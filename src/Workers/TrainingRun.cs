@@ -15,6 +15,9 @@ namespace Superpipeline.Workers;
 public sealed record TrainingRunOptions(string ModelDir, string DataPath, int Batch, int Steps, TrainingSettings Settings, PolicySpec Policy,
     DeviceSpec Device)
 {
+    /// <summary>Tokens per row when the data is text (cut from the tokenized file); a .npy file's rows are its own.</summary>
+    public int Sequence { get; init; } = 64;
+
     /// <summary>Where to save the trained checkpoint (also after a step failed: the last good weights); null: not saved.</summary>
     public string? SaveDir { get; init; }
 }
@@ -37,14 +40,14 @@ public static class TrainingRun
         if (o.Batch % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({o.Batch} rows)");
         if (o.Policy.Auto || o.Policy.ResidentAuto) throw new FieldException(FieldException.Window, "auto is not planned for training; give k and k'");
-        using var data = TrainingData.ReadIds(o.DataPath);
+        using var data = TrainingData.Read(o.DataPath, o.ModelDir, o.Sequence);
         if (data.shape[0] < o.Batch)
             throw new FieldException(TrainingFields.Batch, $"({o.Batch}) exceeds the {data.shape[0]} rows of {o.DataPath}");
+        var limits = ModelCatalog.TokenLimits(o.ModelDir);
+        TrainingLoss.CheckLabels(data, limits.Vocab, limits.MaxPositions); // before the model: a row too long is the data's fault
         var spec = ModelCatalog.CheckpointSpec(o.ModelDir, o.Batch, (int)data.shape[1], 0);
         var model = ModelCatalog.Create(spec);
         var policy = OffloadPolicy.For(o.Policy, model.Layers.Count);
-        var limits = ModelCatalog.TokenLimits(o.ModelDir);
-        TrainingLoss.CheckLabels(data, limits.Vocab, limits.MaxPositions);
         ModelCatalog.CheckWeights(spec, model);
 
         var config = WorkerConfig.Load();

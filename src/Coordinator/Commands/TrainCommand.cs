@@ -25,13 +25,17 @@ public static class TrainCommand
         [TrainingFields.Warmup] = "--warmup", [TrainingFields.Steps] = "--steps", [TrainingFields.MicroBatches] = "--micro-batches",
         [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data",
         [FieldException.Window] = "--window", [FieldException.Swap] = "--swap", [FieldException.ResidentLayers] = "--resident-layers",
-        [FieldException.DeviceMemory] = "--device-memory", [FieldException.Device] = "--device",
+        [FieldException.DeviceMemory] = "--device-memory", [FieldException.Device] = "--device", [FieldException.Sequence] = "--seq-len",
     };
 
     public static Command Build()
     {
         var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + float32 safetensors)", Required = true };
-        var data = new Option<string>("--data") { Description = "token ids: int64 [rows, seq] in a .npy file", Required = true };
+        var data = new Option<string>("--data")
+        {
+            Description = "token ids: int64 [rows, seq] in a .npy file, or a text file tokenized with the checkpoint's tokenizer", Required = true,
+        };
+        var seqLen = new Option<int>("--seq-len") { Description = "tokens per row when --data is text", DefaultValueFactory = _ => 64 };
         var batch = new Option<int>("--batch") { Description = "rows per step, taken in order (wrapping around)", DefaultValueFactory = _ => 4 };
         var micro = new Option<int>("--micro-batches") { Description = "micro-batches per step (gradient accumulation); must divide --batch",
             DefaultValueFactory = _ => 1 };
@@ -50,7 +54,7 @@ public static class TrainCommand
 
         var command = new Command("train", "Train a checkpoint on token ids: each step a forward and a backward pass streaming the layers under "
             + "(k, k'), the gradients and optimizer state kept by each layer's actor.");
-        foreach (var o in new Option[] { model, data, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, data, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup }) command.Options.Add(o);
         window.AddTo(command);
         command.Options.Add(save);
         command.Options.Add(report);
@@ -64,6 +68,7 @@ public static class TrainCommand
                 window.Policy(r), window.DeviceSpec(r))
             {
                 SaveDir = r.GetValue(save),
+                Sequence = r.GetValue(seqLen),
             }, FlagOfField);
             return RunAsync(options, r.GetValue(report), AnsiConsole.Console, cancel);
         });

@@ -1,6 +1,7 @@
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Text;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Engine.Training;
@@ -19,6 +20,25 @@ public static class TrainingData
         Buffer.BlockCopy(data, 0, longs, 0, data.Length);
         return tensor(longs, shape, ScalarType.Int64);
     }
+
+    /// <summary>A text file through the checkpoint's tokenizer (in <paramref name="modelDir"/>), cut into rows of
+    /// <paramref name="sequence"/> tokens (the tokens past the last whole row are left out).</summary>
+    public static Tensor ReadText(string path, string modelDir, int sequence)
+    {
+        if (!File.Exists(path)) throw new FieldException(TrainingFields.Data, $"{path}: no such file");
+        if (sequence < 2) throw new FieldException(FieldException.Sequence, $"must be at least 2 to predict a token; got {sequence}");
+        if (!CheckpointTokenizer.Present(modelDir))
+            throw new FieldException(TrainingFields.Data, $"{path}: a text file needs the checkpoint's tokenizer, and {modelDir} has none");
+        var ids = CheckpointTokenizer.Load(modelDir).Encode(File.ReadAllText(path));
+        long rows = ids.Count / sequence;
+        if (rows == 0) throw new FieldException(TrainingFields.Data, $"{path}: {ids.Count} tokens, fewer than one row of {sequence}");
+        return tensor(ids.Take((int)(rows * sequence)).Select(i => (long)i).ToArray(), [rows, sequence], ScalarType.Int64);
+    }
+
+    /// <summary>Token ids from <paramref name="path"/>: a .npy file as it is (<see cref="ReadIds"/>), any other file as text
+    /// (<see cref="ReadText"/>).</summary>
+    public static Tensor Read(string path, string modelDir, int sequence) =>
+        path.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) ? ReadIds(path) : ReadText(path, modelDir, sequence);
 
     /// <summary>The rows of step <paramref name="step"/>: <paramref name="batch"/> rows in order from row step · batch, wrapping
     /// around the end of the data (an epoch boundary).</summary>

@@ -39,7 +39,8 @@ public sealed class TrainingLayerState : IDisposable
         {
             int i = IndexOf(name);
             if (!grad.shape.SequenceEqual(_params[i].Param.shape))
-                throw new ArgumentException($"gradient of {name} is [{string.Join(", ", grad.shape)}], the parameter [{string.Join(", ", _params[i].Param.shape)}]");
+                throw new ArgumentException(
+                    $"gradient of {name} is [{string.Join(", ", grad.shape)}], the parameter [{string.Join(", ", _params[i].Param.shape)}]");
             if (_grads[i] is { } held) held.add_(grad);
             else _grads[i] = grad.detach().clone();
         }

@@ -109,7 +109,8 @@ public sealed class TrainingPassBackend : IPassBackend
         var first = pass.Batch.Ids[0];
         foreach (var ids in pass.Batch.Ids)
             if (!ids.shape.SequenceEqual(first.shape) || ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length)
-                throw new ArgumentException($"micro-batches must all be {model.InputDType}[{string.Join(", ", first.shape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
+                throw new ArgumentException(
+                    $"micro-batches must all be {model.InputDType}[{string.Join(", ", first.shape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
         if (pass.Direction == TrainingDirection.Backward && pass.Gradients is null)
             throw new ArgumentException("a backward pass needs somewhere to send the gradients");
         _device = device;
@@ -297,7 +298,9 @@ public sealed class TrainingPassBackend : IPassBackend
             for (int m = 0; m < Micro; m++)
             {
                 var x = inputGrad ? _savedOnDevice[layer][$"{m}"] : _labels![$"{m}"];
-                var inGradReservation = inputGrad ? _device.Memory.Reserve(TrainingCosts.GradientBytes(inShape), $"the input gradient of layer {layer} ({def.Name})") : null;
+                var inGradReservation = inputGrad
+                    ? _device.Memory.Reserve(TrainingCosts.GradientBytes(inShape), $"the input gradient of layer {layer} ({def.Name})")
+                    : null;
                 Tensor? inGrad = null;
                 try
                 {

@@ -63,7 +63,8 @@ public sealed class TrainingSession
     {
         if (layers.Count != model.Layers.Count) throw new ArgumentException($"{layers.Count} layer actors for {model.Layers.Count} layers");
         if (model.InputDType != ScalarType.Int64 || model.InputShape.Length != 2)
-            throw new ArgumentException($"{model.Name}: training takes a decoder over token ids (its input is {model.InputDType}[{string.Join(", ", model.InputShape)}])");
+            throw new ArgumentException(
+                $"{model.Name}: training takes a decoder over token ids (its input is {model.InputDType}[{string.Join(", ", model.InputShape)}])");
         _settings = settings.Validate();
         if (model.InputShape[0] % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({model.InputShape[0]} rows)");
@@ -97,7 +98,8 @@ public sealed class TrainingSession
     {
         if (_trainingHostBytes < 0) throw new InvalidOperationException("StartAsync first");
         if (!ids.shape.SequenceEqual(_model.InputShape))
-            throw new FieldException(TrainingFields.Labels, $"must be [{string.Join(", ", _model.InputShape)}] (the model's batch and sequence); got [{string.Join(", ", ids.shape)}]");
+            throw new FieldException(TrainingFields.Labels,
+                $"must be [{string.Join(", ", _model.InputShape)}] (the model's batch and sequence); got [{string.Join(", ", ids.shape)}]");
         TrainingLoss.CheckLabels(ids, _vocab, _model.InputShape[1]);
         var clock = Stopwatch.StartNew();
         int micro = _settings.MicroBatches;

@@ -54,7 +54,8 @@ public static class TrainCommand
 
         var command = new Command("train", "Train a checkpoint on token ids: each step a forward and a backward pass streaming the layers under "
             + "(k, k'), the gradients and optimizer state kept by each layer's actor.");
-        foreach (var o in new Option[] { model, data, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, data, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup })
+            command.Options.Add(o);
         window.AddTo(command);
         command.Options.Add(save);
         command.Options.Add(report);
@@ -95,13 +96,15 @@ public static class TrainCommand
         var steps = result.Steps;
         double seconds = steps.Sum(s => s.Seconds);
         var file = new TrainReportFile(result.Model, Path.GetFullPath(o.DataPath), o.Settings.Optimizer.ToString(), Describe(o.Settings.Schedule),
-            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, o.Policy.Window ?? result.Layers, o.Policy.Swap ?? (o.Policy.Window is null ? result.Layers : 1),
+            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, o.Policy.Window ?? result.Layers,
+            o.Policy.Swap ?? (o.Policy.Window is null ? result.Layers : 1),
             result.Layers, result.ModelBytes, steps, seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
             steps.Count == 0 ? 0 : steps.Max(s => s.PeakDeviceBytes), steps.Count == 0 ? 0 : steps.Max(s => s.PeakHostBytes), result.Failure,
             o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir));
         if (reportPath is not null) ReportWriter.WriteJson(reportPath, file);
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{steps.Count} step(s), {file.TokensPerSecond:0.0} tokens/s, peak device bytes {file.PeakDeviceBytes:N0}, peak host bytes {file.PeakHostBytes:N0}"));
+            $"{steps.Count} step(s), {file.TokensPerSecond:0.0} tokens/s, peak device bytes {file.PeakDeviceBytes:N0}, "
+            + $"peak host bytes {file.PeakHostBytes:N0}"));
         if (o.SaveDir is not null) console.MarkupLineInterpolated($"saved: {o.SaveDir}");
         if (reportPath is not null) console.MarkupLineInterpolated($"report: {reportPath}");
         if (result.Failure is null) return 0;

@@ -22,8 +22,14 @@ public sealed class WindowOptions
     {
         Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
     };
-    public Option<string> Link { get; } = new("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
-    public Option<string> Device { get; } = new("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
+    public Option<string> Link { get; } = new("--link-gbps")
+    {
+        Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)",
+    };
+    public Option<string> Device { get; } = new("--device")
+    {
+        Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim",
+    };
 
     public void AddTo(Command command)
     {

@@ -231,6 +231,42 @@ public sealed class TrainingChecksSpec() : TestKit(WorkerConfig.Load()), IDispos
         Sys.Stop(otherLoader);
     }
 
+    [Fact]
+    public async Task A_trained_checkpoint_saves_as_float32_safetensors_that_load_back_to_the_same_weights()
+    {
+        var config = TrainingSpec.SmallGpt2();
+        string dir = TrainingSpec.ExportGpt2(root, config);
+        using var rig = new TrainingRig(Sys, dir, 2, 8);
+        var session = await rig.Session(rig.Policy(2, 1), new TrainingSettings(new OptimizerSettings(OptimizerKind.AdamW, 1e-2), LrSchedule.Constant));
+        using var ids = TrainingSpec.Data(2, 8, config.Vocab);
+        await session.StepAsync(0, ids);
+        var trained = await session.WeightsAsync();
+        string saved = Path.Combine(root, "saved");
+        TrainedCheckpoint.Write(saved, dir, trained);
+        Assert.True(File.Exists(Path.Combine(saved, "config.json")));
+        using var back = SafetensorsCheckpoint.Open(saved);
+        Assert.Equal(trained.Select(t => t.Name).Order(), back.Names.Order());
+        foreach (var (name, t) in trained)
+        {
+            using var read = back.Read(name);
+            Assert.Equal(ScalarType.Float32, read.dtype);
+            Assert.True(TensorBytes.Raw(t).AsSpan().SequenceEqual(TensorBytes.Raw(read)), name);
+        }
+        Assert.Equal(rig.Model.Layers.Count, ModelCatalog.Create(ModelCatalog.CheckpointSpec(saved, 2, 8, 0)).Layers.Count);
+    }
+
+    [Fact]
+    public async Task Weights_stored_as_float16_are_refused_in_one_line_naming_the_tensor()
+    {
+        string dir = Path.Combine(root, "f16");
+        Gpt2Export.Write(dir, TrainingSpec.SmallGpt2() with { TorchDtype = "float16" }, seed: 3);
+        using var rig = new TrainingRig(Sys, dir, 2, 8);
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => rig.Session(rig.Policy(2, 1),
+            new TrainingSettings(new OptimizerSettings(OptimizerKind.Sgd, 0.1), LrSchedule.Constant)));
+        Assert.Matches("layer 0 \\(embed\\): transformer.wte.weight is stored as Float16; training needs float32 weights", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
     public new void Dispose()
     {
         base.Dispose();

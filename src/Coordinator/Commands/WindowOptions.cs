@@ -7,12 +7,10 @@ namespace Superpipeline.Coordinator.Commands;
 
 /// <summary>The window, swap, pinned-layer and device flags a command that streams layers takes (run's, in one place so a new
 /// command reuses them instead of copying them): --window, --swap, --resident-layers, --device-memory, --link-gbps, --device.</summary>
-public sealed class WindowOptions
+/// <param name="windowDescription">--window's help: what the command accepts (run's planner takes 'auto'; train's does not).</param>
+public sealed class WindowOptions(string windowDescription = "k: layers resident on the device at once (a number, or 'all' for no offload)")
 {
-    public Option<string> Window { get; } = new("--window")
-    {
-        Description = "k: layers resident on the device at once (a number, or 'all' for no offload)", DefaultValueFactory = _ => "3",
-    };
+    public Option<string> Window { get; } = new("--window") { Description = windowDescription, DefaultValueFactory = _ => "3" };
     public Option<string> Swap { get; } = new("--swap")
     {
         Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",

@@ -27,6 +27,7 @@ public static class Cli
         root.Subcommands.Add(EmbedCommand.Build());
         root.Subcommands.Add(WeightsCommand.Build());
         root.Subcommands.Add(SimilarityCommand.Build());
+        root.Subcommands.Add(TrainCommand.Build());
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {

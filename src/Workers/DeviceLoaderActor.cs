@@ -44,6 +44,12 @@ public sealed class DeviceLoaderActor : ReceiveActor
         /// them (the node agent gives its <see cref="DeploymentKey"/>, so jobs of the same model share them). Null: pinned
         /// layers are freed when the pass ends, like the rest.</summary>
         public object? ResidentKey { get; init; }
+
+        /// <summary>Makes the pass a training pass (<see cref="TrainingPassBackend"/>): the forward of a training step, saving each
+        /// layer's input, or its backward, in reverse layer order. <see cref="Inputs"/> are then the step's micro-batches (as in
+        /// <see cref="TrainingPass.Batch"/>); the answer is <see cref="PassSucceeded"/> with no outputs. A training pass neither
+        /// reuses nor keeps pinned layers (the weights change after every step): kept layers are released before it starts.</summary>
+        public TrainingPass? Training { get; init; }
     }
 
     /// <summary>Frees generation session <paramref name="Session"/>'s KV caches on this device (nothing when it holds none);
@@ -122,9 +128,11 @@ public sealed class DeviceLoaderActor : ReceiveActor
     {
         int n = pass.Model.Layers.Count;
         var pinned = pass.Policy.PinnedSet(n);
+        if (pass.Training is { } training) return await RunTraining(pass, training, pinned).ConfigureAwait(false);
         // Pinned layers kept from earlier passes of this model are taken out for the pass; everything else kept (another
         // model's layers, or layers this pass does not pin) is released first, least recently used first.
         var warm = await _device.OnComputeThread(() => _kept.TakeFor(pass.ResidentKey, pinned)).ConfigureAwait(false);
+        warm = await DropStale(warm, pass.LayerActors).ConfigureAwait(false);
         var keep = pass.ResidentKey is { } key ? (Action<int, DeviceTensors>)((layer, weights) => _kept.Keep(key, layer, weights)) : null;
         // A session's first pass records the bytes held before it (kept layers it reuses aside), so its passes' peaks include
         // the caches it keeps.
@@ -155,6 +163,42 @@ public sealed class DeviceLoaderActor : ReceiveActor
             await FreeSession(session.Id).ConfigureAwait(false); // a failed step ends its session: nothing stays on the device
             throw;
         }
+    }
+
+    /// <summary>Kept layers whose weights changed since they were copied (an optimizer step published a new version) are freed:
+    /// the pass loads them again.</summary>
+    async Task<IReadOnlyDictionary<int, DeviceTensors>> DropStale(IReadOnlyDictionary<int, DeviceTensors> warm, IReadOnlyList<IActorRef> actors)
+    {
+        if (warm.Count == 0) return warm;
+        var fresh = new Dictionary<int, DeviceTensors>(warm);
+        try
+        {
+            foreach (var (layer, kept) in warm)
+            {
+                var now = await actors[layer].Ask<LayerActor.WeightsVersion>(LayerActor.GetVersion.Instance, _askTimeout).ConfigureAwait(false);
+                if (now.Version == kept.WeightsVersion) continue;
+                fresh.Remove(layer);
+                await _device.OnComputeThread(() => { kept.Dispose(); return 0; }).ConfigureAwait(false);
+            }
+            return fresh;
+        }
+        catch
+        {
+            await _device.OnComputeThread(() => { foreach (var w in fresh.Values) w.Dispose(); return 0; }).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>A training pass: nothing kept is reused (released first), nothing is kept after.</summary>
+    async Task<object> RunTraining(RunPass pass, TrainingPass training, IReadOnlySet<int> pinned)
+    {
+        var released = await _device.OnComputeThread(() => _kept.TakeFor(null, pinned)).ConfigureAwait(false);
+        if (released.Count != 0) throw new InvalidOperationException("kept layers were handed to a training pass");
+        var backend = new TrainingPassBackend(_device, pass.Model, pass.LayerActors, training, _askTimeout);
+        pass.Stop.ThrowIfCancellationRequested();
+        var gate = new WindowGate(pass.Policy, backend.StepBytes, backend.PinnedSteps(pinned));
+        await PassStream.RunAsync(backend, gate, _materializer, pass.Stop).ConfigureAwait(false);
+        return new PassSucceeded([], backend.Report(pass.Policy.Window, pass.Policy.Swap));
     }
 
     void OnEndSession(Guid session)

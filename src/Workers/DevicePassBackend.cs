@@ -183,6 +183,7 @@ public sealed class DevicePassBackend : IPassBackend
             var def = _model.Layers[layer];
             double start = Now;
             var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
+            placed.WeightsVersion = weights.Version; // a kept copy is reused only while the layer's weights stay this version
             _resident[layer] = placed;
             Interlocked.Add(ref _bytesTransferred, placed.TransferredBytes); // the stored dtype's bytes: what crossed the link
             if (hostKv is not null) BringKv(layer, def, hostKv.Cache);

@@ -3,6 +3,7 @@ using Akka.Event;
 using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -28,7 +29,60 @@ public sealed class LayerActor : ReceiveActor
     public sealed record HostWeights(int Layer, IReadOnlyList<(string Name, Tensor Tensor)> Tensors) : INoSerializationVerificationNeeded
     {
         public IDisposable? Lease { get; init; }
+
+        /// <summary>Which weights these are: 0 as loaded, one more after each optimizer step. A device copy made from an
+        /// older version is stale (<see cref="GetVersion"/>).</summary>
+        public long Version { get; init; }
     }
+
+    /// <summary>Ask for the version of the layer's weights (<see cref="HostWeights.Version"/>) without them; the answer is
+    /// <see cref="WeightsVersion"/>. The device loader asks it before reusing a kept device copy.</summary>
+    public sealed record GetVersion : INoSerializationVerificationNeeded
+    {
+        public static readonly GetVersion Instance = new();
+        GetVersion() { }
+    }
+
+    public sealed record WeightsVersion(int Layer, long Version) : INoSerializationVerificationNeeded;
+
+    // Training (in-process): the layer's gradients and optimizer state live here, beside its weights (TrainingLayerState).
+
+    /// <summary>Start training the layer with <paramref name="Optimizer"/>: a float32 master copy of the weights and the optimizer's
+    /// state are made (refused for weights stored narrower, or with the disk tier). The answer is <see cref="TrainingReady"/>.</summary>
+    public sealed record StartTraining(OptimizerSettings Optimizer) : INoSerializationVerificationNeeded;
+
+    /// <param name="HostBytes">Host bytes the layer now holds for training (master weights, gradients, optimizer state).</param>
+    public sealed record TrainingReady(int Layer, long HostBytes) : INoSerializationVerificationNeeded;
+
+    /// <summary>Add one micro-batch's parameter gradients (host float32, by parameter name) to the step's; the sender keeps
+    /// owning the tensors (they are copied or added). The answer is <see cref="GradientsAccumulated"/>.</summary>
+    public sealed record AccumulateGradients(IReadOnlyList<(string Name, Tensor Grad)> Grads) : INoSerializationVerificationNeeded;
+
+    public sealed record GradientsAccumulated(int Layer) : INoSerializationVerificationNeeded;
+
+    /// <summary>Report the 2-norm of each accumulated gradient (for clipping by global norm); the answer is <see cref="GradNorms"/>.</summary>
+    public sealed record GetGradNorms : INoSerializationVerificationNeeded
+    {
+        public static readonly GetGradNorms Instance = new();
+        GetGradNorms() { }
+    }
+
+    public sealed record GradNorms(int Layer, IReadOnlyList<(string Name, float Norm)> Norms) : INoSerializationVerificationNeeded;
+
+    /// <summary>Apply the optimizer step at <paramref name="LearningRate"/>, multiplying the gradients by <paramref name="Clip"/> first
+    /// when given, then drop the gradients and publish the new weights. The answer is <see cref="StepApplied"/>.</summary>
+    public sealed record ApplyStep(double LearningRate, float? Clip) : INoSerializationVerificationNeeded;
+
+    public sealed record StepApplied(int Layer, long Version) : INoSerializationVerificationNeeded;
+
+    /// <summary>Drop the accumulated gradients (a step that failed); the answer is <see cref="GradientsZeroed"/>.</summary>
+    public sealed record ZeroGradients : INoSerializationVerificationNeeded
+    {
+        public static readonly ZeroGradients Instance = new();
+        ZeroGradients() { }
+    }
+
+    public sealed record GradientsZeroed(int Layer) : INoSerializationVerificationNeeded;
 
     /// <summary>Ask for the layer's host KV cache in generation session <paramref name="Session"/> (host placement), made
     /// zeroed with <paramref name="Capacity"/> entries for <paramref name="Batch"/> rows on first ask; the answer is
@@ -48,6 +102,7 @@ public sealed class LayerActor : ReceiveActor
     readonly IWeightSource _source;
     readonly bool _pin;
     HostWeights? _weights;
+    TrainingLayerState? _training;
 
     public LayerActor(Layer layer, IWeightSource source, bool pin)
     {
@@ -63,6 +118,68 @@ public sealed class LayerActor : ReceiveActor
         else Receive<GetWeights>(_ => Sender.Tell(_weights));
         Receive<GetKv>(OnGetKv);
         Receive<EndKv>(m => OnEndKv(m.Session));
+        Receive<GetVersion>(_ => Sender.Tell(new WeightsVersion(_layer.Index, _weights?.Version ?? 0)));
+        Receive<StartTraining>(m => Answer(() => OnStartTraining(m.Optimizer)));
+        Receive<AccumulateGradients>(m => Answer(() =>
+        {
+            Training().Accumulate(m.Grads);
+            return new GradientsAccumulated(_layer.Index);
+        }));
+        Receive<GetGradNorms>(_ => Answer(() => new GradNorms(_layer.Index, Training().Norms())));
+        Receive<ApplyStep>(m => Answer(() => OnApplyStep(m.LearningRate, m.Clip)));
+        Receive<ZeroGradients>(_ => Answer(() =>
+        {
+            _training?.Zero();
+            return new GradientsZeroed(_layer.Index);
+        }));
+    }
+
+    /// <summary>Answers with <paramref name="work"/>'s result, or a failure carrying its error (the asker's task fails with it).</summary>
+    void Answer(Func<object> work)
+    {
+        object answer;
+        try
+        {
+            answer = work();
+        }
+        catch (Exception e) // a refusal or a TorchSharp error: the asker fails with it; the actor keeps its state
+        {
+            answer = new Status.Failure(e);
+        }
+        Sender.Tell(answer);
+    }
+
+    TrainingLayerState Training() =>
+        _training ?? throw new InvalidOperationException($"layer {_layer.Index} ({_layer.Name}) is not training (no StartTraining)");
+
+    TrainingReady OnStartTraining(OptimizerSettings optimizer)
+    {
+        if (_weights is null)
+            throw new InvalidOperationException($"layer {_layer.Index} ({_layer.Name}) keeps no host weights (the disk tier); training needs them in memory");
+        _training?.Dispose();
+        _training = new TrainingLayerState($"{_layer.Index} ({_layer.Name})", _weights.Tensors, optimizer);
+        return new TrainingReady(_layer.Index, _training.Bytes(optimizer));
+    }
+
+    /// <summary>The optimizer step, then the new weights published as fresh tensors under the next version; the old ones are
+    /// freed (a device copy sharing their storage keeps it alive until it is dropped).</summary>
+    StepApplied OnApplyStep(double learningRate, float? clip)
+    {
+        var training = Training();
+        training.Step(learningRate, clip);
+        var fresh = training.Publish();
+        if (_pin) fresh = [.. fresh.Select(w => (w.Name, Pinned(w.Tensor)))];
+        var old = _weights!;
+        _weights = new HostWeights(_layer.Index, fresh) { Version = old.Version + 1 };
+        foreach (var (_, t) in old.Tensors) t.Dispose();
+        return new StepApplied(_layer.Index, _weights.Version);
+    }
+
+    static Tensor Pinned(Tensor t)
+    {
+        var pinned = t.pin_memory();
+        t.Dispose();
+        return pinned;
     }
 
     public static Props Props(Layer layer, IWeightSource source, bool pin) =>
@@ -124,6 +241,8 @@ public sealed class LayerActor : ReceiveActor
     {
         foreach (var cache in _kv.Values) cache.Dispose();
         _kv.Clear();
+        _training?.Dispose();
+        _training = null;
         Context.System.EventStream.Unsubscribe(Self);
         if (_weights is null) return;
         foreach (var (_, t) in _weights.Tensors) t.Dispose();

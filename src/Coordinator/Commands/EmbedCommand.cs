@@ -12,46 +12,6 @@ using static TorchSharp.torch;
 
 namespace Superpipeline.Coordinator.Commands;
 
-/// <summary>The flags of one pass under (k, k') on a device, as <c>run</c> defines them: --window, --swap, --resident-layers,
-/// --device-memory, --link-gbps, --device, --host-memory. One shared definition for commands that run a pass (used by <c>embed</c>;
-/// <c>run</c> and <c>generate</c> still build their own, with the same names, defaults and parsing).</summary>
-public sealed class PassFlags
-{
-    readonly Option<string> window = new("--window")
-    {
-        Description = "k: layers resident on the device at once (a number, 'all' for no offload, or 'auto' to let the planner choose k and k' " +
-            "for the device memory)",
-        DefaultValueFactory = _ => "3",
-    };
-    readonly Option<string> swap = new("--swap")
-    {
-        Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
-    };
-    readonly Option<string> resident = Flags.ResidentLayersOption();
-    readonly Option<string> memory = new("--device-memory")
-    {
-        Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
-    };
-    readonly Option<string> link = new("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
-    readonly Option<string> device = new("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
-    readonly Option<string> hostMemory = new("--host-memory")
-    {
-        Description = "host memory for the model's weights (bytes or KiB/MiB/GiB): when they exceed it, layers are read when the window admits them",
-    };
-
-    public void AddTo(Command command)
-    {
-        foreach (var o in new Option[] { window, swap, resident, memory, link, device, hostMemory }) command.Options.Add(o);
-    }
-
-    public PolicySpec Policy(ParseResult r) => Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident));
-
-    public DeviceSpec Device(ParseResult r) => new(DeviceSpecs.ParseKind(r.GetValue(device)!),
-        ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory), Flags.ParseGbps(r.GetValue(link)));
-
-    public long? HostMemory(ParseResult r) => r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null;
-}
-
 /// <summary>What <c>superpipeline embed</c> was asked to do, already parsed.</summary>
 /// <param name="Vocab">The WordPiece vocab.txt; null: the one beside the model.</param>
 /// <param name="Family">The ONNX family (<c>--family</c>); null: the one whose inputs the graph has. Only "bert" embeds.</param>
@@ -81,13 +41,13 @@ public static class EmbedCommand
         };
         var family = new Option<string>("--family") { Description = "the ONNX family (default: the one whose inputs the graph has); only bert embeds" };
         var vocab = new Option<string>("--vocab") { Description = "the WordPiece vocab.txt (default: vocab.txt beside the model)" };
-        var pass = new PassFlags();
+        var pass = new WindowOptions(WindowOptions.WithAuto);
         var command = new Command("embed", "Embed texts with a BERT encoder from ONNX (mean pooling and L2 normalisation, as sentence-transformers' " +
             "all-MiniLM-L6-v2), streaming its layers under (k, k') as run does.");
         foreach (var o in new Option[] { model, text, output, hidden, family, vocab }) command.Options.Add(o);
         pass.AddTo(command);
         command.SetAction((r, cancel) => RunAsync(new EmbedOptions(r.GetValue(model)!, r.GetValue(text) ?? [], r.GetValue(output)!, r.GetValue(hidden),
-            r.GetValue(family), r.GetValue(vocab), pass.Policy(r), pass.Device(r)) { HostMemory = pass.HostMemory(r) }, AnsiConsole.Console, cancel));
+            r.GetValue(family), r.GetValue(vocab), pass.Policy(r), pass.DeviceSpec(r)) { HostMemory = pass.HostMemoryBytes(r) }, AnsiConsole.Console, cancel));
         return command;
     }
 

@@ -77,26 +77,8 @@ public static class GenerateCommand
         };
         var kv = new Option<string>("--kv") { Description = "where the KV cache lives: device (for the whole run) or host (brought in with each layer)",
             DefaultValueFactory = _ => "device" };
-        var window = new Option<string>("--window")
-        {
-            Description = "k: layers resident on the device at once (a number, 'all', or 'auto' to plan k, k' and the pinned layers for the "
-                + "device, the batch and the KV cache)", DefaultValueFactory = _ => "3",
-        };
-        var resident = Flags.ResidentLayersOption();
-        var hostMemory = new Option<string>("--host-memory")
-        {
-            Description = "host bytes for weights: below the checkpoint's size, layers stay in its files and are read as the window reaches them",
-        };
-        var swap = new Option<string>("--swap")
-        {
-            Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
-        };
-        var memory = new Option<string>("--device-memory")
-        {
-            Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
-        };
-        var link = new Option<string>("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
-        var device = new Option<string>("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
+        var streaming = new WindowOptions("k: layers resident on the device at once (a number, 'all', or 'auto' to plan k, k' and the pinned "
+            + "layers for the device, the batch and the KV cache)");
         var output = new Option<string>("--output") { Description = "write the tokens, int64 [batch, prompt + new], to this NumPy .npy file" };
         var report = new Option<string>("--report") { Description = "write the JSON report to this file" };
         var image = new Option<string[]>("--image")
@@ -107,22 +89,21 @@ public static class GenerateCommand
 
         var command = new Command("generate", "Generate tokens from a checkpoint: a prefill pass, then one decode pass per token, each streaming "
             + "the layers under (k, k') with a KV cache.");
-        foreach (var o in new Option[] { model, input, prompt, maxNew, temperature, topK, topP, seed, eos, kv, window, swap, resident, hostMemory, memory,
-            link, device, output, report, image })
-            command.Options.Add(o);
+        foreach (var o in new Option[] { model, input, prompt, maxNew, temperature, topK, topP, seed, eos, kv }) command.Options.Add(o);
+        streaming.AddTo(command);
+        foreach (var o in new Option[] { output, report, image }) command.Options.Add(o);
         command.SetAction((r, cancel) =>
         {
             var options = InFlags(() => new GenerateOptions(
                 r.GetValue(model)!, r.GetValue(input), r.GetValue(prompt) ?? [],
                 new GenerationRequest(r.GetValue(maxNew), new SamplingSettings(r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed)),
                     r.GetValue(eos)),
-                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)),
+                streaming.Policy(r),
                 GenerationSession.ParsePlacement(r.GetValue(kv)!),
-                new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
-                    Flags.ParseGbps(r.GetValue(link))),
+                streaming.DeviceSpec(r),
                 r.GetValue(output), r.GetValue(report))
             {
-                HostMemory = r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null,
+                HostMemory = streaming.HostMemoryBytes(r),
                 Images = r.GetValue(image) ?? [],
             });
             return RunAsync(options, AnsiConsole.Console, cancel);

@@ -30,32 +30,10 @@ public static class RunCommand
     public static Command Build()
     {
         var model = new ModelOptions();
-        var window = new Option<string>("--window")
-        {
-            Description = "k: layers resident on the device at once (a number, 'all' for no offload, or 'auto' to let the planner choose k and k' " +
-                "for the device memory)",
-            DefaultValueFactory = _ => "3",
-        };
-        var swap = new Option<string>("--swap")
-        {
-            Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1, or all layers with --window all",
-        };
-        var resident = Flags.ResidentLayersOption();
-        var memory = new Option<string>("--device-memory")
-        {
-            Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
-        };
-        var link = new Option<string>("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
-        var device = new Option<string>("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
+        var streaming = new WindowOptions(WindowOptions.WithAuto);
         var report = new Option<string>("--report") { Description = "write the JSON report to this file" };
         var trace = new Option<string>("--trace") { Description = "write a Chrome trace (chrome://tracing, Perfetto) of load, compute and evict per layer" };
         var output = new Option<string>("--output") { Description = "write the output tensor to this NumPy .npy file" };
-        var hostMemory = new Option<string>("--host-memory")
-        {
-            Description = "host memory for a checkpoint's weights (bytes or KiB/MiB/GiB): when they exceed it, layers stay in the safetensors " +
-                "files and are read when the window admits them (default: all weights held in host memory)",
-        };
-
         var image = new Option<string[]>("--image")
         {
             Description = "a PNG or JPEG image, one batch row per --image (repeat it), for a checkpoint that takes images (vit): resized and " +
@@ -67,7 +45,8 @@ public static class RunCommand
             "(default: the demo decoder, 5× larger than its 64 MiB simulated device).");
         model.AddTo(run);
         model.AddPromptTo(run);
-        foreach (var o in new Option[] { window, swap, resident, memory, link, device, report, trace, output, hostMemory, image }) run.Options.Add(o);
+        streaming.AddTo(run);
+        foreach (var o in new Option[] { report, trace, output, image }) run.Options.Add(o);
         run.SetAction(async (r, cancel) =>
         {
             var spec = WithImages(model.Read(r), r, model, r.GetValue(image) ?? []);
@@ -75,12 +54,11 @@ public static class RunCommand
             {
                 return await RunAsync(new RunOptions(
                         spec,
-                        Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)),
-                        new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
-                            Flags.ParseGbps(r.GetValue(link))),
+                        streaming.Policy(r),
+                        streaming.DeviceSpec(r),
                         r.GetValue(report), r.GetValue(trace), r.GetValue(output))
                     {
-                        HostMemory = r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null,
+                        HostMemory = streaming.HostMemoryBytes(r),
                     },
                     AnsiConsole.Console, cancel);
             }

@@ -32,32 +32,15 @@ public static class SimilarityCommand
         var model = new Option<string>("--model") { Description = "a CLIP checkpoint directory (config.json model_type clip)", Required = true };
         var images = new Option<string[]>("--image") { Description = "a PNG or JPEG (repeat it: one row each)", Required = true };
         var texts = new Option<string[]>("--text") { Description = "a text to compare the images with (repeat it: one column each)", Required = true };
-        var window = new Option<string>("--window")
-        {
-            Description = "k: layers resident on the device at once (a number, 'all' for no offload, or 'auto')", DefaultValueFactory = _ => "3",
-        };
-        var swap = new Option<string>("--swap") { Description = "k': layers evicted and refilled together (1 ≤ k' ≤ k); default 1" };
-        var resident = Flags.ResidentLayersOption();
-        var memory = new Option<string>("--device-memory")
-        {
-            Description = "device capacity: bytes or with a KiB/MiB/GiB suffix", DefaultValueFactory = _ => Flags.DefaultDeviceMemory,
-        };
-        var link = new Option<string>("--link-gbps") { Description = "emulated host→device link bandwidth in GB/s (default: unlimited, a plain copy)" };
-        var device = new Option<string>("--device") { Description = "sim, cuda or auto (CUDA when TorchSharp sees it)", DefaultValueFactory = _ => "sim" };
+        var streaming = new WindowOptions(WindowOptions.WithAuto);
         var output = new Option<string>("--output") { Description = "write logits_per_image [images, texts] to this NumPy .npy file" };
-        var hostMemory = new Option<string>("--host-memory")
-        {
-            Description = "host memory for the checkpoint's weights (bytes or KiB/MiB/GiB); beyond it layers are read from disk when admitted",
-        };
         var command = new Command("similarity", "CLIP: how well each image matches each text (logits_per_image and softmax per image), both " +
             "towers streamed through the device as run streams a model.");
-        foreach (var o in new Option[] { model, images, texts, window, swap, resident, memory, link, device, output, hostMemory }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, images, texts, output }) command.Options.Add(o);
+        streaming.AddTo(command);
         command.SetAction(async (r, cancel) => await RunAsync(new SimilarityOptions(
                 r.GetValue(model)!, r.GetValue(images)!, r.GetValue(texts)!,
-                Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)),
-                new DeviceSpec(DeviceSpecs.ParseKind(r.GetValue(device)!), ByteSize.Parse(r.GetValue(memory)!, FieldException.DeviceMemory),
-                    Flags.ParseGbps(r.GetValue(link))),
-                r.GetValue(output), r.GetValue(hostMemory) is { } h ? ByteSize.Parse(h, FieldException.HostMemory) : null),
+                streaming.Policy(r), streaming.DeviceSpec(r), r.GetValue(output), streaming.HostMemoryBytes(r)),
             AnsiConsole.Console, cancel));
         return command;
     }

@@ -26,6 +26,8 @@ public sealed class DeviceTensors : IDisposable
     public long Bytes => _reservations.Sum(r => r.Bytes);
     /// <summary>Bytes that crossed the link to place them: the stored dtype's bytes.</summary>
     public long TransferredBytes { get; }
+    /// <summary>The version of the host weights these were copied from (a LayerActor's, which training steps bump); 0 otherwise.</summary>
+    public long WeightsVersion { get; set; }
     public Tensor this[string name] => Tensors[name];
 
     public void Dispose()

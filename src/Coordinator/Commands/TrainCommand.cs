@@ -1,0 +1,115 @@
+using System.CommandLine;
+using System.Globalization;
+using Spectre.Console;
+using Superpipeline.Coordinator.Bench;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Training;
+using Superpipeline.Workers;
+
+namespace Superpipeline.Coordinator.Commands;
+
+/// <summary>The JSON report of <c>superpipeline train</c>: the run's figures and every step's.</summary>
+public sealed record TrainReportFile(string Model, string Data, string Optimizer, string Schedule, double? ClipNorm, int Batch, int MicroBatches,
+    int Window, int Swap, int Layers, long ModelBytes, IReadOnlyList<TrainingStepReport> Steps, double TokensPerSecond, long PeakDeviceBytes,
+    long PeakHostBytes, string? Failure, string? Saved);
+
+/// <summary><c>superpipeline train</c>: trains a checkpoint on token ids with the layers streamed under (k, k'), in this process
+/// (<see cref="TrainingRun"/>), printing each step's loss; saves the trained checkpoint and writes the report.</summary>
+public static class TrainCommand
+{
+    /// <summary>The flag that carries each training field the engine names in its refusals.</summary>
+    static readonly IReadOnlyDictionary<string, string> FlagOfField = new Dictionary<string, string>
+    {
+        [TrainingFields.LearningRate] = "--lr", [TrainingFields.Momentum] = "--momentum", [TrainingFields.WeightDecay] = "--weight-decay",
+        [TrainingFields.ClipNorm] = "--clip-norm", [TrainingFields.Optimizer] = "--optimizer", [TrainingFields.Schedule] = "--schedule",
+        [TrainingFields.Warmup] = "--warmup", [TrainingFields.Steps] = "--steps", [TrainingFields.MicroBatches] = "--micro-batches",
+        [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data",
+        [FieldException.Window] = "--window", [FieldException.Swap] = "--swap", [FieldException.ResidentLayers] = "--resident-layers",
+        [FieldException.DeviceMemory] = "--device-memory", [FieldException.Device] = "--device", [FieldException.Sequence] = "--seq-len",
+    };
+
+    public static Command Build()
+    {
+        var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + float32 safetensors)", Required = true };
+        var data = new Option<string>("--data")
+        {
+            Description = "token ids: int64 [rows, seq] in a .npy file, or a text file tokenized with the checkpoint's tokenizer", Required = true,
+        };
+        var seqLen = new Option<int>("--seq-len") { Description = "tokens per row when --data is text", DefaultValueFactory = _ => 64 };
+        var batch = new Option<int>("--batch") { Description = "rows per step, taken in order (wrapping around)", DefaultValueFactory = _ => 4 };
+        var micro = new Option<int>("--micro-batches") { Description = "micro-batches per step (gradient accumulation); must divide --batch",
+            DefaultValueFactory = _ => 1 };
+        var steps = new Option<int>("--steps") { Description = "optimizer steps", DefaultValueFactory = _ => 10 };
+        var optimizer = new Option<string>("--optimizer") { Description = "sgd or adamw (torch.optim's)", DefaultValueFactory = _ => "adamw" };
+        var lr = new Option<double>("--lr") { Description = "learning rate (> 0)", DefaultValueFactory = _ => 1e-3 };
+        var momentum = new Option<double>("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.0 };
+        var decay = new Option<double>("--weight-decay") { Description = "weight decay (AdamW: decoupled)", DefaultValueFactory = _ => 0.0 };
+        var clip = new Option<double?>("--clip-norm") { Description = "clip gradients to this global 2-norm (> 0), as clip_grad_norm_" };
+        var schedule = new Option<string>("--schedule") { Description = "constant, or cosine with linear warm-up (transformers')",
+            DefaultValueFactory = _ => "constant" };
+        var warmup = new Option<int>("--warmup") { Description = "warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0 };
+        var window = new WindowOptions(hostMemory: false);
+        var save = new Option<string>("--save") { Description = "save the trained checkpoint (config.json, model.safetensors, tokenizer) here" };
+        var report = new Option<string>("--report") { Description = "write the JSON report (loss per step, times, peaks) to this file" };
+
+        var command = new Command("train", "Train a checkpoint on token ids: each step a forward and a backward pass streaming the layers under "
+            + "(k, k'), the gradients and optimizer state kept by each layer's actor.");
+        foreach (var o in new Option[] { model, data, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup })
+            command.Options.Add(o);
+        window.AddTo(command);
+        command.Options.Add(save);
+        command.Options.Add(report);
+        command.SetAction((r, cancel) =>
+        {
+            var options = GenerateCommand.InFlags(() => new TrainingRunOptions(r.GetValue(model)!, r.GetValue(data)!, r.GetValue(batch), r.GetValue(steps),
+                new TrainingSettings(
+                    new OptimizerSettings(OptimizerSettings.ParseKind(r.GetValue(optimizer)!), r.GetValue(lr), r.GetValue(momentum), r.GetValue(decay)),
+                    new LrSchedule(LrSchedule.ParseKind(r.GetValue(schedule)!), r.GetValue(warmup), r.GetValue(steps)),
+                    r.GetValue(clip), r.GetValue(micro)).Validate(),
+                window.Policy(r), window.DeviceSpec(r))
+            {
+                SaveDir = r.GetValue(save),
+                Sequence = r.GetValue(seqLen),
+            }, FlagOfField);
+            return RunAsync(options, r.GetValue(report), AnsiConsole.Console, cancel);
+        });
+        return command;
+    }
+
+    /// <summary>Trains, printing a line per step, writes the report and returns the exit code: 1 (with one line on stderr) when a
+    /// step failed, after saving the last good weights.</summary>
+    public static async Task<int> RunAsync(TrainingRunOptions o, string? reportPath, IAnsiConsole console, CancellationToken cancel)
+    {
+        OutputPaths.CheckWritable(reportPath, "--report");
+        console.MarkupLineInterpolated($"[bold]superpipeline train[/]: {o.ModelDir}, {o.Steps} step(s) of {o.Batch} rows, {o.Settings.Optimizer}");
+        TrainingRunResult result;
+        try
+        {
+            result = await TrainingRun.RunAsync(o, s => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"step {s.Step + 1}: loss {s.Loss:0.000000}, lr {s.LearningRate:G6}{(s.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Seconds:0.000} s")),
+                cancel);
+        }
+        catch (FieldException e) when (FlagOfField.TryGetValue(e.Field, out var flag))
+        {
+            throw new ArgumentException(e.MessageFor(flag), e);
+        }
+        var steps = result.Steps;
+        double seconds = steps.Sum(s => s.Seconds);
+        var file = new TrainReportFile(result.Model, Path.GetFullPath(o.DataPath), o.Settings.Optimizer.ToString(), Describe(o.Settings.Schedule),
+            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, o.Policy.Window ?? result.Layers,
+            o.Policy.Swap ?? (o.Policy.Window is null ? result.Layers : 1),
+            result.Layers, result.ModelBytes, steps, seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
+            steps.Count == 0 ? 0 : steps.Max(s => s.PeakDeviceBytes), steps.Count == 0 ? 0 : steps.Max(s => s.PeakHostBytes), result.Failure,
+            o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir));
+        if (reportPath is not null) ReportWriter.WriteJson(reportPath, file);
+        console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{steps.Count} step(s), {file.TokensPerSecond:0.0} tokens/s, peak device bytes {file.PeakDeviceBytes:N0}, "
+            + $"peak host bytes {file.PeakHostBytes:N0}"));
+        if (o.SaveDir is not null) console.MarkupLineInterpolated($"saved: {o.SaveDir}");
+        if (reportPath is not null) console.MarkupLineInterpolated($"report: {reportPath}");
+        if (result.Failure is null) return 0;
+        throw new InvalidOperationException(result.Failure + (o.SaveDir is null ? "" : $" (the last good weights are saved in {o.SaveDir})"));
+    }
+
+    static string Describe(LrSchedule s) => s.Kind == ScheduleKind.Constant ? "constant" : $"cosine (warm-up {s.Warmup} of {s.Steps} steps)";
+}

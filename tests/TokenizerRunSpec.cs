@@ -36,7 +36,7 @@ public sealed class TokenizerRunSpec : IDisposable
         return data;
     }
 
-    static string[] TemporaryPrompts() => Directory.GetFiles(Path.GetTempPath(), "superpipeline-prompt-*.npy");
+    static string[] TemporaryPrompts() => Directory.GetFiles(Path.GetTempPath(), $"superpipeline-prompt-{Environment.ProcessId}-*.npy");
 
     [Theory]
     [InlineData("gpt2")]

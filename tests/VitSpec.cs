@@ -326,7 +326,7 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         using var source = new CheckpointWeights(dir);
         using var expected = LayerForward(Open(dir, batch: 2), source, pixels);
         Assert.Equal(TensorBytes.Raw(expected), resident);
-        Assert.Empty(Directory.GetFiles(Path.GetTempPath(), "superpipeline-pixels-*"));
+        Assert.Empty(Directory.GetFiles(Path.GetTempPath(), $"superpipeline-pixels-{Environment.ProcessId}-*"));
     }
 
     [Fact]
@@ -340,7 +340,7 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         Assert.Equal(1, await Cli.MainAsync(["run", "--model", dir, "--image", Path.Combine(root, "missing.png")]));
         Assert.Equal(1, await Cli.MainAsync(["run", "--model", dir, "--image", good, "--batch", "2"]));
         Assert.Equal(1, await Cli.MainAsync(["run", "--image", good])); // the demo takes token ids
-        Assert.Empty(Directory.GetFiles(Path.GetTempPath(), "superpipeline-pixels-*"));
+        Assert.Empty(Directory.GetFiles(Path.GetTempPath(), $"superpipeline-pixels-{Environment.ProcessId}-*"));
 
         // --image with a text family: refused naming the flag.
         string gpt2 = Path.Combine(root, "gpt2");

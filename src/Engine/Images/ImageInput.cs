@@ -39,7 +39,8 @@ public static class ImageInput
     public static string WriteTemporary(IReadOnlyList<string> paths, ImagePreprocess p)
     {
         var payload = LoadPayload(paths, p);
-        string path = Path.Combine(Path.GetTempPath(), $"{TemporaryPrefix}{Guid.NewGuid():N}.npy");
+        // The process id in the name says whose file it is (processes share the temporary directory).
+        string path = Path.Combine(Path.GetTempPath(), $"{TemporaryPrefix}{Environment.ProcessId}-{Guid.NewGuid():N}.npy");
         Npy.Write(path, payload);
         return path;
     }

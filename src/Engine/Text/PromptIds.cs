@@ -54,7 +54,8 @@ public static class PromptIds
     /// <see cref="DeleteTemporary"/> when the job is done.</summary>
     public static string WriteTemporary(TensorPayload ids)
     {
-        string path = Path.Combine(Path.GetTempPath(), $"{TemporaryPrefix}{Guid.NewGuid():N}.npy");
+        // The process id in the name says whose file it is (processes share the temporary directory).
+        string path = Path.Combine(Path.GetTempPath(), $"{TemporaryPrefix}{Environment.ProcessId}-{Guid.NewGuid():N}.npy");
         Npy.Write(path, ids);
         return path;
     }

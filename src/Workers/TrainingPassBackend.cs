@@ -30,16 +30,29 @@ public sealed class TrainingBatch : IDisposable
 {
     readonly Tensor?[][] _saved;
 
-    /// <param name="ids">Host int64 [rows, seq] per micro-batch: the model's input and, shifted, its labels. The caller keeps them.</param>
-    public TrainingBatch(LayeredModel model, IReadOnlyList<Tensor> ids)
+    /// <param name="ids">The model's input per micro-batch on the host: int64 [rows, seq] ids (and, shifted, their own labels), or an
+    /// image classifier's pixels. The caller keeps them.</param>
+    /// <param name="labels">An image classifier's int64 labels [rows] per micro-batch (the caller keeps them); null for a decoder.</param>
+    public TrainingBatch(LayeredModel model, IReadOnlyList<Tensor> ids, IReadOnlyList<Tensor>? labels = null)
     {
         if (ids.Count == 0) throw new ArgumentException("a training step needs at least one micro-batch");
+        if (labels is not null && labels.Count != ids.Count) throw new ArgumentException($"{labels.Count} label parts for {ids.Count} micro-batches");
         Ids = ids;
+        Labels = labels ?? ids;
+        Objective = labels is null ? TrainingObjective.CausalLm : TrainingObjective.Classification;
         _saved = [.. ids.Select(_ => new Tensor?[model.Layers.Count])];
         Losses = new float[ids.Count];
     }
 
     public IReadOnlyList<Tensor> Ids { get; }
+
+    /// <summary>What the head's loss compares its logits with, per micro-batch: the ids themselves, or the class labels.</summary>
+    public IReadOnlyList<Tensor> Labels { get; }
+
+    public TrainingObjective Objective { get; }
+
+    /// <summary>True when the labels are the input (a decoder's ids): the backward pass then uploads them once, as the labels.</summary>
+    internal bool LabelsAreInput => Objective == TrainingObjective.CausalLm;
 
     /// <summary>The loss of each micro-batch (unscaled), set by the backward pass.</summary>
     public float[] Losses { get; }
@@ -78,7 +91,7 @@ public sealed record TrainingPass(TrainingBatch Batch, TrainingDirection Directi
 /// <summary>A training pass on a real device, streamed by the same <see cref="PassStream"/> as inference under (k, k'). Forward:
 /// as an inference pass (no grad), each activation copied to the host as the next layer's saved input. Backward: step j is layer
 /// n−1−j; its load brings the layer's weights and its saved inputs; its compute recomputes the forward from the saved input with
-/// grad-tracked weights (and an input that requires grad), the head with the causal-LM loss, backpropagates the gradient coming
+/// grad-tracked weights (and an input that requires grad), the head with its loss (<see cref="TrainingBatch.Objective"/>), backpropagates the gradient coming
 /// from the layer after, keeps the input's gradient on the device for the layer before, and copies the parameter gradients to
 /// the host for the layer's actor. Every byte goes through the device's accounting; <see cref="FreeAllAsync"/> frees all of
 /// them whether the pass succeeded or not.</summary>
@@ -171,7 +184,7 @@ public sealed class TrainingPassBackend : IPassBackend
             }
             else
             {
-                _labels = _device.Upload([.. ids.Select((t, m) => ($"{m}", t))], "the labels");
+                _labels = _device.Upload([.. _pass.Batch.Labels.Select((t, m) => ($"{m}", t))], "the labels");
                 Interlocked.Add(ref _bytesTransferred, _labels.Bytes);
             }
             return 0;
@@ -204,8 +217,9 @@ public sealed class TrainingPassBackend : IPassBackend
             Interlocked.Add(ref _bytesTransferred, placed.TransferredBytes);
             if (Backward)
             {
-                // The saved inputs come back with the weights; layer 0's are the ids, already on the device as the labels.
-                if (layer > 0)
+                // The saved inputs come back with the weights; layer 0's are the ids, already on the device as the labels (a
+                // classifier's pixels are not: they come back as a saved input).
+                if (layer > 0 || !_pass.Batch.LabelsAreInput)
                 {
                     var saved = _device.Upload([.. Enumerable.Range(0, Micro).Select(m => ($"{m}", _pass.Batch.Input(m, layer)))],
                         $"the saved inputs of layer {layer} ({def.Name})");
@@ -297,7 +311,7 @@ public sealed class TrainingPassBackend : IPassBackend
         {
             for (int m = 0; m < Micro; m++)
             {
-                var x = inputGrad ? _savedOnDevice[layer][$"{m}"] : _labels![$"{m}"];
+                var x = inputGrad || !_pass.Batch.LabelsAreInput ? _savedOnDevice[layer][$"{m}"] : _labels![$"{m}"];
                 var inGradReservation = inputGrad
                     ? _device.Memory.Reserve(TrainingCosts.GradientBytes(inShape), $"the input gradient of layer {layer} ({def.Name})")
                     : null;
@@ -317,7 +331,7 @@ public sealed class TrainingPassBackend : IPassBackend
                     IList<Tensor> grads;
                     if (head)
                     {
-                        var loss = TrainingLoss.CausalLm(y, _labels![$"{m}"]);
+                        var loss = TrainingLoss.Of(_pass.Batch.Objective, y, _labels![$"{m}"]);
                         float value = loss.item<float>();
                         if (!float.IsFinite(value))
                             throw new TrainingLossException($"the loss of micro-batch {m} is {value}; training stops before this step's update");

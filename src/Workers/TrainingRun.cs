@@ -20,6 +20,9 @@ public sealed record TrainingRunOptions(string ModelDir, string DataPath, int Ba
 
     /// <summary>Where to save the trained checkpoint (also after a step failed: the last good weights); null: not saved.</summary>
     public string? SaveDir { get; init; }
+
+    /// <summary>An image classifier's int64 labels [rows] (.npy), one per row of the pixels in DataPath; null for a decoder.</summary>
+    public string? LabelsPath { get; init; }
 }
 
 /// <summary>The steps that ran and, when a step failed, why (the weights are then those of the last good step).</summary>
@@ -40,13 +43,27 @@ public static class TrainingRun
         if (o.Batch % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({o.Batch} rows)");
         if (o.Policy.Auto || o.Policy.ResidentAuto) throw new FieldException(FieldException.Window, "auto is not planned for training; give k and k'");
-        using var data = TrainingData.Read(o.DataPath, o.ModelDir, o.Sequence);
+        bool images = ModelCatalog.ImagePreprocessOf(o.ModelDir) is not null; // pixels and class labels, not token ids
+        if (!images && o.LabelsPath is not null)
+            throw new FieldException(ClassificationLoss.Field, "are for an image classifier; a decoder's labels are its token ids");
+        using var data = images ? ClassificationLoss.ReadPixels(o.DataPath, o.ModelDir) : TrainingData.Read(o.DataPath, o.ModelDir, o.Sequence);
+        using var labels = images
+            ? ClassificationLoss.ReadLabels(o.LabelsPath ?? throw new FieldException(ClassificationLoss.Field, "are needed for an image classifier"))
+            : null;
         if (data.shape[0] < o.Batch)
             throw new FieldException(TrainingFields.Batch, $"({o.Batch}) exceeds the {data.shape[0]} rows of {o.DataPath}");
-        var limits = ModelCatalog.TokenLimits(o.ModelDir);
-        TrainingLoss.CheckLabels(data, limits.Vocab, limits.MaxPositions); // before the model: a row too long is the data's fault
-        var spec = ModelCatalog.CheckpointSpec(o.ModelDir, o.Batch, (int)data.shape[1], 0);
+        if (!images)
+        {
+            var limits = ModelCatalog.TokenLimits(o.ModelDir);
+            TrainingLoss.CheckLabels(data, limits.Vocab, limits.MaxPositions); // before the model: a row too long is the data's fault
+        }
+        var spec = ModelCatalog.CheckpointSpec(o.ModelDir, o.Batch, images ? 0 : (int)data.shape[1], 0);
         var model = ModelCatalog.Create(spec);
+        if (images)
+        {
+            ClassificationLoss.ObjectiveOf(model); // a ViTModel (pooler, no classifier) is refused here
+            ClassificationLoss.CheckLabels(labels!, data.shape[0], model.ActivationShapes()[^1].Shape[^1]); // every row, before any work
+        }
         var policy = OffloadPolicy.For(o.Policy, model.Layers.Count);
         ModelCatalog.CheckWeights(spec, model);
 
@@ -71,9 +88,10 @@ public static class TrainingRun
             {
                 cancel.ThrowIfCancellationRequested();
                 using var ids = TrainingData.Batch(data, step, o.Batch);
+                using var rowLabels = labels is null ? null : TrainingData.Batch(labels, step, o.Batch);
                 try
                 {
-                    var report = await session.StepAsync(step, ids);
+                    var report = await session.StepAsync(step, ids, rowLabels);
                     steps.Add(report);
                     onStep(report);
                 }

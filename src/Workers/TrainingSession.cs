@@ -55,16 +55,15 @@ public sealed class TrainingSession
     readonly TimeSpan _askTimeout;
     readonly IReadOnlyDictionary<string, IReadOnlyList<int>> _tied;
     readonly IReadOnlyList<(int Layer, string Name)> _distinct;
-    readonly long _vocab;
+    readonly long _vocab; // a classifier's: num_labels
+    readonly TrainingObjective _objective;
     long _trainingHostBytes = -1;
 
     public TrainingSession(IActorRef loader, LayeredModel model, IReadOnlyList<IActorRef> layers, OffloadPolicy policy, TrainingSettings settings,
         TimeSpan askTimeout)
     {
         if (layers.Count != model.Layers.Count) throw new ArgumentException($"{layers.Count} layer actors for {model.Layers.Count} layers");
-        if (model.InputDType != ScalarType.Int64 || model.InputShape.Length != 2)
-            throw new ArgumentException(
-                $"{model.Name}: training takes a decoder over token ids (its input is {model.InputDType}[{string.Join(", ", model.InputShape)}])");
+        _objective = ClassificationLoss.ObjectiveOf(model);
         _settings = settings.Validate();
         if (model.InputShape[0] % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({model.InputShape[0]} rows)");
@@ -94,17 +93,28 @@ public sealed class TrainingSession
     /// token ids (the input and, shifted by one, the labels). On failure (bad labels, a NaN or infinite loss, a pass that failed)
     /// it throws a <see cref="TrainingStepException"/> (a <see cref="FieldException"/> for bad labels) and the weights stay those
     /// of the last good step.</summary>
-    public async Task<TrainingStepReport> StepAsync(int step, Tensor ids)
+    public Task<TrainingStepReport> StepAsync(int step, Tensor ids) => StepAsync(step, ids, null);
+
+    /// <summary>Step <paramref name="step"/> of an image classifier (<see cref="TrainingObjective.Classification"/>) on float32
+    /// <paramref name="ids"/> (pixels [batch, C, H, W]) and int64 <paramref name="labels"/> [batch] in [0, num_labels); or, with
+    /// null labels, of a decoder as <see cref="StepAsync(int, Tensor)"/>. Its report's Tokens are the step's images.</summary>
+    public async Task<TrainingStepReport> StepAsync(int step, Tensor ids, Tensor? labels)
     {
         if (_trainingHostBytes < 0) throw new InvalidOperationException("StartAsync first");
-        if (!ids.shape.SequenceEqual(_model.InputShape))
-            throw new FieldException(TrainingFields.Labels,
-                $"must be [{string.Join(", ", _model.InputShape)}] (the model's batch and sequence); got [{string.Join(", ", ids.shape)}]");
-        TrainingLoss.CheckLabels(ids, _vocab, _model.InputShape[1]);
+        bool images = _objective == TrainingObjective.Classification;
+        if (images != (labels is not null))
+            throw new ArgumentException(images ? $"{_model.Name}: an image classifier trains on pixels and labels" : "a decoder's labels are its ids");
+        if (!ids.shape.SequenceEqual(_model.InputShape) || ids.dtype != _model.InputDType)
+            throw new FieldException(images ? TrainingFields.Data : TrainingFields.Labels,
+                $"must be [{string.Join(", ", _model.InputShape)}] of {_model.InputDType} (the model's batch and {(images ? "image" : "sequence")}); "
+                + $"got [{string.Join(", ", ids.shape)}] of {ids.dtype}");
+        if (images) ClassificationLoss.CheckLabels(labels!, _model.InputShape[0], _vocab);
+        else TrainingLoss.CheckLabels(ids, _vocab, _model.InputShape[1]);
         var clock = Stopwatch.StartNew();
         int micro = _settings.MicroBatches;
         var parts = ids.chunk(micro, 0).Select(t => t.contiguous().clone()).ToArray();
-        using var batch = new TrainingBatch(_model, parts);
+        var labelParts = labels?.chunk(micro, 0).Select(t => t.contiguous().clone()).ToArray();
+        using var batch = new TrainingBatch(_model, parts, labelParts);
         try
         {
             var forward = await Pass(step, batch, TrainingDirection.Forward, null).ConfigureAwait(false);
@@ -131,7 +141,7 @@ public sealed class TrainingSession
             double lr = _settings.Schedule.Rate(_settings.Optimizer.LearningRate, step);
             await Task.WhenAll(_layers.Select(a => a.Ask<LayerActor.StepApplied>(new LayerActor.ApplyStep(lr, coef), _askTimeout))).ConfigureAwait(false);
             double loss = batch.Losses.Sum(l => (double)l) / micro;
-            return new TrainingStepReport(step, loss, [.. batch.Losses], lr, norm, clock.Elapsed.TotalSeconds, ids.numel(),
+            return new TrainingStepReport(step, loss, [.. batch.Losses], lr, norm, clock.Elapsed.TotalSeconds, images ? ids.shape[0] : ids.numel(),
                 Math.Max(forward.PeakDeviceBytes, backward.PeakDeviceBytes), _trainingHostBytes + _model.Bytes + saved,
                 forward.BytesTransferred + backward.BytesTransferred);
         }
@@ -144,6 +154,7 @@ public sealed class TrainingSession
         finally
         {
             foreach (var p in parts) p.Dispose();
+            foreach (var p in labelParts ?? []) p.Dispose();
         }
     }
 

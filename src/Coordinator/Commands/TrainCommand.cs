@@ -23,7 +23,7 @@ public static class TrainCommand
         [TrainingFields.LearningRate] = "--lr", [TrainingFields.Momentum] = "--momentum", [TrainingFields.WeightDecay] = "--weight-decay",
         [TrainingFields.ClipNorm] = "--clip-norm", [TrainingFields.Optimizer] = "--optimizer", [TrainingFields.Schedule] = "--schedule",
         [TrainingFields.Warmup] = "--warmup", [TrainingFields.Steps] = "--steps", [TrainingFields.MicroBatches] = "--micro-batches",
-        [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data",
+        [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data", [ClassificationLoss.Field] = "--labels",
         [FieldException.Window] = "--window", [FieldException.Swap] = "--swap", [FieldException.ResidentLayers] = "--resident-layers",
         [FieldException.DeviceMemory] = "--device-memory", [FieldException.Device] = "--device", [FieldException.Sequence] = "--seq-len",
     };
@@ -33,8 +33,10 @@ public static class TrainCommand
         var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + float32 safetensors)", Required = true };
         var data = new Option<string>("--data")
         {
-            Description = "token ids: int64 [rows, seq] in a .npy file, or a text file tokenized with the checkpoint's tokenizer", Required = true,
+            Description = "token ids: int64 [rows, seq] in a .npy file, or a text file tokenized with the checkpoint's tokenizer; for a ViT "
+                + "classifier, float32 pixels [rows, 3, H, W] in a .npy, a directory of images or a file listing them", Required = true,
         };
+        var labels = new Option<string>("--labels") { Description = "a ViT classifier's labels: int64 [rows] in a .npy, each below num_labels" };
         var seqLen = new Option<int>("--seq-len") { Description = "tokens per row when --data is text", DefaultValueFactory = _ => 64 };
         var batch = new Option<int>("--batch") { Description = "rows per step, taken in order (wrapping around)", DefaultValueFactory = _ => 4 };
         var micro = new Option<int>("--micro-batches") { Description = "micro-batches per step (gradient accumulation); must divide --batch",
@@ -54,7 +56,7 @@ public static class TrainCommand
 
         var command = new Command("train", "Train a checkpoint on token ids: each step a forward and a backward pass streaming the layers under "
             + "(k, k'), the gradients and optimizer state kept by each layer's actor.");
-        foreach (var o in new Option[] { model, data, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup })
+        foreach (var o in new Option[] { model, data, labels, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup })
             command.Options.Add(o);
         window.AddTo(command);
         command.Options.Add(save);
@@ -70,6 +72,7 @@ public static class TrainCommand
             {
                 SaveDir = r.GetValue(save),
                 Sequence = r.GetValue(seqLen),
+                LabelsPath = r.GetValue(labels),
             }, FlagOfField);
             return RunAsync(options, r.GetValue(report), AnsiConsole.Console, cancel);
         });
@@ -103,7 +106,7 @@ public static class TrainCommand
             o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir));
         if (reportPath is not null) ReportWriter.WriteJson(reportPath, file);
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{steps.Count} step(s), {file.TokensPerSecond:0.0} tokens/s, peak device bytes {file.PeakDeviceBytes:N0}, "
+            $"{steps.Count} step(s), {file.TokensPerSecond:0.0} {(o.LabelsPath is null ? "tokens" : "images")}/s, peak device bytes {file.PeakDeviceBytes:N0}, "
             + $"peak host bytes {file.PeakHostBytes:N0}"));
         if (o.SaveDir is not null) console.MarkupLineInterpolated($"saved: {o.SaveDir}");
         if (reportPath is not null) console.MarkupLineInterpolated($"report: {reportPath}");

@@ -133,6 +133,11 @@ public static class TrainingLoss
         return F.cross_entropy(shifted, labels);
     }
 
+    /// <summary>The loss of <paramref name="objective"/>: <see cref="CausalLm"/> on the ids, or <see cref="ClassificationLoss.Of"/>
+    /// on the class labels.</summary>
+    public static Tensor Of(TrainingObjective objective, Tensor logits, Tensor labels) =>
+        objective == TrainingObjective.Classification ? ClassificationLoss.Of(logits, labels) : CausalLm(logits, labels);
+
     /// <summary>Checks token ids as labels of a model with <paramref name="vocab"/> tokens and at most <paramref name="positions"/>
     /// positions: int64 [rows, seq] with seq ≥ 2, every id in [0, vocab). Throws a <see cref="FieldException"/> naming the labels.</summary>
     public static void CheckLabels(Tensor ids, long vocab, long positions)

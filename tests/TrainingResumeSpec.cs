@@ -58,7 +58,8 @@ public sealed class TrainingResumeSpec : IDisposable
         Assert.Equal(expected.Select(s => s.Step), actual.Select(s => s.Step));
         for (int i = 0; i < expected.Count; i++)
         {
-            Assert.True(expected[i].Loss == actual[i].Loss, $"step {expected[i].Step + 1}: loss {expected[i].Loss:R} uninterrupted, {actual[i].Loss:R} resumed");
+            Assert.True(expected[i].Loss == actual[i].Loss,
+                $"step {expected[i].Step + 1}: loss {expected[i].Loss:R} uninterrupted, {actual[i].Loss:R} resumed");
             Assert.Equal(expected[i].MicroBatchLosses.ToArray(), actual[i].MicroBatchLosses.ToArray());
             Assert.Equal(expected[i].LearningRate, actual[i].LearningRate);
         }
@@ -108,7 +109,8 @@ public sealed class TrainingResumeSpec : IDisposable
         var uninterrupted = await Train(Options(model, Corpus, 6, settings, window: 2, swap: 2) with { SaveDir = whole, SaveEvery = 2 });
         Assert.Equal([2, 4], Directory.GetDirectories(whole).Select(d => int.Parse(Path.GetFileName(d)["checkpoint-".Length..])).Order());
         Assert.True(File.Exists(Path.Combine(whole, "checkpoint-4", TrainingCheckpoint.OptimizerFile)));
-        var rest = await Train(Options(model, Corpus, 6, settings, window: 1, swap: 1) with { SaveDir = resumed, ResumeDir = Path.Combine(whole, "checkpoint-2") });
+        var rest = await Train(Options(model, Corpus, 6, settings, window: 1, swap: 1)
+            with { SaveDir = resumed, ResumeDir = Path.Combine(whole, "checkpoint-2") });
         AssertSameRun(whole, resumed, uninterrupted.Steps.Skip(2).ToList(), rest.Steps);
         Assert.NotEqual(rest.Steps[0].LearningRate, rest.Steps[^1].LearningRate); // the schedule moved on from where it stood
     }

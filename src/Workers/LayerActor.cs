@@ -84,6 +84,23 @@ public sealed class LayerActor : ReceiveActor
 
     public sealed record GradientsZeroed(int Layer) : INoSerializationVerificationNeeded;
 
+    /// <summary>Ask for copies of the layer's optimizer state ("{parameter}.{slot}", <see cref="OptimizerSlots"/>); the answer is
+    /// <see cref="OptimizerState"/>, whose tensors the receiver owns.</summary>
+    public sealed record GetOptimizerState : INoSerializationVerificationNeeded
+    {
+        public static readonly GetOptimizerState Instance = new();
+        GetOptimizerState() { }
+    }
+
+    public sealed record OptimizerState(int Layer, IReadOnlyList<(string Name, Tensor Tensor)> Tensors) : INoSerializationVerificationNeeded;
+
+    /// <summary>Replace the layer's optimizer state (after <see cref="StartTraining"/>) with <paramref name="State"/>, by
+    /// "{parameter}.{slot}"; copied, the sender keeps owning the tensors. Refused, changing nothing, when a slot is missing or of
+    /// another shape. The answer is <see cref="OptimizerStateLoaded"/>.</summary>
+    public sealed record LoadOptimizerState(IReadOnlyDictionary<string, Tensor> State) : INoSerializationVerificationNeeded;
+
+    public sealed record OptimizerStateLoaded(int Layer) : INoSerializationVerificationNeeded;
+
     /// <summary>Ask for the layer's host KV cache in generation session <paramref name="Session"/> (host placement), made
     /// zeroed with <paramref name="Capacity"/> entries for <paramref name="Batch"/> rows on first ask; the answer is
     /// <see cref="HostKv"/>.</summary>
@@ -127,6 +144,12 @@ public sealed class LayerActor : ReceiveActor
         }));
         Receive<GetGradNorms>(_ => Answer(() => new GradNorms(_layer.Index, Training().Norms())));
         Receive<ApplyStep>(m => Answer(() => OnApplyStep(m.LearningRate, m.Clip)));
+        Receive<GetOptimizerState>(_ => Answer(() => new OptimizerState(_layer.Index, Training().ExportState())));
+        Receive<LoadOptimizerState>(m => Answer(() =>
+        {
+            Training().ImportState(m.State);
+            return new OptimizerStateLoaded(_layer.Index);
+        }));
         Receive<ZeroGradients>(_ => Answer(() =>
         {
             _training?.Zero();

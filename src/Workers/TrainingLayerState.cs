@@ -15,6 +15,7 @@ public sealed class TrainingLayerState : IDisposable
     readonly IReadOnlyList<(string Name, Parameter Param)> _params;
     readonly Tensor?[] _grads;
     readonly OptimizerHelper _optimizer;
+    readonly OptimizerSettings _settings;
 
     /// <summary>Copies <paramref name="weights"/> (float32 only: the optimizer updates them in place at float32 precision) into
     /// parameters and builds the optimizer over them. Throws naming the layer and tensor for another dtype.</summary>
@@ -26,6 +27,7 @@ public sealed class TrainingLayerState : IDisposable
         _params = [.. weights.Select(w => (w.Name, new Parameter(w.Tensor.detach().clone(), true)))];
         _grads = new Tensor?[_params.Count];
         _optimizer = optimizer.Create(_params.Select(p => p.Param));
+        _settings = optimizer;
     }
 
     /// <summary>Host bytes held for training: the master weights, the gradients and the optimizer's state per parameter.</summary>
@@ -91,6 +93,75 @@ public sealed class TrainingLayerState : IDisposable
 
     /// <summary>Fresh host copies of the current weights, for passes to read (the caller owns them).</summary>
     public IReadOnlyList<(string Name, Tensor Tensor)> Publish() => [.. _params.Select(p => (p.Name, p.Param.detach().clone()))];
+
+    /// <summary>Copies of the optimizer's state, named "{parameter}.{slot}" as <see cref="TrainingCheckpoint"/> saves it: AdamW's
+    /// step (int64, 0-d), exp_avg and exp_avg_sq; SGD's momentum_buffer once a step made it (none without momentum). The caller
+    /// owns the copies.</summary>
+    public IReadOnlyList<(string Name, Tensor Tensor)> ExportState()
+    {
+        var list = new List<(string, Tensor)>();
+        var states = _optimizer.state_dict().State;
+        for (int i = 0; i < _params.Count; i++)
+        {
+            string name = _params[i].Name;
+            switch (states[i])
+            {
+                case AdamW.State a:
+                    list.Add((OptimizerSlots.Name(name, OptimizerSlots.Step), tensor(a.step, ScalarType.Int64).DetachFromDisposeScope()));
+                    list.Add((OptimizerSlots.Name(name, OptimizerSlots.ExpAvg), a.exp_avg.detach().clone().DetachFromDisposeScope()));
+                    list.Add((OptimizerSlots.Name(name, OptimizerSlots.ExpAvgSq), a.exp_avg_sq.detach().clone().DetachFromDisposeScope()));
+                    break;
+                case SGD.State { momentum_buffer: { } buffer }:
+                    list.Add((OptimizerSlots.Name(name, OptimizerSlots.MomentumBuffer), buffer.detach().clone().DetachFromDisposeScope()));
+                    break;
+            }
+        }
+        return list;
+    }
+
+    /// <summary>Replaces the optimizer's state with <paramref name="state"/> (names as <see cref="ExportState"/> gives them; copied,
+    /// the caller keeps owning the tensors). Every slot this optimizer keeps must be there with its parameter's shape: throws
+    /// naming the first one missing or of another shape, before changing anything.</summary>
+    public void ImportState(IReadOnlyDictionary<string, Tensor> state)
+    {
+        var slots = OptimizerSlots.Of(_settings);
+        foreach (var (name, param) in _params)
+            foreach (var slot in slots)
+            {
+                string key = OptimizerSlots.Name(name, slot);
+                if (!state.TryGetValue(key, out var t)) throw new ArgumentException($"the optimizer state holds no {key}");
+                long[] want = slot == OptimizerSlots.Step ? [] : param.shape;
+                var dtype = slot == OptimizerSlots.Step ? ScalarType.Int64 : ScalarType.Float32;
+                if (!t.shape.SequenceEqual(want) || t.dtype != dtype)
+                    throw new ArgumentException($"the optimizer state's {key} is {t.dtype}[{string.Join(", ", t.shape)}], "
+                        + $"the parameter's {dtype}[{string.Join(", ", want)}]");
+            }
+        var states = _optimizer.state_dict().State;
+        using (no_grad())
+        {
+            for (int i = 0; i < _params.Count; i++)
+            {
+                string name = _params[i].Name;
+                switch (states[i])
+                {
+                    case AdamW.State a:
+                        a.step = state[OptimizerSlots.Name(name, OptimizerSlots.Step)].item<long>();
+                        a.exp_avg = Replace(a.exp_avg, state[OptimizerSlots.Name(name, OptimizerSlots.ExpAvg)]);
+                        a.exp_avg_sq = Replace(a.exp_avg_sq, state[OptimizerSlots.Name(name, OptimizerSlots.ExpAvgSq)]);
+                        break;
+                    case SGD.State s when slots.Contains(OptimizerSlots.MomentumBuffer):
+                        s.momentum_buffer = Replace(s.momentum_buffer, state[OptimizerSlots.Name(name, OptimizerSlots.MomentumBuffer)]);
+                        break;
+                }
+            }
+        }
+    }
+
+    static Tensor Replace(Tensor? held, Tensor loaded)
+    {
+        held?.Dispose();
+        return loaded.detach().clone().DetachFromDisposeScope();
+    }
 
     int IndexOf(string name)
     {

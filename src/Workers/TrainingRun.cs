@@ -18,15 +18,28 @@ public sealed record TrainingRunOptions(string ModelDir, string DataPath, int Ba
     /// <summary>Tokens per row when the data is text (cut from the tokenized file); a .npy file's rows are its own.</summary>
     public int Sequence { get; init; } = 64;
 
-    /// <summary>Where to save the trained checkpoint (also after a step failed: the last good weights); null: not saved.</summary>
+    /// <summary>Where to save the trained checkpoint (also after a step failed: the last good weights); null: not saved. It is a
+    /// <see cref="TrainingCheckpoint"/>: the weights as a Hugging Face checkpoint, the optimizer state and the run's state.</summary>
     public string? SaveDir { get; init; }
 
     /// <summary>An image classifier's int64 labels [rows] (.npy), one per row of the pixels in DataPath; null for a decoder.</summary>
     public string? LabelsPath { get; init; }
+
+    /// <summary>Also save every this many steps, into SaveDir/checkpoint-{step} (as transformers' Trainer names them); null: only
+    /// at the end.</summary>
+    public int? SaveEvery { get; init; }
+
+    /// <summary>A <see cref="TrainingCheckpoint"/> to continue from: its weights, optimizer state, step and data position. The run
+    /// then trains from its step up to <see cref="Steps"/> (the run's whole length, as the schedule sees it).</summary>
+    public string? ResumeDir { get; init; }
 }
 
 /// <summary>The steps that ran and, when a step failed, why (the weights are then those of the last good step).</summary>
-public sealed record TrainingRunResult(string Model, IReadOnlyList<TrainingStepReport> Steps, int Layers, long ModelBytes, string? Failure);
+public sealed record TrainingRunResult(string Model, IReadOnlyList<TrainingStepReport> Steps, int Layers, long ModelBytes, string? Failure)
+{
+    /// <summary>The loss of every step from the run's start: those of the checkpoint it resumed from, then its own.</summary>
+    public IReadOnlyList<LossPoint> History { get; init; } = [];
+}
 
 /// <summary>A training run in this process: the checkpoint's layer actors, one device and its loader in an actor system of their
 /// own, a <see cref="TrainingSession"/> stepping through the data in order, the trained checkpoint saved at the end.</summary>
@@ -43,6 +56,10 @@ public static class TrainingRun
         if (o.Batch % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({o.Batch} rows)");
         if (o.Policy.Auto || o.Policy.ResidentAuto) throw new FieldException(FieldException.Window, "auto is not planned for training; give k and k'");
+        if (o.SaveEvery is { } every && every < 1) throw new FieldException(TrainingCheckpoint.SaveEveryField, $"must be at least 1; got {every}");
+        if (o.SaveEvery is not null && o.SaveDir is null)
+            throw new FieldException(TrainingCheckpoint.SaveEveryField, "needs a directory to save into (save)");
+        var resumed = o.ResumeDir is null ? null : TrainingCheckpoint.ReadState(o.ResumeDir);
         bool images = ModelCatalog.ImagePreprocessOf(o.ModelDir) is not null; // pixels and class labels, not token ids
         if (!images && o.LabelsPath is not null)
             throw new FieldException(ClassificationLoss.Field, "are for an image classifier; a decoder's labels are its token ids");
@@ -52,6 +69,11 @@ public static class TrainingRun
             : null;
         if (data.shape[0] < o.Batch)
             throw new FieldException(TrainingFields.Batch, $"({o.Batch}) exceeds the {data.shape[0]} rows of {o.DataPath}");
+        if (resumed is not null)
+        {
+            TrainingCheckpoint.CheckContinues(resumed, o.ResumeDir!, settings.Optimizer, o.Steps, data.shape[0], data.shape[1]);
+            TrainingCheckpoint.CheckModel(o.ResumeDir!, o.ModelDir);
+        }
         if (!images)
         {
             var limits = ModelCatalog.TokenLimits(o.ModelDir);
@@ -74,7 +96,7 @@ public static class TrainingRun
         {
             var timeout = SuperpipelineSettings.Create(config).AskTimeout;
             IActorRef[] layers;
-            using (var weights = new CheckpointWeights(o.ModelDir))
+            using (var weights = new CheckpointWeights(o.ResumeDir ?? o.ModelDir))
             {
                 layers = [.. model.Layers.Select(l => system.ActorOf(LayerActor.Props(l, weights, device.WantsPinnedHost), $"layer-{l.Index}"))];
                 foreach (var a in layers) await a.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, timeout, cancel); // loaded
@@ -82,17 +104,41 @@ public static class TrainingRun
             var loader = system.ActorOf(DeviceLoaderActor.Props(device, timeout), $"{device.Name.Replace(':', '-')}-loader");
             var session = new TrainingSession(loader, model, layers, policy, settings, timeout);
             await session.StartAsync();
+            if (o.ResumeDir is not null) await LoadOptimizerAsync(o.ResumeDir, layers, timeout);
+            int first = resumed?.Step ?? 0;
+            long firstRow = resumed?.NextRow ?? 0, rows = data.shape[0];
+            long RowOf(int step) => (firstRow + (long)(step - first) * o.Batch) % rows;
+            var history = new List<LossPoint>(resumed?.History ?? []);
             var steps = new List<TrainingStepReport>();
             string? failure = null;
-            for (int step = 0; step < o.Steps; step++)
+            int done = first;
+            async Task Save(string dir)
+            {
+                var state = new TrainerState(done, RowOf(done), TrainingCheckpoint.KindName(settings.Optimizer.Kind), settings.Optimizer.LearningRate,
+                    settings.Optimizer.Momentum, settings.Optimizer.WeightDecay, settings.Schedule.Kind.ToString().ToLowerInvariant(),
+                    settings.Schedule.Warmup, o.Steps, settings.ClipNorm, settings.MicroBatches, o.Batch, rows, data.shape[1], "none", [.. history]);
+                var trained = await session.WeightsAsync();
+                var optimizer = await OptimizerStateAsync(layers, timeout);
+                try
+                {
+                    TrainingCheckpoint.Save(dir, o.ModelDir, trained, optimizer, state);
+                }
+                finally
+                {
+                    foreach (var (_, t) in trained.Concat(optimizer)) t.Dispose();
+                }
+            }
+            for (int step = first; step < o.Steps; step++)
             {
                 cancel.ThrowIfCancellationRequested();
-                using var ids = TrainingData.Batch(data, step, o.Batch);
-                using var rowLabels = labels is null ? null : TrainingData.Batch(labels, step, o.Batch);
+                using var ids = TrainingData.Rows(data, RowOf(step), o.Batch);
+                using var rowLabels = labels is null ? null : TrainingData.Rows(labels, RowOf(step), o.Batch);
                 try
                 {
                     var report = await session.StepAsync(step, ids, rowLabels);
                     steps.Add(report);
+                    history.Add(new LossPoint(step, report.Loss, report.LearningRate));
+                    done = step + 1;
                     onStep(report);
                 }
                 catch (TrainingStepException e)
@@ -100,25 +146,50 @@ public static class TrainingRun
                     failure = e.Message;
                     break;
                 }
+                if (o.SaveEvery is { } interval && done % interval == 0 && done < o.Steps) await Save(Path.Combine(o.SaveDir!, $"checkpoint-{done}"));
             }
-            if (o.SaveDir is not null)
-            {
-                var trained = await session.WeightsAsync();
-                try
-                {
-                    TrainedCheckpoint.Write(o.SaveDir, o.ModelDir, trained);
-                }
-                finally
-                {
-                    foreach (var (_, t) in trained) t.Dispose();
-                }
-            }
-            return new TrainingRunResult(spec.Checkpoint!, steps, model.Layers.Count, model.Bytes, failure);
+            if (o.SaveDir is not null) await Save(o.SaveDir);
+            return new TrainingRunResult(spec.Checkpoint!, steps, model.Layers.Count, model.Bytes, failure) { History = history };
         }
         finally
         {
             await system.Terminate();
             device.Dispose();
+        }
+    }
+
+    /// <summary>Every layer's optimizer state, each tied parameter's once (its first layer's: the layers holding it apply the same
+    /// gradients, so their states are equal); the caller owns the tensors.</summary>
+    static async Task<IReadOnlyList<(string Name, Tensor Tensor)>> OptimizerStateAsync(IReadOnlyList<IActorRef> layers, TimeSpan timeout)
+    {
+        var list = new List<(string, Tensor)>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var actor in layers)
+        {
+            var state = await actor.Ask<LayerActor.OptimizerState>(LayerActor.GetOptimizerState.Instance, timeout);
+            foreach (var (name, t) in state.Tensors)
+                if (seen.Add(name)) list.Add((name, t));
+                else t.Dispose();
+        }
+        return list;
+    }
+
+    /// <summary>Loads the optimizer state saved in <paramref name="directory"/> into every layer; a slot missing or of another
+    /// shape is refused naming the directory and the slot.</summary>
+    static async Task LoadOptimizerAsync(string directory, IReadOnlyList<IActorRef> layers, TimeSpan timeout)
+    {
+        var state = TrainingCheckpoint.ReadOptimizer(directory);
+        try
+        {
+            await Task.WhenAll(layers.Select(a => a.Ask<LayerActor.OptimizerStateLoaded>(new LayerActor.LoadOptimizerState(state), timeout)));
+        }
+        catch (ArgumentException e)
+        {
+            throw TrainingCheckpoint.Unfit(directory, e.Message);
+        }
+        finally
+        {
+            foreach (var t in state.Values) t.Dispose();
         }
     }
 }

@@ -16,13 +16,22 @@ public static class TradeoffPlot
     static readonly object Registering = new();
     static bool _registered;
 
-    public static void Save(string path, TradeoffReport r)
+    /// <summary>The name of the embedded DejaVu Sans, for other plots of the project (<see cref="UseEmbeddedFont"/> first).</summary>
+    internal const string FontName = EmbeddedFontResolver.Name;
+
+    /// <summary>Registers the embedded font with ScottPlot, once per process: every plot the project draws sets its text in it.</summary>
+    internal static void UseEmbeddedFont()
     {
         lock (Registering)
         {
             if (!_registered) Fonts.FontResolvers.Insert(0, new EmbeddedFontResolver());
             _registered = true;
         }
+    }
+
+    public static void Save(string path, TradeoffReport r)
+    {
+        UseEmbeddedFont();
         const double mib = 1 << 20;
         var pts = r.Points;
         double[] mx = [.. pts.Select(p => p.MeasuredSeconds)], my = [.. pts.Select(p => p.MeasuredPeakBytes / mib)];

@@ -11,7 +11,14 @@ namespace Superpipeline.Coordinator.Commands;
 /// <summary>The JSON report of <c>superpipeline train</c>: the run's figures and every step's.</summary>
 public sealed record TrainReportFile(string Model, string Data, string Optimizer, string Schedule, double? ClipNorm, int Batch, int MicroBatches,
     int Window, int Swap, int Layers, long ModelBytes, IReadOnlyList<TrainingStepReport> Steps, double TokensPerSecond, long PeakDeviceBytes,
-    long PeakHostBytes, string? Failure, string? Saved);
+    long PeakHostBytes, string? Failure, string? Saved)
+{
+    /// <summary>The step the run resumed from (--resume), null for a run from the start.</summary>
+    public int? ResumedFrom { get; init; }
+
+    /// <summary>The loss of every step from the start of training (a resumed run's earlier steps too): the curve --plot draws.</summary>
+    public IReadOnlyList<LossPoint> History { get; init; } = [];
+}
 
 /// <summary><c>superpipeline train</c>: trains a checkpoint on token ids with the layers streamed under (k, k'), in this process
 /// (<see cref="TrainingRun"/>), printing each step's loss; saves the trained checkpoint and writes the report.</summary>
@@ -26,6 +33,7 @@ public static class TrainCommand
         [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data", [ClassificationLoss.Field] = "--labels",
         [FieldException.Window] = "--window", [FieldException.Swap] = "--swap", [FieldException.ResidentLayers] = "--resident-layers",
         [FieldException.DeviceMemory] = "--device-memory", [FieldException.Device] = "--device", [FieldException.Sequence] = "--seq-len",
+        [TrainingCheckpoint.Field] = "--resume", [TrainingCheckpoint.SaveEveryField] = "--save-every",
     };
 
     public static Command Build()
@@ -51,7 +59,16 @@ public static class TrainCommand
             DefaultValueFactory = _ => "constant" };
         var warmup = new Option<int>("--warmup") { Description = "warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0 };
         var window = new WindowOptions(hostMemory: false);
-        var save = new Option<string>("--save") { Description = "save the trained checkpoint (config.json, model.safetensors, tokenizer) here" };
+        var save = new Option<string>("--save")
+        {
+            Description = "save the trained checkpoint here (config.json, model.safetensors, tokenizer; optimizer.safetensors, trainer_state.json)",
+        };
+        var saveEvery = new Option<int?>("--save-every") { Description = "also save every N steps, into SAVE/checkpoint-STEP" };
+        var resume = new Option<string>("--resume")
+        {
+            Description = "continue the run saved in this directory (weights, optimizer state, step, data position) up to --steps",
+        };
+        var plot = new Option<string>("--plot") { Description = "draw the loss curve (every step from the start) as a PNG" };
         var report = new Option<string>("--report") { Description = "write the JSON report (loss per step, times, peaks) to this file" };
 
         var command = new Command("train", "Train a checkpoint on token ids: each step a forward and a backward pass streaming the layers under "
@@ -59,8 +76,7 @@ public static class TrainCommand
         foreach (var o in new Option[] { model, data, labels, seqLen, batch, micro, steps, optimizer, lr, momentum, decay, clip, schedule, warmup })
             command.Options.Add(o);
         window.AddTo(command);
-        command.Options.Add(save);
-        command.Options.Add(report);
+        foreach (var o in new Option[] { save, saveEvery, resume, report, plot }) command.Options.Add(o);
         command.SetAction((r, cancel) =>
         {
             var options = GenerateCommand.InFlags(() => new TrainingRunOptions(r.GetValue(model)!, r.GetValue(data)!, r.GetValue(batch), r.GetValue(steps),
@@ -71,19 +87,23 @@ public static class TrainCommand
                 window.Policy(r), window.DeviceSpec(r))
             {
                 SaveDir = r.GetValue(save),
+                SaveEvery = r.GetValue(saveEvery),
+                ResumeDir = r.GetValue(resume),
                 Sequence = r.GetValue(seqLen),
                 LabelsPath = r.GetValue(labels),
             }, FlagOfField);
-            return RunAsync(options, r.GetValue(report), AnsiConsole.Console, cancel);
+            return RunAsync(options, r.GetValue(report), AnsiConsole.Console, cancel, r.GetValue(plot));
         });
         return command;
     }
 
     /// <summary>Trains, printing a line per step, writes the report and returns the exit code: 1 (with one line on stderr) when a
     /// step failed, after saving the last good weights.</summary>
-    public static async Task<int> RunAsync(TrainingRunOptions o, string? reportPath, IAnsiConsole console, CancellationToken cancel)
+    public static async Task<int> RunAsync(TrainingRunOptions o, string? reportPath, IAnsiConsole console, CancellationToken cancel,
+        string? plotPath = null)
     {
         OutputPaths.CheckWritable(reportPath, "--report");
+        OutputPaths.CheckWritable(plotPath, "--plot");
         console.MarkupLineInterpolated($"[bold]superpipeline train[/]: {o.ModelDir}, {o.Steps} step(s) of {o.Batch} rows, {o.Settings.Optimizer}");
         TrainingRunResult result;
         try
@@ -103,13 +123,21 @@ public static class TrainCommand
             o.Policy.Swap ?? (o.Policy.Window is null ? result.Layers : 1),
             result.Layers, result.ModelBytes, steps, seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
             steps.Count == 0 ? 0 : steps.Max(s => s.PeakDeviceBytes), steps.Count == 0 ? 0 : steps.Max(s => s.PeakHostBytes), result.Failure,
-            o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir));
+            o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir))
+        {
+            ResumedFrom = o.ResumeDir is null ? null : result.History.Count - steps.Count,
+            History = result.History,
+        };
         if (reportPath is not null) ReportWriter.WriteJson(reportPath, file);
+        if (plotPath is not null && result.History.Count > 0)
+            LossPlot.Save(plotPath, result.History, $"superpipeline train: {Path.GetFileName(Path.TrimEndingDirectorySeparator(o.ModelDir))} on "
+                + $"{Path.GetFileName(o.DataPath)}, {o.Settings.Optimizer.Kind.ToString().ToLowerInvariant()}, batch {o.Batch}");
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{steps.Count} step(s), {file.TokensPerSecond:0.0} {(o.LabelsPath is null ? "tokens" : "images")}/s, peak device bytes {file.PeakDeviceBytes:N0}, "
             + $"peak host bytes {file.PeakHostBytes:N0}"));
         if (o.SaveDir is not null) console.MarkupLineInterpolated($"saved: {o.SaveDir}");
         if (reportPath is not null) console.MarkupLineInterpolated($"report: {reportPath}");
+        if (plotPath is not null && result.History.Count > 0) console.MarkupLineInterpolated($"plot: {plotPath}");
         if (result.Failure is null) return 0;
         throw new InvalidOperationException(result.Failure + (o.SaveDir is null ? "" : $" (the last good weights are saved in {o.SaveDir})"));
     }

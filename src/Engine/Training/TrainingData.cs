@@ -40,12 +40,13 @@ public static class TrainingData
     public static Tensor Read(string path, string modelDir, int sequence) =>
         path.EndsWith(".npy", StringComparison.OrdinalIgnoreCase) ? ReadIds(path) : ReadText(path, modelDir, sequence);
 
-    /// <summary>The rows of step <paramref name="step"/>: <paramref name="batch"/> rows in order from row step · batch, wrapping
-    /// around the end of the data (an epoch boundary).</summary>
-    public static Tensor Batch(Tensor data, int step, int batch)
+    /// <summary>The rows of a step starting at data row <paramref name="first"/>: <paramref name="batch"/> rows in order, wrapping
+    /// around the end of the data (an epoch boundary). A run from the start takes step s's from row s · batch; a resumed one
+    /// from the row its checkpoint saved.</summary>
+    public static Tensor Rows(Tensor data, long first, int batch)
     {
         long rows = data.shape[0];
-        var index = Enumerable.Range(0, batch).Select(i => ((long)step * batch + i) % rows).ToArray();
+        var index = Enumerable.Range(0, batch).Select(i => (first + i) % rows).ToArray();
         using var at = tensor(index, ScalarType.Int64);
         return data.index_select(0, at);
     }

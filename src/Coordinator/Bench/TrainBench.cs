@@ -60,8 +60,7 @@ public static class TrainBench
     public static async Task<int> RunAsync(TrainBenchOptions o, TextWriter output, CancellationToken cancel, TextWriter? log = null)
     {
         log ??= TextWriter.Null;
-        int steps = o.Steps ?? (o.Quick ? 2 : 5);
-        if (steps < 1) throw new ArgumentException($"--repeats (measured steps) must be at least 1; got {steps}");
+        int steps = Stats.Repeats(o.Steps, o.Quick ? 2 : 5);
         var files = ReportWriter.Prepare(o.OutDir, "train");
         var started = DateTimeOffset.UtcNow;
         var block = o.Quick ? QuickBlock : FullBlock;

@@ -92,7 +92,8 @@ public static class TrainBench
                 var residentSearch = await bench.LargestBatchAsync(smallDir, resident);
                 var streamedSearch = await bench.LargestBatchAsync(smallDir, streamed);
                 if (residentSearch.LargestBatch < 1)
-                    throw new InvalidOperationException($"bench: the small model trains resident at no batch on {capacity:N0} bytes: {Refusal(residentSearch)}");
+                    throw new InvalidOperationException(
+                        $"bench: the small model trains resident at no batch on {capacity:N0} bytes: {Refusal(residentSearch)}");
                 var measured = await bench.MeasureAsync(smallDir, steps,
                 [
                     ("resident, largest batch", resident, residentSearch.LargestBatch),
@@ -138,6 +139,9 @@ public static class TrainBench
     public const string SearchMethod = "doubling from 1 row until a step is refused for device memory, then bisection between the last batch that fit "
         + "and the first that did not; each try one real training step on a fresh device";
 
+    /// <summary>The batches tried, in order, each with whether it fit.</summary>
+    static string Tried(IEnumerable<BatchTrial> trials) => string.Join(", ", trials.Select(t => $"{t.Batch} {(t.Fits ? "fits" : "refused")}"));
+
     static string Refusal(BatchSearch s) => s.Trials.FirstOrDefault(t => !t.Fits)?.Refusal ?? "no refusal";
 
     static TrainBenchModel Describe(string dir, LlamaConfig c, int sequence)
@@ -179,7 +183,7 @@ public static class TrainBench
                     if (await Fits(mid)) fit = mid;
                     else refused = mid;
                 }
-            log.WriteLine($"train bench: {Describe(policy)}: largest batch {fit} ({string.Join(", ", trials.Select(t => $"{t.Batch} {(t.Fits ? "fits" : "refused")}"))})");
+            log.WriteLine($"train bench: {Describe(policy)}: largest batch {fit} ({Tried(trials)})");
             return new BatchSearch(Describe(policy), fit, refused == 0, trials);
         }
 
@@ -220,7 +224,8 @@ public static class TrainBench
                     }
                 var result = variants.Select((v, i) => Variant(v.Name, Describe(v.Policy), v.Batch, reports[i])).ToArray();
                 foreach (var r in result)
-                    log.WriteLine($"train bench: {r.Name} ({r.Policy}, batch {r.Batch}): {r.SamplesPerSecond:0.00} samples/s, peak {r.PeakDeviceBytes:N0} bytes");
+                    log.WriteLine($"train bench: {r.Name} ({r.Policy}, batch {r.Batch}): {r.SamplesPerSecond:0.00} samples/s, "
+                        + $"peak {r.PeakDeviceBytes:N0} bytes");
                 return result;
             }
             finally
@@ -323,7 +328,8 @@ public static class TrainBench
             $"{r.Timestamp}; {r.Machine.Cores} cores, {r.Machine.Os}, {r.Machine.Runtime}, {r.Machine.TorchThreads} torch threads"
                 + (r.Quick ? "; **quick run** (small checkpoints: figures are a smoke test)" : ""),
             "",
-            $"Device: simulated, {r.DeviceCapacityBytes:N0} bytes (a quarter of the large model), no link emulation. Rows of {r.Sequence} tokens; "
+            $"Device: simulated, {r.DeviceCapacityBytes:N0} bytes (a quarter of the large model), no link emulation. "
+                + $"Rows of {r.Sequence} seeded random token ids (new rows each step); "
                 + "AdamW (lr 1e-3), causal-LM loss; streamed = " + r.StreamedPolicy + ".",
             $"Small model: seeded Llama F32, {s.Layers} layers ({s.Blocks} blocks + embeddings + head), hidden {s.Hidden}, ffn {s.Ffn}: "
                 + $"{s.ModelBytes:N0} bytes ({Share(s.ModelBytes)} % of the device). Large model: {l.Layers} layers ({l.Blocks} blocks), "
@@ -335,7 +341,7 @@ public static class TrainBench
         };
         foreach (var search in new[] { r.Resident, r.Streamed })
             lines.Add($"- {search.Policy}: largest batch **{search.LargestBatch}**{(search.Capped ? $" (the cap, {BatchCap})" : "")}; tried "
-                + string.Join(", ", search.Trials.Select(t => $"{t.Batch} {(t.Fits ? "fits" : "refused")}"))
+                + Tried(search.Trials)
                 + (search.Trials.FirstOrDefault(t => !t.Fits) is { } first ? $". First refusal: \"{first.Refusal}\"" : ""));
         lines.Add("");
         lines.Add($"Each variant: a fresh device, a warm-up step, then {r.Steps} measured step(s), in rounds of one step per variant.");
@@ -362,7 +368,7 @@ public static class TrainBench
         lines.Add(lr.Fits
             ? $"- resident at 1 row: FITS (unexpected)"
             : $"- resident at 1 row: refused: \"{lr.Refusal}\"; {lr.ReservedAfterBytes:N0} bytes left reserved after the refusal");
-        lines.Add($"- streamed ({ls.Policy}) at {ls.Batch} row(s) (tried {string.Join(", ", r.Large.StreamedTrials.Select(t => $"{t.Batch} {(t.Fits ? "fits" : "refused")}"))}): "
+        lines.Add($"- streamed ({ls.Policy}) at {ls.Batch} row(s) (tried {Tried(r.Large.StreamedTrials)}): "
             + $"{F(ls.SamplesPerSecond, "0.00")} samples/s, peak device {ls.PeakDeviceBytes:N0} bytes ({Share(ls.PeakDeviceBytes)} % of the device), "
             + $"loss {string.Join(" → ", ls.Losses.Select(x => F(x, "0.0000")))}");
         lines.Add("");

@@ -6,7 +6,8 @@ namespace Superpipeline.Coordinator.Commands;
 /// <summary><c>superpipeline bench</c>: the engine bench (<see cref="EngineBench"/>), or with <c>--tradeoff</c> the
 /// memory/time trade-off over (k, k') (<see cref="TradeoffBench"/>), or with <c>--cluster</c> the cluster's job
 /// throughput (<see cref="ClusterBench"/>), or with <c>--generate</c> generation offloaded against resident and synchronous
-/// (<see cref="GenerateBench"/>).</summary>
+/// (<see cref="GenerateBench"/>), or with <c>--train</c> the largest batch and samples/s of training resident against streamed
+/// (<see cref="TrainBench"/>).</summary>
 public static class BenchCommand
 {
     public static Command Build()
@@ -35,6 +36,11 @@ public static class BenchCommand
             Description = "instead: generation of a seeded Llama checkpoint 4× the device (batch 8, 32 new tokens) under link emulation: resident, "
                 + "k = k' = 1, the planned window and pins, and the plan with the disk tier; writes generate.md and generate.json",
         };
+        var train = new Option<bool>("--train")
+        {
+            Description = "instead: training on one simulated device: the largest batch and samples/s resident against streamed (window 2, swap 1), "
+                + "and a model 4× the device that only streaming trains; writes train.md and train.json (--repeats: measured steps, 5, or 2 with --quick)",
+        };
         var computeThreads = new Option<string>("--compute-threads")
         {
             Description = "with --generate: threads the simulated device computes with (a number, or 'all' for libtorch's default); one leaves the "
@@ -43,7 +49,7 @@ public static class BenchCommand
         };
         var bench = new Command("bench", "Measure the engine: overhead against a hand-written loop, overlap under link emulation, peak memory; " +
             "or, with --tradeoff, the memory/time trade-off over (k, k'); or, with --cluster, a cluster's job throughput.");
-        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster, generate, computeThreads }) bench.Options.Add(o);
+        foreach (var o in new Option[] { output, quick, repeats, tradeoff, cluster, generate, train, computeThreads }) bench.Options.Add(o);
         bench.SetAction((r, cancel) =>
         {
             string dir = r.GetValue(output)!;
@@ -56,6 +62,7 @@ public static class BenchCommand
                     : throw new ArgumentException($"--compute-threads must be a whole number from 1, or 'all'; got '{threads}'");
                 return GenerateBench.RunAsync(new GenerateBenchOptions(dir, fast, r.GetValue(repeats), ComputeThreads: n), Console.Out, cancel, Console.Error);
             }
+            if (r.GetValue(train)) return TrainBench.RunAsync(new TrainBenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
             if (r.GetValue(cluster)) return ClusterBench.RunAsync(dir, fast, Console.Out, Console.Error, cancel);
             if (r.GetValue(tradeoff)) return TradeoffBench.RunAsync(new TradeoffOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);
             return EngineBench.RunAsync(new BenchOptions(dir, fast, r.GetValue(repeats)), Console.Out, cancel, Console.Error);

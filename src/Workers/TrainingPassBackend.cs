@@ -35,9 +35,28 @@ public sealed class TrainingBatch : IDisposable
     {
         if (ids.Count == 0) throw new ArgumentException("a training step needs at least one micro-batch");
         Ids = ids;
-        _saved = [.. ids.Select(_ => new Tensor?[model.Layers.Count])];
+        _saved = [.. ids.Select(_ => new Tensor?[model.Layers.Count + 1])]; // [Count]: a stage's output (a stage not ending with the head)
         Losses = new float[ids.Count];
+        InputGradients = new Tensor?[ids.Count];
     }
+
+    /// <summary>A pipeline stage after the first: the activation entering its first layer, per micro-batch (host; the caller keeps
+    /// them). Null: the stage starts at layer 0 and takes the ids.</summary>
+    public IReadOnlyList<Tensor>? StageInputs { get; init; }
+
+    /// <summary>False for a pipeline stage before the last: its forward pass runs all its layers (the output is <see cref="Output"/>)
+    /// and its backward pass starts from <see cref="OutputGradients"/> instead of the loss.</summary>
+    public bool EndsWithHead { get; init; } = true;
+
+    /// <summary>A stage not ending with the head: the gradient of its output per micro-batch (host; set before the backward pass,
+    /// the caller keeps them).</summary>
+    public IReadOnlyList<Tensor>? OutputGradients { get; set; }
+
+    /// <summary>A stage with <see cref="StageInputs"/>: the gradient of its input per micro-batch (host), set by the backward pass.</summary>
+    public Tensor?[] InputGradients { get; }
+
+    /// <summary>A stage not ending with the head: its output for micro-batch <paramref name="micro"/> (host), set by the forward pass.</summary>
+    public Tensor? Output(int micro) => _saved[micro][^1];
 
     public IReadOnlyList<Tensor> Ids { get; }
 
@@ -49,7 +68,7 @@ public sealed class TrainingBatch : IDisposable
 
     /// <summary>The input of <paramref name="layer"/> for micro-batch <paramref name="micro"/>: the ids for layer 0, else what the
     /// forward pass saved.</summary>
-    internal Tensor Input(int micro, int layer) => layer == 0 ? Ids[micro]
+    internal Tensor Input(int micro, int layer) => layer == 0 ? StageInputs?[micro] ?? Ids[micro]
         : _saved[micro][layer] ?? throw new InvalidOperationException($"layer {layer}'s input of micro-batch {micro} was not saved by a forward pass");
 
     internal void Save(int micro, int layer, Tensor host)
@@ -66,6 +85,11 @@ public sealed class TrainingBatch : IDisposable
                 m[i]?.Dispose();
                 m[i] = null;
             }
+        for (int m = 0; m < InputGradients.Length; m++)
+        {
+            InputGradients[m]?.Dispose();
+            InputGradients[m] = null;
+        }
     }
 }
 
@@ -108,7 +132,7 @@ public sealed class TrainingPassBackend : IPassBackend
         if (model.Layers.Count < 2) throw new ArgumentException("training streams a model of at least two layers (the head computes the loss)");
         var first = pass.Batch.Ids[0];
         foreach (var ids in pass.Batch.Ids)
-            if (!ids.shape.SequenceEqual(first.shape) || ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length)
+            if (!ids.shape.SequenceEqual(first.shape) || pass.Batch.StageInputs is null && (ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length))
                 throw new ArgumentException(
                     $"micro-batches must all be {model.InputDType}[{string.Join(", ", first.shape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
         if (pass.Direction == TrainingDirection.Backward && pass.Gradients is null)
@@ -118,7 +142,7 @@ public sealed class TrainingPassBackend : IPassBackend
         _layerActors = layerActors;
         _pass = pass;
         _askTimeout = askTimeout;
-        _activations = ActivationShapes(model, first.shape); // a micro-batch's rows, not the model's batch
+        _activations = ActivationShapes(model, pass.Batch.StageInputs?[0].shape ?? first.shape); // a micro-batch's rows, not the model's batch
         _carried = new Activation?[pass.Batch.Ids.Count];
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
@@ -142,7 +166,10 @@ public sealed class TrainingPassBackend : IPassBackend
 
     int Micro => _carried.Length;
 
-    public int Layers => Backward ? _model.Layers.Count : _model.Layers.Count - 1;
+    public int Layers => Backward || !_pass.Batch.EndsWithHead ? _model.Layers.Count : _model.Layers.Count - 1;
+
+    /// <summary>A stage after the first: layer 0's input is an activation (saved, and given a gradient), not the ids.</summary>
+    bool StageInput => _pass.Batch.StageInputs is not null;
 
     /// <summary>The layer step <paramref name="step"/> of this pass streams.</summary>
     public int LayerAt(int step) => Backward ? _model.Layers.Count - 1 - step : step;
@@ -164,7 +191,7 @@ public sealed class TrainingPassBackend : IPassBackend
             {
                 for (int m = 0; m < Micro; m++)
                 {
-                    var placed = _device.Upload([("input", ids[m])], $"the input of micro-batch {m}");
+                    var placed = _device.Upload([("input", _pass.Batch.Input(m, 0))], $"the input of micro-batch {m}");
                     Interlocked.Add(ref _bytesTransferred, placed.Bytes);
                     _carried[m] = new Activation(placed["input"], placed);
                 }
@@ -173,6 +200,12 @@ public sealed class TrainingPassBackend : IPassBackend
             {
                 _labels = _device.Upload([.. ids.Select((t, m) => ($"{m}", t))], "the labels");
                 Interlocked.Add(ref _bytesTransferred, _labels.Bytes);
+                for (int m = 0; m < Micro && _pass.Batch.OutputGradients is { } outGrads; m++)
+                {
+                    var placed = _device.Upload([("grad", outGrads[m])], $"the output gradient of micro-batch {m}");
+                    Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+                    _carried[m] = new Activation(placed["grad"], placed);
+                }
             }
             return 0;
         });
@@ -205,7 +238,7 @@ public sealed class TrainingPassBackend : IPassBackend
             if (Backward)
             {
                 // The saved inputs come back with the weights; layer 0's are the ids, already on the device as the labels.
-                if (layer > 0)
+                if (layer > 0 || StageInput)
                 {
                     var saved = _device.Upload([.. Enumerable.Range(0, Micro).Select(m => ($"{m}", _pass.Batch.Input(m, layer)))],
                         $"the saved inputs of layer {layer} ({def.Name})");
@@ -287,7 +320,7 @@ public sealed class TrainingPassBackend : IPassBackend
     IReadOnlyList<IReadOnlyList<(string, Tensor)>> BackwardLayer(int layer)
     {
         var def = _model.Layers[layer];
-        bool head = layer == _model.Layers.Count - 1, inputGrad = layer > 0;
+        bool head = layer == _model.Layers.Count - 1 && _pass.Batch.EndsWithHead, inputGrad = layer > 0 || StageInput;
         var (inShape, _) = _activations[layer];
         var output = _activations[layer + 1];
         long workspaceBytes = TrainingCosts.BackwardWorkspaceBytes(def, inShape, output);
@@ -339,6 +372,12 @@ public sealed class TrainingPassBackend : IPassBackend
                 }
                 _carried[m]?.Dispose();
                 _carried[m] = inGrad is null ? null : new Activation(inGrad, inGradReservation!);
+                if (layer == 0 && _carried[m] is { } stageInputGrad) // a stage's input gradient goes to the host, for the previous stage
+                {
+                    using (var copy = NewDisposeScope()) _pass.Batch.InputGradients[m] = _device.ToHost(stageInputGrad.Tensor).DetachFromDisposeScope();
+                    stageInputGrad.Dispose();
+                    _carried[m] = null;
+                }
             }
         }
         catch

@@ -288,7 +288,8 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     /// the sum of both layers' gradients, sent to both (as <see cref="TrainingSession"/> does; the job refuses ties across stages).</summary>
     async Task Deliver(int layer, IReadOnlyList<IReadOnlyList<(string Name, Tensor Grad)>> grads, Dictionary<(string, int), Tensor> pending)
     {
-        var actor = _layers[layer - _open.FirstLayer];
+        var actor = _layers[layer]; // the pass numbers the stage's layers from 0
+        int index = _stage.Layers[layer].Index; // the model's numbering, as ties are
         for (int m = 0; m < grads.Count; m++)
         {
             var own = new List<(string, Tensor)>();
@@ -306,7 +307,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
                     using (no_grad()) pending[(name, m)] = earlier + g;
                 }
                 else pending[(name, m)] = g.clone();
-                if (layer == holders[0] && pending.Remove((name, m), out var sum)) complete.Add((name, sum));
+                if (index == holders[0] && pending.Remove((name, m), out var sum)) complete.Add((name, sum));
             }
             try
             {

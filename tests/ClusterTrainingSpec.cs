@@ -216,6 +216,39 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         }
     }
 
+    [Fact]
+    public async Task Submit_train_saves_the_checkpoint_train_saves_and_refuses_a_bad_rate_naming_its_flag()
+    {
+        string dir = await Export();
+        string data = Data();
+        var coordinator = Coordinator();
+        var a = Worker(coordinator, "sim:1x64MiB");
+        var b = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        await BothWorkersRegistered(client, dir, a, b);
+        string contact = $"127.0.0.1:{coordinator.Address.Port}";
+        string[] common = ["--model", dir, "--data", data, "--batch", $"{Batch}", "--steps", "2", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9",
+            "--micro-batches", "2", "--clip-norm", "1"];
+        string trained = Path.Combine(_dir, "train-saved"), submitted = Path.Combine(_dir, "submit-saved");
+        Assert.Equal(0, await Cli.MainAsync(["train", .. common, "--window", "2", "--swap", "1", "--save", trained]));
+        Assert.Equal(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "1", "--swap", "1", "--save", submitted,
+            "--report", Path.Combine(_dir, "submit-train.json")]));
+        using (var want = SafetensorsCheckpoint.Open(trained))
+        using (var got = SafetensorsCheckpoint.Open(submitted))
+        {
+            Assert.Equal(want.Names, got.Names);
+            foreach (var name in want.Names)
+            {
+                using var w = want.Read(name);
+                using var g = got.Read(name);
+                Assert.True(TensorBytes.Raw(w).AsSpan().SequenceEqual(TensorBytes.Raw(g)), $"{name}: submit --train saved other weights than train");
+            }
+        }
+        Assert.Contains("\"Steps\"", File.ReadAllText(Path.Combine(_dir, "submit-train.json")), StringComparison.OrdinalIgnoreCase);
+        Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common[..^2], "--lr", "-1"]));
+        await DevicesFree(a, b);
+    }
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()

@@ -245,7 +245,19 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
             }
         }
         Assert.Contains("\"Steps\"", File.ReadAllText(Path.Combine(_dir, "submit-train.json")), StringComparison.OrdinalIgnoreCase);
-        Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common[..^2], "--lr", "-1"]));
+        var error = new StringWriter();
+        var stderr = Console.Error;
+        Console.SetError(error);
+        try
+        {
+            string[] bad = [.. common.Select(x => x == "0.05" ? "-1" : x)];
+            Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. bad]));
+        }
+        finally
+        {
+            Console.SetError(stderr);
+        }
+        Assert.Contains("--lr", error.ToString());
         await DevicesFree(a, b);
     }
 

@@ -159,7 +159,8 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         for (int i = 0; i < Steps; i++)
         {
             var (want, got) = (reference.Steps[i], steps[i]);
-            output.WriteLine($"step {i}: loss {got.Loss:R} (one process {want.Loss:R}), lr {got.LearningRate}, norm {got.GradNorm}, peak {got.PeakDeviceBytes}");
+            output.WriteLine($"step {i}: loss {got.Loss:R} (one process {want.Loss:R}), lr {got.LearningRate}, norm {got.GradNorm}, "
+                + $"peak {got.PeakDeviceBytes}");
             Assert.Equal(BitConverter.DoubleToInt64Bits(want.Loss), BitConverter.DoubleToInt64Bits(got.Loss));
             Assert.Equal(want.MicroBatchLosses.Select(BitConverter.SingleToInt32Bits), got.MicroBatchLosses.Select(BitConverter.SingleToInt32Bits));
             Assert.Equal(want.LearningRate, got.LearningRate);

@@ -132,7 +132,8 @@ public sealed class TrainingPassBackend : IPassBackend
         if (model.Layers.Count < 2) throw new ArgumentException("training streams a model of at least two layers (the head computes the loss)");
         var first = pass.Batch.Ids[0];
         foreach (var ids in pass.Batch.Ids)
-            if (!ids.shape.SequenceEqual(first.shape) || pass.Batch.StageInputs is null && (ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length))
+            if (!ids.shape.SequenceEqual(first.shape)
+                || pass.Batch.StageInputs is null && (ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length))
                 throw new ArgumentException(
                     $"micro-batches must all be {model.InputDType}[{string.Join(", ", first.shape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
         if (pass.Direction == TrainingDirection.Backward && pass.Gradients is null)

@@ -238,7 +238,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         {
             if (batch.Count >= _settings.MaxMicroBatches) break;
             var candidate = _state.Jobs[id];
-            if (candidate.Submit.Generation is null && candidate.Submit.Training is null && candidate.Submit.Model == first.Submit.Model && candidate.Submit.Policy == first.Submit.Policy)
+            if (candidate.Submit.Generation is null && candidate.Submit.Training is null && candidate.Submit.Model == first.Submit.Model
+                && candidate.Submit.Policy == first.Submit.Policy)
                 batch.Add(candidate);
         }
         return batch;

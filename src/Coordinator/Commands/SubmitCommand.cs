@@ -140,7 +140,10 @@ public static class SubmitCommand
         {
             Description = "with --train: constant, or cosine with linear warm-up", DefaultValueFactory = _ => "constant",
         };
-        public Option<int> Warmup { get; } = new("--warmup") { Description = "with --train: warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0 };
+        public Option<int> Warmup { get; } = new("--warmup")
+        {
+            Description = "with --train: warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0,
+        };
         public Option<string> Save { get; } = new("--save") { Description = "with --train: gather the stages' weights into this checkpoint directory" };
 
         public void AddTo(Command c)
@@ -191,7 +194,8 @@ public static class SubmitCommand
         await foreach (var e in client.Submit(job).ReadAllAsync(cancel))
         {
             if (e is JobTrainingStep s)
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {s.Step.Step + 1}: loss {s.Step.Loss:0.000000}, lr {s.Step.LearningRate:G6}"
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"step {s.Step.Step + 1}: loss {s.Step.Loss:0.000000}, lr {s.Step.LearningRate:G6}"
                     + $"{(s.Step.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Step.Seconds:0.000} s"));
             answer = e;
         }
@@ -211,7 +215,8 @@ public static class SubmitCommand
                     }
                     Console.WriteLine($"saved: {save}");
                 }
-                if (reportPath is not null) ReportWriter.WriteJson(reportPath, new SubmitTrainReport(dir, Path.GetFullPath(data), trained.Steps, trained.Failure));
+                if (reportPath is not null)
+                    ReportWriter.WriteJson(reportPath, new SubmitTrainReport(dir, Path.GetFullPath(data), trained.Steps, trained.Failure));
                 if (trained.Failure is { } failure)
                     throw new InvalidOperationException($"job {job.Id}: {failure}" + (save is null ? "" : $" (the last good weights are saved in {save})"));
                 Console.WriteLine($"job {job.Id} trained {trained.Steps.Length} step(s)");

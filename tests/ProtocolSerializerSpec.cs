@@ -48,6 +48,11 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
             ["StageOutput"] = "stage-output", ["StageFailed"] = "stage-failed", ["CancelAttempt"] = "cancel", ["MessageChunk"] = "chunk",
             ["JobToken"] = "token", ["JobGenerated"] = "generated", ["OpenGeneration"] = "gen-open", ["GenerationReady"] = "gen-ready",
             ["GenerationStepInput"] = "gen-step", ["GenerationLogits"] = "gen-logits", ["EndGeneration"] = "gen-end", ["GenerationEnded"] = "gen-ended",
+            ["OpenTraining"] = "train-open", ["TrainingStageReady"] = "train-ready", ["TrainingLinked"] = "train-linked",
+            ["TrainingActivations"] = "train-act", ["TrainingGradients"] = "train-grad", ["TrainingStageStepped"] = "train-stepped",
+            ["ApplyTrainingStep"] = "train-apply", ["TrainingStepApplied"] = "train-applied", ["TrainingStageFailed"] = "train-failed",
+            ["DropTrainingStep"] = "train-drop", ["TrainingStepDropped"] = "train-dropped", ["GetTrainingWeights"] = "train-get-weights",
+            ["TrainingStageWeights"] = "train-weights", ["EndTraining"] = "train-end", ["JobTrainingStep"] = "train-step", ["JobTrained"] = "trained",
         };
         var actual = ProtocolTypes().ToDictionary(t => t.Name, t => Serializer.Manifest(RuntimeHelpers.GetUninitializedObject(t)));
         Assert.Equal(expected.OrderBy(kv => kv.Key), actual.OrderBy(kv => kv.Key));

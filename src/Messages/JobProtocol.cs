@@ -16,8 +16,12 @@ public static class JobProtocol
     /// may be coalesced into one pass as micro-batches; each keeps its own input and output.
     /// With <paramref name="Generation"/> it is a generation job instead: a prefill pass over its prompts, then one decode pass per
     /// new token, through the same stages (never coalesced); its progress is one <see cref="JobToken"/> per step and its answer
-    /// <see cref="JobGenerated"/>.</summary>
-    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null, GenerationParameters? Generation = null) : IJobCommand;
+    /// <see cref="JobGenerated"/>.
+    /// With <paramref name="Training"/> it is a training job: its steps through the same stages, each stage's layer actors keeping
+    /// their weights and optimizer state on their node (never coalesced); its progress is one <see cref="JobTrainingStep"/> per
+    /// step and its answer <see cref="JobTrained"/>.</summary>
+    public sealed record SubmitJob(JobId Id, ModelSpec Model, PolicySpec Policy, long? InputSeed = null, GenerationParameters? Generation = null,
+        TrainingParameters? Training = null) : IJobCommand;
 
     public sealed record JobAccepted(JobId Id) : IJobEvent;
 
@@ -38,6 +42,14 @@ public static class JobProtocol
     /// <summary>A generation job's answer: <paramref name="Tokens"/> int64 [batch, prompt + new] (left-padded prompts, then the
     /// new tokens) and its report, with each stage's peak and KV bytes in <see cref="GenerationReport.Stages"/>.</summary>
     public sealed record JobGenerated(JobId Id, TensorPayload Tokens, GenerationReport Report) : IJobEvent;
+    /// <summary>A training job ran a step.</summary>
+    public sealed record JobTrainingStep(JobId Id, TrainingStepLine Step) : IJobEvent;
+
+    /// <summary>A training job's answer: every step that ran and, when a step failed, why (<paramref name="Failure"/>; the weights
+    /// are then those of the last good step). <paramref name="Weights"/>: the trained weights by checkpoint name when asked for.</summary>
+    public sealed record JobTrained(JobId Id, ImmutableArray<TrainingStepLine> Steps, ImmutableArray<TrainingProtocol.NamedTensor> Weights,
+        string? Failure) : IJobEvent;
+
     /// <summary>The job did not complete; <paramref name="Reason"/> is a one-line message for a person.</summary>
     public sealed record JobFailed(JobId Id, string Reason) : IJobEvent;
 

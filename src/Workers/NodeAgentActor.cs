@@ -108,6 +108,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Receive<GenerationStepped>(OnGenerationStepped);
         Receive<EndGeneration>(e => EndGenerations(new AttemptId(e.Job, e.Attempt), report: true));
         Receive<GenerationFreed>(OnGenerationFreed);
+        Receive<TrainingProtocol.OpenTraining>(OnOpenTraining);
         Receive<Terminated>(t => OnTerminated(t.ActorRef));
         Receive<Tidy>(_ => OnTidy());
         Receive<GetStatus>(_ => Sender.Tell(new Status(_deployments.HostBytes, _deployments.PeakHostBytes, _deployments.Budget,
@@ -224,6 +225,33 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         if (!_attempts.TryGetValue(id, out var attempt)) _attempts[id] = attempt = new StageAttempt(id, Now);
         attempt.Cancel(Now);
         EndGenerations(id, report: false);
+    }
+
+    /// <summary>Opens a stage of a training job: a <see cref="TrainingStageActor"/> child owning the stage's layer actors (their
+    /// weights and optimizer state stay on this node, outside the deployment pool), on the device's loader. A refusal (an unknown
+    /// device, a model or settings refused) is answered at once; the stage actor answers the rest.</summary>
+    void OnOpenTraining(TrainingProtocol.OpenTraining o)
+    {
+        void Refuse(string why) => o.Coordinator.Tell(new TrainingProtocol.TrainingStageFailed(o.Job, o.Attempt, o.Stage, -1, why));
+        if (!_devices.TryGetValue(o.Device, out var device))
+        {
+            Refuse($"node {_node} has no device {o.Device}");
+            return;
+        }
+        try
+        {
+            var stage = ModelCatalog.Create(o.Model).Slice(o.FirstLayer, o.LayerCount);
+            OffloadPolicy.For(o.Policy, o.LayerCount);
+            ModelCatalog.CheckWeights(o.Model, stage);
+            TrainingStageActor.Settings(o.Optimizer);
+        }
+        catch (Exception e) when (ModelCatalog.IsRefusal(e))
+        {
+            Refuse(e.Message);
+            return;
+        }
+        Context.ActorOf(TrainingStageActor.Props(o, _loaders[o.Device], device.WantsPinnedHost, _askTimeout),
+            $"train-{o.Attempt}-{o.Stage}-{++_deploymentCounter}");
     }
 
     /// <summary>Opens a stage of a generation job: its layers deployed within the host weight budget (or it fails at once, it does

@@ -40,9 +40,28 @@ public sealed class TrainingBatch : IDisposable
         Ids = ids;
         Labels = labels ?? ids;
         Objective = labels is null ? TrainingObjective.CausalLm : TrainingObjective.Classification;
-        _saved = [.. ids.Select(_ => new Tensor?[model.Layers.Count])];
+        _saved = [.. ids.Select(_ => new Tensor?[model.Layers.Count + 1])]; // [Count]: a stage's output (a stage not ending with the head)
         Losses = new float[ids.Count];
+        InputGradients = new Tensor?[ids.Count];
     }
+
+    /// <summary>A pipeline stage after the first: the activation entering its first layer, per micro-batch (host; the caller keeps
+    /// them). Null: the stage starts at layer 0 and takes the ids.</summary>
+    public IReadOnlyList<Tensor>? StageInputs { get; init; }
+
+    /// <summary>False for a pipeline stage before the last: its forward pass runs all its layers (the output is <see cref="Output"/>)
+    /// and its backward pass starts from <see cref="OutputGradients"/> instead of the loss.</summary>
+    public bool EndsWithHead { get; init; } = true;
+
+    /// <summary>A stage not ending with the head: the gradient of its output per micro-batch (host; set before the backward pass,
+    /// the caller keeps them).</summary>
+    public IReadOnlyList<Tensor>? OutputGradients { get; set; }
+
+    /// <summary>A stage with <see cref="StageInputs"/>: the gradient of its input per micro-batch (host), set by the backward pass.</summary>
+    public Tensor?[] InputGradients { get; }
+
+    /// <summary>A stage not ending with the head: its output for micro-batch <paramref name="micro"/> (host), set by the forward pass.</summary>
+    public Tensor? Output(int micro) => _saved[micro][^1];
 
     public IReadOnlyList<Tensor> Ids { get; }
 
@@ -62,7 +81,7 @@ public sealed class TrainingBatch : IDisposable
 
     /// <summary>The input of <paramref name="layer"/> for micro-batch <paramref name="micro"/>: the ids for layer 0, else what the
     /// forward pass saved.</summary>
-    internal Tensor Input(int micro, int layer) => layer == 0 ? Ids[micro]
+    internal Tensor Input(int micro, int layer) => layer == 0 ? StageInputs?[micro] ?? Ids[micro]
         : _saved[micro][layer] ?? throw new InvalidOperationException($"layer {layer}'s input of micro-batch {micro} was not saved by a forward pass");
 
     internal void Save(int micro, int layer, Tensor host)
@@ -79,6 +98,11 @@ public sealed class TrainingBatch : IDisposable
                 m[i]?.Dispose();
                 m[i] = null;
             }
+        for (int m = 0; m < InputGradients.Length; m++)
+        {
+            InputGradients[m]?.Dispose();
+            InputGradients[m] = null;
+        }
     }
 }
 
@@ -121,7 +145,8 @@ public sealed class TrainingPassBackend : IPassBackend
         if (model.Layers.Count < 2) throw new ArgumentException("training streams a model of at least two layers (the head computes the loss)");
         var first = pass.Batch.Ids[0];
         foreach (var ids in pass.Batch.Ids)
-            if (!ids.shape.SequenceEqual(first.shape) || ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length)
+            if (!ids.shape.SequenceEqual(first.shape)
+                || pass.Batch.StageInputs is null && (ids.dtype != model.InputDType || ids.dim() != model.InputShape.Length))
                 throw new ArgumentException(
                     $"micro-batches must all be {model.InputDType}[{string.Join(", ", first.shape)}], got {ids.dtype}[{string.Join(", ", ids.shape)}]");
         if (pass.Direction == TrainingDirection.Backward && pass.Gradients is null)
@@ -131,7 +156,7 @@ public sealed class TrainingPassBackend : IPassBackend
         _layerActors = layerActors;
         _pass = pass;
         _askTimeout = askTimeout;
-        _activations = ActivationShapes(model, first.shape); // a micro-batch's rows, not the model's batch
+        _activations = ActivationShapes(model, pass.Batch.StageInputs?[0].shape ?? first.shape); // a micro-batch's rows, not the model's batch
         _carried = new Activation?[pass.Batch.Ids.Count];
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
@@ -155,7 +180,10 @@ public sealed class TrainingPassBackend : IPassBackend
 
     int Micro => _carried.Length;
 
-    public int Layers => Backward ? _model.Layers.Count : _model.Layers.Count - 1;
+    public int Layers => Backward || !_pass.Batch.EndsWithHead ? _model.Layers.Count : _model.Layers.Count - 1;
+
+    /// <summary>A stage after the first: layer 0's input is an activation (saved, and given a gradient), not the ids.</summary>
+    bool StageInput => _pass.Batch.StageInputs is not null;
 
     /// <summary>The layer step <paramref name="step"/> of this pass streams.</summary>
     public int LayerAt(int step) => Backward ? _model.Layers.Count - 1 - step : step;
@@ -177,7 +205,7 @@ public sealed class TrainingPassBackend : IPassBackend
             {
                 for (int m = 0; m < Micro; m++)
                 {
-                    var placed = _device.Upload([("input", ids[m])], $"the input of micro-batch {m}");
+                    var placed = _device.Upload([("input", _pass.Batch.Input(m, 0))], $"the input of micro-batch {m}");
                     Interlocked.Add(ref _bytesTransferred, placed.Bytes);
                     _carried[m] = new Activation(placed["input"], placed);
                 }
@@ -186,6 +214,12 @@ public sealed class TrainingPassBackend : IPassBackend
             {
                 _labels = _device.Upload([.. _pass.Batch.Labels.Select((t, m) => ($"{m}", t))], "the labels");
                 Interlocked.Add(ref _bytesTransferred, _labels.Bytes);
+                for (int m = 0; m < Micro && _pass.Batch.OutputGradients is { } outGrads; m++)
+                {
+                    var placed = _device.Upload([("grad", outGrads[m])], $"the output gradient of micro-batch {m}");
+                    Interlocked.Add(ref _bytesTransferred, placed.Bytes);
+                    _carried[m] = new Activation(placed["grad"], placed);
+                }
             }
             return 0;
         });
@@ -218,8 +252,8 @@ public sealed class TrainingPassBackend : IPassBackend
             if (Backward)
             {
                 // The saved inputs come back with the weights; layer 0's are the ids, already on the device as the labels (a
-                // classifier's pixels are not: they come back as a saved input).
-                if (layer > 0 || !_pass.Batch.LabelsAreInput)
+                // classifier's pixels are not, nor a later stage's input activations: they come back as saved inputs).
+                if (layer > 0 || StageInput || !_pass.Batch.LabelsAreInput)
                 {
                     var saved = _device.Upload([.. Enumerable.Range(0, Micro).Select(m => ($"{m}", _pass.Batch.Input(m, layer)))],
                         $"the saved inputs of layer {layer} ({def.Name})");
@@ -301,7 +335,7 @@ public sealed class TrainingPassBackend : IPassBackend
     IReadOnlyList<IReadOnlyList<(string, Tensor)>> BackwardLayer(int layer)
     {
         var def = _model.Layers[layer];
-        bool head = layer == _model.Layers.Count - 1, inputGrad = layer > 0;
+        bool head = layer == _model.Layers.Count - 1 && _pass.Batch.EndsWithHead, inputGrad = layer > 0 || StageInput;
         var (inShape, _) = _activations[layer];
         var output = _activations[layer + 1];
         long workspaceBytes = TrainingCosts.BackwardWorkspaceBytes(def, inShape, output);
@@ -353,6 +387,12 @@ public sealed class TrainingPassBackend : IPassBackend
                 }
                 _carried[m]?.Dispose();
                 _carried[m] = inGrad is null ? null : new Activation(inGrad, inGradReservation!);
+                if (layer == 0 && _carried[m] is { } stageInputGrad) // a stage's input gradient goes to the host, for the previous stage
+                {
+                    using (var copy = NewDisposeScope()) _pass.Batch.InputGradients[m] = _device.ToHost(stageInputGrad.Tensor).DetachFromDisposeScope();
+                    stageInputGrad.Dispose();
+                    _carried[m] = null;
+                }
             }
         }
         catch

@@ -29,6 +29,7 @@ public sealed class ClientActor : ReceiveActor, IWithTimers
         Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<JobSucceeded>(Terminal);
         Receive<JobGenerated>(Terminal);
+        Receive<JobTrained>(Terminal);
         Receive<JobFailed>(Terminal);
         Receive<JobRefused>(Terminal);
         Receive<IJobEvent>(e => { if (!_done) _events.TryWrite(e); });

@@ -52,6 +52,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     /// <summary>The loops of running generation attempts, by attempt number: runtime state beside the journaled job state
     /// (a restarted manager places the job again, and generation restarts from its prompts).</summary>
     readonly Dictionary<int, GenerationRun> _generations = [];
+    /// <summary>The coordinators of running training attempts (<see cref="TrainingJobActor"/> children), by attempt number.</summary>
+    readonly Dictionary<int, IActorRef> _trainings = [];
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
 
@@ -71,6 +73,9 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Receive<TokensMade>(OnTokens);
         Receive<GenerationLoopEnded>(OnLoopEnded);
         Receive<GenerationEnded>(OnGenerationEnded);
+        Receive<JobTrainingStep>(OnTrainingStep);
+        Receive<JobTrained>(m => OnTrainingEnded(m.Id, m));
+        Receive<JobFailed>(m => OnTrainingEnded(m.Id, m));
         Receive<ClusterEvent.UnreachableMember>(m => Lost(m.Member.Address, "unreachable"));
         Receive<ClusterEvent.MemberRemoved>(m => Lost(m.Member.Address, "removed"));
         Receive<ClusterEvent.IMemberEvent>(_ => { });
@@ -157,6 +162,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
                 var (request, prompts, _) = GenerationSession.FromSpec(g);
                 GenerationSession.Check(model, prompts, request);
             }
+            if (submit.Training is { } t)
+                TrainingJobActor.Check(model, [new TrainingStagePlacement(ActorRefs.Nobody, "", 0, model.Layers.Count, submit.Policy)], t);
             ModelCatalog.CheckWeights(submit.Model, model);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))
@@ -204,6 +211,11 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
                 OpenGeneration(attempt, first, generation);
                 continue;
             }
+            if (first.Submit.Training is { } training)
+            {
+                OpenTraining(attempt, first, training);
+                continue;
+            }
             var seeds = batch.Select(j => j.Submit.InputSeed ?? j.Submit.Model.Seed).ToImmutableArray();
             for (int s = placement.Count - 1; s >= 0; s--)
             {
@@ -221,12 +233,13 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     {
         var first = _state.Jobs[_state.Queue[0]];
         var batch = new List<JobRecord> { first };
-        if (first.Submit.Generation is not null) return batch;
+        if (first.Submit.Generation is not null || first.Submit.Training is not null) return batch;
         foreach (var id in _state.Queue.Skip(1))
         {
             if (batch.Count >= _settings.MaxMicroBatches) break;
             var candidate = _state.Jobs[id];
-            if (candidate.Submit.Generation is null && candidate.Submit.Model == first.Submit.Model && candidate.Submit.Policy == first.Submit.Policy)
+            if (candidate.Submit.Generation is null && candidate.Submit.Training is null && candidate.Submit.Model == first.Submit.Model
+                && candidate.Submit.Policy == first.Submit.Policy)
                 batch.Add(candidate);
         }
         return batch;
@@ -273,6 +286,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     {
         if (!_state.Current(f.Job, f.Attempt, out var attempt)) return;
         StopGeneration(attempt.Number);
+        StopTraining(attempt.Number);
         attempt.Cancel(Self);
         Apply(new AttemptEnded(attempt.Number));
         foreach (var id in attempt.Jobs) Answer(_state.Jobs[id], new JobFailed(id, f.Reason));
@@ -404,6 +418,50 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Answer(job, new JobGenerated(job.Id, GenerationRun.Tokens(outcome.Tokens), run.Report(job.Model, outcome)));
     }
 
+    /// <summary>Starts the coordinator of a training attempt over its stages; a model tied across the placed stages is refused.</summary>
+    void OpenTraining(Attempt attempt, JobRecord job, TrainingParameters training)
+    {
+        var stages = attempt.Placement.Select(p => new TrainingStagePlacement(p.Slot.Agent, p.Slot.Device.Name, p.FirstLayer, p.LayerCount, p.Policy))
+            .ToImmutableArray();
+        try
+        {
+            TrainingJobActor.Check(job.Model, stages, training);
+        }
+        catch (ArgumentException e)
+        {
+            Apply(new AttemptEnded(attempt.Number));
+            Answer(job, new JobRefused(job.Id, e.Message));
+            return;
+        }
+        _trainings[attempt.Number] = Context.ActorOf(TrainingJobActor.Props(attempt.Run, attempt.Number, job.Submit.Model, stages, training, Self,
+            _settings.AskTimeout * 8), $"training-{attempt.Number}");
+    }
+
+    /// <summary>A training attempt's step goes to the job's clients.</summary>
+    void OnTrainingStep(JobTrainingStep m)
+    {
+        if (!_state.Current(m.Id, AttemptOf(Sender), out var attempt)) return;
+        if (!attempt.Started) Apply(new AttemptStarted(attempt.Number));
+        foreach (var c in _state.Jobs[m.Id].Clients) _sender.Tell(c, m, Self);
+    }
+
+    /// <summary>A training attempt ended (trained, or failed): the job's one answer.</summary>
+    void OnTrainingEnded(JobId id, IJobEvent answer)
+    {
+        int number = AttemptOf(Sender);
+        if (!_trainings.Remove(number) || !_state.Current(id, number, out var attempt)) return;
+        Apply(new AttemptEnded(attempt.Number));
+        Answer(_state.Jobs[id], answer);
+    }
+
+    int AttemptOf(IActorRef child) => _trainings.FirstOrDefault(t => t.Value.Equals(child)).Key;
+
+    /// <summary>Stops the coordinator of a training attempt, if it is one (its stop ends its stages).</summary>
+    void StopTraining(int attempt)
+    {
+        if (_trainings.Remove(attempt, out var child)) Context.Stop(child);
+    }
+
     /// <summary>Stops the loop of a generation attempt, if it is one (its stages end their sessions on <see cref="CancelAttempt"/>).</summary>
     void StopGeneration(int attempt)
     {
@@ -428,6 +486,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         foreach (var attempt in _state.Attempts.Values.Reverse().Where(a => a.Uses(address)).ToArray())
         {
             StopGeneration(attempt.Number);
+            StopTraining(attempt.Number);
             attempt.Cancel(Self, address);
             Apply(new AttemptAbandoned(attempt.Number));
         }

@@ -9,6 +9,9 @@ using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Workers;
 using Superpipeline.Messages;
+using System.Globalization;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Training;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Coordinator.Commands;
@@ -54,17 +57,22 @@ public static class SubmitCommand
         {
             Description = "with --generate: where each stage keeps its KV cache, device or host", DefaultValueFactory = _ => "device",
         };
+        var train = new TrainFlags();
         var submit = new Command("submit", "Submit a job to a running cluster through ClusterClient, show progress, and write the same files as run.");
         model.AddTo(submit);
         foreach (var o in new Option[] { contact, window, swap, resident, id, report, trace, output, hostname, config, connect, verbose, generate, temperature,
             topK, topP, eos, kv })
             submit.Options.Add(o);
+        train.AddTo(submit);
         submit.SetAction(async (r, cancel) =>
         {
             OutputPaths.CheckWritable(r.GetValue(report), "--report");
             OutputPaths.CheckWritable(r.GetValue(trace), "--trace");
             OutputPaths.CheckWritable(r.GetValue(output), "--output");
             var timeout = Flags.ParseDuration(r.GetValue(connect)!, "--connect-timeout");
+            if (r.GetValue(train.Train))
+                return await TrainAsync(r, model, train, Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident)), r.GetValue(id),
+                    r.GetValue(report), r.GetValue(contact)!, r.GetValue(hostname)!, ConfigFile.Read(r.GetValue(config)), r.GetValue(verbose), timeout, cancel);
             var spec = model.Read(r);
             var policy = Flags.ParsePolicy(r.GetValue(window)!, r.GetValue(swap), r.GetValue(resident));
             var checkedModel = Preflight.Model(spec, policy);
@@ -115,6 +123,112 @@ public static class SubmitCommand
         });
         return submit;
     }
+
+    /// <summary>The flags of <c>submit --train</c> (train's names, meanings and defaults; --batch and --seq-len are the model options').</summary>
+    sealed class TrainFlags
+    {
+        public Option<bool> Train { get; } = new("--train") { Description = "run a training job over the stages (a checkpoint's --model, --data)" };
+        public Option<string> Data { get; } = new("--data") { Description = "with --train: token ids (.npy int64 [rows, seq]) or a text file" };
+        public Option<int> Micro { get; } = new("--micro-batches") { Description = "with --train: micro-batches per step", DefaultValueFactory = _ => 1 };
+        public Option<int> Steps { get; } = new("--steps") { Description = "with --train: optimizer steps", DefaultValueFactory = _ => 10 };
+        public Option<string> Optimizer { get; } = new("--optimizer") { Description = "with --train: sgd or adamw", DefaultValueFactory = _ => "adamw" };
+        public Option<double> Lr { get; } = new("--lr") { Description = "with --train: learning rate (> 0)", DefaultValueFactory = _ => 1e-3 };
+        public Option<double> Momentum { get; } = new("--momentum") { Description = "with --train: SGD momentum", DefaultValueFactory = _ => 0.0 };
+        public Option<double> Decay { get; } = new("--weight-decay") { Description = "with --train: weight decay", DefaultValueFactory = _ => 0.0 };
+        public Option<double?> Clip { get; } = new("--clip-norm") { Description = "with --train: clip gradients to this global 2-norm (> 0)" };
+        public Option<string> Schedule { get; } = new("--schedule")
+        {
+            Description = "with --train: constant, or cosine with linear warm-up", DefaultValueFactory = _ => "constant",
+        };
+        public Option<int> Warmup { get; } = new("--warmup")
+        {
+            Description = "with --train: warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0,
+        };
+        public Option<string> Save { get; } = new("--save") { Description = "with --train: gather the stages' weights into this checkpoint directory" };
+
+        public void AddTo(Command c)
+        {
+            foreach (var o in new Option[] { Train, Data, Micro, Steps, Optimizer, Lr, Momentum, Decay, Clip, Schedule, Warmup, Save }) c.Options.Add(o);
+        }
+    }
+
+    /// <summary>The flag that carries each training field the engine and the job manager name in their refusals.</summary>
+    static readonly IReadOnlyDictionary<string, string> TrainFlagOfField = new Dictionary<string, string>
+    {
+        [TrainingFields.LearningRate] = "--lr", [TrainingFields.Momentum] = "--momentum", [TrainingFields.WeightDecay] = "--weight-decay",
+        [TrainingFields.ClipNorm] = "--clip-norm", [TrainingFields.Optimizer] = "--optimizer", [TrainingFields.Schedule] = "--schedule",
+        [TrainingFields.Warmup] = "--warmup", [TrainingFields.Steps] = "--steps", [TrainingFields.MicroBatches] = "--micro-batches",
+        [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data",
+        [FieldException.Window] = "--window", [FieldException.Swap] = "--swap", [FieldException.Sequence] = "--seq-len",
+    };
+
+    /// <summary>submit --train: reads and checks the data and settings here (refusals name the flag), sends the ids with the job,
+    /// prints the loss per step, and with --save writes the gathered weights as a Hugging Face checkpoint directory.</summary>
+    static async Task<int> TrainAsync(ParseResult r, ModelOptions model, TrainFlags t, PolicySpec policy, string? id, string? reportPath, string[] contacts,
+        string hostname, string? config, bool verbose, TimeSpan timeout, CancellationToken cancel)
+    {
+        string dir = r.GetValue(model.Model) ?? throw new ArgumentException("--train needs --model to name a checkpoint directory");
+        string data = r.GetValue(t.Data) ?? throw new ArgumentException("--train needs --data (token ids .npy, or a text file)");
+        string? save = r.GetValue(t.Save);
+        OutputPaths.CheckWritable(reportPath, "--report");
+        int batch = r.GetValue(model.Batch), steps = r.GetValue(t.Steps);
+        var (job, settings) = GenerateCommand.InFlags(() =>
+        {
+            var settings = new TrainingSettings(
+                new OptimizerSettings(OptimizerSettings.ParseKind(r.GetValue(t.Optimizer)!), r.GetValue(t.Lr), r.GetValue(t.Momentum), r.GetValue(t.Decay)),
+                new LrSchedule(LrSchedule.ParseKind(r.GetValue(t.Schedule)!), r.GetValue(t.Warmup), steps), r.GetValue(t.Clip), r.GetValue(t.Micro)).Validate();
+            using var ids = TrainingData.Read(data, dir, r.GetValue(model.SeqLen));
+            var training = new TrainingParameters(TensorPayloads.From(ids), batch, steps, TrainingStageActor.Wire(settings),
+                settings.Schedule.Kind.ToString().ToLowerInvariant(), settings.Schedule.Warmup, save is not null);
+            var spec = ModelCatalog.CheckpointSpec(dir, batch, (int)ids.shape[1], 0);
+            var layered = ModelCatalog.Create(spec);
+            TrainingJobActor.Check(layered, [new TrainingStagePlacement(Akka.Actor.ActorRefs.Nobody, "", 0, layered.Layers.Count, policy)], training);
+            return (new SubmitJob(id is { } given ? new JobId(given) : JobId.New(), spec, policy, Training: training), settings);
+        }, TrainFlagOfField);
+        await using var client = SubmitClient.Start(contacts, hostname, config, verbose);
+        if (!await client.ConnectAsync(timeout, cancel))
+            throw new TimeoutException($"no coordinator answered at {string.Join(", ", contacts)} within {timeout.TotalSeconds:0.###} s (--connect-timeout)");
+        Console.Error.WriteLine($"superpipeline submit: training job {job.Id} to {string.Join(", ", contacts)}: {steps} step(s) of {batch} rows, "
+            + settings.Optimizer);
+        IJobEvent? answer = null;
+        await foreach (var e in client.Submit(job).ReadAllAsync(cancel))
+        {
+            if (e is JobTrainingStep s)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"step {s.Step.Step + 1}: loss {s.Step.Loss:0.000000}, lr {s.Step.LearningRate:G6}"
+                    + $"{(s.Step.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Step.Seconds:0.000} s"));
+            answer = e;
+        }
+        switch (answer)
+        {
+            case JobTrained trained:
+                if (save is not null)
+                {
+                    var weights = trained.Weights.Select(w => (w.Name, TensorPayloads.ToTensor(w.Tensor))).ToArray();
+                    try
+                    {
+                        TrainedCheckpoint.Write(save, dir, weights);
+                    }
+                    finally
+                    {
+                        foreach (var (_, w) in weights) w.Dispose();
+                    }
+                    Console.WriteLine($"saved: {save}");
+                }
+                if (reportPath is not null)
+                    ReportWriter.WriteJson(reportPath, new SubmitTrainReport(dir, Path.GetFullPath(data), trained.Steps, trained.Failure));
+                if (trained.Failure is { } failure)
+                    throw new InvalidOperationException($"job {job.Id}: {failure}" + (save is null ? "" : $" (the last good weights are saved in {save})"));
+                Console.WriteLine($"job {job.Id} trained {trained.Steps.Length} step(s)");
+                return 0;
+            case JobRefused refused: throw new ArgumentException($"job {job.Id} refused: {refused.Reason}");
+            case JobFailed failed: throw new ArgumentException($"job {job.Id} failed: {failed.Reason}");
+            default: throw new InvalidOperationException($"unexpected answer {answer}");
+        }
+    }
+
+    /// <summary>submit --train's JSON report: the checkpoint, the data, every step and the failure, if any.</summary>
+    sealed record SubmitTrainReport(string Model, string Data, IReadOnlyList<TrainingStepLine> Steps, string? Failure);
 
     /// <summary>--generate N: the prompts from --input (a checkpoint's token ids), checked as the job manager will check them, with
     /// the refused field named by its flag; the job's spec carries no input file (the prompts travel in the job).</summary>

@@ -8,6 +8,7 @@ using Akka.Serialization;
 using static Superpipeline.Messages.GenerationProtocol;
 using static Superpipeline.Messages.JobProtocol;
 using static Superpipeline.Messages.StageProtocol;
+using static Superpipeline.Messages.TrainingProtocol;
 using static Superpipeline.Messages.WorkerProtocol;
 
 namespace Superpipeline.Messages.Serialization;
@@ -31,6 +32,12 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
         ("token", typeof(JobToken)), ("generated", typeof(JobGenerated)),
         ("gen-open", typeof(OpenGeneration)), ("gen-ready", typeof(GenerationReady)), ("gen-step", typeof(GenerationStepInput)),
         ("gen-logits", typeof(GenerationLogits)), ("gen-end", typeof(EndGeneration)), ("gen-ended", typeof(GenerationEnded)),
+        ("train-open", typeof(OpenTraining)), ("train-ready", typeof(TrainingStageReady)), ("train-linked", typeof(TrainingLinked)),
+        ("train-act", typeof(TrainingActivations)), ("train-grad", typeof(TrainingGradients)), ("train-stepped", typeof(TrainingStageStepped)),
+        ("train-apply", typeof(ApplyTrainingStep)), ("train-applied", typeof(TrainingStepApplied)), ("train-failed", typeof(TrainingStageFailed)),
+        ("train-drop", typeof(DropTrainingStep)), ("train-dropped", typeof(TrainingStepDropped)), ("train-get-weights", typeof(GetTrainingWeights)),
+        ("train-weights", typeof(TrainingStageWeights)), ("train-end", typeof(EndTraining)),
+        ("train-step", typeof(JobTrainingStep)), ("trained", typeof(JobTrained)),
         ("chunk", typeof(MessageChunk)),
     ];
 

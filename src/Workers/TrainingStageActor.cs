@@ -1,0 +1,369 @@
+using System.Collections.Immutable;
+using Akka.Actor;
+using Superpipeline.Contracts;
+using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Training;
+using Superpipeline.Messages;
+using Superpipeline.Messages.Serialization;
+using static Superpipeline.Messages.TrainingProtocol;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Workers;
+
+/// <summary>One stage of a training job on a node (made by the node agent from <see cref="OpenTraining"/>): its layers as a stage
+/// model, its own <see cref="LayerActor"/>s as children (their weights, gradients and optimizer state live here, on this node), and
+/// the node's device loader. A step's forward training pass saves its layers' inputs on this node and sends its output on; its
+/// backward pass (from the loss on the last stage, else from the gradient of its output) sends the gradient of its input back.
+/// Its stop is its clean-up: the layer actors and their state go with it.</summary>
+public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
+{
+    /// <summary>The layer actors hold their weights and optimizers (or could not).</summary>
+    private sealed record Loaded(long HostBytes, string? Error);
+
+    /// <summary>A pass of the current step ended; <paramref name="Error"/>: it failed.</summary>
+    private sealed record PassEnded(int Step, TrainingDirection Direction, PassReport? Report, string? Error);
+
+    /// <summary>The step in flight on this stage: its micro-batches, the tensors it keeps, its figures.</summary>
+    sealed record StepState(int Step, TrainingBatch Batch, ImmutableArray<TensorPayload> Ids, Tensor[] Owned, long PeakDeviceBytes, long Moved)
+    {
+        public void Dispose()
+        {
+            Batch.Dispose();
+            foreach (var t in Owned) t.Dispose();
+        }
+    }
+
+    readonly OpenTraining _open;
+    readonly IActorRef _loader;
+    readonly bool _pin;
+    readonly TimeSpan _askTimeout;
+    readonly ChunkingSender _sender;
+    readonly LayeredModel _stage;
+    readonly OffloadPolicy _policy;
+    readonly TrainingSettings _settings;
+    readonly IReadOnlyDictionary<string, IReadOnlyList<int>> _tied;
+    ImmutableArray<IActorRef> _layers = [];
+    ImmutableArray<IActorRef> _stages = [];
+    StepState? _step;
+    CheckpointWeights? _weights; // open until the layer actors have read theirs
+
+    public TrainingStageActor(OpenTraining open, IActorRef loader, bool pinHost, TimeSpan askTimeout)
+    {
+        _open = open;
+        _loader = loader;
+        _pin = pinHost;
+        _askTimeout = askTimeout;
+        _sender = ChunkingSender.For(Context.System);
+        _stage = ModelCatalog.Create(open.Model).Slice(open.FirstLayer, open.LayerCount);
+        _policy = OffloadPolicy.For(open.Policy, open.LayerCount);
+        _settings = Settings(open.Optimizer);
+        _tied = ModelParameters.Tied(_stage);
+        Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
+        Receive<Loaded>(OnLoaded);
+        Receive<EndTraining>(_ => Context.Stop(Self));
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    public IStash Stash { get; set; } = null!;
+
+    /// <summary>The engine's training settings from the wire record (validated: a refusal names the field).</summary>
+    public static TrainingSettings Settings(TrainingOptimizer o) => new TrainingSettings(
+        new OptimizerSettings(OptimizerSettings.ParseKind(o.Kind), o.LearningRate, o.Momentum, o.WeightDecay, o.Beta1, o.Beta2, o.Eps),
+        LrSchedule.Constant, o.ClipNorm, o.MicroBatches).Validate();
+
+    /// <summary>The wire record of <paramref name="s"/>.</summary>
+    public static TrainingOptimizer Wire(TrainingSettings s) => new(s.Optimizer.Kind.ToString().ToLowerInvariant(), s.Optimizer.LearningRate,
+        s.Optimizer.Momentum, s.Optimizer.WeightDecay, s.Optimizer.Beta1, s.Optimizer.Beta2, s.Optimizer.Eps, s.ClipNorm, s.MicroBatches);
+
+    public static Props Props(OpenTraining open, IActorRef loader, bool pinHost, TimeSpan askTimeout) =>
+        Akka.Actor.Props.Create(() => new TrainingStageActor(open, loader, pinHost, askTimeout)).WithDispatcher(Dispatchers.Host);
+
+    bool First => _open.Stage == 0;
+    bool Last => _open.Stage == _open.Stages - 1;
+
+    protected override void PreStart()
+    {
+        var dir = _open.Model.Checkpoint;
+        if (dir is null)
+        {
+            Self.Tell(new Loaded(0, "training needs a checkpoint model (a seeded model has no weights to train)"));
+            return;
+        }
+        try
+        {
+            var weights = _weights = new CheckpointWeights(dir); // the layer actors read their weights in their PreStart, from here
+            _layers = [.. _stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, _pin), $"layer-{l.Index}"))];
+        }
+        catch (Exception e)
+        {
+            Self.Tell(new Loaded(0, e.GetBaseException().Message));
+            return;
+        }
+        var (layers, optimizer, timeout) = (_layers, _settings.Optimizer, _askTimeout);
+        Task.WhenAll(layers.Select(a => a.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, timeout)))
+            .ContinueWith(read =>
+            {
+                foreach (var w in read.IsCompletedSuccessfully ? read.Result : []) w.Lease?.Dispose();
+                return read.IsCompletedSuccessfully
+                    ? Task.WhenAll(layers.Select(a => a.Ask<LayerActor.TrainingReady>(new LayerActor.StartTraining(optimizer), timeout)))
+                    : Task.FromException<LayerActor.TrainingReady[]>(read.Exception!.GetBaseException());
+            }, TaskScheduler.Default).Unwrap()
+            .ContinueWith(t => t.IsCompletedSuccessfully
+                ? new Loaded(t.Result.Sum(r => r.HostBytes), null)
+                : new Loaded(0, t.Exception?.GetBaseException().Message ?? "cancelled"), TaskScheduler.Default)
+            .PipeTo(Self);
+    }
+
+    protected override void PostStop()
+    {
+        _step?.Dispose();
+        _weights?.Dispose();
+    }
+
+    void OnLoaded(Loaded m)
+    {
+        _weights?.Dispose();
+        _weights = null;
+        if (m.Error is { } error)
+        {
+            _open.Coordinator.Tell(new TrainingStageFailed(_open.Job, _open.Attempt, _open.Stage, -1,
+                $"stage {_open.Stage} (layers {_open.FirstLayer}..{_open.FirstLayer + _open.LayerCount - 1}): {error.Split('\n')[0]}"));
+            Context.Stop(Self);
+            return;
+        }
+        _open.Coordinator.Tell(new TrainingStageReady(_open.Job, _open.Attempt, _open.Stage, Self, m.HostBytes));
+        Become(Ready);
+        Stash.UnstashAll();
+    }
+
+    void Ready()
+    {
+        Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
+        Receive<TrainingLinked>(m => _stages = m.Stages);
+        Receive<TrainingActivations>(OnActivations);
+        Receive<TrainingGradients>(OnGradients);
+        Receive<PassEnded>(OnPassEnded);
+        Receive<ApplyTrainingStep>(OnApply);
+        Receive<DropTrainingStep>(OnDrop);
+        Receive<GetTrainingWeights>(_ => OnGetWeights());
+        Receive<EndTraining>(_ => Context.Stop(Self));
+    }
+
+    void Fail(int step, string reason)
+    {
+        _open.Coordinator.Tell(new TrainingStageFailed(_open.Job, _open.Attempt, _open.Stage, step,
+            $"step {step + 1}, stage {_open.Stage}: {reason.Split('\n')[0]}"));
+    }
+
+    /// <summary>The step's ids (and, after stage 0, the previous stage's output) arrive: the forward pass runs; the last stage's
+    /// forward leaves out its head, which its backward pass recomputes with the loss.</summary>
+    void OnActivations(TrainingActivations a)
+    {
+        if (a.Stage != _open.Stage) return;
+        _step?.Dispose();
+        _step = null;
+        Tensor[] ids, inputs;
+        try
+        {
+            if (a.Ids.Length != _settings.MicroBatches) throw new ArgumentException($"{a.Ids.Length} micro-batches of ids, expected {_settings.MicroBatches}");
+            ids = [.. a.Ids.Select(TensorPayloads.ToTensor)];
+            inputs = First ? [] : [.. a.Activations.Select(TensorPayloads.ToTensor)];
+            if (!First && inputs.Length != ids.Length) throw new ArgumentException($"{inputs.Length} activations for {ids.Length} micro-batches");
+        }
+        catch (Exception e)
+        {
+            Fail(a.Step, e.Message);
+            return;
+        }
+        var batch = new TrainingBatch(_stage, ids) { StageInputs = First ? null : inputs, EndsWithHead = Last };
+        _step = new StepState(a.Step, batch, a.Ids, [.. ids, .. inputs], 0, 0);
+        if (Last && _stage.Layers.Count == 1) RunPass(TrainingDirection.Backward); // the head alone: nothing to run forward
+        else RunPass(TrainingDirection.Forward);
+    }
+
+    void OnGradients(TrainingGradients g)
+    {
+        if (g.Stage != _open.Stage || _step is not { } step || step.Step != g.Step || Last) return;
+        Tensor[] grads;
+        try
+        {
+            grads = [.. g.Gradients.Select(TensorPayloads.ToTensor)];
+            if (grads.Length != step.Batch.Ids.Count) throw new ArgumentException($"{grads.Length} gradients for {step.Batch.Ids.Count} micro-batches");
+        }
+        catch (Exception e)
+        {
+            Fail(g.Step, e.Message);
+            return;
+        }
+        step.Batch.OutputGradients = grads;
+        _step = step with { Owned = [.. step.Owned, .. grads] };
+        RunPass(TrainingDirection.Backward);
+    }
+
+    void RunPass(TrainingDirection direction)
+    {
+        var step = _step!;
+        var pending = new Dictionary<(string, int), Tensor>();
+        var pass = new DeviceLoaderActor.RunPass(_stage, _layers, step.Batch.Ids, _policy)
+        {
+            Training = new TrainingPass(step.Batch, direction,
+                direction == TrainingDirection.Backward ? (layer, grads) => Deliver(layer, grads, pending) : null),
+        };
+        int number = step.Step;
+        _loader.Ask<object>(pass, _askTimeout * 4).ContinueWith(t =>
+        {
+            foreach (var p in pending.Values) p.Dispose();
+            if (!t.IsCompletedSuccessfully) return new PassEnded(number, direction, null, t.Exception?.GetBaseException().Message ?? "cancelled");
+            return t.Result switch
+            {
+                DeviceLoaderActor.PassSucceeded ok => new PassEnded(number, direction, ok.Report, null),
+                DeviceLoaderActor.PassFailed failed => new PassEnded(number, direction, null,
+                    $"the {direction.ToString().ToLowerInvariant()} pass failed: {failed.Reason}"),
+                var other => new PassEnded(number, direction, null, $"unexpected answer {other}"),
+            };
+        }, TaskScheduler.Default).PipeTo(Self);
+    }
+
+    void OnPassEnded(PassEnded e)
+    {
+        if (_step is not { } step || step.Step != e.Step) return;
+        if (e.Error is { } error)
+        {
+            Fail(e.Step, error);
+            return;
+        }
+        var report = e.Report!;
+        _step = step = step with
+        {
+            PeakDeviceBytes = Math.Max(step.PeakDeviceBytes, report.PeakDeviceBytes), Moved = step.Moved + report.BytesTransferred,
+        };
+        int micro = step.Batch.Ids.Count;
+        try
+        {
+            if (e.Direction == TrainingDirection.Forward)
+            {
+                if (Last)
+                {
+                    RunPass(TrainingDirection.Backward);
+                    return;
+                }
+                var outputs = Enumerable.Range(0, micro).Select(m => TensorPayloads.From(step.Batch.Output(m)!)).ToImmutableArray();
+                _sender.Tell(_stages[_open.Stage + 1], new TrainingActivations(_open.Job, _open.Attempt, _open.Stage + 1, step.Step, step.Ids, outputs), Self);
+                return;
+            }
+            if (!First)
+            {
+                var grads = Enumerable.Range(0, micro).Select(m => TensorPayloads.From(step.Batch.InputGradients[m]!)).ToImmutableArray();
+                _sender.Tell(_stages[_open.Stage - 1], new TrainingGradients(_open.Job, _open.Attempt, _open.Stage - 1, step.Step, grads), Self);
+            }
+        }
+        catch (Exception x)
+        {
+            Fail(e.Step, x.Message);
+            return;
+        }
+        ImmutableArray<float> losses = Last ? [.. step.Batch.Losses] : [];
+        var coordinator = _open.Coordinator;
+        var stepped = (ImmutableArray<TrainingGradNorm> norms) => new TrainingStageStepped(_open.Job, _open.Attempt, _open.Stage, step.Step, norms,
+            losses, step.PeakDeviceBytes, step.Moved);
+        if (_settings.ClipNorm is null)
+        {
+            coordinator.Tell(stepped([]));
+            return;
+        }
+        var self = Self;
+        int number = step.Step;
+        Task.WhenAll(_layers.Select(a => a.Ask<LayerActor.GradNorms>(LayerActor.GetGradNorms.Instance, _askTimeout)))
+            .ContinueWith(t => t.IsCompletedSuccessfully
+                ? (object)stepped([.. t.Result.SelectMany(n => n.Norms.Select(x => new TrainingGradNorm(n.Layer, x.Name, x.Norm)))])
+                : new TrainingStageFailed(_open.Job, _open.Attempt, _open.Stage, number, $"step {number + 1}, stage {_open.Stage}: the gradient norms: "
+                    + (t.Exception?.GetBaseException().Message ?? "cancelled")), TaskScheduler.Default)
+            .PipeTo(coordinator, self);
+    }
+
+    /// <summary>A layer's gradients, micro-batch by micro-batch, to its actor; a parameter tied between two layers of this stage gets
+    /// the sum of both layers' gradients, sent to both (as <see cref="TrainingSession"/> does; the job refuses ties across stages).</summary>
+    async Task Deliver(int layer, IReadOnlyList<IReadOnlyList<(string Name, Tensor Grad)>> grads, Dictionary<(string, int), Tensor> pending)
+    {
+        var actor = _layers[layer]; // the pass numbers the stage's layers from 0
+        int index = _stage.Layers[layer].Index; // the model's numbering, as ties are
+        for (int m = 0; m < grads.Count; m++)
+        {
+            var own = new List<(string, Tensor)>();
+            var complete = new List<(string Name, Tensor Sum)>();
+            foreach (var (name, g) in grads[m])
+            {
+                if (!_tied.TryGetValue(name, out var holders))
+                {
+                    own.Add((name, g));
+                    continue;
+                }
+                if (pending.Remove((name, m), out var earlier))
+                {
+                    using (earlier)
+                    using (no_grad()) pending[(name, m)] = earlier + g;
+                }
+                else pending[(name, m)] = g.clone();
+                if (index == holders[0] && pending.Remove((name, m), out var sum)) complete.Add((name, sum));
+            }
+            try
+            {
+                await actor.Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients(own), _askTimeout).ConfigureAwait(false);
+                foreach (var (name, sum) in complete)
+                    foreach (var holder in _tied[name])
+                        await _layers[holder - _open.FirstLayer].Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients([(name, sum)]),
+                            _askTimeout).ConfigureAwait(false);
+            }
+            finally
+            {
+                foreach (var (_, sum) in complete) sum.Dispose();
+            }
+        }
+    }
+
+    void OnApply(ApplyTrainingStep a)
+    {
+        var replyTo = Sender;
+        var done = new TrainingStepApplied(_open.Job, _open.Attempt, _open.Stage, a.Step);
+        _step?.Dispose();
+        _step = null;
+        Task.WhenAll(_layers.Select(l => l.Ask<LayerActor.StepApplied>(new LayerActor.ApplyStep(a.LearningRate, a.Clip), _askTimeout)))
+            .ContinueWith(t => t.IsCompletedSuccessfully ? (object)done
+                : new TrainingStageFailed(_open.Job, _open.Attempt, _open.Stage, a.Step,
+                    $"step {a.Step + 1}, stage {_open.Stage}: the optimizer step: {t.Exception?.GetBaseException().Message ?? "cancelled"}"),
+                TaskScheduler.Default)
+            .PipeTo(replyTo);
+    }
+
+    void OnDrop(DropTrainingStep d)
+    {
+        var replyTo = Sender;
+        var done = new TrainingStepDropped(_open.Job, _open.Attempt, _open.Stage, d.Step);
+        _step?.Dispose();
+        _step = null;
+        Task.WhenAll(_layers.Select(l => l.Ask<LayerActor.GradientsZeroed>(LayerActor.ZeroGradients.Instance, _askTimeout)))
+            .ContinueWith(_ => done, TaskScheduler.Default).PipeTo(replyTo);
+    }
+
+    void OnGetWeights()
+    {
+        var replyTo = Sender;
+        var sender = _sender;
+        var self = Self;
+        var (job, attempt, stage) = (_open.Job, _open.Attempt, _open.Stage);
+        Task.Run(async () =>
+        {
+            var list = ImmutableArray.CreateBuilder<NamedTensor>();
+            foreach (var actor in _layers)
+            {
+                var w = await actor.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout).ConfigureAwait(false);
+                using (w.Lease)
+                    foreach (var (name, t) in w.Tensors) list.Add(new NamedTensor(name, TensorPayloads.From(t)));
+            }
+            sender.Tell(replyTo, new TrainingStageWeights(job, attempt, stage, list.ToImmutable()), self);
+        });
+    }
+}

@@ -1,0 +1,272 @@
+using System.Collections.Immutable;
+using Superpipeline.Contracts;
+using Superpipeline.Coordinator;
+using Superpipeline.Coordinator.Cluster;
+using Superpipeline.Engine;
+using Superpipeline.Engine.Checkpoints;
+using Superpipeline.Engine.Devices;
+using Superpipeline.Engine.IO;
+using Superpipeline.Engine.Models;
+using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Training;
+using Superpipeline.Messages;
+using Superpipeline.Workers;
+using Xunit;
+using Xunit.Abstractions;
+using static Superpipeline.Messages.JobProtocol;
+using static TorchSharp.torch;
+
+namespace Superpipeline.Tests;
+
+/// <summary>Training jobs across pipeline stages (<c>submit --train</c>): a Llama checkpoint split into three stages over two workers
+/// in one process (each stage's layer actors keep their weights and optimizer state on their node; activations go forward and
+/// input gradients back as payloads over the wire) makes every loss, learning rate, gradient norm and final weight of the
+/// single-process <see cref="TrainingRun"/>, bit for bit: each stage runs the same layer ops in the same order on the same float32
+/// values (a payload is the tensor's exact bytes), the clip coefficient is computed from the same per-tensor norms in the same
+/// order, and each layer's optimizer steps on the same gradients; nothing is summed in another order, so no tolerance is needed.
+/// A step that fails (a NaN loss) fails the job with one line naming the step, frees every device byte on every stage, and keeps
+/// the weights of the last good step.</summary>
+public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifetime
+{
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(180);
+    const int Blocks = 4, Vocab = 96, Rows = 8, Seq = 10, Batch = 4, Steps = 3;
+
+    readonly string _dir = Directory.CreateTempSubdirectory("superpipeline-ctrain-").FullName;
+    readonly List<IAsyncDisposable> _hosts = [];
+
+    async Task<string> Export()
+    {
+        string dir = Path.Combine(_dir, "llama");
+        Assert.Equal(0, await Cli.MainAsync(["export-demo", "--family", "llama", "--out", dir, "--layers", $"{Blocks}", "--hidden", "32", "--heads", "4",
+            "--kv-heads", "2", "--ffn", "48", "--vocab", $"{Vocab}", "--max-positions", "64", "--seed", "21", "--dtype", "f32"]));
+        return dir;
+    }
+
+    /// <summary>Token ids int64 [Rows, Seq] from a seeded generator of our own, as a .npy file.</summary>
+    string Data()
+    {
+        var rng = new Random(7);
+        var ids = Enumerable.Range(0, Rows * Seq).Select(_ => (long)rng.Next(Vocab)).ToArray();
+        using var t = tensor(ids, ScalarType.Int64).reshape(Rows, Seq);
+        string path = Path.Combine(_dir, "ids.npy");
+        Npy.Write(path, TensorPayloads.From(t));
+        return path;
+    }
+
+    static TrainingSettings Settings(double lr = 1e-2) =>
+        new(new OptimizerSettings(OptimizerKind.AdamW, lr, WeightDecay: 0.1), new LrSchedule(ScheduleKind.Cosine, 1, Steps), ClipNorm: 0.5, MicroBatches: 2);
+
+    ClusterHost Coordinator()
+    {
+        var h = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], ClusterSpec.TestConfig));
+        _hosts.Add(h);
+        return h;
+    }
+
+    ClusterHost Worker(ClusterHost seed, string devices)
+    {
+        var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
+            ClusterSpec.TestConfig));
+        _hosts.Add(h);
+        return h;
+    }
+
+    SubmitClient Client(ClusterHost contact)
+    {
+        var c = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], extraConfig: ClusterSpec.TestConfig);
+        _hosts.Add(c);
+        return c;
+    }
+
+    static string Node(ClusterHost h) => $"127.0.0.1:{h.Address.Port}";
+
+    /// <summary>Runs plain pass jobs until one is placed over three stages on both workers: both have registered.</summary>
+    static async Task BothWorkersRegistered(SubmitClient client, string dir, ClusterHost a, ClusterHost b)
+    {
+        for (int i = 0; ; i++)
+        {
+            var spec = ModelCatalog.CheckpointSpec(dir, 1, Seq, 0);
+            var probe = await client.RunAsync(new SubmitJob(new JobId($"probe-{i}"), spec, new PolicySpec(1, 1))).WaitAsync(Wait);
+            if (probe is JobSucceeded s && s.Report.Stages.Select(x => x.Node).Distinct().Order().SequenceEqual(new[] { Node(a), Node(b) }.Order())
+                && s.Report.Stages.Length == 3)
+                return;
+            Assert.True(i < 60, $"the job never ran on both workers: {probe}");
+            await Task.Delay(250);
+        }
+    }
+
+    static SubmitJob TrainJob(string dir, string id, string data, TrainingSettings s, bool weights = true)
+    {
+        using var ids = TrainingData.Read(data, dir, Seq);
+        var training = new TrainingParameters(TensorPayloads.From(ids), Batch, Steps, TrainingStageActor.Wire(s),
+            s.Schedule.Kind.ToString().ToLowerInvariant(), s.Schedule.Warmup, weights);
+        return new SubmitJob(new JobId(id), ModelCatalog.CheckpointSpec(dir, Batch, Seq, 0), new PolicySpec(1, 1), Training: training);
+    }
+
+    static async Task<(IJobEvent Answer, List<TrainingStepLine> Steps)> Run(SubmitClient client, SubmitJob job)
+    {
+        var steps = new List<TrainingStepLine>();
+        IJobEvent? last = null;
+        await foreach (var e in client.Submit(job).ReadAllAsync().WithCancellation(new CancellationTokenSource(Wait).Token))
+        {
+            if (e is JobTrainingStep s) steps.Add(s.Step);
+            last = e;
+        }
+        return (last ?? new JobFailed(job.Id, "no answer"), steps);
+    }
+
+    /// <summary>The reference: <see cref="TrainingRun"/> in this process, one device, the whole model.</summary>
+    async Task<(TrainingRunResult Result, string Saved)> SingleProcess(string dir, string data, TrainingSettings s)
+    {
+        string saved = Path.Combine(_dir, $"reference-{Guid.NewGuid():N}");
+        var result = await TrainingRun.RunAsync(new TrainingRunOptions(dir, data, Batch, Steps, s, new PolicySpec(2, 1),
+            DeviceSpecs.ParseList("sim:64MiB")[0]) { Sequence = Seq, SaveDir = saved }, _ => { }, CancellationToken.None);
+        return (result, saved);
+    }
+
+    static async Task DevicesFree(params ClusterHost[] workers)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!workers.SelectMany(w => w.Devices).All(d => d.Memory.Reserved == 0))
+        {
+            Assert.True(DateTime.UtcNow < deadline,
+                "device bytes still held: " + string.Join(", ", workers.SelectMany(w => w.Devices).Select(d => d.Memory.Reserved)));
+            await Task.Delay(50);
+        }
+    }
+
+    [Fact]
+    public async Task Three_stages_on_two_workers_train_bit_for_bit_as_one_process_and_free_every_device_byte()
+    {
+        string dir = await Export();
+        string data = Data();
+        var s = Settings();
+        var (reference, saved) = await SingleProcess(dir, data, s);
+        Assert.Null(reference.Failure);
+        Assert.Equal(Steps, reference.Steps.Count);
+
+        var coordinator = Coordinator();
+        var a = Worker(coordinator, "sim:1x64MiB");
+        var b = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        await BothWorkersRegistered(client, dir, a, b);
+
+        var (answer, steps) = await Run(client, TrainJob(dir, "train-0", data, s));
+        var trained = Assert.IsType<JobTrained>(answer);
+        Assert.Null(trained.Failure);
+        Assert.Equal(steps, trained.Steps);
+        Assert.Equal(Enumerable.Range(0, Steps), steps.Select(x => x.Step));
+        for (int i = 0; i < Steps; i++)
+        {
+            var (want, got) = (reference.Steps[i], steps[i]);
+            output.WriteLine($"step {i}: loss {got.Loss:R} (one process {want.Loss:R}), lr {got.LearningRate}, norm {got.GradNorm}, "
+                + $"peak {got.PeakDeviceBytes}");
+            Assert.Equal(BitConverter.DoubleToInt64Bits(want.Loss), BitConverter.DoubleToInt64Bits(got.Loss));
+            Assert.Equal(want.MicroBatchLosses.Select(BitConverter.SingleToInt32Bits), got.MicroBatchLosses.Select(BitConverter.SingleToInt32Bits));
+            Assert.Equal(want.LearningRate, got.LearningRate);
+            Assert.Equal(BitConverter.SingleToInt32Bits(want.GradNorm!.Value), BitConverter.SingleToInt32Bits(got.GradNorm!.Value));
+        }
+        Assert.True(steps[^1].Loss < steps[0].Loss, "the loss falls");
+
+        using var back = SafetensorsCheckpoint.Open(saved);
+        Assert.Equal(back.Names.Order(StringComparer.Ordinal), trained.Weights.Select(w => w.Name).Order(StringComparer.Ordinal));
+        using var original = SafetensorsCheckpoint.Open(dir);
+        int changed = 0;
+        foreach (var w in trained.Weights)
+        {
+            using var want = back.Read(w.Name);
+            using var before = original.Read(w.Name);
+            Assert.True(TensorBytes.Raw(want).AsSpan().SequenceEqual(w.Tensor.Bytes.AsSpan()), $"{w.Name} differs from the one-process run");
+            if (!TensorBytes.Raw(before).AsSpan().SequenceEqual(w.Tensor.Bytes.AsSpan())) changed++;
+        }
+        Assert.Equal(trained.Weights.Length, changed); // every tensor trained: a stage that skipped its optimizer would be caught
+        await DevicesFree(a, b);
+    }
+
+    [Fact]
+    public async Task A_nan_loss_fails_the_step_frees_every_device_and_keeps_the_last_good_weights()
+    {
+        string dir = await Export();
+        string data = Data();
+        var coordinator = Coordinator();
+        var a = Worker(coordinator, "sim:1x64MiB");
+        var b = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        await BothWorkersRegistered(client, dir, a, b);
+
+        // SGD at a huge rate: the first step's update blows the weights up, and the second step's loss is not finite.
+        var s = new TrainingSettings(new OptimizerSettings(OptimizerKind.Sgd, 1e30), LrSchedule.Constant, MicroBatches: 2);
+        var (answer, steps) = await Run(client, TrainJob(dir, "train-nan", data, s));
+        var trained = Assert.IsType<JobTrained>(answer);
+        output.WriteLine(trained.Failure);
+        Assert.NotNull(trained.Failure);
+        Assert.Contains("step 2", trained.Failure);
+        Assert.Contains("loss", trained.Failure);
+        Assert.Single(steps);
+        Assert.Equal(steps, trained.Steps);
+        await DevicesFree(a, b);
+
+        // The weights of the last good step: one SGD step, the same as one step in one process.
+        var (reference, saved) = await SingleProcess(dir, data, s);
+        Assert.NotNull(reference.Failure);
+        using var back = SafetensorsCheckpoint.Open(saved);
+        foreach (var w in trained.Weights)
+        {
+            using var want = back.Read(w.Name);
+            Assert.True(TensorBytes.Raw(want).AsSpan().SequenceEqual(w.Tensor.Bytes.AsSpan()), $"{w.Name} is not the last good step's");
+        }
+    }
+
+    [Fact]
+    public async Task Submit_train_saves_the_checkpoint_train_saves_and_refuses_a_bad_rate_naming_its_flag()
+    {
+        string dir = await Export();
+        string data = Data();
+        var coordinator = Coordinator();
+        var a = Worker(coordinator, "sim:1x64MiB");
+        var b = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        await BothWorkersRegistered(client, dir, a, b);
+        string contact = $"127.0.0.1:{coordinator.Address.Port}";
+        string[] common = ["--model", dir, "--data", data, "--batch", $"{Batch}", "--steps", "2", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9",
+            "--micro-batches", "2", "--clip-norm", "1"];
+        string trained = Path.Combine(_dir, "train-saved"), submitted = Path.Combine(_dir, "submit-saved");
+        Assert.Equal(0, await Cli.MainAsync(["train", .. common, "--window", "2", "--swap", "1", "--save", trained]));
+        Assert.Equal(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "1", "--swap", "1", "--save", submitted,
+            "--report", Path.Combine(_dir, "submit-train.json")]));
+        using (var want = SafetensorsCheckpoint.Open(trained))
+        using (var got = SafetensorsCheckpoint.Open(submitted))
+        {
+            Assert.Equal(want.Names, got.Names);
+            foreach (var name in want.Names)
+            {
+                using var w = want.Read(name);
+                using var g = got.Read(name);
+                Assert.True(TensorBytes.Raw(w).AsSpan().SequenceEqual(TensorBytes.Raw(g)), $"{name}: submit --train saved other weights than train");
+            }
+        }
+        Assert.Contains("\"Steps\"", File.ReadAllText(Path.Combine(_dir, "submit-train.json")), StringComparison.OrdinalIgnoreCase);
+        var error = new StringWriter();
+        var stderr = Console.Error;
+        Console.SetError(error);
+        try
+        {
+            string[] bad = [.. common.Select(x => x == "0.05" ? "-1" : x)];
+            Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. bad]));
+        }
+        finally
+        {
+            Console.SetError(stderr);
+        }
+        Assert.Contains("--lr", error.ToString());
+        await DevicesFree(a, b);
+    }
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        foreach (var h in Enumerable.Reverse(_hosts)) await h.DisposeAsync();
+        try { Directory.Delete(_dir, true); } catch (IOException) { }
+    }
+}

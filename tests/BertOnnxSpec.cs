@@ -2,13 +2,9 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Onnx;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 

@@ -4,7 +4,6 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Superpipeline.Engine.IO;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -2,17 +2,14 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Akka.TestKit.Xunit2;
 using SkiaSharp;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Text;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -464,17 +461,7 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
     // ---- the similarity command, a real process ----
 
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-        string path = Path.Combine(root, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour) => TestImages.Write(Path.Combine(root, name), height, width, colour);
 
     [Fact]
     public void Similarity_prints_logits_per_image_and_writes_them_as_the_reference_computes_them()

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Superpipeline.Engine.IO;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

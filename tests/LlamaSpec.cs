@@ -3,12 +3,8 @@ using Akka.TestKit.Xunit2;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

@@ -1,17 +1,13 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using SkiaSharp;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -46,17 +42,7 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         return dir;
     }
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-        string path = Path.Combine(root, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour) => TestImages.Write(Path.Combine(root, name), height, width, colour);
 
     string Picture(string name = "picture.png", int seed = 0) =>
         Png(name, 20, 24, (y, x) => new SKColor((byte)(x * 11 + y * 3 + seed), (byte)(x * y + 40 * seed), (byte)(255 - y * 9)));

@@ -1,11 +1,7 @@
 using Akka.Actor;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

@@ -8,12 +8,8 @@ using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.Onnx;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -342,16 +338,8 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
         Assert.False(new ResNetOnnx().Claims(OnnxGraph.Load(OnnxFixture.MiniLm)));
     }
 
-    static string WritePng(string path, int width, int height)
-    {
-        using var bitmap = new SKBitmap(width, height);
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, new SKColor((byte)(x * 255 / width), (byte)(y * 255 / height), (byte)((x * y / 7) % 256)));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    static string WritePng(string path, int width, int height) => TestImages.Write(path, height, width,
+        (y, x) => new SKColor((byte)(x * 255 / width), (byte)(y * 255 / height), (byte)((x * y / 7) % 256)));
 
     // ---- the CLI: run --model PATH.onnx --image ----
 

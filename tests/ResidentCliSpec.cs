@@ -1,9 +1,5 @@
 using System.Text.Json;
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

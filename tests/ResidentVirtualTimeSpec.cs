@@ -1,9 +1,6 @@
 using CsCheck;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.Text;
 using Superpipeline.Engine.Checkpoints;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

@@ -2,8 +2,6 @@ using Akka.Configuration;
 using Akka.Streams;
 using Akka.TestKit;
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Workers;
 

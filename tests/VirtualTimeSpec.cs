@@ -1,11 +1,7 @@
 using CsCheck;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

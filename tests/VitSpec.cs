@@ -7,12 +7,8 @@ using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;
@@ -252,17 +248,8 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
     // ---- the CLI: export-demo vit, run --image ----
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour, SKEncodedImageFormat format = SKEncodedImageFormat.Png)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(format, 90);
-        string path = Path.Combine(root, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour, SKEncodedImageFormat format = SKEncodedImageFormat.Png) =>
+        TestImages.Write(Path.Combine(root, name), height, width, colour, format, quality: 90);
 
     [Fact]
     public async Task Export_demo_vit_then_run_image_gives_the_logits_of_the_preprocessed_pixels_for_every_window()

@@ -31,8 +31,8 @@ public sealed class GenerationCliSpec : IDisposable
         foreach (var extra in new[] { new[] { "--window", "all" }, ["--window", "1", "--kv", "host"], ["--window", "3", "--swap", "2"] })
         {
             string output = Path.Combine(_dir, $"tokens-{Guid.NewGuid():N}.npy"), report = Path.Combine(_dir, "report.json");
-            var (code, stdout, err) = CliProcess.Run(["generate", "--model", model, "--input", input, "--max-new-tokens", "6", "--temperature", "0.8", "--top-k", "20",
-                "--seed", "4", "--output", output, "--report", report, .. extra]);
+            var (code, stdout, err) = CliProcess.Run(["generate", "--model", model, "--input", input, "--max-new-tokens", "6", "--temperature", "0.8",
+                "--top-k", "20", "--seed", "4", "--output", output, "--report", report, .. extra]);
             Assert.True(code == 0, err);
             Assert.Contains("token 6: ", stdout);
             var (descr, shape, data) = Npy.Read(output);

@@ -1,13 +1,10 @@
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
-using Xunit;
 using static Superpipeline.Messages.JobProtocol;
 using static Superpipeline.Messages.StageProtocol;
 using static Superpipeline.Messages.WorkerProtocol;

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Superpipeline.Coordinator.Bench;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

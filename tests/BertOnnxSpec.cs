@@ -2,13 +2,9 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Onnx;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 
@@ -97,20 +93,8 @@ public sealed partial class BertOnnxSpec(ITestOutputHelper output) : TestKit(Wor
         Assert.True(model.Layers.OfType<BertWordShard>().Count() > 2);
         var weights = new SeededWeights(11);
         using var input = model.MakeInput(11);
-        var (resident, _) = await Pass(Sys, model, weights, input, null, null, 64L << 20);
-        byte[] expected;
-        using (resident) expected = TensorBytes.Raw(resident);
-        foreach (var (k, swap) in new (int, int)[] { (1, 1), (2, 1), (3, 2), (4, 4), (5, 2) })
-        {
-            var (got, _) = await Pass(Sys, model, weights, input, k, swap, 64L << 20);
-            using (got) Assert.True(expected.SequenceEqual(TensorBytes.Raw(got)), $"(k, k') = ({k}, {swap}) differs from resident");
-        }
-        // and resident is the layers' forwards on the host: the sharded word rows are the table's rows
-        using var scope = NewDisposeScope();
-        using var noGrad = inference_mode();
-        var x = input.alias();
-        foreach (var layer in model.Layers) x = layer.Forward(weights.Load(layer), x);
-        Assert.True(expected.SequenceEqual(TensorBytes.Raw(x)));
+        // resident is the layers' forwards on the host too: the sharded word rows are the table's rows
+        await OffloadEquality.AssertBitIdenticalToResident(Sys, model, weights, input, [(1, 1), (2, 1), (3, 2), (4, 4), (5, 2)], deviceBytes: 64L << 20);
     }
 
     [Fact]

@@ -1,13 +1,10 @@
 using System.Text.Json;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Xunit;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Tests;

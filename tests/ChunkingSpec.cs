@@ -1,11 +1,9 @@
 using System.Collections.Immutable;
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
 using Superpipeline.Workers;
-using Xunit;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Tests;

@@ -1,11 +1,9 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Superpipeline.Engine.IO;
-using Xunit;
 
 namespace Superpipeline.Tests;
 
@@ -15,23 +13,12 @@ public sealed class CliProcessTests : IDisposable
     readonly string _dir = Directory.CreateTempSubdirectory("superpipeline-cli-").FullName;
     static readonly string[] Small = ["--layers", "3", "--hidden", "32", "--heads", "4", "--vocab", "64", "--seq-len", "8", "--batch", "2"];
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
 
     [Fact]
     public void Run_writes_report_trace_and_npy_that_agree_with_each_other()
     {
         string report = Path.Combine(_dir, "r.json"), trace = Path.Combine(_dir, "t.json"), npy = Path.Combine(_dir, "o.npy");
-        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "2", "--swap", "1", "--device-memory", "1MiB",
+        var (code, stdout, stderr) = CliProcess.Run(["run", .. Small, "--window", "2", "--swap", "1", "--device-memory", "1MiB",
             "--report", report, "--trace", trace, "--output", npy]);
         Assert.True(code == 0, stderr);
         Assert.Contains("output sha256", stdout);
@@ -67,8 +54,8 @@ public sealed class CliProcessTests : IDisposable
     public void Offloaded_and_resident_runs_print_the_same_output_hash()
     {
         string a = Path.Combine(_dir, "a.json"), b = Path.Combine(_dir, "b.json");
-        Assert.Equal(0, Run(["run", .. Small, "--window", "all", "--report", a]).Code);
-        Assert.Equal(0, Run(["run", .. Small, "--window", "1", "--swap", "1", "--report", b]).Code);
+        Assert.Equal(0, CliProcess.Run(["run", .. Small, "--window", "all", "--report", a]).Code);
+        Assert.Equal(0, CliProcess.Run(["run", .. Small, "--window", "1", "--swap", "1", "--report", b]).Code);
         string Sha(string f) => JsonDocument.Parse(File.ReadAllText(f)).RootElement.GetProperty("outputSha256").GetString()!;
         Assert.Equal(Sha(a), Sha(b));
     }
@@ -87,7 +74,7 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--swap cannot be given with --window auto: the planner chooses both", "--window", "auto", "--swap", "2")]
     public void Bad_input_exits_non_zero_with_one_line_naming_what_was_wrong(string message, params string[] bad)
     {
-        var (code, _, stderr) = Run(["run", .. Small, .. bad]);
+        var (code, _, stderr) = CliProcess.Run(["run", .. Small, .. bad]);
         Assert.NotEqual(0, code);
         Assert.Equal($"superpipeline: {message}", stderr.Trim());
     }
@@ -97,7 +84,7 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--devices only cuda devices can be 'all'; got 'sim:all'", "sim:all")]
     public void Host_refuses_bad_devices_naming_its_flag_before_it_starts(string message, string devices)
     {
-        var (code, _, stderr) = Run(["host", "--role", "worker", "--port", "0", "--devices", devices]);
+        var (code, _, stderr) = CliProcess.Run(["host", "--role", "worker", "--port", "0", "--devices", devices]);
         Assert.NotEqual(0, code);
         Assert.Equal($"superpipeline: {message}", stderr.Trim());
     }
@@ -106,10 +93,10 @@ public sealed class CliProcessTests : IDisposable
     public void Window_auto_plans_a_window_that_fits_the_device_and_keeps_the_output()
     {
         string auto = Path.Combine(_dir, "auto.json"), resident = Path.Combine(_dir, "resident.json");
-        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "auto", "--device-memory", "300KiB", "--report", auto]);
+        var (code, stdout, stderr) = CliProcess.Run(["run", .. Small, "--window", "auto", "--device-memory", "300KiB", "--report", auto]);
         Assert.True(code == 0, stderr);
         Assert.Contains("(planned)", stdout);
-        Assert.Equal(0, Run(["run", .. Small, "--window", "all", "--report", resident]).Code);
+        Assert.Equal(0, CliProcess.Run(["run", .. Small, "--window", "all", "--report", resident]).Code);
         var r = JsonDocument.Parse(File.ReadAllText(auto)).RootElement;
         int k = r.GetProperty("window").GetInt32(), s = r.GetProperty("swap").GetInt32();
         Assert.InRange(k, 1, 5);
@@ -122,7 +109,7 @@ public sealed class CliProcessTests : IDisposable
     [Fact]
     public void Plan_prints_the_chosen_knobs()
     {
-        var (code, stdout, stderr) = Run(["plan", .. Small, "--device-memory", "300KiB", "--link-gbps", "2", "--tflops", "0.1"]);
+        var (code, stdout, stderr) = CliProcess.Run(["plan", .. Small, "--device-memory", "300KiB", "--link-gbps", "2", "--tflops", "0.1"]);
         Assert.True(code == 0, stderr);
         Assert.Matches(@"--window \d+ --swap \d+", stdout);
         Assert.Contains("predicted peak device bytes", stdout);
@@ -131,7 +118,7 @@ public sealed class CliProcessTests : IDisposable
     [Fact]
     public void An_unwritable_report_path_is_refused_before_any_work()
     {
-        var (code, stdout, stderr) = Run(["run", .. Small, "--report", "/proc/superpipeline/report.json"]);
+        var (code, stdout, stderr) = CliProcess.Run(["run", .. Small, "--report", "/proc/superpipeline/report.json"]);
         Assert.NotEqual(0, code);
         Assert.StartsWith("superpipeline: --report /proc/superpipeline/report.json cannot be written", stderr.Trim());
         Assert.DoesNotContain('\n', stderr.Trim());
@@ -141,7 +128,7 @@ public sealed class CliProcessTests : IDisposable
     [Fact]
     public void A_flag_that_is_not_a_number_is_one_line()
     {
-        var (code, _, stderr) = Run(["run", "--layers", "many"]);
+        var (code, _, stderr) = CliProcess.Run(["run", "--layers", "many"]);
         Assert.NotEqual(0, code);
         Assert.StartsWith("superpipeline: ", stderr.Trim());
         Assert.Contains("many", stderr);
@@ -151,7 +138,7 @@ public sealed class CliProcessTests : IDisposable
     [Fact]
     public void A_model_whose_host_weights_exceed_the_available_memory_is_refused_before_any_work_naming_both_figures()
     {
-        var (code, stdout, stderr) = Run("run", "--layers", "100000");
+        var (code, stdout, stderr) = CliProcess.Run("run", "--layers", "100000");
         Assert.NotEqual(0, code);
         var line = stderr.Trim();
         Assert.DoesNotContain('\n', line);
@@ -176,7 +163,7 @@ public sealed class CliProcessTests : IDisposable
         listener.Start();
         int port = ((IPEndPoint)listener.LocalEndpoint).Port;
         listener.Stop(); // nothing listens there now
-        var (code, stdout, stderr) = Run(["submit", "--contact", $"127.0.0.1:{port}", "--connect-timeout", "3s", .. Small]);
+        var (code, stdout, stderr) = CliProcess.Run(["submit", "--contact", $"127.0.0.1:{port}", "--connect-timeout", "3s", .. Small]);
         Assert.NotEqual(0, code);
         Assert.Equal($"superpipeline: no coordinator answered at 127.0.0.1:{port} within 3 s (--connect-timeout)", stderr.Trim());
         Assert.Equal("", stdout.Trim()); // Akka's logger writes to stdout: nothing of it without --verbose
@@ -185,7 +172,7 @@ public sealed class CliProcessTests : IDisposable
     [Fact]
     public void Submit_refuses_a_window_the_model_cannot_take_before_it_contacts_anyone()
     {
-        var (code, stdout, stderr) = Run(["submit", "--contact", "127.0.0.1:1", .. Small, "--window", "9"]);
+        var (code, stdout, stderr) = CliProcess.Run(["submit", "--contact", "127.0.0.1:1", .. Small, "--window", "9"]);
         Assert.NotEqual(0, code);
         Assert.Equal("superpipeline: --window must be from 1 to 5 (the model's layers) or 'all'; got 9", stderr.Trim());
         Assert.Equal("", stdout.Trim());
@@ -198,7 +185,7 @@ public sealed class CliProcessTests : IDisposable
     [InlineData("--prompt + --generate (100032) exceeds llama2-70b's 4096 positions", "--prompt", "100000")]
     public void Simulate_refusals_name_its_flags(string message, params string[] bad)
     {
-        var (code, _, stderr) = Run(["simulate", .. bad]);
+        var (code, _, stderr) = CliProcess.Run(["simulate", .. bad]);
         Assert.NotEqual(0, code);
         Assert.StartsWith($"superpipeline: {message}", stderr.Trim());
         Assert.DoesNotContain('\n', stderr.Trim());

@@ -1,19 +1,15 @@
-using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Akka.TestKit.Xunit2;
 using SkiaSharp;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Text;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -273,15 +269,11 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
             ModelCatalog.CheckpointSpec(dir, 1, 1, 1, WriteNpy("ids.npy", ids)),
         })
         {
-            using var h = new EngineHarness(Sys, spec, 256L << 20);
-            Assert.Equal(5, h.Model.Layers.Count);
-            var (resident, _) = await h.Pass(h.Policy(null));
-            foreach (var (k, s) in new (int, int)[] { (1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 3) })
-            {
-                var (output, report) = await h.Pass(h.Policy(k, s));
-                Assert.True(resident.AsSpan().SequenceEqual(output), $"{spec.Name}: k={k}, k'={s} differs from resident");
-                Assert.Equal((k, s), (report.Window, report.Swap));
-            }
+            var model = ModelCatalog.Create(spec);
+            Assert.Equal(5, model.Layers.Count);
+            using var input = model.MakeInput(spec.Seed);
+            await OffloadEquality.AssertBitIdenticalToResident(Sys, model, ModelCatalog.Weights(spec), input,
+                [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 3)], label: $"{spec.Name}: ");
         }
     }
 
@@ -468,29 +460,8 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
     // ---- the similarity command, a real process ----
 
-    static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-        string path = Path.Combine(root, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour) => TestImages.Write(Path.Combine(root, name), height, width, colour);
 
     [Fact]
     public void Similarity_prints_logits_per_image_and_writes_them_as_the_reference_computes_them()
@@ -500,7 +471,7 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
         string b = Png("b.png", 30, 18, (y, x) => new SKColor((byte)(200 - x * 7), (byte)(x * y % 256), (byte)(y * 8)));
         string npy = Path.Combine(root, "logits.npy");
         string[] texts = ["a cat", "the brown dog sleeps in the sun"];
-        var (code, stdout, stderr) = Cli(["similarity", "--model", dir, "--image", a, "--image", b, "--text", texts[0], "--text", texts[1],
+        var (code, stdout, stderr) = CliProcess.Run(["similarity", "--model", dir, "--image", a, "--image", b, "--text", texts[0], "--text", texts[1],
             "--window", "2", "--swap", "1", "--device-memory", "1MiB", "--output", npy]);
         Assert.True(code == 0, stderr);
         Assert.Contains("logits_per_image", stdout);
@@ -522,7 +493,7 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
         // run --image streams the vision tower alone: image_embeds, as the reference computes them
         string embeds = Path.Combine(root, "embeds.npy");
-        (code, _, stderr) = Cli(["run", "--model", dir, "--image", a, "--image", b, "--window", "2", "--output", embeds]);
+        (code, _, stderr) = CliProcess.Run(["run", "--model", dir, "--image", a, "--image", b, "--window", "2", "--output", embeds]);
         Assert.True(code == 0, stderr);
         var (_, embedShape, embedData) = Npy.Read(embeds);
         Assert.Equal(new long[] { 2, 24 }, embedShape);
@@ -537,12 +508,12 @@ public sealed class ClipSpec() : TestKit(WorkerConfig.Load()), IDisposable
         string good = Png("good.png", 16, 16, (y, x) => new SKColor((byte)x, (byte)y, 3));
         string bad = Path.Combine(root, "bad.png");
         File.WriteAllText(bad, "not an image");
-        var (code, _, err) = Cli(["similarity", "--model", dir, "--image", bad, "--text", "a cat"]);
+        var (code, _, err) = CliProcess.Run(["similarity", "--model", dir, "--image", bad, "--text", "a cat"]);
         Assert.NotEqual(0, code);
         Assert.Single(err.Trim().Split('\n'));
         Assert.Contains("bad.png", err);
 
-        (code, _, err) = Cli(["similarity", "--model", dir, "--image", good, "--text", string.Join(" ", Enumerable.Repeat("word", Positions))]);
+        (code, _, err) = CliProcess.Run(["similarity", "--model", dir, "--image", good, "--text", string.Join(" ", Enumerable.Repeat("word", Positions))]);
         Assert.NotEqual(0, code);
         Assert.Single(err.Trim().Split('\n'));
         Assert.Contains("text_config.max_position_embeddings", err);

@@ -1,17 +1,13 @@
 using System.Collections.Concurrent;
 using System.Collections.Immutable;
 using Akka.Actor;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Workers;
-using Xunit;
 using Xunit.Abstractions;
 using static Superpipeline.Messages.JobProtocol;
 

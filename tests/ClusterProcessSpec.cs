@@ -4,11 +4,8 @@ using System.Text.RegularExpressions;
 using Akka.Actor;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Cluster;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
-using Xunit;
 using Xunit.Abstractions;
 using static Superpipeline.Messages.JobProtocol;
 

@@ -4,9 +4,7 @@ using Akka.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
-using Xunit;
 using Xunit.Abstractions;
 using static Superpipeline.Messages.JobProtocol;
 

@@ -1,12 +1,9 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
 using Superpipeline.Workers;
-using Xunit;
 using Xunit.Abstractions;
 using static Superpipeline.Messages.JobProtocol;
 

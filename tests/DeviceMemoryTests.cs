@@ -1,5 +1,4 @@
 using Superpipeline.Engine.Devices;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -1,10 +1,6 @@
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using TorchSharp;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

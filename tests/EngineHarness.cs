@@ -1,9 +1,6 @@
 using Akka.Actor;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using TorchSharp;

@@ -2,7 +2,6 @@ using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Text;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

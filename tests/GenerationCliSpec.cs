@@ -1,7 +1,5 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Superpipeline.Engine.IO;
-using Xunit;
 
 namespace Superpipeline.Tests;
 
@@ -11,23 +9,12 @@ public sealed class GenerationCliSpec : IDisposable
 {
     readonly string _dir = Directory.CreateTempSubdirectory("superpipeline-gen-").FullName;
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
 
     /// <summary>A GPT-2 checkpoint (64 positions, eos_token_id 95) and a [2, 5] prompt file.</summary>
     (string Model, string Input) Checkpoint()
     {
         string model = Path.Combine(_dir, "gpt2");
-        var (code, _, err) = Run("export-demo", "--family", "gpt2", "--out", model, "--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "64",
+        var (code, _, err) = CliProcess.Run("export-demo", "--family", "gpt2", "--out", model, "--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "64",
             "--vocab", "96", "--max-positions", "64", "--seed", "3");
         Assert.True(code == 0, err);
         string input = Path.Combine(_dir, "ids.npy");
@@ -44,8 +31,8 @@ public sealed class GenerationCliSpec : IDisposable
         foreach (var extra in new[] { new[] { "--window", "all" }, ["--window", "1", "--kv", "host"], ["--window", "3", "--swap", "2"] })
         {
             string output = Path.Combine(_dir, $"tokens-{Guid.NewGuid():N}.npy"), report = Path.Combine(_dir, "report.json");
-            var (code, stdout, err) = Run(["generate", "--model", model, "--input", input, "--max-new-tokens", "6", "--temperature", "0.8", "--top-k", "20",
-                "--seed", "4", "--output", output, "--report", report, .. extra]);
+            var (code, stdout, err) = CliProcess.Run(["generate", "--model", model, "--input", input, "--max-new-tokens", "6", "--temperature", "0.8",
+                "--top-k", "20", "--seed", "4", "--output", output, "--report", report, .. extra]);
             Assert.True(code == 0, err);
             Assert.Contains("token 6: ", stdout);
             var (descr, shape, data) = Npy.Read(output);
@@ -77,7 +64,7 @@ public sealed class GenerationCliSpec : IDisposable
     public void Bad_input_is_one_line_naming_the_flag_and_a_non_zero_exit(string flags, string message)
     {
         var (model, input) = Checkpoint();
-        var (code, _, err) = Run(["generate", "--model", model, "--input", input, .. flags.Split(' ')]);
+        var (code, _, err) = CliProcess.Run(["generate", "--model", model, "--input", input, .. flags.Split(' ')]);
         Assert.NotEqual(0, code);
         Assert.Equal($"superpipeline: {message}", err.Trim());
     }

@@ -2,12 +2,8 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Generation;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

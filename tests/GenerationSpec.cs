@@ -1,8 +1,5 @@
 using Superpipeline.Engine.Generation;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

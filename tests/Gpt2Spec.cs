@@ -3,12 +3,8 @@ using Akka.TestKit.Xunit2;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;
@@ -30,16 +26,6 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         string dir = Path.Combine(root, name);
         Gpt2Export.Write(dir, config, seed, shards, prefix);
         return dir;
-    }
-
-    /// <summary>Every layer's forward in order with the checkpoint's weights, on the host.</summary>
-    static Tensor LayerForward(LayeredModel model, IWeightSource source, Tensor ids)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = inference_mode();
-        var x = ids.alias();
-        foreach (var layer in model.Layers) x = layer.Forward(source.Load(layer), x);
-        return x.MoveToOuterDisposeScope();
     }
 
     // ---- the independent reference: modeling_gpt2.py's semantics over the whole state dict, plain TorchSharp ops ----
@@ -136,7 +122,7 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         var model = Gpt2.Create("gpt2", read, batch: 2, sequence: 9, Gpt2.PrefixIn(dir));
         using var ids = model.MakeInput(5);
         using var source = new CheckpointWeights(dir);
-        using var logits = LayerForward(model, source, ids);
+        using var logits = OffloadEquality.HostForward(model, source, ids);
         using var expected = Reference(dir, ids);
         Assert.Equal(new long[] { 2, 9, config.Vocab }, logits.shape);
         double spread = expected.std().item<float>();
@@ -176,7 +162,7 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         Assert.Equal(2 + 12 * 3 + 2, sd.Count); // wte and wpe, 12 per block, ln_f: no lm_head
         var config = new Gpt2Config(Hidden: 32, Layers: 3, Heads: 4, MaxPositions: 9, Vocab: 61);
         using var ids = model.MakeInput(spec.Seed);
-        using var logits = LayerForward(model, source, ids);
+        using var logits = OffloadEquality.HostForward(model, source, ids);
         using var expected = Reference(config, sd, ids);
         foreach (var w in sd.Values) w.Dispose();
         double spread = expected.std().item<float>();
@@ -224,7 +210,7 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         var spec = ModelSpec.Demo with { Sequence = 8, Batch = 1 };
         var model = ModelCatalog.Create(spec);
         using var ids = model.MakeInput(spec.Seed);
-        using var logits = LayerForward(model, ModelCatalog.Weights(spec), ids);
+        using var logits = OffloadEquality.HostForward(model, ModelCatalog.Weights(spec), ids);
         Assert.Equal(new long[] { 1, 8, spec.Vocab }, logits.shape);
         Assert.True(logits.isfinite().all().item<bool>(), "the demo's logits are not all finite");
         double spread = logits.std().item<float>();
@@ -247,8 +233,8 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         using var readIds = read.MakeInput(checkpoint.Seed);
         Assert.Equal(TensorBytes.Raw(ids), TensorBytes.Raw(readIds));
         using var source = (CheckpointWeights)ModelCatalog.Weights(checkpoint);
-        using var seeded = LayerForward(demo, ModelCatalog.Weights(spec), ids);
-        using var fromCheckpoint = LayerForward(read, source, ids);
+        using var seeded = OffloadEquality.HostForward(demo, ModelCatalog.Weights(spec), ids);
+        using var fromCheckpoint = OffloadEquality.HostForward(read, source, ids);
         Assert.Equal(TensorBytes.Raw(seeded), TensorBytes.Raw(fromCheckpoint));
     }
 
@@ -260,10 +246,10 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         using var source = new CheckpointWeights(dir);
         var model = Gpt2.Create("gpt2", config, batch: 2, sequence: 8);
         using var ids = model.MakeInput(9);
-        using var full = LayerForward(model, source, ids);
+        using var full = OffloadEquality.HostForward(model, source, ids);
         var prefix = Gpt2.Create("gpt2", config, batch: 1, sequence: 5);
         using var firstRow = ids.narrow(0, 1, 1).narrow(1, 0, 5).contiguous();
-        using var part = LayerForward(prefix, source, firstRow);
+        using var part = OffloadEquality.HostForward(prefix, source, firstRow);
         using var expected = full.narrow(0, 1, 1).narrow(1, 0, 5);
         AssertClose(expected, part, 1e-5);
     }
@@ -307,33 +293,10 @@ public sealed class Gpt2Spec() : TestKit(WorkerConfig.Load()), IDisposable
         string dir = Export(Small(layers: 4), seed: 21, shards: 2);
         var model = Gpt2.Create("gpt2", Gpt2Config.Read(dir), batch: 2, sequence: 7, Gpt2.PrefixIn(dir));
         using var source = new CheckpointWeights(dir);
-        using var device = new SimulatedDevice("sim:0", 256L << 20, null);
-        var tag = Guid.NewGuid().ToString("N")[..8];
-        var layers = model.Layers.Select(l => Sys.ActorOf(LayerActor.Props(l, source, pin: false), $"{tag}-layer-{l.Index}")).ToArray();
-        var loader = Sys.ActorOf(DeviceLoaderActor.Props(device, TimeSpan.FromSeconds(30)), $"{tag}-loader");
         using var ids = model.MakeInput(2);
-        async Task<byte[]> Pass(int? k, int? s)
-        {
-            var policy = OffloadPolicy.For(new PolicySpec(k, s), model.Layers.Count);
-            var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(model, layers, ids, policy), TimeSpan.FromMinutes(2));
-            if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
-            using var output = ((DeviceLoaderActor.PassSucceeded)answer).Output;
-            return TensorBytes.Raw(output);
-        }
-        var resident = await Pass(null, null);
-        using (var plain = LayerForward(model, source, ids)) Assert.Equal(TensorBytes.Raw(plain), resident);
-        long tensors = TensorProbe.LiveTensors();
-        int n = model.Layers.Count, cases = 0; // 6
-        for (int k = 1; k <= n; k++)
-            for (int s = 1; s <= k; s++, cases++)
-            {
-                var output = await Pass(k, s);
-                Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs from resident");
-            }
-        Assert.Equal(21, cases);
-        Assert.Equal(0, device.Memory.Reserved);
-        Assert.Equal(tensors, TensorProbe.LiveTensors());
-        foreach (var a in layers.Append(loader)) Sys.Stop(a);
+        var cases = OffloadEquality.EveryWindowAndSwap(model.Layers.Count);
+        Assert.Equal(21, cases.Length); // 6 layers: embeddings, 4 blocks, head
+        await OffloadEquality.AssertBitIdenticalToResident(Sys, model, source, ids, cases);
     }
 
 

@@ -1,8 +1,6 @@
 using SkiaSharp;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Xunit;
 
 namespace Superpipeline.Tests;
 
@@ -18,17 +16,7 @@ public sealed class ImageInputSpec : IDisposable
     static readonly System.Collections.Immutable.ImmutableArray<float> ImageNetMean = [0.485f, 0.456f, 0.406f], ImageNetStd = [0.229f, 0.224f, 0.225f];
 
     string Write(string name, int height, int width, Func<int, int, SKColor> colour, SKEncodedImageFormat format = SKEncodedImageFormat.Png,
-        int quality = 100)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(format, quality);
-        string path = Path.Combine(dir, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+        int quality = 100) => TestImages.Write(Path.Combine(dir, name), height, width, colour, format, quality);
 
     /// <summary>What (v / 255 - mean) / std is in float32, v / 255 taken in float64 as numpy's rescale takes it.</summary>
     static float Normalized(int v, float mean, float std) => ((float)(v * (1 / 255.0)) - mean) / std;

@@ -1,9 +1,7 @@
 using System.Collections.Immutable;
 using Akka.Actor;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Messages;
-using Xunit;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Tests;

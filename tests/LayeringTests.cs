@@ -1,7 +1,4 @@
 using System.Reflection;
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Models;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

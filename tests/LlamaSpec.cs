@@ -3,12 +3,8 @@ using Akka.TestKit.Xunit2;
 using Superpipeline.Engine;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;
@@ -30,16 +26,6 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         string dir = Path.Combine(root, name);
         LlamaExport.Write(dir, config, seed, shards);
         return dir;
-    }
-
-    /// <summary>Every layer's forward in order with the checkpoint's weights, on the host.</summary>
-    static Tensor LayerForward(LayeredModel model, IWeightSource source, Tensor ids)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = inference_mode();
-        var x = ids.alias();
-        foreach (var layer in model.Layers) x = layer.Forward(source.Load(layer), x);
-        return x.MoveToOuterDisposeScope();
     }
 
     // ---- the independent reference: modeling_llama.py's semantics over the whole state dict, plain TorchSharp ops ----
@@ -140,7 +126,7 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var model = Llama.Create("llama", read, batch: 2, sequence: 9);
         using var ids = model.MakeInput(5);
         using var source = new CheckpointWeights(dir);
-        using var logits = LayerForward(model, source, ids);
+        using var logits = OffloadEquality.HostForward(model, source, ids);
         using var expected = Reference(dir, ids);
         Assert.Equal(new long[] { 2, 9, config.Vocab }, logits.shape);
         double spread = expected.std().item<float>();
@@ -156,10 +142,10 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         using var source = new CheckpointWeights(dir);
         var model = Llama.Create("llama", config, batch: 2, sequence: 8);
         using var ids = model.MakeInput(9);
-        using var full = LayerForward(model, source, ids);
+        using var full = OffloadEquality.HostForward(model, source, ids);
         var prefix = Llama.Create("llama", config, batch: 1, sequence: 5);
         using var firstRow = ids.narrow(0, 1, 1).narrow(1, 0, 5).contiguous();
-        using var part = LayerForward(prefix, source, firstRow);
+        using var part = OffloadEquality.HostForward(prefix, source, firstRow);
         using var expected = full.narrow(0, 1, 1).narrow(1, 0, 5);
         AssertClose(expected, part, 1e-5);
     }
@@ -195,33 +181,10 @@ public sealed class LlamaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         string dir = Export(Grouped(layers: 4), seed: 21, shards: 2);
         var model = Llama.Create("llama", LlamaConfig.Read(dir), batch: 2, sequence: 7);
         using var source = new CheckpointWeights(dir);
-        using var device = new SimulatedDevice("sim:0", 256L << 20, null);
-        var tag = Guid.NewGuid().ToString("N")[..8];
-        var layers = model.Layers.Select(l => Sys.ActorOf(LayerActor.Props(l, source, pin: false), $"{tag}-layer-{l.Index}")).ToArray();
-        var loader = Sys.ActorOf(DeviceLoaderActor.Props(device, TimeSpan.FromSeconds(30)), $"{tag}-loader");
         using var ids = model.MakeInput(2);
-        async Task<byte[]> Pass(int? k, int? s)
-        {
-            var policy = OffloadPolicy.For(new PolicySpec(k, s), model.Layers.Count);
-            var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(model, layers, ids, policy), TimeSpan.FromMinutes(2));
-            if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
-            using var output = ((DeviceLoaderActor.PassSucceeded)answer).Output;
-            return TensorBytes.Raw(output);
-        }
-        var resident = await Pass(null, null);
-        using (var plain = LayerForward(model, source, ids)) Assert.Equal(TensorBytes.Raw(plain), resident);
-        long tensors = TensorProbe.LiveTensors();
-        int n = model.Layers.Count, cases = 0; // 6
-        for (int k = 1; k <= n; k++)
-            for (int s = 1; s <= k; s++, cases++)
-            {
-                var output = await Pass(k, s);
-                Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs from resident");
-            }
-        Assert.Equal(21, cases);
-        Assert.Equal(0, device.Memory.Reserved);
-        Assert.Equal(tensors, TensorProbe.LiveTensors());
-        foreach (var a in layers.Append(loader)) Sys.Stop(a);
+        var cases = OffloadEquality.EveryWindowAndSwap(model.Layers.Count);
+        Assert.Equal(21, cases.Length); // 6 layers: embeddings, 4 blocks, head
+        await OffloadEquality.AssertBitIdenticalToResident(Sys, model, source, ids, cases);
     }
 
 

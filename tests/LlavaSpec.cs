@@ -1,18 +1,13 @@
-using System.Diagnostics;
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using SkiaSharp;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Generation;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -47,17 +42,7 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         return dir;
     }
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-        string path = Path.Combine(root, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour) => TestImages.Write(Path.Combine(root, name), height, width, colour);
 
     string Picture(string name = "picture.png", int seed = 0) =>
         Png(name, 20, 24, (y, x) => new SKColor((byte)(x * 11 + y * 3 + seed), (byte)(x * y + 40 * seed), (byte)(255 - y * 9)));
@@ -293,29 +278,9 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         string dir = Export(config, seed: 13);
         var vision = Llava.CreateVision("llava-vision", config, 2, LlavaNames.In(dir));
         using var source = new CheckpointWeights(dir);
-        using var device = new Superpipeline.Engine.Devices.SimulatedDevice("sim:0", 64L << 20, null);
-        var tag = Guid.NewGuid().ToString("N")[..8];
-        var layers = vision.Layers.Select(l => Sys.ActorOf(LayerActor.Props(l, source, pin: false), $"{tag}-layer-{l.Index}")).ToArray();
-        var loader = Sys.ActorOf(DeviceLoaderActor.Props(device, TimeSpan.FromSeconds(30)), $"{tag}-loader");
         using var pixels = vision.MakeInput(4);
-        async Task<byte[]> Pass(int? k, int? s)
-        {
-            var policy = OffloadPolicy.For(new PolicySpec(k, s), vision.Layers.Count);
-            var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(vision, layers, pixels, policy), TimeSpan.FromMinutes(2));
-            if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
-            using var output = ((DeviceLoaderActor.PassSucceeded)answer).Output;
-            Assert.Equal([2L, config.ImageTokens, config.Text.Hidden], output.shape);
-            return Superpipeline.Engine.TensorBytes.Raw(output);
-        }
-        var resident = await Pass(null, null);
-        for (int k = 1; k <= vision.Layers.Count; k++)
-            for (int s = 1; s <= k; s++)
-            {
-                var output = await Pass(k, s);
-                Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs from resident");
-            }
-        Assert.Equal(0, device.Memory.Reserved);
-        foreach (var a in layers.Append(loader)) Sys.Stop(a);
+        await OffloadEquality.AssertBitIdenticalToResident(Sys, vision, source, pixels, OffloadEquality.EveryWindowAndSwap(vision.Layers.Count),
+            deviceBytes: 64L << 20, eachOutput: output => Assert.Equal([2L, config.ImageTokens, config.Text.Hidden], output.shape));
     }
 
     static bool Same(long[,] a, long[,] b) =>
@@ -429,22 +394,11 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
     // ---- the CLI, in its own process ----
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
 
     string CliCheckpoint()
     {
         string dir = Path.Combine(root, "cli");
-        var (code, _, err) = Run("export-demo", "--family", "llava", "--out", dir, "--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "48",
+        var (code, _, err) = CliProcess.Run("export-demo", "--family", "llava", "--out", dir, "--layers", "2", "--hidden", "32", "--heads", "4", "--ffn", "48",
             "--vocab", "300", "--max-positions", "128", "--image-size", "16", "--patch-size", "4", "--vision-layers", "2", "--seed", "4");
         Assert.True(code == 0, err);
         foreach (var f in new[] { "config.json", "preprocessor_config.json", "tokenizer.model", "tokenizer_config.json" })
@@ -465,7 +419,7 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         foreach (var window in new[] { "all", "1", "3" })
         {
             string output = Path.Combine(root, $"tokens-{window}.npy");
-            var (code, stdout, err) = Run("generate", "--model", dir, "--image", image, "--prompt", Prompt, "--max-new-tokens", "4",
+            var (code, stdout, err) = CliProcess.Run("generate", "--model", dir, "--image", image, "--prompt", Prompt, "--max-new-tokens", "4",
                 "--window", window, "--output", output);
             Assert.True(code == 0, err + stdout);
             Assert.Contains("vision pass: 1 image(s)", stdout);
@@ -478,7 +432,7 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
         }
 
         // Without an image the checkpoint's decoder runs text alone (through the job system, as for llama).
-        var (code2, _, err2) = Run("generate", "--model", dir, "--prompt", "USER: hello ASSISTANT:", "--max-new-tokens", "2");
+        var (code2, _, err2) = CliProcess.Run("generate", "--model", dir, "--prompt", "USER: hello ASSISTANT:", "--max-new-tokens", "2");
         Assert.True(code2 == 0, err2);
     }
 
@@ -496,7 +450,7 @@ public sealed class LlavaSpec() : TestKit(WorkerConfig.Load()), IDisposable
             "no-image-file" => ["--prompt", Prompt],
             _ => ["--prompt", "USER: <image> and <image>? ASSISTANT:", "--image", image],
         };
-        var (code, _, err) = Run(["generate", "--model", dir, "--max-new-tokens", "2", .. args]);
+        var (code, _, err) = CliProcess.Run(["generate", "--model", dir, "--max-new-tokens", "2", .. args]);
         Assert.NotEqual(0, code);
         var lines = err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Single(lines);

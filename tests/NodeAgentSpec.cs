@@ -2,13 +2,10 @@ using System.Collections.Immutable;
 using Akka.Actor;
 using Akka.TestKit;
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
 using Superpipeline.Engine.Devices;
-using Superpipeline.Engine.Models;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static Superpipeline.Messages.StageProtocol;
 
 namespace Superpipeline.Tests;

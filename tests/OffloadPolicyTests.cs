@@ -1,7 +1,4 @@
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -1,5 +1,4 @@
 using Superpipeline.Engine.Onnx;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

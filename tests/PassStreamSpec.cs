@@ -1,13 +1,10 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using CsCheck;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

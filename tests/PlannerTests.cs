@@ -1,7 +1,5 @@
-using Superpipeline.Contracts;
 using CsCheck;
 using Superpipeline.Engine.Simulation;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

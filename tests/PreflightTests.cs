@@ -1,10 +1,6 @@
 using Akka.Configuration;
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator.Commands;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Workers;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -3,11 +3,9 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Serialization;
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
 using Superpipeline.Workers;
-using Xunit;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Tests;

@@ -8,12 +8,8 @@ using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.Onnx;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -37,14 +33,6 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
         foreach (var layer in model.Layers)
             foreach (var (name, t) in source.Load(layer)) sd.Add(name, t);
         return sd;
-    }
-
-    static Tensor LayerForward(LayeredModel model, IWeightSource source, Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = inference_mode();
-        foreach (var layer in model.Layers) x = layer.Forward(source.Load(layer), x);
-        return x.MoveToOuterDisposeScope();
     }
 
     // ---- the independent reference: torchvision's resnet.py over the state dict, BatchNorm written out ----
@@ -121,7 +109,7 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
         int downsamples = bottleneck ? 3 : 2; // bottleneck layer1.0 widens 8 → 32: a downsample too
         Assert.Equal(5 + 5 * (bottleneck ? 15 : 10) + 5 * downsamples + (classes is null ? 0 : 2), sd.Count);
         using var x = model.MakeInput(3);
-        using var actual = LayerForward(model, source, x);
+        using var actual = OffloadEquality.HostForward(model, source, x);
         using var expected = Reference(config, sd, x);
         foreach (var t in sd.Values) t.Dispose();
         Assert.Equal(classes is int k ? new long[] { batch, k } : new long[] { batch, config.Features, 1, 1 }, actual.shape);
@@ -187,33 +175,9 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
     {
         var model = ResNet.Create("resnet", new ResNetConfig([1, 1], Bottleneck: false, Classes: 6, ImageHeight: 32, ImageWidth: 32, Width: 8), 2);
         var source = new SeededWeights(21);
-        using var device = new SimulatedDevice("sim:0", 256L << 20, null);
-        var tag = Guid.NewGuid().ToString("N")[..8];
-        var layers = model.Layers.Select(l => Sys.ActorOf(LayerActor.Props(l, source, pin: false), $"{tag}-layer-{l.Index}")).ToArray();
-        var loader = Sys.ActorOf(DeviceLoaderActor.Props(device, TimeSpan.FromSeconds(30)), $"{tag}-loader");
         using var x = model.MakeInput(2);
-        async Task<byte[]> Pass(int? k, int? s)
-        {
-            var policy = OffloadPolicy.For(new PolicySpec(k, s), model.Layers.Count);
-            var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(model, layers, x, policy), TimeSpan.FromMinutes(2));
-            if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
-            using var result = ((DeviceLoaderActor.PassSucceeded)answer).Output;
-            return TensorBytes.Raw(result);
-        }
-        var resident = await Pass(null, null);
-        using (var plain = LayerForward(model, source, x)) Assert.Equal(TensorBytes.Raw(plain), resident);
-        long tensors = TensorProbe.LiveTensors();
-        int n = model.Layers.Count, cases = 0;
-        for (int k = 1; k <= n; k++)
-            for (int s = 1; s <= k; s++, cases++)
-            {
-                var result = await Pass(k, s);
-                Assert.True(resident.AsSpan().SequenceEqual(result), $"k={k}, k'={s} differs from resident");
-            }
-        Assert.Equal(n * (n + 1) / 2, cases);
-        Assert.Equal(0, device.Memory.Reserved);
-        Assert.Equal(tensors, TensorProbe.LiveTensors());
-        foreach (var a in layers.Append(loader)) Sys.Stop(a);
+        var cases = OffloadEquality.EveryWindowAndSwap(model.Layers.Count);
+        await OffloadEquality.AssertBitIdenticalToResident(Sys, model, source, x, cases);
     }
 
     // ---- the packaged ImageNet ResNet-18 (CNTK's export) against ONNX Runtime ----
@@ -374,30 +338,13 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
         Assert.False(new ResNetOnnx().Claims(OnnxGraph.Load(OnnxFixture.MiniLm)));
     }
 
-    static string WritePng(string path, int width, int height)
-    {
-        using var bitmap = new SKBitmap(width, height);
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, new SKColor((byte)(x * 255 / width), (byte)(y * 255 / height), (byte)((x * y / 7) % 256)));
-        using var data = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    static string WritePng(string path, int width, int height) => TestImages.Write(path, height, width,
+        (y, x) => new SKColor((byte)(x * 255 / width), (byte)(y * 255 / height), (byte)((x * y / 7) % 256)));
 
     // ---- the CLI: run --model PATH.onnx --image ----
 
-    static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(180_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
+    /// <summary>The CLI's bound here: it loads and runs the packaged ResNet-18 twice.</summary>
+    static readonly TimeSpan ResNetCli = TimeSpan.FromMinutes(3);
 
     /// <summary>Two images through the CLI on a device under a quarter of the weights, window 1: the .npy it writes is ONNX
     /// Runtime's features for the same preprocessed pixels; an image that does not decode is one line and a non-zero exit.</summary>
@@ -409,7 +356,7 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
         string broken = Path.Combine(Path.GetTempPath(), $"resnet-cli-{Guid.NewGuid():N}.jpg");
         File.WriteAllText(broken, "not a JPEG\n");
         cleanup.AddRange([png, npy, broken]);
-        var (code, stdout, stderr) = Cli("run", "--model", OnnxFixture.ResNet18, "--image", png, "--window", "1", "--swap", "1",
+        var (code, stdout, stderr) = CliProcess.Run(ResNetCli, "run", "--model", OnnxFixture.ResNet18, "--image", png, "--window", "1", "--swap", "1",
             "--device-memory", "15MiB", "--output", npy);
         Assert.True(code == 0, stderr + stdout);
         var (descr, shape, data) = Npy.Read(npy);
@@ -420,7 +367,7 @@ public sealed class ResNetOnnxSpec(ITestOutputHelper output) : TestKit(WorkerCon
         using var pixels = ResNetImages.Load(OnnxFixture.ResNet18, [png]);
         Compare(OnnxRuntime(OnnxFixture.ResNet18, pixels), ours, "the CLI, one image, 15 MiB device (under a quarter of the weights), window 1");
 
-        (code, stdout, stderr) = Cli("run", "--model", OnnxFixture.ResNet18, "--image", png, "--image", broken);
+        (code, stdout, stderr) = CliProcess.Run(ResNetCli, "run", "--model", OnnxFixture.ResNet18, "--image", png, "--image", broken);
         output.WriteLine(stderr.Trim());
         Assert.NotEqual(0, code);
         Assert.Contains(broken, stderr);

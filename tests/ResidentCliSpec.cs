@@ -1,10 +1,5 @@
-using System.Diagnostics;
 using System.Text.Json;
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Xunit;
 
 namespace Superpipeline.Tests;
 
@@ -16,17 +11,6 @@ public sealed class ResidentCliSpec : IDisposable
     static readonly string[] Small = ["--layers", "3", "--hidden", "32", "--heads", "4", "--vocab", "64", "--seq-len", "8", "--batch", "2"];
     static readonly ModelSpec SmallSpec = new("demo", 3, 32, 4, 64, 8, 2, ModelSpec.Demo.Seed);
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "superpipeline.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("superpipeline did not exit"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
 
     static string Sha(string report)
     {
@@ -38,9 +22,9 @@ public sealed class ResidentCliSpec : IDisposable
     public void Pinned_layers_give_the_resident_output_and_the_summary_names_them()
     {
         string resident = Path.Combine(_dir, "all.json"), pinned = Path.Combine(_dir, "pinned.json");
-        var all = Run(["run", .. Small, "--window", "all", "--report", resident]);
+        var all = CliProcess.Run(["run", .. Small, "--window", "all", "--report", resident]);
         Assert.True(all.Code == 0, all.Err);
-        var (code, stdout, stderr) = Run(["run", .. Small, "--window", "1", "--resident-layers", "2", "--report", pinned]);
+        var (code, stdout, stderr) = CliProcess.Run(["run", .. Small, "--window", "1", "--resident-layers", "2", "--report", pinned]);
         Assert.True(code == 0, stderr);
         Assert.Equal(Sha(resident), Sha(pinned));
         Assert.Contains("2 (2, 4) / 0", stdout); // 2 of 5 layers: 2 and 4; a single pass reuses none
@@ -57,7 +41,7 @@ public sealed class ResidentCliSpec : IDisposable
     [InlineData("6", "--resident-layers must be from 0 to 5 (the model's layers) or 'auto'; got 6")]
     public void A_bad_count_is_refused_in_one_line_naming_the_flag(string count, string expected)
     {
-        var (code, _, stderr) = Run(["run", .. Small, "--window", "2", "--resident-layers", count]);
+        var (code, _, stderr) = CliProcess.Run(["run", .. Small, "--window", "2", "--resident-layers", count]);
         Assert.Equal(1, code);
         Assert.Equal($"superpipeline: {expected}", stderr.Trim());
     }
@@ -70,12 +54,12 @@ public sealed class ResidentCliSpec : IDisposable
         // By hand: layers 2 and 4 pinned, the two largest of 0, 1 and 3 in the window, and the activations.
         long[] bytes = [.. cost.Layers.Select(l => l.Bytes)];
         Assert.Equal(bytes[2] + bytes[4] + new[] { bytes[0], bytes[1], bytes[3] }.OrderDescending().Take(2).Sum() + cost.ActivationBoundBytes(), need);
-        var (code, _, stderr) = Run(["run", .. Small, "--window", "2", "--resident-layers", "2", "--device-memory", $"{need - 1}"]);
+        var (code, _, stderr) = CliProcess.Run(["run", .. Small, "--window", "2", "--resident-layers", "2", "--device-memory", $"{need - 1}"]);
         Assert.Equal(1, code);
         Assert.StartsWith($"superpipeline: --resident-layers 2 with window 2 need {need:N0} bytes on the device (", stderr.Trim());
         Assert.EndsWith($"the device has {need - 1:N0}", stderr.Trim());
         Assert.Single(stderr.Trim().Split('\n'));
-        var fits = Run(["run", .. Small, "--window", "2", "--resident-layers", "2", "--device-memory", $"{need}"]);
+        var fits = CliProcess.Run(["run", .. Small, "--window", "2", "--resident-layers", "2", "--device-memory", $"{need}"]);
         Assert.True(fits.Code == 0, fits.Err);
     }
 

@@ -2,11 +2,8 @@ using Akka.Actor;
 using Akka.TestKit.Xunit2;
 using Superpipeline.Coordinator.Cluster;
 using Superpipeline.Engine;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
-using Xunit;
 using static Superpipeline.Messages.JobProtocol;
 
 namespace Superpipeline.Tests;

@@ -1,7 +1,4 @@
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

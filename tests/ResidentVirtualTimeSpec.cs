@@ -1,51 +1,14 @@
-using Akka.Configuration;
-using Akka.Streams;
-using Akka.TestKit;
-using Akka.TestKit.Xunit2;
 using CsCheck;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
-using Xunit;
 
 namespace Superpipeline.Tests;
 
 /// <summary>Pinned layers in virtual time: the real loader stream over a virtual-time device gives the schedule worked out by
 /// hand, and exactly the makespan, peak, bytes and timeline of the analytic simulator, on a first pass (pinned layers load
 /// and stay) and on a later one (pinned layers already resident).</summary>
-public sealed class ResidentVirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString(
-    """akka.scheduler.implementation = "Akka.TestKit.TestScheduler, Akka.TestKit" """).WithFallback(WorkerConfig.Load()))
+public sealed class ResidentVirtualTimeSpec() : VirtualTimeKit
 {
-    TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
-
-    IMaterializer Materializer() => Sys.Materializer(ActorMaterializerSettings.Create(Sys).WithDispatcher("akka.test.calling-thread-dispatcher"));
-
-    /// <summary>As VirtualTimeSpec runs a pass: advancing virtual time event by event, xunit's synchronization context lifted.</summary>
-    SimulatedPass RunVirtual(ModelCost model, DeviceCost device, Func<LoadGate> gate, IReadOnlySet<int> warm)
-    {
-        var context = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(null);
-        try
-        {
-            var backend = new VirtualPassBackend(model, device, Scheduler, warm);
-            var g = gate();
-            var pass = PassStream.RunAsync(backend, g, Materializer());
-            var deadline = DateTime.UtcNow.AddSeconds(30);
-            while (!pass.IsCompleted)
-            {
-                if (!backend.AdvanceToNext(Scheduler.AdvanceTo)) ((IAsyncResult)pass).AsyncWaitHandle.WaitOne(1);
-                if (DateTime.UtcNow > deadline)
-                    throw new TimeoutException($"the virtual pass did not complete: {backend.Describe()}, scheduler at {Scheduler.Now:O}");
-            }
-            pass.GetAwaiter().GetResult();
-            return backend.Result(g.Describe());
-        }
-        finally { SynchronizationContext.SetSynchronizationContext(context); }
-    }
-
-    static readonly DeviceCost Gpu = new("gpu", 1L << 40, LinkBytesPerSecond: 1e9, FlopsPerSecond: 1e12, TransferLatencySeconds: 0);
-
     /// <summary>Four layers of 1 MB (1 ms to load) and 2 ms of compute, window 1, layers 1 and 3 pinned (2 of 4). By hand:
     /// layer 0 loads in [0, 1] ms and computes in [1, 3]; layer 2 may load only when 0 is evicted at 3, in [3, 4]; pinned 1
     /// computes in [3, 5], 2 in [5, 7], pinned 3 in [7, 9]. On the first pass 1 loads in [1, 2] and 3 in [4, 5]; on a later one
@@ -70,8 +33,6 @@ public sealed class ResidentVirtualTimeSpec() : TestKit(ConfigurationFactory.Par
         var synchronous = PassSimulator.Run(model, Gpu, new WindowGate(OffloadPolicy.For(new PolicySpec(1, 1), 4), Bytes(model)));
         Assert.Equal(2e-6 + 12e-3, synchronous.MakespanSeconds, 12); // the same window without pins: every load waits
     }
-
-    static long[] Bytes(ModelCost m) => [.. m.Layers.Select(l => l.Bytes)];
 
     [Fact]
     public void Actor_path_equals_the_analytic_simulator_with_pinned_layers_first_and_later_passes()

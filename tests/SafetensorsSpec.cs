@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.Text;
 using Superpipeline.Engine.Checkpoints;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;
@@ -233,55 +232,32 @@ public sealed class SafetensorsSpec : IDisposable
             "header length 1000 runs past the end of the file (40 bytes)");
     }
 
-    [Fact]
-    public void Header_that_is_not_json()
+    /// <summary>A file whose header cannot be opened as it stands: one line naming the file, the tensor where there is one, and the
+    /// problem; the first argument is the case's name.</summary>
+    [Theory]
+    [InlineData("Header_that_is_not_json", """{"a":{"dtype":"F32",""", 0, null, "header is not valid JSON")]
+    [InlineData("Offsets_past_the_end_of_the_data",
+        """{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}""",
+        8, "a", "run past the end of the 8-byte data region")]
+    [InlineData("Overlapping_offsets",
+        """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""",
+        12, "b", "overlap tensor 'a' ending at 8")]
+    [InlineData("A_gap_between_tensors",
+        """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}""",
+        20, "b", "leave a gap after byte 8")]
+    [InlineData("Data_not_starting_at_offset_zero", """{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""", 12, "a", "leave a gap after byte 0")]
+    [InlineData("Bytes_after_the_last_tensor",
+        """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""",
+        12, "a", "data region is 12 bytes but the tensors cover 8")]
+    [InlineData("Unknown_dtype", """{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}""", 8, "a", "unknown dtype 'Q7'")]
+    [InlineData("Byte_length_not_matching_dtype_and_shape",
+        """{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}""",
+        8, "a", "holds 8 bytes but F32[3] needs 12")]
+    public void A_header_that_does_not_hold_is_refused_at_open_in_one_line(string name, string header, int dataBytes, string? tensor, string problem)
     {
-        string path = Write("bad.safetensors", """{"a":{"dtype":"F32",""", []);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, null, "header is not valid JSON");
-    }
-
-    [Fact]
-    public void Offsets_past_the_end_of_the_data()
-    {
-        string path = Write("bad.safetensors", """{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}""", new byte[8]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "a", "run past the end of the 8-byte data region");
-    }
-
-    [Fact]
-    public void Overlapping_offsets()
-    {
-        string path = Write("bad.safetensors",
-            """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""", new byte[12]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "b", "overlap tensor 'a' ending at 8");
-    }
-
-    [Fact]
-    public void A_gap_between_tensors()
-    {
-        string path = Write("bad.safetensors",
-            """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}""", new byte[20]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "b", "leave a gap after byte 8");
-    }
-
-    [Fact]
-    public void Data_not_starting_at_offset_zero()
-    {
-        string path = Write("bad.safetensors", """{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}""", new byte[12]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "a", "leave a gap after byte 0");
-    }
-
-    [Fact]
-    public void Bytes_after_the_last_tensor()
-    {
-        string path = Write("bad.safetensors", """{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", new byte[12]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "a", "data region is 12 bytes but the tensors cover 8");
-    }
-
-    [Fact]
-    public void Unknown_dtype()
-    {
-        string path = Write("bad.safetensors", """{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}""", new byte[8]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "a", "unknown dtype 'Q7'");
+        Assert.NotEmpty(name);
+        string path = Write("bad.safetensors", header, new byte[dataBytes]);
+        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, tensor, problem);
     }
 
     [Fact]
@@ -290,13 +266,6 @@ public sealed class SafetensorsSpec : IDisposable
         string path = Write("u16.safetensors", """{"a":{"dtype":"U16","shape":[2],"data_offsets":[0,4]}}""", new byte[4]);
         using var file = SafetensorsFile.Open(path);
         OneLine(Assert.Throws<SafetensorsException>(() => file.Read("a")), path, "a", "dtype U16 is not read");
-    }
-
-    [Fact]
-    public void Byte_length_not_matching_dtype_and_shape()
-    {
-        string path = Write("bad.safetensors", """{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}""", new byte[8]);
-        OneLine(Assert.Throws<SafetensorsException>(() => SafetensorsFile.Open(path)), path, "a", "holds 8 bytes but F32[3] needs 12");
     }
 
     [Fact]

@@ -1,12 +1,8 @@
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Models;
 using System.Text.Json;
 using Superpipeline.Coordinator;
 using Superpipeline.Coordinator.Bench;
 using Superpipeline.Coordinator.Commands;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

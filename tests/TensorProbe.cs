@@ -1,4 +1,3 @@
-using Superpipeline.Engine.Models;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

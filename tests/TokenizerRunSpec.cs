@@ -1,8 +1,6 @@
-using Superpipeline.Contracts;
 using Superpipeline.Coordinator;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Text;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

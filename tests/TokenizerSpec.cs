@@ -2,9 +2,7 @@ using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
 using Microsoft.ML.Tokenizers;
-using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Text;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -1,5 +1,4 @@
 using TorchSharp;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

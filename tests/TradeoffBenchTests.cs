@@ -3,8 +3,6 @@ using System.Text;
 using System.Text.Json;
 using Superpipeline.Coordinator.Bench;
 using Superpipeline.Engine;
-using Superpipeline.Engine.Models;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

@@ -1,60 +1,16 @@
-using Akka.Configuration;
-using Akka.Streams;
-using Akka.TestKit;
-using Akka.TestKit.Xunit2;
 using CsCheck;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
-using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Workers;
-using Xunit;
 
 namespace Superpipeline.Tests;
 
 /// <summary>Policy simulation in virtual time: the real loader stream over a virtual-time device, driven by
 /// TestKit's TestScheduler, gives exactly the makespan and peak bytes of the analytic simulator.</summary>
-public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString(
-    """akka.scheduler.implementation = "Akka.TestKit.TestScheduler, Akka.TestKit" """).WithFallback(WorkerConfig.Load()))
+public sealed class VirtualTimeSpec() : VirtualTimeKit
 {
-    TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
-
-    IMaterializer Materializer() => Sys.Materializer(ActorMaterializerSettings.Create(Sys).WithDispatcher("akka.test.calling-thread-dispatcher"));
-
-    /// <summary>Runs a pass through the actor-path stream, advancing virtual time event by event. Each advance
-    /// completes a step synchronously; the stream (on the calling-thread dispatcher) reacts on this thread before
-    /// the advance returns, so no step can start late. xunit's synchronization context is lifted for the
-    /// duration: with it in place, await continuations would be posted instead of run inline.</summary>
-    SimulatedPass RunVirtual(ModelCost model, DeviceCost device, Func<LoadGate> gate)
-    {
-        var context = SynchronizationContext.Current;
-        SynchronizationContext.SetSynchronizationContext(null);
-        try { return RunVirtualInline(model, device, gate); }
-        finally { SynchronizationContext.SetSynchronizationContext(context); }
-    }
-
-    SimulatedPass RunVirtualInline(ModelCost model, DeviceCost device, Func<LoadGate> gate)
-    {
-        var backend = new VirtualPassBackend(model, device, Scheduler);
-        var g = gate();
-        var pass = PassStream.RunAsync(backend, g, Materializer());
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (!pass.IsCompleted)
-        {
-            // Nothing due yet: the stream is between steps. Wait for the pass (woken at once if it ends), bounded.
-            if (!backend.AdvanceToNext(Scheduler.AdvanceTo)) ((IAsyncResult)pass).AsyncWaitHandle.WaitOne(1);
-            if (DateTime.UtcNow > deadline)
-                throw new TimeoutException($"the virtual pass did not complete: {backend.Describe()}, scheduler at {Scheduler.Now:O}");
-        }
-        pass.GetAwaiter().GetResult();
-        return backend.Result(g.Describe());
-    }
-
     static ModelCost Uniform(int layers, long bytes, double flops, long act) =>
         new("uniform", act, [.. Enumerable.Range(0, layers).Select(i => new LayerCost($"l{i}", bytes, flops, act))]);
-
-    static readonly DeviceCost Gpu = new("gpu", 1L << 40, LinkBytesPerSecond: 1e9, FlopsPerSecond: 1e12, TransferLatencySeconds: 0);
 
     [Fact]
     public void Synchronous_mode_makespan_is_the_sum_of_every_transfer_and_compute()
@@ -88,8 +44,6 @@ public sealed class VirtualTimeSpec() : TestKit(ConfigurationFactory.ParseString
             () => new WindowGate(OffloadPolicy.For(new PolicySpec(k, s), HandSchedules.Sizes.Length), HandSchedules.Sizes));
         HandSchedules.CheckAgainstHand(pass, expected.Order, expected.Groups, expected.PeakWeights);
     }
-
-    static long[] Bytes(ModelCost m) => [.. m.Layers.Select(l => l.Bytes)];
 
     [Fact]
     public void Actor_path_equals_the_analytic_simulator_across_random_models_and_policies()

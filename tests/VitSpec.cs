@@ -7,12 +7,8 @@ using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Images;
 using Superpipeline.Engine.IO;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
-using Superpipeline.Contracts;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;
@@ -46,15 +42,6 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
     {
         var (names, head) = Vit.LayoutIn(dir);
         return Vit.Create("vit", VitConfig.Read(dir), batch, names, head);
-    }
-
-    static Tensor LayerForward(LayeredModel model, IWeightSource source, Tensor input)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = inference_mode();
-        var x = input.alias();
-        foreach (var layer in model.Layers) x = layer.Forward(source.Load(layer), x);
-        return x.MoveToOuterDisposeScope();
     }
 
     // ---- the independent reference: modeling_vit.py's semantics over the whole state dict, plain TorchSharp ops ----
@@ -160,7 +147,7 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var model = Open(dir, batch: 3);
         using var pixels = model.MakeInput(5);
         using var source = new CheckpointWeights(dir);
-        using var output = LayerForward(model, source, pixels);
+        using var output = OffloadEquality.HostForward(model, source, pixels);
         using var expected = Reference(dir, pixels);
         Assert.Equal(classifier ? new long[] { 3, 7 } : [3, 32], output.shape);
         double spread = expected.std().item<float>();
@@ -184,7 +171,7 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var model = Open(dir, batch: 2);
         using var pixels = model.MakeInput(3);
         using var source = new CheckpointWeights(dir);
-        using var output = LayerForward(model, source, pixels);
+        using var output = OffloadEquality.HostForward(model, source, pixels);
         using var expected = Reference(dir, pixels);
         Assert.Equal(new long[] { 2, 17, 32 }, output.shape); // (16 / 4)² patches + CLS
         AssertClose(expected, output, 1e-5);
@@ -211,8 +198,8 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var model = Open(dir, batch: 2);
         using var pixels = model.MakeInput(1);
         using var fromFile = new CheckpointWeights(dir);
-        using var a = LayerForward(model, fromFile, pixels);
-        using var b = LayerForward(model, new SeededWeights(9), pixels);
+        using var a = OffloadEquality.HostForward(model, fromFile, pixels);
+        using var b = OffloadEquality.HostForward(model, new SeededWeights(9), pixels);
         Assert.Equal(TensorBytes.Raw(b), TensorBytes.Raw(a));
     }
 
@@ -222,33 +209,10 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         string dir = Export(Small(layers: 3), seed: 21, classifier: false, shards: 2);
         var model = Open(dir, batch: 2);
         using var source = new CheckpointWeights(dir);
-        using var device = new SimulatedDevice("sim:0", 256L << 20, null);
-        var tag = Guid.NewGuid().ToString("N")[..8];
-        var layers = model.Layers.Select(l => Sys.ActorOf(LayerActor.Props(l, source, pin: false), $"{tag}-layer-{l.Index}")).ToArray();
-        var loader = Sys.ActorOf(DeviceLoaderActor.Props(device, TimeSpan.FromSeconds(30)), $"{tag}-loader");
         using var pixels = model.MakeInput(2);
-        async Task<byte[]> Pass(int? k, int? s)
-        {
-            var policy = OffloadPolicy.For(new PolicySpec(k, s), model.Layers.Count);
-            var answer = await loader.Ask<object>(new DeviceLoaderActor.RunPass(model, layers, pixels, policy), TimeSpan.FromMinutes(2));
-            if (answer is DeviceLoaderActor.PassFailed f) throw new PassFailedException(f.Reason);
-            using var output = ((DeviceLoaderActor.PassSucceeded)answer).Output;
-            return TensorBytes.Raw(output);
-        }
-        var resident = await Pass(null, null);
-        using (var plain = LayerForward(model, source, pixels)) Assert.Equal(TensorBytes.Raw(plain), resident);
-        long tensors = TensorProbe.LiveTensors();
-        int n = model.Layers.Count, cases = 0;
-        for (int k = 1; k <= n; k++)
-            for (int s = 1; s <= k; s++, cases++)
-            {
-                var output = await Pass(k, s);
-                Assert.True(resident.AsSpan().SequenceEqual(output), $"k={k}, k'={s} differs from resident");
-            }
-        Assert.Equal(15, cases); // 5 layers: embeddings, 3 blocks, head
-        Assert.Equal(0, device.Memory.Reserved);
-        Assert.Equal(tensors, TensorProbe.LiveTensors());
-        foreach (var a in layers.Append(loader)) Sys.Stop(a);
+        var cases = OffloadEquality.EveryWindowAndSwap(model.Layers.Count);
+        Assert.Equal(15, cases.Length); // 5 layers: embeddings, 3 blocks, head
+        await OffloadEquality.AssertBitIdenticalToResident(Sys, model, source, pixels, cases);
     }
 
     /// <summary>As Gpt2Spec does: what each forward leaves in its dispose scope, beyond its input, weights and output, plus the
@@ -284,17 +248,8 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
     // ---- the CLI: export-demo vit, run --image ----
 
-    string Png(string name, int height, int width, Func<int, int, SKColor> colour, SKEncodedImageFormat format = SKEncodedImageFormat.Png)
-    {
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        for (int y = 0; y < height; y++)
-            for (int x = 0; x < width; x++)
-                bitmap.SetPixel(x, y, colour(y, x));
-        using var data = bitmap.Encode(format, 90);
-        string path = Path.Combine(root, name);
-        File.WriteAllBytes(path, data.ToArray());
-        return path;
-    }
+    string Png(string name, int height, int width, Func<int, int, SKColor> colour, SKEncodedImageFormat format = SKEncodedImageFormat.Png) =>
+        TestImages.Write(Path.Combine(root, name), height, width, colour, format, quality: 90);
 
     [Fact]
     public async Task Export_demo_vit_then_run_image_gives_the_logits_of_the_preprocessed_pixels_for_every_window()
@@ -324,7 +279,7 @@ public sealed class VitSpec() : TestKit(WorkerConfig.Load()), IDisposable
         // The same logits, by hand: the images through the checkpoint's preprocessor_config.json, each layer's forward on the host.
         using var pixels = ImageInput.Load([a, b], Vit.Preprocess(dir));
         using var source = new CheckpointWeights(dir);
-        using var expected = LayerForward(Open(dir, batch: 2), source, pixels);
+        using var expected = OffloadEquality.HostForward(Open(dir, batch: 2), source, pixels);
         Assert.Equal(TensorBytes.Raw(expected), resident);
         Assert.Empty(Directory.GetFiles(Path.GetTempPath(), $"superpipeline-pixels-{Environment.ProcessId}-*"));
     }

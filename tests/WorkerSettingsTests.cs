@@ -1,5 +1,4 @@
 using Superpipeline.Workers;
-using Xunit;
 
 namespace Superpipeline.Tests;
 

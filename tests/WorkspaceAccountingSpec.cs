@@ -1,11 +1,7 @@
 using Akka.TestKit.Xunit2;
-using Superpipeline.Contracts;
-using Superpipeline.Engine.Models;
-using Superpipeline.Engine.Policy;
 using Superpipeline.Engine.Simulation;
 using Superpipeline.Workers;
 using TorchSharp;
-using Xunit;
 using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;

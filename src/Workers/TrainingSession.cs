@@ -119,16 +119,9 @@ public sealed class TrainingSession
         {
             var forward = await Pass(step, batch, TrainingDirection.Forward, null).ConfigureAwait(false);
             long saved = batch.SavedBytes;
-            var pending = new Dictionary<(string, int), Tensor>();
             PassReport backward;
-            try
-            {
-                backward = await Pass(step, batch, TrainingDirection.Backward, (layer, grads) => Deliver(layer, grads, pending)).ConfigureAwait(false);
-            }
-            finally
-            {
-                foreach (var t in pending.Values) t.Dispose();
-            }
+            using (var tied = new TiedGradients(_tied, layer => _layers[layer], _askTimeout))
+                backward = await Pass(step, batch, TrainingDirection.Backward, tied.DeliverAsync).ConfigureAwait(false);
             float? norm = null, coef = null;
             if (_settings.ClipNorm is { } max)
             {
@@ -170,45 +163,6 @@ public sealed class TrainingSession
                 $"step {step + 1}: the {direction.ToString().ToLowerInvariant()} pass failed: {failed.Reason}", failed.Cause),
             _ => throw new InvalidOperationException($"unexpected answer {answer}"),
         };
-    }
-
-    /// <summary>A layer's gradients, micro-batch by micro-batch, to its actor. A tied parameter's gradient waits for its last layer
-    /// in the backward order (the lowest index); the sum (the first layer's contribution plus the other's, as autograd sums a
-    /// shared leaf's two uses) goes to every layer holding it.</summary>
-    async Task Deliver(int layer, IReadOnlyList<IReadOnlyList<(string Name, Tensor Grad)>> grads, Dictionary<(string, int), Tensor> pending)
-    {
-        for (int m = 0; m < grads.Count; m++)
-        {
-            var own = new List<(string, Tensor)>();
-            var complete = new List<(string Name, Tensor Sum)>();
-            foreach (var (name, g) in grads[m])
-            {
-                if (!_tied.TryGetValue(name, out var holders))
-                {
-                    own.Add((name, g));
-                    continue;
-                }
-                if (pending.Remove((name, m), out var earlier))
-                {
-                    using (earlier)
-                    using (no_grad()) pending[(name, m)] = earlier + g;
-                }
-                else pending[(name, m)] = g.clone();
-                if (layer == holders[0] && pending.Remove((name, m), out var sum)) complete.Add((name, sum));
-            }
-            try
-            {
-                await _layers[layer].Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients(own), _askTimeout).ConfigureAwait(false);
-                foreach (var (name, sum) in complete)
-                    foreach (var holder in _tied[name])
-                        await _layers[holder].Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients([(name, sum)]), _askTimeout)
-                            .ConfigureAwait(false);
-            }
-            finally
-            {
-                foreach (var (_, sum) in complete) sum.Dispose();
-            }
-        }
     }
 
     /// <summary>The weights as the actors hold them now, by checkpoint name (each tied tensor once); the caller owns the copies.</summary>

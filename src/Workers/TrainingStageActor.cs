@@ -206,16 +206,17 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     void RunPass(TrainingDirection direction)
     {
         var step = _step!;
-        var pending = new Dictionary<(string, int), Tensor>();
+        // The pass numbers the stage's layers from 0; ties and actors go by the model's numbering.
+        var tied = new TiedGradients(_tied, index => _layers[index - _open.FirstLayer], _askTimeout);
         var pass = new DeviceLoaderActor.RunPass(_stage, _layers, step.Batch.Ids, _policy)
         {
             Training = new TrainingPass(step.Batch, direction,
-                direction == TrainingDirection.Backward ? (layer, grads) => Deliver(layer, grads, pending) : null),
+                direction == TrainingDirection.Backward ? (layer, grads) => tied.DeliverAsync(_stage.Layers[layer].Index, grads) : null),
         };
         int number = step.Step;
         _loader.Ask<object>(pass, _askTimeout * 4).ContinueWith(t =>
         {
-            foreach (var p in pending.Values) p.Dispose();
+            tied.Dispose();
             if (!t.IsCompletedSuccessfully) return new PassEnded(number, direction, null, t.Exception?.GetBaseException().Message ?? "cancelled");
             return t.Result switch
             {
@@ -282,46 +283,6 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
                 : new TrainingStageFailed(_open.Job, _open.Attempt, _open.Stage, number, $"step {number + 1}, stage {_open.Stage}: the gradient norms: "
                     + (t.Exception?.GetBaseException().Message ?? "cancelled")), TaskScheduler.Default)
             .PipeTo(coordinator, self);
-    }
-
-    /// <summary>A layer's gradients, micro-batch by micro-batch, to its actor; a parameter tied between two layers of this stage gets
-    /// the sum of both layers' gradients, sent to both (as <see cref="TrainingSession"/> does; the job refuses ties across stages).</summary>
-    async Task Deliver(int layer, IReadOnlyList<IReadOnlyList<(string Name, Tensor Grad)>> grads, Dictionary<(string, int), Tensor> pending)
-    {
-        var actor = _layers[layer]; // the pass numbers the stage's layers from 0
-        int index = _stage.Layers[layer].Index; // the model's numbering, as ties are
-        for (int m = 0; m < grads.Count; m++)
-        {
-            var own = new List<(string, Tensor)>();
-            var complete = new List<(string Name, Tensor Sum)>();
-            foreach (var (name, g) in grads[m])
-            {
-                if (!_tied.TryGetValue(name, out var holders))
-                {
-                    own.Add((name, g));
-                    continue;
-                }
-                if (pending.Remove((name, m), out var earlier))
-                {
-                    using (earlier)
-                    using (no_grad()) pending[(name, m)] = earlier + g;
-                }
-                else pending[(name, m)] = g.clone();
-                if (index == holders[0] && pending.Remove((name, m), out var sum)) complete.Add((name, sum));
-            }
-            try
-            {
-                await actor.Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients(own), _askTimeout).ConfigureAwait(false);
-                foreach (var (name, sum) in complete)
-                    foreach (var holder in _tied[name])
-                        await _layers[holder - _open.FirstLayer].Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients([(name, sum)]),
-                            _askTimeout).ConfigureAwait(false);
-            }
-            finally
-            {
-                foreach (var (_, sum) in complete) sum.Dispose();
-            }
-        }
     }
 
     void OnApply(ApplyTrainingStep a)

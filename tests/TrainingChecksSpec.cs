@@ -73,44 +73,8 @@ public sealed class TrainingChecksSpec() : TestKit(WorkerConfig.Load()), IDispos
         await session.StepAsync(0, data);
         var after = (await session.WeightsAsync()).ToDictionary(w => w.Name, w => w.Tensor);
 
-        var w64 = before.ToDictionary(e => e.Key, e => e.Value.to_type(ScalarType.Float64));
-        using var g = new Generator(3);
-        const double h = 1e-5;
-        var worst = (Name: "", Error: 0.0);
-        foreach (var (name, w0) in before)
-        {
-            var flat = w64[name].view(-1);
-            var update = ((w0 - after[name]) / lr).view(-1);
-            for (int sample = 0; sample < 3; sample++)
-            {
-                long i = randint(flat.shape[0], [1], generator: g).item<long>();
-                double original = flat[i].item<double>();
-                flat[i] = original + h;
-                double up = Loss64(w64, data, config);
-                flat[i] = original - h;
-                double down = Loss64(w64, data, config);
-                flat[i] = original;
-                double fd = (up - down) / (2 * h), streamed = update[i].item<float>();
-                double error = Math.Abs(fd - streamed) / (1e-3 + Math.Abs(fd));
-                if (error > worst.Error) worst = ($"{name}[{i}]: finite difference {fd:G9}, streamed step {streamed:G9}", error);
-            }
-        }
-        Assert.True(worst.Error < 2e-3, $"worst: {worst.Name} (relative error {worst.Error:G3})");
-    }
-
-    /// <summary>The bound from the window alone: the k largest layers' weights and as many gradients, the activations a layer's
-    /// backward holds per micro-batch (its saved input and that of up to k − 1 layers loaded ahead, the gradient coming in and the
-    /// one going out, all at most the largest activation), and the largest layer's recompute (its forward's temporaries and
-    /// output, twice over for their gradients).</summary>
-    static long Bound(LayeredModel model, long rows, int k, int micro)
-    {
-        var largest = model.Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
-        long seq = model.InputShape[1];
-        var shapes = new List<long[]> { new[] { rows, seq } };
-        foreach (var l in model.Layers) shapes.Add(l.OutputShape(shapes[^1]));
-        long activation = shapes.Max(s => TensorBytes.Of(s, ScalarType.Float32));
-        long recompute = model.Layers.Max(l => 2 * l.WorkspaceBytes(shapes[l.Index]) + 2 * TensorBytes.Of(shapes[l.Index + 1], ScalarType.Float32));
-        return 2 * largest + (k + 2) * micro * activation + recompute;
+        var worst = TrainingChecks.WorstFiniteDifference(before, after, lr, w => Loss64(w, data, config));
+        Assert.True(worst.Error < 2e-3, $"worst: {worst.Where} (relative error {worst.Error:G3})");
     }
 
     [Theory]
@@ -127,7 +91,7 @@ public sealed class TrainingChecksSpec() : TestKit(WorkerConfig.Load()), IDispos
         var session = await rig.Session(rig.Policy(k, swap),
             new TrainingSettings(new OptimizerSettings(OptimizerKind.AdamW, 1e-3), LrSchedule.Constant, MicroBatches: micro));
         var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, batch / micro, seq, 0));
-        long bound = Bound(model, batch / micro, k, micro);
+        long bound = TrainingChecks.PeakBound(model, k, micro);
         for (int step = 0; step < 2; step++)
         {
             using var ids = TrainingSpec.Rows(data, step, batch);

@@ -191,42 +191,9 @@ public sealed class VisionTrainingSpec() : TestKit(WorkerConfig.Load()), IDispos
 
         var w64 = before.ToDictionary(e => e.Key, e => e.Value.to_type(ScalarType.Float64));
         Assert.Equal(Loss64(w64, pixels, labels, config), report.Loss, 5); // the independent forward is the same model
-        using var g = new Generator(3);
-        const double h = 1e-5;
-        var worst = (Name: "", Error: 0.0);
-        foreach (var (name, w0) in before)
-        {
-            var flat = w64[name].view(-1);
-            var update = ((w0 - after[name]) / lr).view(-1);
-            for (int sample = 0; sample < 3; sample++)
-            {
-                long i = randint(flat.shape[0], [1], generator: g).item<long>();
-                double original = flat[i].item<double>();
-                flat[i] = original + h;
-                double up = Loss64(w64, pixels, labels, config);
-                flat[i] = original - h;
-                double down = Loss64(w64, pixels, labels, config);
-                flat[i] = original;
-                double fd = (up - down) / (2 * h), streamed = update[i].item<float>();
-                double error = Math.Abs(fd - streamed) / (1e-3 + Math.Abs(fd));
-                if (error > worst.Error) worst = ($"{name}[{i}]: finite difference {fd:G9}, streamed step {streamed:G9}", error);
-            }
-        }
+        var worst = TrainingChecks.WorstFiniteDifference(before, after, lr, w => Loss64(w, pixels, labels, config));
         Assert.Equal(2 * 16 + 4 + 4, before.Count); // every tensor was sampled: 16 per block, the embedding's 4, the head's 4
-        Assert.True(worst.Error < 2e-3, $"worst: {worst.Name} (relative error {worst.Error:G3})");
-    }
-
-    /// <summary>TrainingChecksSpec's bound, from the window alone: the k largest layers' weights and as many gradients, the
-    /// activations a layer's backward holds per micro-batch (its saved input, here the pixels for the embedding, and that of up to
-    /// k − 1 layers loaded ahead, the gradient coming in and the one going out, all at most the largest activation), and the largest
-    /// layer's recompute (its forward's temporaries and output, twice over for their gradients).</summary>
-    static long Bound(LayeredModel model, int k, int micro)
-    {
-        var largest = model.Layers.Select(l => l.Bytes).OrderDescending().Take(k).Sum();
-        var shapes = model.ActivationShapes().Select(a => a.Shape).ToArray();
-        long activation = shapes.Max(s => TensorBytes.Of(s, ScalarType.Float32));
-        long recompute = model.Layers.Max(l => 2 * l.WorkspaceBytes(shapes[l.Index]) + 2 * TensorBytes.Of(shapes[l.Index + 1], ScalarType.Float32));
-        return 2 * largest + (k + 2) * micro * activation + recompute;
+        Assert.True(worst.Error < 2e-3, $"worst: {worst.Where} (relative error {worst.Error:G3})");
     }
 
     [Theory]
@@ -244,7 +211,7 @@ public sealed class VisionTrainingSpec() : TestKit(WorkerConfig.Load()), IDispos
         var session = await rig.Session(rig.Policy(k, swap),
             new TrainingSettings(new OptimizerSettings(OptimizerKind.AdamW, 1e-3), LrSchedule.Constant, MicroBatches: micro));
         var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, batch / micro, 0, 0));
-        long bound = Bound(model, k, micro);
+        long bound = TrainingChecks.PeakBound(model, k, micro);
         var peaks = new List<long>();
         for (int step = 0; step < 2; step++)
         {

@@ -37,21 +37,10 @@ public static class ImageInput
     /// <summary>Writes the pixels of <paramref name="paths"/> to a new .npy file in the temporary directory and returns its path:
     /// the input of a job (<c>ModelSpec.Input</c>). Delete it with <see cref="DeleteTemporary"/> when the job is done.</summary>
     public static string WriteTemporary(IReadOnlyList<string> paths, ImagePreprocess p)
-    {
-        var payload = LoadPayload(paths, p);
-        // The process id in the name says whose file it is (processes share the temporary directory).
-        string path = Path.Combine(Path.GetTempPath(), $"{TemporaryPrefix}{Environment.ProcessId}-{Guid.NewGuid():N}.npy");
-        Npy.Write(path, payload);
-        return path;
-    }
+        => TemporaryNpy.Write(TemporaryPrefix, LoadPayload(paths, p));
 
     /// <summary>Deletes <paramref name="path"/> when it is a file <see cref="WriteTemporary"/> wrote; anything else is left alone.</summary>
-    public static void DeleteTemporary(string? path)
-    {
-        if (path is null || !Path.GetFileName(path).StartsWith(TemporaryPrefix, StringComparison.Ordinal)) return;
-        if (Path.GetFullPath(Path.GetDirectoryName(path)!) != Path.GetFullPath(Path.GetTempPath()).TrimEnd(Path.DirectorySeparatorChar)) return;
-        File.Delete(path);
-    }
+    public static void DeleteTemporary(string? path) => TemporaryNpy.Delete(TemporaryPrefix, path);
 
     static (float[] Pixels, ImageSize Size) Pixels(IReadOnlyList<string> paths, ImagePreprocess p)
     {

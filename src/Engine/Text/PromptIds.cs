@@ -52,19 +52,8 @@ public static class PromptIds
 
     /// <summary>Writes <paramref name="ids"/> to a new .npy file in the temporary directory; returns its path. Delete it with
     /// <see cref="DeleteTemporary"/> when the job is done.</summary>
-    public static string WriteTemporary(TensorPayload ids)
-    {
-        // The process id in the name says whose file it is (processes share the temporary directory).
-        string path = Path.Combine(Path.GetTempPath(), $"{TemporaryPrefix}{Environment.ProcessId}-{Guid.NewGuid():N}.npy");
-        Npy.Write(path, ids);
-        return path;
-    }
+    public static string WriteTemporary(TensorPayload ids) => TemporaryNpy.Write(TemporaryPrefix, ids);
 
     /// <summary>Deletes <paramref name="path"/> when it is a file <see cref="WriteTemporary"/> wrote; anything else is left alone.</summary>
-    public static void DeleteTemporary(string? path)
-    {
-        if (path is null || !Path.GetFileName(path).StartsWith(TemporaryPrefix, StringComparison.Ordinal)) return;
-        if (Path.GetFullPath(Path.GetDirectoryName(path)!) != Path.GetFullPath(Path.GetTempPath()).TrimEnd(Path.DirectorySeparatorChar)) return;
-        File.Delete(path);
-    }
+    public static void DeleteTemporary(string? path) => TemporaryNpy.Delete(TemporaryPrefix, path);
 }

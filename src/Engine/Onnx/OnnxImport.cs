@@ -34,7 +34,7 @@ public static class OnnxImport
         new ResNetOnnx(),
     ];
 
-    static readonly ConcurrentDictionary<(string Path, long Length, DateTime Written, string Family), Lazy<(OnnxGraph, OnnxImported)>> Cache = new();
+    static readonly ConcurrentDictionary<((string Path, long Length, DateTime Written) File, string Family), Lazy<(OnnxGraph, OnnxImported)>> Cache = new();
 
     /// <summary>True when <paramref name="path"/> names an ONNX file (by its extension), the models this importer takes.</summary>
     public static bool IsOnnx(string? path) => path is not null && path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase);
@@ -51,27 +51,12 @@ public static class OnnxImport
     }
 
     /// <summary>The import of <paramref name="path"/> as <paramref name="family"/>: parsed and followed once per file and family.</summary>
-    public static (OnnxGraph Graph, OnnxImported Imported) Import(string path, string family)
-    {
-        var info = new FileInfo(path);
-        if (!info.Exists) throw new OnnxException($"{path}: not found");
-        var lazy = Cache.GetOrAdd((info.FullName, info.Length, info.LastWriteTimeUtc, family),
-            _ => new Lazy<(OnnxGraph, OnnxImported)>(() =>
-            {
-                var graph = Graph(path);
-                return (graph, Find(family).Import(graph));
-            }));
-        try
+    public static (OnnxGraph Graph, OnnxImported Imported) Import(string path, string family) =>
+        Cached(Cache, path, file => (file, family), () =>
         {
-            return lazy.Value;
-        }
-        catch
-        {
-            Cache.TryRemove(new KeyValuePair<(string, long, DateTime, string), Lazy<(OnnxGraph, OnnxImported)>>(
-                (info.FullName, info.Length, info.LastWriteTimeUtc, family), lazy));
-            throw;
-        }
-    }
+            var graph = Graph(path);
+            return (graph, Find(family).Import(graph));
+        });
 
     /// <summary>The model of a spec whose <see cref="ModelSpec.Checkpoint"/> is an ONNX file and whose name is its family.</summary>
     public static LayeredModel Create(ModelSpec spec) => Import(spec.Checkpoint!, spec.Name).Imported.Create(spec);
@@ -85,19 +70,25 @@ public static class OnnxImport
 
     static readonly ConcurrentDictionary<(string Path, long Length, DateTime Written), Lazy<OnnxGraph>> Graphs = new();
 
-    static OnnxGraph Graph(string path)
+    static OnnxGraph Graph(string path) => Cached(Graphs, path, file => file, () => OnnxGraph.Load(path));
+
+    /// <summary>The value <paramref name="cache"/> holds for <paramref name="path"/> as it is now (its full name, length and time
+    /// written make the key, with what <paramref name="key"/> adds), made once by <paramref name="make"/>; a failure is not kept,
+    /// so the next call tries again.</summary>
+    static T Cached<TKey, T>(ConcurrentDictionary<TKey, Lazy<T>> cache, string path, Func<(string, long, DateTime), TKey> key, Func<T> make)
+        where TKey : notnull
     {
         var info = new FileInfo(path);
         if (!info.Exists) throw new OnnxException($"{path}: not found");
-        var key = (info.FullName, info.Length, info.LastWriteTimeUtc);
-        var lazy = Graphs.GetOrAdd(key, _ => new Lazy<OnnxGraph>(() => OnnxGraph.Load(path)));
+        var k = key((info.FullName, info.Length, info.LastWriteTimeUtc));
+        var lazy = cache.GetOrAdd(k, _ => new Lazy<T>(make));
         try
         {
             return lazy.Value;
         }
         catch
         {
-            Graphs.TryRemove(new KeyValuePair<(string, long, DateTime), Lazy<OnnxGraph>>(key, lazy));
+            cache.TryRemove(new KeyValuePair<TKey, Lazy<T>>(k, lazy));
             throw;
         }
     }

@@ -34,11 +34,13 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
     readonly string _dir = Directory.CreateTempSubdirectory("superpipeline-ctrain-").FullName;
     readonly List<IAsyncDisposable> _hosts = [];
 
-    async Task<string> Export()
+    /// <summary>A seeded checkpoint of <paramref name="family"/>: Llama with grouped heads, or GPT-2 with its head tied to wte.</summary>
+    async Task<string> Export(string family = "llama")
     {
-        string dir = Path.Combine(_dir, "llama");
-        Assert.Equal(0, await Cli.MainAsync(["export-demo", "--family", "llama", "--out", dir, "--layers", $"{Blocks}", "--hidden", "32", "--heads", "4",
-            "--kv-heads", "2", "--ffn", "48", "--vocab", $"{Vocab}", "--max-positions", "64", "--seed", "21", "--dtype", "f32"]));
+        string dir = Path.Combine(_dir, family);
+        string[] heads = family == "llama" ? ["--heads", "4", "--kv-heads", "2"] : ["--heads", "4"];
+        Assert.Equal(0, await Cli.MainAsync(["export-demo", "--family", family, "--out", dir, "--layers", $"{Blocks}", "--hidden", "32", .. heads,
+            "--ffn", "48", "--vocab", $"{Vocab}", "--max-positions", "64", "--seed", "21", "--dtype", "f32"]));
         return dir;
     }
 
@@ -80,8 +82,9 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
 
     static string Node(ClusterHost h) => $"127.0.0.1:{h.Address.Port}";
 
-    /// <summary>Runs plain pass jobs until one is placed over three stages on both workers: both have registered.</summary>
-    static async Task BothWorkersRegistered(SubmitClient client, string dir, ClusterHost a, ClusterHost b)
+    /// <summary>Runs plain pass jobs until one is placed over three stages on both workers: both have registered. Returns the
+    /// stages as placed.</summary>
+    static async Task<ImmutableArray<StagePlan>> BothWorkersRegistered(SubmitClient client, string dir, ClusterHost a, ClusterHost b)
     {
         for (int i = 0; ; i++)
         {
@@ -89,7 +92,7 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
             var probe = await client.RunAsync(new SubmitJob(new JobId($"probe-{i}"), spec, new PolicySpec(1, 1))).WaitAsync(Wait);
             if (probe is JobSucceeded s && s.Report.Stages.Select(x => x.Node).Distinct().Order().SequenceEqual(new[] { Node(a), Node(b) }.Order())
                 && s.Report.Stages.Length == 3)
-                return;
+                return s.Report.Stages;
             Assert.True(i < 60, $"the job never ran on both workers: {probe}");
             await Task.Delay(250);
         }
@@ -136,9 +139,23 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
     }
 
     [Fact]
-    public async Task Three_stages_on_two_workers_train_bit_for_bit_as_one_process_and_free_every_device_byte()
+    public async Task Three_stages_on_two_workers_train_bit_for_bit_as_one_process_and_free_every_device_byte() =>
+        await TrainsAsOneProcess(await Export("llama"));
+
+    /// <summary>GPT-2's head reads the embedding's wte: with the embedding on the first stage and the head on the last, the head's
+    /// gradient of wte travels back with the input gradients through the middle stage, the first stage adds the embedding's (the
+    /// sum one process makes, in its order), and the sum goes back to the head's stage; both copies of wte then step alike.</summary>
+    [Fact]
+    public async Task A_head_tied_to_the_embedding_on_another_stage_trains_bit_for_bit_as_one_process() =>
+        await TrainsAsOneProcess(await Export("gpt2"), stages =>
+        {
+            Assert.Equal(0, stages[0].FirstLayer);
+            Assert.True(stages[^1].FirstLayer > 0, "the head shares a stage with the embedding: nothing crosses");
+            Assert.True(stages.Length == 3 && stages[1].LayerCount > 0);
+        });
+
+    async Task TrainsAsOneProcess(string dir, Action<ImmutableArray<StagePlan>>? placed = null)
     {
-        string dir = await Export();
         string data = Data();
         var s = Settings();
         var (reference, saved) = await SingleProcess(dir, data, s);
@@ -149,7 +166,7 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         var a = Worker(coordinator, "sim:1x64MiB");
         var b = Worker(coordinator, "sim:2x64MiB");
         var client = Client(coordinator);
-        await BothWorkersRegistered(client, dir, a, b);
+        placed?.Invoke(await BothWorkersRegistered(client, dir, a, b));
 
         var (answer, steps) = await Run(client, TrainJob(dir, "train-0", data, s));
         var trained = Assert.IsType<JobTrained>(answer);

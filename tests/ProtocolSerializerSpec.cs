@@ -50,7 +50,8 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
             ["TrainingActivations"] = "train-act", ["TrainingGradients"] = "train-grad", ["TrainingStageStepped"] = "train-stepped",
             ["ApplyTrainingStep"] = "train-apply", ["TrainingStepApplied"] = "train-applied", ["TrainingStageFailed"] = "train-failed",
             ["DropTrainingStep"] = "train-drop", ["TrainingStepDropped"] = "train-dropped", ["GetTrainingWeights"] = "train-get-weights",
-            ["TrainingStageWeights"] = "train-weights", ["EndTraining"] = "train-end", ["JobTrainingStep"] = "train-step", ["JobTrained"] = "trained",
+            ["TrainingStageWeights"] = "train-weights", ["EndTraining"] = "train-end", ["TrainingTiedSums"] = "train-tied",
+            ["JobTrainingStep"] = "train-step", ["JobTrained"] = "trained",
         };
         var actual = ProtocolTypes().ToDictionary(t => t.Name, t => Serializer.Manifest(RuntimeHelpers.GetUninitializedObject(t)));
         Assert.Equal(expected.OrderBy(kv => kv.Key), actual.OrderBy(kv => kv.Key));

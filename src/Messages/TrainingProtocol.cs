@@ -10,7 +10,8 @@ namespace Superpipeline.Messages;
 /// stages (<see cref="TrainingLinked"/>), then each step: stage 0 gets the step's token ids (<see cref="TrainingActivations"/>);
 /// each stage runs its forward training pass and sends its output (with the ids, which the last stage needs as labels) to the
 /// next; the last stage runs its backward pass from the loss, and every stage sends the gradient of its input to the previous one
-/// (<see cref="TrainingGradients"/>). Each stage reports <see cref="TrainingStageStepped"/> (its gradient norms; the last stage
+/// (<see cref="TrainingGradients"/>), with the partial gradients of weights tied across stages, whose complete sums the stage
+/// of their first layer sends back (<see cref="TrainingTiedSums"/>). Each stage reports <see cref="TrainingStageStepped"/> (its gradient norms; the last stage
 /// also the losses); the coordinator answers every stage with <see cref="ApplyTrainingStep"/> (the learning rate and the clip
 /// coefficient), each confirming with <see cref="TrainingStepApplied"/>. A failed step: the stage sends
 /// <see cref="TrainingStageFailed"/>, and the coordinator has every stage drop the step (<see cref="DropTrainingStep"/>,
@@ -31,16 +32,27 @@ public static class TrainingProtocol
     /// <summary>The stage's layers hold their weights and optimizers; <paramref name="StageActor"/> takes its steps.</summary>
     public sealed record TrainingStageReady(JobId Job, int Attempt, int Stage, IActorRef StageActor, long HostBytes) : IProtocolMessage;
 
-    /// <summary>Every stage's actor in order (sent to each once all are ready, before the first step).</summary>
-    public sealed record TrainingLinked(JobId Job, int Attempt, ImmutableArray<IActorRef> Stages) : IProtocolMessage;
+    /// <summary>Every stage's actor in order and the first model layer of each (sent to each once all are ready, before the first step).</summary>
+    public sealed record TrainingLinked(JobId Job, int Attempt, ImmutableArray<IActorRef> Stages, ImmutableArray<int> FirstLayers) : IProtocolMessage;
 
     /// <summary>Step <paramref name="Step"/> entering stage <paramref name="Stage"/>: the step's token ids per micro-batch (int64
     /// [rows, seq]: stage 0's input, the last stage's labels) and, after stage 0, the previous stage's output per micro-batch.</summary>
     public sealed record TrainingActivations(JobId Job, int Attempt, int Stage, int Step, ImmutableArray<TensorPayload> Ids,
         ImmutableArray<TensorPayload> Activations) : IProtocolMessage;
 
-    /// <summary>The gradient of stage <paramref name="Stage"/>'s output per micro-batch, from the stage after it.</summary>
-    public sealed record TrainingGradients(JobId Job, int Attempt, int Stage, int Step, ImmutableArray<TensorPayload> Gradients) : IProtocolMessage;
+    /// <summary>A tied parameter's gradient per micro-batch, by checkpoint name: a partial sum on its way to the stage of the
+    /// parameter's first layer, or the complete sum on its way back to the stages of its other layers.</summary>
+    public sealed record TiedGradient(string Name, ImmutableArray<TensorPayload> MicroBatches);
+
+    /// <summary>The gradient of stage <paramref name="Stage"/>'s output per micro-batch, from the stage after it, and the partial
+    /// sums of parameters tied to a layer at or before this stage (<paramref name="Tied"/>: the later layers' uses, which the
+    /// first layer's stage completes, as one process sums a shared parameter's uses in backward order).</summary>
+    public sealed record TrainingGradients(JobId Job, int Attempt, int Stage, int Step, ImmutableArray<TensorPayload> Gradients,
+        ImmutableArray<TiedGradient> Tied) : IProtocolMessage;
+
+    /// <summary>The complete gradients of parameters tied across stages, from the stage of their first layer to a stage holding
+    /// them again (GPT-2's head, tied to the embedding): that stage's layers accumulate them before it reports its step.</summary>
+    public sealed record TrainingTiedSums(JobId Job, int Attempt, int Stage, int Step, ImmutableArray<TiedGradient> Sums) : IProtocolMessage;
 
     /// <summary>A parameter's accumulated gradient norm (float32 2-norm), by layer index and checkpoint name.</summary>
     public sealed record TrainingGradNorm(int Layer, string Name, float Norm);

@@ -23,12 +23,26 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     /// <summary>The layer actors hold their weights and optimizers (or could not).</summary>
     private sealed record Loaded(long HostBytes, string? Error);
 
-    /// <summary>A pass of the current step ended; <paramref name="Error"/>: it failed.</summary>
-    private sealed record PassEnded(int Step, TrainingDirection Direction, PassReport? Report, string? Error);
+    /// <summary>A pass of the current step ended; <paramref name="Error"/>: it failed. A backward pass also gives the partial sums of
+    /// tied parameters for an earlier stage and the complete sums for later ones.</summary>
+    private sealed record PassEnded(int Step, TrainingDirection Direction, PassReport? Report, string? Error)
+    {
+        public ImmutableArray<TiedGradient> Partials { get; init; } = [];
+        public ImmutableArray<TiedGradient> Sums { get; init; } = [];
+    }
 
-    /// <summary>The step in flight on this stage: its micro-batches, the tensors it keeps, its figures.</summary>
+    /// <summary>Tied sums from another stage were added to this stage's layers (<paramref name="Error"/>: they could not be).</summary>
+    private sealed record SumsAccumulated(int Step, ImmutableArray<string> Names, string? Error);
+
+    /// <summary>The step in flight on this stage: its micro-batches, the tensors it keeps, its figures, the tied partial sums from
+    /// later stages, whether its backward pass is done and which tied sums from earlier stages its layers hold.</summary>
     sealed record StepState(int Step, TrainingBatch Batch, ImmutableArray<TensorPayload> Ids, Tensor[] Owned, long PeakDeviceBytes, long Moved)
     {
+        public ImmutableArray<TiedGradient> TiedIn { get; init; } = [];
+        public bool BackwardDone { get; init; }
+        public ImmutableHashSet<string> SumsIn { get; init; } = ImmutableHashSet<string>.Empty;
+        public bool Reported { get; init; }
+
         public void Dispose()
         {
             Batch.Dispose();
@@ -44,9 +58,12 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     readonly LayeredModel _stage;
     readonly OffloadPolicy _policy;
     readonly TrainingSettings _settings;
-    readonly IReadOnlyDictionary<string, IReadOnlyList<int>> _tied;
+    readonly IReadOnlyDictionary<string, IReadOnlyList<int>> _tied; // the whole model's: a tie may cross stages
+    readonly ImmutableHashSet<string> _relayed; // tied partial sums the stage after this one sends back through it
+    readonly ImmutableHashSet<string> _awaited; // tied sums an earlier stage completes for this stage's layers
     ImmutableArray<IActorRef> _layers = [];
     ImmutableArray<IActorRef> _stages = [];
+    ImmutableArray<int> _firstLayers = [];
     StepState? _step;
     CheckpointWeights? _weights; // open until the layer actors have read theirs
 
@@ -57,10 +74,14 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         _pin = pinHost;
         _askTimeout = askTimeout;
         _sender = ChunkingSender.For(Context.System);
-        _stage = ModelCatalog.Create(open.Model).Slice(open.FirstLayer, open.LayerCount);
+        var model = ModelCatalog.Create(open.Model);
+        _stage = model.Slice(open.FirstLayer, open.LayerCount);
         _policy = OffloadPolicy.For(open.Policy, open.LayerCount);
         _settings = Settings(open.Optimizer);
-        _tied = ModelParameters.Tied(_stage);
+        _tied = ModelParameters.Tied(model);
+        int last = open.FirstLayer + open.LayerCount - 1;
+        _relayed = [.. _tied.Where(t => t.Value[0] <= last && t.Value[^1] > last).Select(t => t.Key)];
+        _awaited = [.. _tied.Where(t => t.Value[0] < open.FirstLayer && t.Value.Any(Local)).Select(t => t.Key)];
         Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<Loaded>(OnLoaded);
         Receive<EndTraining>(_ => Context.Stop(Self));
@@ -82,6 +103,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         Akka.Actor.Props.Create(() => new TrainingStageActor(open, loader, pinHost, askTimeout)).WithDispatcher(Dispatchers.Host);
 
     bool First => _open.Stage == 0;
+    bool Local(int layer) => layer >= _open.FirstLayer && layer < _open.FirstLayer + _open.LayerCount;
     bool Last => _open.Stage == _open.Stages - 1;
 
     protected override void PreStart()
@@ -142,10 +164,12 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     void Ready()
     {
         Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
-        Receive<TrainingLinked>(m => _stages = m.Stages);
+        Receive<TrainingLinked>(m => (_stages, _firstLayers) = (m.Stages, m.FirstLayers));
         Receive<TrainingActivations>(OnActivations);
         Receive<TrainingGradients>(OnGradients);
         Receive<PassEnded>(OnPassEnded);
+        Receive<TrainingTiedSums>(OnTiedSums);
+        Receive<SumsAccumulated>(OnSumsAccumulated);
         Receive<ApplyTrainingStep>(OnApply);
         Receive<DropTrainingStep>(OnDrop);
         Receive<GetTrainingWeights>(_ => OnGetWeights());
@@ -192,6 +216,10 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         {
             grads = [.. g.Gradients.Select(TensorPayloads.ToTensor)];
             if (grads.Length != step.Batch.Ids.Count) throw new ArgumentException($"{grads.Length} gradients for {step.Batch.Ids.Count} micro-batches");
+            var tied = g.Tied.IsDefault ? [] : g.Tied;
+            if (!tied.Select(t => t.Name).ToHashSet().SetEquals(_relayed) || tied.Any(t => t.MicroBatches.Length != grads.Length))
+                throw new ArgumentException($"the tied gradients sent back ({string.Join(", ", tied.Select(t => t.Name))}) are not this stage's "
+                    + $"({string.Join(", ", _relayed)}), one per micro-batch");
         }
         catch (Exception e)
         {
@@ -199,7 +227,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
             return;
         }
         step.Batch.OutputGradients = grads;
-        _step = step with { Owned = [.. step.Owned, .. grads] };
+        _step = step with { Owned = [.. step.Owned, .. grads], TiedIn = g.Tied.IsDefault ? [] : g.Tied };
         RunPass(TrainingDirection.Backward);
     }
 
@@ -207,7 +235,9 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     {
         var step = _step!;
         // The pass numbers the stage's layers from 0; ties and actors go by the model's numbering.
-        var tied = new TiedGradients(_tied, index => _layers[index - _open.FirstLayer], _askTimeout);
+        var tied = new TiedGradients(_tied, index => _layers[index - _open.FirstLayer], _askTimeout, Local);
+        if (direction == TrainingDirection.Backward)
+            foreach (var t in step.TiedIn) tied.Seed(t.Name, [.. t.MicroBatches.Select(TensorPayloads.ToTensor)]);
         var pass = new DeviceLoaderActor.RunPass(_stage, _layers, step.Batch.Ids, _policy)
         {
             Training = new TrainingPass(step.Batch, direction,
@@ -216,11 +246,14 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         int number = step.Step;
         _loader.Ask<object>(pass, _askTimeout * 4).ContinueWith(t =>
         {
-            tied.Dispose();
+            using var _ = tied;
             if (!t.IsCompletedSuccessfully) return new PassEnded(number, direction, null, t.Exception?.GetBaseException().Message ?? "cancelled");
             return t.Result switch
             {
-                DeviceLoaderActor.PassSucceeded ok => new PassEnded(number, direction, ok.Report, null),
+                DeviceLoaderActor.PassSucceeded ok => new PassEnded(number, direction, ok.Report, null)
+                {
+                    Partials = Payloads(tied.TakePartials()), Sums = Payloads(tied.TakeSums()),
+                },
                 DeviceLoaderActor.PassFailed failed => new PassEnded(number, direction, null,
                     $"the {direction.ToString().ToLowerInvariant()} pass failed: {failed.Reason}"),
                 var other => new PassEnded(number, direction, null, $"unexpected answer {other}"),
@@ -258,14 +291,78 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
             if (!First)
             {
                 var grads = Enumerable.Range(0, micro).Select(m => TensorPayloads.From(step.Batch.InputGradients[m]!)).ToImmutableArray();
-                _sender.Tell(_stages[_open.Stage - 1], new TrainingGradients(_open.Job, _open.Attempt, _open.Stage - 1, step.Step, grads), Self);
+                _sender.Tell(_stages[_open.Stage - 1], new TrainingGradients(_open.Job, _open.Attempt, _open.Stage - 1, step.Step, grads, e.Partials), Self);
             }
+            else if (e.Partials.Length > 0) throw new InvalidOperationException($"{e.Partials[0].Name}: a tied gradient no stage completes");
+            SendSums(step.Step, e.Sums);
         }
         catch (Exception x)
         {
             Fail(e.Step, x.Message);
             return;
         }
+        _step = step with { BackwardDone = true };
+        ReportWhenComplete();
+    }
+
+    static ImmutableArray<TiedGradient> Payloads(IReadOnlyList<(string Name, Tensor[] MicroBatches)> sums)
+    {
+        var list = sums.Select(s => new TiedGradient(s.Name, [.. s.MicroBatches.Select(TensorPayloads.From)])).ToImmutableArray();
+        foreach (var t in sums.SelectMany(s => s.MicroBatches)) t.Dispose();
+        return list;
+    }
+
+    /// <summary>Sends each complete tied sum to every other stage holding its parameter, one message per stage.</summary>
+    void SendSums(int step, ImmutableArray<TiedGradient> sums)
+    {
+        int StageOf(int layer) => _firstLayers.Select((first, s) => (first, s)).Last(e => e.first <= layer).s;
+        var byStage = sums.SelectMany(sum => _tied[sum.Name].Where(l => !Local(l)).Select(StageOf).Distinct().Select(stage => (stage, sum)))
+            .GroupBy(e => e.stage);
+        foreach (var group in byStage)
+            _sender.Tell(_stages[group.Key], new TrainingTiedSums(_open.Job, _open.Attempt, group.Key, step, [.. group.Select(e => e.sum)]), Self);
+    }
+
+    /// <summary>Tied sums completed on an earlier stage: this stage's layers holding them add them, micro-batch by micro-batch.</summary>
+    void OnTiedSums(TrainingTiedSums m)
+    {
+        if (m.Stage != _open.Stage || _step is not { } step || step.Step != m.Step) return;
+        var (self, layers, first, timeout, tied) = (Self, _layers, _open.FirstLayer, _askTimeout, _tied);
+        var names = m.Sums.Select(s => s.Name).ToImmutableArray();
+        Task.Run(async () =>
+        {
+            foreach (var sum in m.Sums)
+            {
+                if (!_awaited.Contains(sum.Name)) throw new ArgumentException($"{sum.Name}: a tied sum this stage does not hold");
+                foreach (var payload in sum.MicroBatches)
+                {
+                    using var grad = TensorPayloads.ToTensor(payload);
+                    foreach (var layer in tied[sum.Name].Where(Local))
+                        await layers[layer - first].Ask<LayerActor.GradientsAccumulated>(new LayerActor.AccumulateGradients([(sum.Name, grad)]), timeout)
+                            .ConfigureAwait(false);
+                }
+            }
+        }).ContinueWith(t => new SumsAccumulated(m.Step, names, t.IsCompletedSuccessfully ? null : t.Exception?.GetBaseException().Message ?? "cancelled"),
+            TaskScheduler.Default).PipeTo(self);
+    }
+
+    void OnSumsAccumulated(SumsAccumulated a)
+    {
+        if (_step is not { } step || step.Step != a.Step) return;
+        if (a.Error is { } error)
+        {
+            Fail(a.Step, $"the tied gradients: {error}");
+            return;
+        }
+        _step = step with { SumsIn = step.SumsIn.Union(a.Names) };
+        ReportWhenComplete();
+    }
+
+    /// <summary>Reports the step to the coordinator once its backward pass is done and every tied sum it awaits is held: with the
+    /// last stage's losses and, when clipping, its layers' gradient norms.</summary>
+    void ReportWhenComplete()
+    {
+        if (_step is not { BackwardDone: true, Reported: false } step || !step.SumsIn.IsSupersetOf(_awaited)) return;
+        _step = step with { Reported = true };
         ImmutableArray<float> losses = Last ? [.. step.Batch.Losses] : [];
         var coordinator = _open.Coordinator;
         var stepped = (ImmutableArray<TrainingGradNorm> norms) => new TrainingStageStepped(_open.Job, _open.Attempt, _open.Stage, step.Step, norms,

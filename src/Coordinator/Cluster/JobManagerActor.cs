@@ -418,7 +418,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Answer(job, new JobGenerated(job.Id, GenerationRun.Tokens(outcome.Tokens), run.Report(job.Model, outcome)));
     }
 
-    /// <summary>Starts the coordinator of a training attempt over its stages; a model tied across the placed stages is refused.</summary>
+    /// <summary>Starts the coordinator of a training attempt over its stages; placed stages that do not fit the job are refused.</summary>
     void OpenTraining(Attempt attempt, JobRecord job, TrainingParameters training)
     {
         var stages = attempt.Placement.Select(p => new TrainingStagePlacement(p.Slot.Agent, p.Slot.Device.Name, p.FirstLayer, p.LayerCount, p.Policy))

@@ -82,8 +82,8 @@ public sealed class TrainingJobActor : ReceiveActor
         Akka.Actor.Props.Create(() => new TrainingJobActor(job, attempt, model, placement, training, replyTo, stepTimeout)).WithDispatcher(Dispatchers.Host);
 
     /// <summary>Checks a training job before anything runs (a <see cref="FieldException"/> or <see cref="ArgumentException"/> naming
-    /// what is wrong): the settings, the data as labels of the model, the stages covering the model in order, and no parameter tied
-    /// across stages. Returns the engine's settings.</summary>
+    /// what is wrong): the settings, the data as labels of the model and the stages covering the model in order. Returns the engine's
+    /// settings.</summary>
     public static TrainingSettings Check(LayeredModel model, IReadOnlyList<TrainingStagePlacement> placement, TrainingParameters training)
     {
         var settings = TrainingStageActor.Settings(training.Optimizer) with
@@ -109,11 +109,6 @@ public sealed class TrainingJobActor : ReceiveActor
             next += p.LayerCount;
         }
         if (next != model.Layers.Count) throw new ArgumentException($"the stages cover {next} of the model's {model.Layers.Count} layers");
-        int StageOf(int layer) => placement.Select((p, i) => (p, i)).First(e => layer >= e.p.FirstLayer && layer < e.p.FirstLayer + e.p.LayerCount).i;
-        foreach (var (name, holders) in ModelParameters.Tied(model))
-            if (holders.Select(StageOf).Distinct().Count() > 1)
-                throw new ArgumentException($"{name} is tied between layers {string.Join(" and ", holders)} on different stages; training across stages "
-                    + "needs tied layers on one stage (fewer stages, or untied weights)");
         return settings;
     }
 
@@ -141,7 +136,8 @@ public sealed class TrainingJobActor : ReceiveActor
         _state = _state with { Stages = _state.Stages.SetItem(r.Stage, r.StageActor) };
         if (_state.Phase != Phase.Opening || _state.Stages.Count < _placement.Length) return;
         var stages = Enumerable.Range(0, _placement.Length).Select(s => _state.Stages[s]).ToImmutableArray();
-        foreach (var stage in stages) stage.Tell(new TrainingLinked(_job, _attempt, stages));
+        var firsts = _placement.Select(p => p.FirstLayer).ToImmutableArray();
+        foreach (var stage in stages) stage.Tell(new TrainingLinked(_job, _attempt, stages, firsts));
         StartStep(0);
     }
 

@@ -37,6 +37,7 @@ public sealed class ProtocolSerializer : SerializerWithStringManifest
         ("train-apply", typeof(ApplyTrainingStep)), ("train-applied", typeof(TrainingStepApplied)), ("train-failed", typeof(TrainingStageFailed)),
         ("train-drop", typeof(DropTrainingStep)), ("train-dropped", typeof(TrainingStepDropped)), ("train-get-weights", typeof(GetTrainingWeights)),
         ("train-weights", typeof(TrainingStageWeights)), ("train-end", typeof(EndTraining)),
+        ("train-tied", typeof(TrainingTiedSums)),
         ("train-step", typeof(JobTrainingStep)), ("trained", typeof(JobTrained)),
         ("chunk", typeof(MessageChunk)),
     ];

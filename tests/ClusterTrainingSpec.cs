@@ -55,20 +55,24 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         return path;
     }
 
-    static TrainingSettings Settings(double lr = 1e-2) =>
-        new(new OptimizerSettings(OptimizerKind.AdamW, lr, WeightDecay: 0.1), new LrSchedule(ScheduleKind.Cosine, 1, Steps), ClipNorm: 0.5, MicroBatches: 2);
+    static TrainingSettings Settings(double lr = 1e-2, int steps = Steps) =>
+        new(new OptimizerSettings(OptimizerKind.AdamW, lr, WeightDecay: 0.1), new LrSchedule(ScheduleKind.Cosine, 1, steps), ClipNorm: 0.5, MicroBatches: 2);
+
+    string Checkpoints => Path.Combine(_dir, "training-checkpoints");
 
     ClusterHost Coordinator()
     {
-        var h = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], ClusterSpec.TestConfig));
+        var h = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [],
+            ClusterSpec.TestConfig + $"\nsuperpipeline.training-checkpoints = \"{Checkpoints}\""));
         _hosts.Add(h);
         return h;
     }
 
-    ClusterHost Worker(ClusterHost seed, string devices)
+    /// <summary>A worker; a <paramref name="crashable"/> one's actor system can be terminated without leaving the cluster (a crash).</summary>
+    ClusterHost Worker(ClusterHost seed, string devices, bool crashable = false)
     {
         var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
-            ClusterSpec.TestConfig));
+            ClusterSpec.TestConfig + (crashable ? "\nakka.coordinated-shutdown.run-by-actor-system-terminate = off" : "")));
         _hosts.Add(h);
         return h;
     }
@@ -98,31 +102,36 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         }
     }
 
-    static SubmitJob TrainJob(string dir, string id, string data, TrainingSettings s, bool weights = true)
+    static SubmitJob TrainJob(string dir, string id, string data, TrainingSettings s, bool weights = true, int steps = Steps, int checkpointEvery = 0)
     {
         using var ids = TrainingData.Read(data, dir, Seq);
-        var training = new TrainingParameters(TensorPayloads.From(ids), Batch, Steps, TrainingStageActor.Wire(s),
-            s.Schedule.Kind.ToString().ToLowerInvariant(), s.Schedule.Warmup, weights);
+        var training = new TrainingParameters(TensorPayloads.From(ids), Batch, steps, TrainingStageActor.Wire(s),
+            s.Schedule.Kind.ToString().ToLowerInvariant(), s.Schedule.Warmup, weights, checkpointEvery);
         return new SubmitJob(new JobId(id), ModelCatalog.CheckpointSpec(dir, Batch, Seq, 0), new PolicySpec(1, 1), Training: training);
     }
 
-    static async Task<(IJobEvent Answer, List<TrainingStepLine> Steps)> Run(SubmitClient client, SubmitJob job)
+    /// <summary>Submits <paramref name="job"/>; returns its answer and every step line the client saw, in order.</summary>
+    static async Task<(IJobEvent Answer, List<TrainingStepLine> Steps)> Run(SubmitClient client, SubmitJob job, Action<TrainingStepLine>? onStep = null)
     {
         var steps = new List<TrainingStepLine>();
         IJobEvent? last = null;
         await foreach (var e in client.Submit(job).ReadAllAsync().WithCancellation(new CancellationTokenSource(Wait).Token))
         {
-            if (e is JobTrainingStep s) steps.Add(s.Step);
+            if (e is JobTrainingStep s)
+            {
+                steps.Add(s.Step);
+                onStep?.Invoke(s.Step);
+            }
             last = e;
         }
         return (last ?? new JobFailed(job.Id, "no answer"), steps);
     }
 
     /// <summary>The reference: <see cref="TrainingRun"/> in this process, one device, the whole model.</summary>
-    async Task<(TrainingRunResult Result, string Saved)> SingleProcess(string dir, string data, TrainingSettings s)
+    async Task<(TrainingRunResult Result, string Saved)> SingleProcess(string dir, string data, TrainingSettings s, int steps = Steps)
     {
         string saved = Path.Combine(_dir, $"reference-{Guid.NewGuid():N}");
-        var result = await TrainingRun.RunAsync(new TrainingRunOptions(dir, data, Batch, Steps, s, new PolicySpec(2, 1),
+        var result = await TrainingRun.RunAsync(new TrainingRunOptions(dir, data, Batch, steps, s, new PolicySpec(2, 1),
             DeviceSpecs.ParseList("sim:64MiB")[0]) { Sequence = Seq, SaveDir = saved }, _ => { }, CancellationToken.None);
         return (result, saved);
     }
@@ -153,6 +162,54 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
             Assert.True(stages[^1].FirstLayer > 0, "the head shares a stage with the embedding: nothing crosses");
             Assert.True(stages.Length == 3 && stages[1].LayerCount > 0);
         });
+
+    /// <summary>A worker crashes (no leaving) while a job trains on it: the job is placed again on the worker left, whose stages
+    /// start from the job's latest training checkpoint (weights and optimizer state, saved by the job's coordinator every 3 steps),
+    /// not from the model. The steps before that checkpoint are never run again, and every loss and final weight still equals one
+    /// uninterrupted process bit for bit. The job's checkpoints are deleted when it is answered.</summary>
+    [Fact]
+    public async Task A_worker_lost_mid_training_resumes_from_the_last_checkpoint_and_trains_bit_for_bit_as_one_process()
+    {
+        const int steps = 12, every = 3, crashAt = 4;
+        string dir = await Export("gpt2");
+        string data = Data();
+        var s = Settings(steps: steps);
+        var (reference, saved) = await SingleProcess(dir, data, s, steps);
+        Assert.Null(reference.Failure);
+
+        var coordinator = Coordinator();
+        var doomed = Worker(coordinator, "sim:1x64MiB", crashable: true);
+        var stays = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        await BothWorkersRegistered(client, dir, doomed, stays);
+
+        int crashed = 0;
+        var (answer, seen) = await Run(client, TrainJob(dir, "survivor", data, s, steps: steps, checkpointEvery: every), line =>
+        {
+            if (line.Step == crashAt && Interlocked.Exchange(ref crashed, 1) == 0) _ = doomed.System.Terminate(); // a crash, no leaving
+        });
+        var trained = Assert.IsType<JobTrained>(answer);
+        output.WriteLine($"steps seen: {string.Join(' ', seen.Select(l => l.Step))}");
+        Assert.Null(trained.Failure);
+        Assert.Equal(1, crashed);
+        Assert.Equal(Enumerable.Range(0, steps), trained.Steps.Select(l => l.Step));
+        for (int i = 0; i < every; i++) Assert.Single(seen, l => l.Step == i); // resumed from a checkpoint, not from the start
+        Assert.True(seen.Count(l => l.Step >= crashAt) > steps - crashAt - 1, "the job did not go on after the crash");
+        for (int i = 0; i < steps; i++)
+        {
+            Assert.Equal(BitConverter.DoubleToInt64Bits(reference.Steps[i].Loss), BitConverter.DoubleToInt64Bits(trained.Steps[i].Loss));
+            Assert.Equal(BitConverter.SingleToInt32Bits(reference.Steps[i].GradNorm!.Value), BitConverter.SingleToInt32Bits(trained.Steps[i].GradNorm!.Value));
+        }
+        using var back = SafetensorsCheckpoint.Open(saved);
+        Assert.Equal(back.Names.Order(StringComparer.Ordinal), trained.Weights.Select(w => w.Name).Order(StringComparer.Ordinal));
+        foreach (var w in trained.Weights)
+        {
+            using var want = back.Read(w.Name);
+            Assert.True(TensorBytes.Raw(want).AsSpan().SequenceEqual(w.Tensor.Bytes.AsSpan()), $"{w.Name} differs from the uninterrupted run");
+        }
+        Assert.Empty(Directory.Exists(Checkpoints) ? Directory.GetFileSystemEntries(Checkpoints) : []);
+        await DevicesFree(stays);
+    }
 
     async Task TrainsAsOneProcess(string dir, Action<ImmutableArray<StagePlan>>? placed = null)
     {

@@ -25,9 +25,11 @@ public static class TrainingProtocol
         double Eps, double? ClipNorm, int MicroBatches);
 
     /// <summary>Opens stage <paramref name="Stage"/> of a training attempt: layers [FirstLayer, FirstLayer + LayerCount) of
-    /// <paramref name="Model"/> on <paramref name="Device"/> under <paramref name="Policy"/>; answers go to <paramref name="Coordinator"/>.</summary>
+    /// <paramref name="Model"/> on <paramref name="Device"/> under <paramref name="Policy"/>; answers go to <paramref name="Coordinator"/>.
+    /// <paramref name="ResumeFrom"/>: a training checkpoint of the job (weights and optimizer state) the stage starts from instead
+    /// of the model's checkpoint, a directory every node sees.</summary>
     public sealed record OpenTraining(JobId Job, int Attempt, int Stage, int Stages, ModelSpec Model, int FirstLayer, int LayerCount, string Device,
-        PolicySpec Policy, TrainingOptimizer Optimizer, IActorRef Coordinator) : IProtocolMessage;
+        PolicySpec Policy, TrainingOptimizer Optimizer, IActorRef Coordinator, string? ResumeFrom = null) : IProtocolMessage;
 
     /// <summary>The stage's layers hold their weights and optimizers; <paramref name="StageActor"/> takes its steps.</summary>
     public sealed record TrainingStageReady(JobId Job, int Attempt, int Stage, IActorRef StageActor, long HostBytes) : IProtocolMessage;
@@ -75,14 +77,16 @@ public static class TrainingProtocol
 
     public sealed record TrainingStepDropped(JobId Job, int Attempt, int Stage, int Step) : IProtocolMessage;
 
-    /// <summary>Ask a stage for its layers' weights.</summary>
-    public sealed record GetTrainingWeights(JobId Job, int Attempt) : IProtocolMessage;
+    /// <summary>Ask a stage for its layers' weights and, <paramref name="WithOptimizer"/>, their optimizer state (for a checkpoint).</summary>
+    public sealed record GetTrainingWeights(JobId Job, int Attempt, bool WithOptimizer = false) : IProtocolMessage;
 
     /// <summary>A named tensor as it crosses the wire.</summary>
     public sealed record NamedTensor(string Name, TensorPayload Tensor);
 
-    /// <summary>A stage's weights by checkpoint name, in its layers' order (float32, as the optimizer holds them).</summary>
-    public sealed record TrainingStageWeights(JobId Job, int Attempt, int Stage, ImmutableArray<NamedTensor> Weights) : IProtocolMessage;
+    /// <summary>A stage's weights by checkpoint name, in its layers' order (float32, as the optimizer holds them), and the optimizer
+    /// state when asked ("{parameter}.{slot}"; empty otherwise).</summary>
+    public sealed record TrainingStageWeights(JobId Job, int Attempt, int Stage, ImmutableArray<NamedTensor> Weights,
+        ImmutableArray<NamedTensor> Optimizer) : IProtocolMessage;
 
     /// <summary>Stop the stage: its layer actors and their state go with it.</summary>
     public sealed record EndTraining(JobId Job, int Attempt) : IProtocolMessage;
@@ -90,10 +94,11 @@ public static class TrainingProtocol
 
 /// <summary>What a training job trains on and how (<see cref="JobProtocol.SubmitJob.Training"/>): the token ids int64 [rows, seq]
 /// (every row a sequence; each step takes <paramref name="Batch"/> rows in order, wrapping round), the steps, the optimizer, the
-/// learning-rate schedule ("constant" or "cosine" with <paramref name="Warmup"/> steps) and whether the answer carries the trained
-/// weights (for <c>--save</c>).</summary>
+/// learning-rate schedule ("constant" or "cosine" with <paramref name="Warmup"/> steps), whether the answer carries the trained
+/// weights (for <c>--save</c>), and how often (in steps; 0: never) the job's coordinator saves a training checkpoint, from which an
+/// attempt placed again after a worker is lost resumes instead of starting over.</summary>
 public sealed record TrainingParameters(TensorPayload Ids, int Batch, int Steps, TrainingProtocol.TrainingOptimizer Optimizer, string Schedule,
-    int Warmup, bool ReturnWeights);
+    int Warmup, bool ReturnWeights, int CheckpointEvery = 0);
 
 /// <summary>One training step as the job reports it: the loss (the mean of the micro-batches'), the learning rate, the global
 /// gradient norm before clipping (null without clipping), its seconds, tokens, the fullest stage's peak device bytes and the bytes

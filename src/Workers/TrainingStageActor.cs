@@ -114,9 +114,11 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
             Self.Tell(new Loaded(0, "training needs a checkpoint model (a seeded model has no weights to train)"));
             return;
         }
+        string? resume = _open.ResumeFrom;
         try
         {
-            var weights = _weights = new CheckpointWeights(dir); // the layer actors read their weights in their PreStart, from here
+            // The layer actors read their weights in their PreStart, from here: the model's, or the job's training checkpoint.
+            var weights = _weights = new CheckpointWeights(resume ?? dir);
             _layers = [.. _stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, _pin), $"layer-{l.Index}"))];
         }
         catch (Exception e)
@@ -125,18 +127,27 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
             return;
         }
         var (layers, optimizer, timeout) = (_layers, _settings.Optimizer, _askTimeout);
-        Task.WhenAll(layers.Select(a => a.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, timeout)))
-            .ContinueWith(read =>
+        async Task<Loaded> Load()
+        {
+            foreach (var w in await Task.WhenAll(layers.Select(a => a.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, timeout))))
+                w.Lease?.Dispose();
+            var ready = await Task.WhenAll(layers.Select(a => a.Ask<LayerActor.TrainingReady>(new LayerActor.StartTraining(optimizer), timeout)));
+            if (resume is not null)
             {
-                foreach (var w in read.IsCompletedSuccessfully ? read.Result : []) w.Lease?.Dispose();
-                return read.IsCompletedSuccessfully
-                    ? Task.WhenAll(layers.Select(a => a.Ask<LayerActor.TrainingReady>(new LayerActor.StartTraining(optimizer), timeout)))
-                    : Task.FromException<LayerActor.TrainingReady[]>(read.Exception!.GetBaseException());
-            }, TaskScheduler.Default).Unwrap()
-            .ContinueWith(t => t.IsCompletedSuccessfully
-                ? new Loaded(t.Result.Sum(r => r.HostBytes), null)
-                : new Loaded(0, t.Exception?.GetBaseException().Message ?? "cancelled"), TaskScheduler.Default)
-            .PipeTo(Self);
+                var state = TrainingCheckpoint.ReadOptimizer(resume);
+                try
+                {
+                    await Task.WhenAll(layers.Select(a => a.Ask<LayerActor.OptimizerStateLoaded>(new LayerActor.LoadOptimizerState(state), timeout)));
+                }
+                finally
+                {
+                    foreach (var t in state.Values) t.Dispose();
+                }
+            }
+            return new Loaded(ready.Sum(r => r.HostBytes), null);
+        }
+        Load().ContinueWith(t => t.IsCompletedSuccessfully ? t.Result : new Loaded(0, t.Exception?.GetBaseException().Message ?? "cancelled"),
+            TaskScheduler.Default).PipeTo(Self);
     }
 
     protected override void PostStop()
@@ -172,7 +183,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         Receive<SumsAccumulated>(OnSumsAccumulated);
         Receive<ApplyTrainingStep>(OnApply);
         Receive<DropTrainingStep>(OnDrop);
-        Receive<GetTrainingWeights>(_ => OnGetWeights());
+        Receive<GetTrainingWeights>(OnGetWeights);
         Receive<EndTraining>(_ => Context.Stop(Self));
     }
 
@@ -406,7 +417,9 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
             .ContinueWith(_ => done, TaskScheduler.Default).PipeTo(replyTo);
     }
 
-    void OnGetWeights()
+    /// <summary>The stage's weights (and optimizer state when asked) go to the asker; a tied parameter's state once (its copies
+    /// step alike).</summary>
+    void OnGetWeights(GetTrainingWeights m)
     {
         var replyTo = Sender;
         var sender = _sender;
@@ -415,13 +428,20 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         Task.Run(async () =>
         {
             var list = ImmutableArray.CreateBuilder<NamedTensor>();
+            var state = ImmutableArray.CreateBuilder<NamedTensor>();
+            var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var actor in _layers)
             {
                 var w = await actor.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout).ConfigureAwait(false);
                 using (w.Lease)
                     foreach (var (name, t) in w.Tensors) list.Add(new NamedTensor(name, TensorPayloads.From(t)));
+                if (!m.WithOptimizer) continue;
+                var o = await actor.Ask<LayerActor.OptimizerState>(LayerActor.GetOptimizerState.Instance, _askTimeout).ConfigureAwait(false);
+                foreach (var (name, t) in o.Tensors)
+                    using (t)
+                        if (seen.Add(name)) state.Add(new NamedTensor(name, TensorPayloads.From(t)));
             }
-            sender.Tell(replyTo, new TrainingStageWeights(job, attempt, stage, list.ToImmutable()), self);
+            sender.Tell(replyTo, new TrainingStageWeights(job, attempt, stage, list.ToImmutable(), state.ToImmutable()), self);
         });
     }
 }

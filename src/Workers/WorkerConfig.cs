@@ -41,6 +41,9 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
     public int MaxMicroBatches { get; init; } = 4;
     /// <summary>How often a client resubmits a job (same id) that has had no answer.</summary>
     public TimeSpan ResubmitAfter { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>Where training jobs' checkpoints go (superpipeline.training-checkpoints; a directory every node sees).</summary>
+    public string TrainingCheckpoints { get; init; } = DefaultTrainingCheckpoints;
+    public static string DefaultTrainingCheckpoints => Path.Combine(Path.GetTempPath(), "superpipeline-training");
     /// <summary>The node agent's settings (superpipeline.worker { }).</summary>
     public WorkerSettings Worker { get; init; } = WorkerSettings.Default;
 
@@ -65,8 +68,10 @@ public sealed record SuperpipelineSettings(TimeSpan AskTimeout, TimeSpan PassTim
         if (micro < 1) throw new ArgumentException("superpipeline.max-micro-batches must be at least 1");
         int records = s.GetInt("max-job-records", 100_000);
         if (records < 1) throw new ArgumentException("superpipeline.max-job-records must be at least 1");
+        string checkpoints = s.GetString("training-checkpoints", "");
         return new SuperpipelineSettings(ask, pass, capacity)
         {
+            TrainingCheckpoints = string.IsNullOrWhiteSpace(checkpoints) ? DefaultTrainingCheckpoints : Path.GetFullPath(checkpoints),
             Heartbeat = heartbeat, MaxQueuedJobs = queued, MaxRunningJobs = running, ResubmitAfter = resubmit,
             MaxMicroBatches = micro, MaxJobRecords = records, Worker = WorkerSettings.Create(config),
         };

@@ -54,6 +54,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     readonly Dictionary<int, GenerationRun> _generations = [];
     /// <summary>The coordinators of running training attempts (<see cref="TrainingJobActor"/> children), by attempt number.</summary>
     readonly Dictionary<int, IActorRef> _trainings = [];
+    /// <summary>The latest training checkpoint of each running training job: where an attempt placed again resumes.</summary>
+    readonly Dictionary<JobId, TrainingResume> _resumes = [];
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
 
@@ -76,6 +78,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         Receive<JobTrainingStep>(OnTrainingStep);
         Receive<JobTrained>(m => OnTrainingEnded(m.Id, m));
         Receive<JobFailed>(m => OnTrainingEnded(m.Id, m));
+        Receive<TrainingJobActor.Checkpointed>(OnCheckpointed);
         Receive<ClusterEvent.UnreachableMember>(m => Lost(m.Member.Address, "unreachable"));
         Receive<ClusterEvent.MemberRemoved>(m => Lost(m.Member.Address, "removed"));
         Receive<ClusterEvent.IMemberEvent>(_ => { });
@@ -433,8 +436,39 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
             Answer(job, new JobRefused(job.Id, e.Message));
             return;
         }
+        var resume = _resumes.GetValueOrDefault(job.Id);
+        if (resume is not null) _log.Info("job {0}: attempt {1} resumes from the checkpoint after step {2}", job.Id, attempt.Number, resume.Step);
         _trainings[attempt.Number] = Context.ActorOf(TrainingJobActor.Props(attempt.Run, attempt.Number, job.Submit.Model, stages, training, Self,
-            _settings.AskTimeout * 8), $"training-{attempt.Number}");
+            _settings.AskTimeout * 8, resume, CheckpointsOf(job.Id)), $"training-{attempt.Number}");
+    }
+
+    /// <summary>A training job's own directory under superpipeline.training-checkpoints (its id made a file name, with a hash of it
+    /// so that ids differing only in characters a file name cannot hold stay apart).</summary>
+    string CheckpointsOf(JobId id)
+    {
+        string safe = string.Concat(id.Value.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '_'));
+        string hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(id.Value)))[..12];
+        return Path.Combine(_settings.TrainingCheckpoints, $"{safe}-{hash}");
+    }
+
+    /// <summary>A training attempt saved a checkpoint: the job's next attempt resumes from it; the one it replaces is deleted.</summary>
+    void OnCheckpointed(TrainingJobActor.Checkpointed m)
+    {
+        if (!_state.Current(m.Job, m.Attempt, out _)) return;
+        if (_resumes.Remove(m.Job, out var old) && old.Directory != m.Resume.Directory) DeleteQuietly(old.Directory);
+        _resumes[m.Job] = m.Resume;
+    }
+
+    void DeleteQuietly(string directory)
+    {
+        try
+        {
+            if (Directory.Exists(directory)) Directory.Delete(directory, recursive: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _log.Warning("could not delete the training checkpoint {0}: {1}", directory, e.Message);
+        }
     }
 
     /// <summary>A training attempt's step goes to the job's clients.</summary>
@@ -472,6 +506,11 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     void Answer(JobRecord job, IJobEvent answer)
     {
         Apply(new JobAnswered(job.Id, answer));
+        if (job.Submit.Training is not null)
+        {
+            _resumes.Remove(job.Id);
+            DeleteQuietly(CheckpointsOf(job.Id)); // the job's checkpoints end with it: its answer carries the weights
+        }
         while (_state.Answered.Count > _settings.MaxJobRecords) Apply(new JobForgotten(_state.Answered[0]));
         foreach (var c in job.Clients) _sender.Tell(c, answer, Self);
         if (answer is not JobSucceeded) _log.Info("job {0}: {1}", job.Id, answer);

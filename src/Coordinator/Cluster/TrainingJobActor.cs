@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using System.Diagnostics;
 using Akka.Actor;
+using Akka.Event;
 using Superpipeline.Contracts;
 using Superpipeline.Engine;
 using Superpipeline.Engine.IO;
@@ -19,6 +20,11 @@ namespace Superpipeline.Coordinator.Cluster;
 /// <summary>A stage of a training job: the node agent that opens it, the device, its layers and window.</summary>
 public sealed record TrainingStagePlacement(IActorRef Agent, string Device, int FirstLayer, int LayerCount, PolicySpec Policy);
 
+/// <summary>A training checkpoint of a job, saved by its coordinator after <paramref name="Step"/> steps into
+/// <paramref name="Directory"/> (a Hugging Face checkpoint with optimizer.safetensors and trainer_state.json, which
+/// <c>train --resume</c> also takes), with the steps' lines so far: where an attempt placed again resumes.</summary>
+public sealed record TrainingResume(string Directory, int Step, ImmutableArray<TrainingStepLine> Lines);
+
 /// <summary>The coordinator of one training attempt across pipeline stages (a child of the job manager, or of anything that places
 /// stages): it opens every stage on its node, links them, and drives the steps. Each step it sends the step's ids to stage 0, waits
 /// for every stage's <see cref="TrainingStageStepped"/> (the last stage's losses, every stage's gradient norms), answers with the
@@ -26,10 +32,19 @@ public sealed record TrainingStagePlacement(IActorRef Agent, string Device, int 
 /// does), and waits for every stage to apply it. <paramref name="replyTo"/> hears a <see cref="JobTrainingStep"/> per step and one
 /// <see cref="JobTrained"/> (or <see cref="JobFailed"/> when the stages could not open). A failed step has every stage drop it; the
 /// job then ends with the failure and the weights of the last good step. Every wait is bounded by a receive timeout. Its stop ends
-/// every stage (their layer actors and optimizer state go with them).</summary>
+/// every stage (their layer actors and optimizer state go with them).
+/// <para>Every <see cref="TrainingParameters.CheckpointEvery"/> steps (when it has a checkpoint directory) it gathers every stage's
+/// weights and optimizer state and saves a training checkpoint, then tells <paramref name="replyTo"/> (<see cref="Checkpointed"/>);
+/// an attempt opened with a <see cref="TrainingResume"/> has its stages start from that checkpoint and goes on from its step.</para></summary>
 public sealed class TrainingJobActor : ReceiveActor
 {
-    enum Phase { Opening, Forward, Applying, Dropping, Gathering, Done }
+    enum Phase { Opening, Forward, Applying, Checkpointing, Dropping, Gathering, Done }
+
+    /// <summary>The attempt saved a training checkpoint (to its parent, the job manager: a local message).</summary>
+    public sealed record Checkpointed(JobId Job, int Attempt, TrainingResume Resume);
+
+    /// <summary>A checkpoint was written (or could not be: <paramref name="Error"/>).</summary>
+    sealed record CheckpointWritten(int Step, string Directory, string? Error);
 
     /// <summary>The attempt's progress: one record replaced as it moves (the phase, the step, what the phase has gathered).</summary>
     sealed record State(Phase Phase, int Step, ImmutableDictionary<int, IActorRef> Stages, ImmutableDictionary<int, TrainingStageStepped> Stepped,
@@ -49,12 +64,19 @@ public sealed class TrainingJobActor : ReceiveActor
     readonly IReadOnlyList<(int Layer, string Name)> _distinct;
     readonly ChunkingSender _sender;
     readonly Tensor _data;
+    readonly TrainingResume? _resume;
+    readonly string? _checkpoints;
+    readonly ILoggingAdapter _log = Context.GetLogger();
     State _state = State.Opening;
     Stopwatch _clock = new();
 
+    /// <param name="resume">The checkpoint this attempt starts from (null: the model's, at step 0).</param>
+    /// <param name="checkpoints">The job's directory for training checkpoints (null: none are saved).</param>
     public TrainingJobActor(JobId job, int attempt, ModelSpec model, ImmutableArray<TrainingStagePlacement> placement, TrainingParameters training,
-        IActorRef replyTo, TimeSpan stepTimeout)
+        IActorRef replyTo, TimeSpan stepTimeout, TrainingResume? resume = null, string? checkpoints = null)
     {
+        _resume = resume;
+        _checkpoints = training.CheckpointEvery > 0 ? checkpoints : null;
         _job = job;
         _attempt = attempt;
         _model = model;
@@ -74,12 +96,14 @@ public sealed class TrainingJobActor : ReceiveActor
         Receive<TrainingStageFailed>(OnFailed);
         Receive<TrainingStepDropped>(OnDropped);
         Receive<TrainingStageWeights>(OnWeights);
+        Receive<CheckpointWritten>(OnCheckpointWritten);
         Receive<ReceiveTimeout>(_ => OnTimeout());
     }
 
     public static Props Props(JobId job, int attempt, ModelSpec model, ImmutableArray<TrainingStagePlacement> placement, TrainingParameters training,
-        IActorRef replyTo, TimeSpan stepTimeout) =>
-        Akka.Actor.Props.Create(() => new TrainingJobActor(job, attempt, model, placement, training, replyTo, stepTimeout)).WithDispatcher(Dispatchers.Host);
+        IActorRef replyTo, TimeSpan stepTimeout, TrainingResume? resume = null, string? checkpoints = null) =>
+        Akka.Actor.Props.Create(() => new TrainingJobActor(job, attempt, model, placement, training, replyTo, stepTimeout, resume, checkpoints))
+            .WithDispatcher(Dispatchers.Host);
 
     /// <summary>Checks a training job before anything runs (a <see cref="FieldException"/> or <see cref="ArgumentException"/> naming
     /// what is wrong): the settings, the data as labels of the model and the stages covering the model in order. Returns the engine's
@@ -92,6 +116,8 @@ public sealed class TrainingJobActor : ReceiveActor
         };
         if (training.Batch < 1) throw new FieldException(TrainingFields.Batch, $"must be at least 1; got {training.Batch}");
         if (training.Steps < 1) throw new FieldException(TrainingFields.Steps, $"must be at least 1; got {training.Steps}");
+        if (training.CheckpointEvery < 0)
+            throw new FieldException(TrainingFields.CheckpointEvery, $"must be 0 (never) or more; got {training.CheckpointEvery}");
         if (training.Batch % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({training.Batch} rows)");
         if (model.InputDType != ScalarType.Int64 || model.InputShape.Length != 2)
@@ -118,7 +144,8 @@ public sealed class TrainingJobActor : ReceiveActor
         for (int s = 0; s < _placement.Length; s++)
         {
             var p = _placement[s];
-            p.Agent.Tell(new OpenTraining(_job, _attempt, s, _placement.Length, _model, p.FirstLayer, p.LayerCount, p.Device, p.Policy, wire, Self));
+            p.Agent.Tell(new OpenTraining(_job, _attempt, s, _placement.Length, _model, p.FirstLayer, p.LayerCount, p.Device, p.Policy, wire, Self,
+                _resume?.Directory));
         }
     }
 
@@ -138,7 +165,8 @@ public sealed class TrainingJobActor : ReceiveActor
         var stages = Enumerable.Range(0, _placement.Length).Select(s => _state.Stages[s]).ToImmutableArray();
         var firsts = _placement.Select(p => p.FirstLayer).ToImmutableArray();
         foreach (var stage in stages) stage.Tell(new TrainingLinked(_job, _attempt, stages, firsts));
-        StartStep(0);
+        _state = _state with { Lines = _resume?.Lines ?? [] };
+        StartStep(_resume?.Step ?? 0);
     }
 
     /// <summary>The one place the attempt moves to a step's forward pass.</summary>
@@ -185,13 +213,59 @@ public sealed class TrainingJobActor : ReceiveActor
         var line = _state.Lines[^1] with { Seconds = _clock.Elapsed.TotalSeconds };
         _state = _state with { Lines = _state.Lines.SetItem(_state.Lines.Length - 1, line) };
         _sender.Tell(_replyTo, new JobTrainingStep(_job, line), Self);
-        if (_state.Step + 1 < _training.Steps) StartStep(_state.Step + 1);
-        else Finish(null);
+        int done = _state.Step + 1;
+        if (done >= _training.Steps) Finish(null);
+        else if (_checkpoints is not null && done % _training.CheckpointEvery == 0)
+        {
+            _state = _state with { Phase = Phase.Checkpointing, Weights = _state.Weights.Clear() };
+            foreach (var stage in _state.Stages.Values) stage.Tell(new GetTrainingWeights(_job, _attempt, WithOptimizer: true));
+        }
+        else StartStep(done);
+    }
+
+    /// <summary>Every stage's weights and optimizer state are here: the checkpoint after <paramref name="done"/> steps is written
+    /// off the actor's thread (the weights over the model's other files, then the optimizer state, then trainer_state.json).</summary>
+    void WriteCheckpoint(int done)
+    {
+        var stages = Enumerable.Range(0, _placement.Length).Select(s => _state.Weights[s]).ToArray();
+        string dir = Path.Combine(_checkpoints!, $"attempt-{_attempt}-step-{done}");
+        var o = _settings.Optimizer;
+        var state = new TrainerState(done, (long)done * _training.Batch % _data.shape[0], TrainingCheckpoint.KindName(o.Kind), o.LearningRate, o.Momentum,
+            o.WeightDecay, _settings.Schedule.Kind.ToString().ToLowerInvariant(), _settings.Schedule.Warmup, _training.Steps, _settings.ClipNorm,
+            _settings.MicroBatches, _training.Batch, _data.shape[0], _data.shape[1], "none",
+            [.. _state.Lines.Select(l => new LossPoint(l.Step, l.Loss, l.LearningRate))]);
+        string source = _model.Checkpoint!;
+        Task.Run(() =>
+        {
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            var weights = stages.SelectMany(s => s.Weights).Where(w => seen.Add(w.Name)).Select(w => (w.Name, TensorPayloads.ToTensor(w.Tensor))).ToList();
+            seen.Clear();
+            var optimizer = stages.SelectMany(s => s.Optimizer).Where(w => seen.Add(w.Name)).Select(w => (w.Name, TensorPayloads.ToTensor(w.Tensor))).ToList();
+            try
+            {
+                TrainingCheckpoint.Save(dir, source, weights, optimizer, state);
+            }
+            finally
+            {
+                foreach (var (_, t) in weights.Concat(optimizer)) t.Dispose();
+            }
+        }).ContinueWith(t => new CheckpointWritten(done, dir, t.IsCompletedSuccessfully ? null : t.Exception?.GetBaseException().Message ?? "cancelled"),
+            TaskScheduler.Default).PipeTo(Self);
+    }
+
+    /// <summary>The checkpoint is on disk: the job manager hears of it, and the next step starts. One that could not be written is
+    /// logged and the training goes on (a later attempt resumes from an older checkpoint, or from the start).</summary>
+    void OnCheckpointWritten(CheckpointWritten w)
+    {
+        if (_state.Phase != Phase.Checkpointing || w.Step != _state.Step + 1) return;
+        if (w.Error is { } error) _log.Warning("job {0}: the training checkpoint after step {1} was not saved: {2}", _job, w.Step, error);
+        else Context.Parent.Tell(new Checkpointed(_job, _attempt, new TrainingResume(w.Directory, w.Step, _state.Lines)));
+        StartStep(w.Step);
     }
 
     void OnFailed(TrainingStageFailed f)
     {
-        if (!Mine(f.Job, f.Attempt) || _state.Phase is Phase.Dropping or Phase.Gathering or Phase.Done) return;
+        if (!Mine(f.Job, f.Attempt) || _state.Phase is Phase.Dropping or Phase.Gathering or Phase.Checkpointing or Phase.Done) return;
         if (_state.Phase == Phase.Opening)
         {
             _state = _state with { Phase = Phase.Done };
@@ -227,15 +301,20 @@ public sealed class TrainingJobActor : ReceiveActor
             Answer([]);
             return;
         }
-        _state = _state with { Phase = Phase.Gathering };
+        _state = _state with { Phase = Phase.Gathering, Weights = _state.Weights.Clear() };
         foreach (var stage in _state.Stages.Values) stage.Tell(new GetTrainingWeights(_job, _attempt));
     }
 
     void OnWeights(TrainingStageWeights w)
     {
-        if (!Mine(w.Job, w.Attempt) || _state.Phase != Phase.Gathering) return;
+        if (!Mine(w.Job, w.Attempt) || _state.Phase is not (Phase.Gathering or Phase.Checkpointing)) return;
         _state = _state with { Weights = _state.Weights.SetItem(w.Stage, w) };
         if (_state.Weights.Count < _placement.Length) return;
+        if (_state.Phase == Phase.Checkpointing)
+        {
+            WriteCheckpoint(_state.Step + 1);
+            return;
+        }
         var seen = new HashSet<string>(StringComparer.Ordinal);
         Answer([.. Enumerable.Range(0, _placement.Length).SelectMany(s => _state.Weights[s].Weights).Where(t => seen.Add(t.Name))]);
     }

@@ -145,12 +145,22 @@ public static class SubmitCommand
             Description = "with --train: warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0,
         };
         public Option<string> Save { get; } = new("--save") { Description = "with --train: gather the stages' weights into this checkpoint directory" };
+        public Option<int> CheckpointEvery { get; } = new("--checkpoint-every")
+        {
+            Description = "with --train: the coordinator saves the weights and optimizer state every N steps, and a job placed again after "
+                + "a worker is lost resumes from the latest (0: never; it starts over)",
+            DefaultValueFactory = _ => DefaultCheckpointEvery,
+        };
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Train, Data, Micro, Steps, Optimizer, Lr, Momentum, Decay, Clip, Schedule, Warmup, Save }) c.Options.Add(o);
+            foreach (var o in new Option[] { Train, Data, Micro, Steps, Optimizer, Lr, Momentum, Decay, Clip, Schedule, Warmup, Save, CheckpointEvery })
+                c.Options.Add(o);
         }
     }
+
+    /// <summary>submit --train's --checkpoint-every when it is not given: a worker lost loses at most this many steps.</summary>
+    public const int DefaultCheckpointEvery = 20;
 
     /// <summary>The flag that carries each training field the engine and the job manager name in their refusals.</summary>
     static readonly IReadOnlyDictionary<string, string> TrainFlagOfField = new Dictionary<string, string>
@@ -159,6 +169,7 @@ public static class SubmitCommand
         [TrainingFields.ClipNorm] = "--clip-norm", [TrainingFields.Optimizer] = "--optimizer", [TrainingFields.Schedule] = "--schedule",
         [TrainingFields.Warmup] = "--warmup", [TrainingFields.Steps] = "--steps", [TrainingFields.MicroBatches] = "--micro-batches",
         [TrainingFields.Batch] = "--batch", [TrainingFields.Labels] = "--data", [TrainingFields.Data] = "--data",
+        [TrainingFields.CheckpointEvery] = "--checkpoint-every",
         [FieldException.Window] = "--window", [FieldException.Swap] = "--swap", [FieldException.Sequence] = "--seq-len",
     };
 
@@ -179,7 +190,7 @@ public static class SubmitCommand
                 new LrSchedule(LrSchedule.ParseKind(r.GetValue(t.Schedule)!), r.GetValue(t.Warmup), steps), r.GetValue(t.Clip), r.GetValue(t.Micro)).Validate();
             using var ids = TrainingData.Read(data, dir, r.GetValue(model.SeqLen));
             var training = new TrainingParameters(TensorPayloads.From(ids), batch, steps, TrainingStageActor.Wire(settings),
-                settings.Schedule.Kind.ToString().ToLowerInvariant(), settings.Schedule.Warmup, save is not null);
+                settings.Schedule.Kind.ToString().ToLowerInvariant(), settings.Schedule.Warmup, save is not null, r.GetValue(t.CheckpointEvery));
             var spec = ModelCatalog.CheckpointSpec(dir, batch, (int)ids.shape[1], 0);
             var layered = ModelCatalog.Create(spec);
             TrainingJobActor.Check(layered, [new TrainingStagePlacement(Akka.Actor.ActorRefs.Nobody, "", 0, layered.Layers.Count, policy)], training);

@@ -13,7 +13,7 @@ public static class TrainingFields
 {
     public const string LearningRate = "learning rate", Momentum = "momentum", WeightDecay = "weight decay", ClipNorm = "clip norm",
         Optimizer = "optimizer", Schedule = "schedule", Warmup = "warm-up steps", Steps = "steps", MicroBatches = "micro-batches",
-        Batch = "batch", Labels = "labels", Data = "data";
+        Batch = "batch", Labels = "labels", Data = "data", CheckpointEvery = "checkpoint every";
 }
 
 /// <summary>torch.optim's optimizers the layer actors run on their own weights.</summary>

@@ -157,9 +157,61 @@ public sealed class NodeAgentSpec : TestKit, IDisposable
         Assert.Equal(0, Status(agent).Attempts);
     }
 
+    /// <summary>A training stage's host bytes (the stored weights, their float32 master copy, gradients and AdamW's two moments:
+    /// five times a float32 model's weights) are a private deployment under the budget: more than the whole budget fails at once
+    /// naming both figures; an idle deployment is stopped to make room (the opening waits until its actors have stopped); the
+    /// bytes are free when the stage ends.</summary>
+    [Fact]
+    public void A_training_stage_counts_its_weights_gradients_and_optimizer_state_against_the_host_weight_budget()
+    {
+        string dir = Path.Combine(_dir, "llama");
+        Assert.Equal(0, Superpipeline.Coordinator.Cli.MainAsync(["export-demo", "--family", "llama", "--out", dir, "--layers", "2", "--hidden", "64",
+            "--heads", "4", "--ffn", "128", "--vocab", "256", "--max-positions", "32", "--seed", "5", "--dtype", "f32"]).GetAwaiter().GetResult());
+        var spec = ModelCatalog.CheckpointSpec(dir, 2, 8, 0);
+        var layers = ModelCatalog.Create(spec).Layers;
+        long weights = layers.Sum(l => l.Bytes), need = 5 * weights;
+        var adamw = new TrainingProtocol.TrainingOptimizer("adamw", 1e-3, 0, 0, 0.9, 0.999, 1e-8, null, 1);
+        TrainingProtocol.OpenTraining Open(int attempt, IActorRef? coordinator = null) =>
+            new(new JobId("train"), attempt, 0, 1, spec, 0, layers.Count, "sim:0", new PolicySpec(1, 1), adamw, coordinator ?? TestActor);
+
+        var small = Agent(budget: need - 1);
+        small.Tell(Open(1));
+        var failed = Assert.IsType<TrainingProtocol.TrainingStageFailed>(Next());
+        Assert.Contains($"need {need:N0} bytes", failed.Reason);
+        Assert.Contains($"host weight budget of {need - 1:N0} bytes", failed.Reason);
+        Assert.Empty(Status(small).Deployments);
+
+        long seeded = ModelCatalog.Create(Model(1)).Layers.Sum(l => l.Bytes);
+        Assert.True(seeded < need);
+        var agent = Agent(budget: need);
+        RunToOutput(agent, "inference", 1); // an idle deployment that training needs the room of
+        agent.Tell(Open(2));
+        var ready = Assert.IsType<TrainingProtocol.TrainingStageReady>(Next());
+        Assert.Equal(4 * weights, ready.HostBytes); // what the layer actors report holding for training, beside their stored weights
+        var status = Status(agent);
+        Assert.Equal(need, status.HostWeightBytes);
+        Assert.Equal(need, status.PeakHostWeightBytes); // the seeded deployment had stopped before the stage opened
+        Assert.Equal("training stage 0 of train (attempt 2)", Assert.Single(status.Deployments).Session);
+
+        ready.StageActor.Tell(new TrainingProtocol.EndTraining(new JobId("train"), 2));
+        AwaitAssert(() => Assert.Equal(0, Status(agent).HostWeightBytes), TimeSpan.FromSeconds(10));
+        Assert.Empty(Status(agent).Deployments);
+
+        // A stage whose coordinator is gone (stopped, or its node lost) ends itself: nobody else would.
+        var coordinator = CreateTestProbe();
+        agent.Tell(Open(3, coordinator.Ref));
+        coordinator.ExpectMsg<TrainingProtocol.TrainingStageReady>(TimeSpan.FromSeconds(60));
+        Assert.Equal(need, Status(agent).HostWeightBytes);
+        Sys.Stop(coordinator.Ref);
+        AwaitAssert(() => Assert.Equal(0, Status(agent).HostWeightBytes), TimeSpan.FromSeconds(10));
+    }
+
+    readonly string _dir = Directory.CreateTempSubdirectory("superpipeline-agent-").FullName;
+
     void IDisposable.Dispose()
     {
         Shutdown();
         _device.Dispose();
+        try { Directory.Delete(_dir, true); } catch (IOException) { }
     }
 }

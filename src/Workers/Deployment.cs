@@ -6,12 +6,14 @@ using Superpipeline.Engine.Models;
 
 namespace Superpipeline.Workers;
 
-/// <summary>Which weights a deployment holds: a model (the batch does not change weights) and a layer range.</summary>
-public sealed record DeploymentKey(ModelSpec Model, int FirstLayer, int LayerCount)
+/// <summary>Which weights a deployment holds: a model (the batch does not change weights) and a layer range. A deployment with a
+/// <paramref name="Session"/> is private to it (a training stage, whose weights change): never shared, never idle until it ends.</summary>
+public sealed record DeploymentKey(ModelSpec Model, int FirstLayer, int LayerCount, string? Session = null)
 {
     public static DeploymentKey Of(ModelSpec model, int firstLayer, int layerCount) => new(model with { Batch = 0 }, firstLayer, layerCount);
 
-    public override string ToString() => $"layers {FirstLayer}-{FirstLayer + LayerCount - 1} of model {Model.Name} (seed {Model.Seed})";
+    public override string ToString() =>
+        $"{(Session is null ? "" : Session + ": ")}layers {FirstLayer}-{FirstLayer + LayerCount - 1} of model {Model.Name} (seed {Model.Seed})";
 }
 
 /// <summary>The LayerActors holding one <see cref="DeploymentKey"/>'s host weights on a node, and its lifecycle:
@@ -83,6 +85,12 @@ public sealed class DeploymentPool(long? budget, Action<IActorRef> stop)
         if (!_deployments.TryGetValue(key, out var d)) return;
         d = _deployments[key] = d with { InUse = Math.Max(0, d.InUse - 1), LastUsed = now, Recency = ++_uses };
         if (d.Idle && d.Ready.IsCompleted && !d.Ready.IsCompletedSuccessfully) Evict(d);
+    }
+
+    /// <summary>A private deployment (<see cref="DeploymentKey.Session"/>) whose actors have all terminated: its bytes are free now.</summary>
+    public void Ended(DeploymentKey key)
+    {
+        if (_deployments.Remove(key, out var d)) _liveBytes -= d.HostBytes;
     }
 
     /// <summary>Stops deployments idle since before <paramref name="now"/> − <paramref name="idleTimeout"/>; returns how many.</summary>

@@ -77,6 +77,8 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     readonly DeploymentPool _deployments;
     readonly HostWeightBudget? _hostMemory; // the disk tier's reads share it (superpipeline.worker.host-memory)
     readonly Queue<StageRef> _waitingForHostMemory = new(); // first come, first deployed
+    readonly Dictionary<IActorRef, DeploymentKey> _trainingStages = []; // open training stages, each a private deployment
+    readonly Queue<TrainingProtocol.OpenTraining> _trainingWaiting = new(); // training stages waiting for room, first come first opened
     readonly ChunkingSender _sender;
     readonly ILoggingAdapter _log = Context.GetLogger();
     int _deploymentCounter;
@@ -108,7 +110,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
         Receive<GenerationStepped>(OnGenerationStepped);
         Receive<EndGeneration>(e => EndGenerations(new AttemptId(e.Job, e.Attempt), report: true));
         Receive<GenerationFreed>(OnGenerationFreed);
-        Receive<TrainingProtocol.OpenTraining>(OnOpenTraining);
+        Receive<TrainingProtocol.OpenTraining>(o => OpenTraining(o, first: false));
         Receive<Terminated>(t => OnTerminated(t.ActorRef));
         Receive<Tidy>(_ => OnTidy());
         Receive<GetStatus>(_ => Sender.Tell(new Status(_deployments.HostBytes, _deployments.PeakHostBytes, _deployments.Budget,
@@ -228,31 +230,61 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     }
 
     /// <summary>Opens a stage of a training job: a <see cref="TrainingStageActor"/> child owning the stage's layer actors (their
-    /// weights and optimizer state stay on this node, outside the deployment pool), on the device's loader. A refusal (an unknown
-    /// device, a model or settings refused) is answered at once; the stage actor answers the rest.</summary>
-    void OnOpenTraining(TrainingProtocol.OpenTraining o)
+    /// weights and optimizer state stay on this node), on the device's loader. Its host bytes (<see cref="TrainingStageActor.HostBytes"/>)
+    /// are a private deployment under the host weight budget: idle deployments are stopped to make room, and without room the
+    /// opening waits (first come, first opened) until stages release theirs; the job's coordinator bounds the wait. A refusal (an
+    /// unknown device, a model or settings refused, more bytes than the whole budget) is answered at once; the stage actor answers
+    /// the rest. Returns false when it must wait; <paramref name="first"/>: it is the head of the waiting openings.</summary>
+    bool OpenTraining(TrainingProtocol.OpenTraining o, bool first)
     {
         void Refuse(string why) => o.Coordinator.Tell(new TrainingProtocol.TrainingStageFailed(o.Job, o.Attempt, o.Stage, -1, why));
         if (!_devices.TryGetValue(o.Device, out var device))
         {
             Refuse($"node {_node} has no device {o.Device}");
-            return;
+            return true;
         }
+        long bytes;
         try
         {
             var stage = ModelCatalog.Create(o.Model).Slice(o.FirstLayer, o.LayerCount);
             OffloadPolicy.For(o.Policy, o.LayerCount);
             ModelCatalog.CheckWeights(o.Model, stage);
-            TrainingStageActor.Settings(o.Optimizer);
+            bytes = TrainingStageActor.HostBytes(o.Model, stage, TrainingStageActor.Settings(o.Optimizer).Optimizer);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))
         {
             Refuse(e.Message);
-            return;
+            return true;
         }
-        Context.ActorOf(TrainingStageActor.Props(o, _loaders[o.Device], device.WantsPinnedHost, _askTimeout),
-            $"train-{o.Attempt}-{o.Stage}-{++_deploymentCounter}");
+        var key = DeploymentKey.Of(o.Model, o.FirstLayer, o.LayerCount) with { Session = $"training stage {o.Stage} of {o.Job.Value} (attempt {o.Attempt})" };
+        if (_trainingStages.ContainsValue(key)) return true; // a repeated opening
+        if (_deployments.TooLarge(key, bytes) is { } why)
+        {
+            Refuse(why + " (weights, their float32 master copy, gradients and optimizer state)");
+            return true;
+        }
+        IActorRef? made = null;
+        var taken = _deployments.TryAcquire(key, bytes, Now, first || NoneWaiting, () =>
+        {
+            made = Context.Watch(Context.ActorOf(TrainingStageActor.Props(o, _loaders[o.Device], device.WantsPinnedHost, _askTimeout),
+                $"train-{o.Attempt}-{o.Stage}-{++_deploymentCounter}"));
+            return ([made], [bytes], Task.CompletedTask);
+        });
+        if (taken is null)
+        {
+            if (!first)
+            {
+                _log.Info("{0} waits for {1:N0} bytes of room in the host weight budget", key, bytes);
+                _trainingWaiting.Enqueue(o);
+            }
+            return false;
+        }
+        _trainingStages[made!] = key;
+        return true;
     }
+
+    /// <summary>No stage or training opening waits for room in the host weight budget: a new one may take what is free.</summary>
+    bool NoneWaiting => _waitingForHostMemory.Count == 0 && _trainingWaiting.Count == 0;
 
     /// <summary>Opens a stage of a generation job: its layers deployed within the host weight budget (or it fails at once, it does
     /// not wait for room), then <see cref="GenerationReady"/> to the coordinator once they hold their weights.</summary>
@@ -302,7 +334,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             Refuse(why);
             return;
         }
-        var deployment = _deployments.TryAcquire(key, bytes, Now, _waitingForHostMemory.Count == 0, () => Deploy(g.Model, stage, layerBytes));
+        var deployment = _deployments.TryAcquire(key, bytes, Now, NoneWaiting, () => Deploy(g.Model, stage, layerBytes));
         if (deployment is null)
         {
             Refuse($"node {_node} has no room in its host weight budget for layers {g.FirstLayer}..{g.FirstLayer + g.LayerCount - 1} now");
@@ -461,7 +493,7 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
             Fail(attempt, a, why);
             return;
         }
-        var deployment = _deployments.TryAcquire(key, bytes, Now, first || _waitingForHostMemory.Count == 0, () => Deploy(a.Model, stage, layerBytes));
+        var deployment = _deployments.TryAcquire(key, bytes, Now, first || NoneWaiting, () => Deploy(a.Model, stage, layerBytes));
         if (deployment is null)
         {
             var waiting = new StageState(a.Stage, StagePhase.WaitingForHostMemory, a, activations);
@@ -557,6 +589,11 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     /// <summary>Starts the stages waiting for host memory, first come first, while their deployments fit.</summary>
     void StartWaiting()
     {
+        while (_trainingWaiting.TryPeek(out var opening))
+        {
+            if (!OpenTraining(opening, first: true)) return; // still no room
+            _trainingWaiting.Dequeue();
+        }
         while (_waitingForHostMemory.TryPeek(out var next))
         {
             var attempt = next.Attempt;
@@ -573,7 +610,9 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
 
     void OnTerminated(IActorRef actor)
     {
-        if (_deployments.Stopped(actor)) StartWaiting();
+        if (_trainingStages.Remove(actor, out var training)) _deployments.Ended(training); // its weights and optimizer state went with it
+        else if (!_deployments.Stopped(actor)) return;
+        StartWaiting();
     }
 
     void OnTidy()

@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using Akka.Actor;
 using Superpipeline.Contracts;
+using Superpipeline.Engine;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
@@ -85,10 +86,18 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         Receive<MessageChunk>(ChunkAssembler.Receiver(Context));
         Receive<Loaded>(OnLoaded);
         Receive<EndTraining>(_ => Context.Stop(Self));
+        Receive<Terminated>(OnCoordinatorGone);
         ReceiveAny(_ => Stash.Stash());
     }
 
     public IStash Stash { get; set; } = null!;
+
+    /// <summary>The host bytes a training stage of <paramref name="stage"/>'s layers holds: each layer's stored weights (which its
+    /// LayerActor hands to passes, fresh float32 copies after every step) plus the float32 master copy, its gradients and the
+    /// optimizer's state per parameter (<see cref="TrainingLayerState.Bytes"/>). Counted against the node's host weight budget.</summary>
+    public static long HostBytes(ModelSpec spec, LayeredModel stage, OptimizerSettings optimizer) =>
+        DeploymentWeights.LayerHostBytes(spec, stage, null).Sum()
+        + stage.Layers.Sum(l => l.Parameters.Sum(p => TensorBytes.Of([.. p.Shape], ScalarType.Float32))) * (2 + optimizer.StateCopies);
 
     /// <summary>The engine's training settings from the wire record (validated: a refusal names the field).</summary>
     public static TrainingSettings Settings(TrainingOptimizer o) => new TrainingSettings(
@@ -106,8 +115,16 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     bool Local(int layer) => layer >= _open.FirstLayer && layer < _open.FirstLayer + _open.LayerCount;
     bool Last => _open.Stage == _open.Stages - 1;
 
+    /// <summary>The job's coordinator is gone (stopped, or its node lost): nobody will end this stage, so it ends itself and its
+    /// layers' weights and optimizer state go with it.</summary>
+    void OnCoordinatorGone(Terminated t)
+    {
+        if (t.ActorRef.Equals(_open.Coordinator)) Context.Stop(Self);
+    }
+
     protected override void PreStart()
     {
+        Context.Watch(_open.Coordinator);
         var dir = _open.Model.Checkpoint;
         if (dir is null)
         {
@@ -185,6 +202,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         Receive<DropTrainingStep>(OnDrop);
         Receive<GetTrainingWeights>(OnGetWeights);
         Receive<EndTraining>(_ => Context.Stop(Self));
+        Receive<Terminated>(OnCoordinatorGone);
     }
 
     void Fail(int step, string reason)

@@ -76,6 +76,34 @@ public sealed class TrainingPlanSpec() : TestKit(WorkerConfig.Load()), IDisposab
         Assert.Equal(0, rig.Device.Memory.Reserved);
     }
 
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(3, 2)]
+    [InlineData(6, 2)]
+    public async Task A_classifiers_planned_window_trains_on_a_device_of_exactly_its_need(int fits, int micro)
+    {
+        // A ViT classifier: pixels saved for layer 0's backward, labels of one id per row, a small head.
+        string dir = Path.Combine(root, "vit-4");
+        VitExport.Write(dir, new VitConfig(Hidden: 32, Layers: 4, Heads: 4, Intermediate: 48, ImageSize: 16, PatchSize: 8, Labels: 5), seed: 17,
+            classifier: true);
+        var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, Batch, 0, 0));
+        int n = model.Layers.Count;
+        long capacity = TrainingMemory.Of(model, micro, fits).PeakBytes;
+        var plan = TrainingPlanner.Choose(model, micro, Cost(capacity));
+        Assert.Equal(fits, plan.Window);
+        using var g = new Generator(7);
+        using var pixels = randn([Batch, 3, 16, 16], generator: g);
+        using var labels = randint(5, [Batch], dtype: ScalarType.Int64, generator: g);
+        using var rig = new TrainingRig(Sys, dir, Batch, 0, capacity);
+        var session = await rig.Session(OffloadPolicy.For(plan.Policy, n), Settings(micro));
+        for (int step = 0; step < 2; step++)
+        {
+            var r = await session.StepAsync(step, pixels, labels);
+            Assert.True(r.PeakDeviceBytes <= plan.PeakBytes, $"step {step + 1}: peak {r.PeakDeviceBytes:N0} > predicted {plan.PeakBytes:N0}");
+        }
+        Assert.Equal(0, rig.Device.Memory.Reserved);
+    }
+
     [Fact]
     public async Task Window_auto_trains_the_same_bits_as_its_window_given_and_as_resident_training()
     {

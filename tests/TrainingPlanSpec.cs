@@ -171,7 +171,8 @@ public sealed class TrainingPlanSpec() : TestKit(WorkerConfig.Load()), IDisposab
         (code, stdout, stderr) = CliProcess.Run([.. common, "--window", "auto", "--device-memory", $"{room}", "--report", report]);
         Assert.True(code == 0, stderr);
         Assert.Contains("step 2:", stdout);
-        Assert.Contains($"planned: window 2 / swap ", stdout);
+        Assert.Contains("planned: window 2 / swap ", stdout);
+        Assert.True(stdout.IndexOf("planned: ", StringComparison.Ordinal) < stdout.IndexOf("step 1:", StringComparison.Ordinal), "the plan comes first");
         var json = JsonNode.Parse(File.ReadAllText(report))!;
         Assert.Equal(2, json["window"]!.GetValue<int>());
         var plan = json["plan"]!;

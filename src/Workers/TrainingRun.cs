@@ -56,8 +56,9 @@ public sealed record TrainingRunResult(string Model, IReadOnlyList<TrainingStepR
 public static class TrainingRun
 {
     /// <summary>Checks everything before any work (one line naming the field on a refusal), then trains.
-    /// <paramref name="onStep"/> sees each step as it ends.</summary>
-    public static async Task<TrainingRunResult> RunAsync(TrainingRunOptions o, Action<TrainingStepReport> onStep, CancellationToken cancel)
+    /// <paramref name="onStep"/> sees each step as it ends; <paramref name="onPlan"/> the plan of window auto before the first.</summary>
+    public static async Task<TrainingRunResult> RunAsync(TrainingRunOptions o, Action<TrainingStepReport> onStep, CancellationToken cancel,
+        Action<TrainingPlan>? onPlan = null)
     {
         if (o.Batch < 1) throw new FieldException(TrainingFields.Batch, $"must be at least 1; got {o.Batch}");
         if (o.Steps < 1) throw new FieldException(TrainingFields.Steps, $"must be at least 1; got {o.Steps}");
@@ -115,6 +116,7 @@ public static class TrainingRun
             {
                 plan = TrainingPlanner.Choose(model, settings.MicroBatches, (await DeviceCalibration.MeasureAsync(device)).Validated());
                 policy = OffloadPolicy.For(plan.Policy, model.Layers.Count);
+                onPlan?.Invoke(plan);
             }
             var timeout = SuperpipelineSettings.Create(config).AskTimeout;
             IActorRef[] layers;

@@ -124,7 +124,9 @@ public static class TrainCommand
         {
             result = await TrainingRun.RunAsync(o, s => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"step {s.Step + 1}: loss {s.Loss:0.000000}, lr {s.LearningRate:G6}{(s.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Seconds:0.000} s")),
-                cancel);
+                cancel, p => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"planned: {(p.Policy.Window is null ? "window all" : $"window {p.Window} / swap {p.Swap}")} for {o.Device.CapacityBytes:N0} device bytes, "
+                    + $"predicted peak {p.PeakBytes:N0} bytes, {p.StepSeconds:0.000} s per step ({p.Simulated} simulated)")));
         }
         catch (FieldException e) when (FlagOfField.TryGetValue(e.Field, out var flag))
         {
@@ -133,7 +135,8 @@ public static class TrainCommand
         var steps = result.Steps;
         double seconds = steps.Sum(s => s.Seconds);
         var file = new TrainReportFile(result.Model, Path.GetFullPath(o.DataPath), o.Settings.Optimizer.ToString(), Describe(o.Settings.Schedule),
-            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, result.Window, result.Swap, result.Layers, result.ModelBytes, steps, seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
+            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, result.Window, result.Swap, result.Layers, result.ModelBytes, steps,
+            seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
             steps.Count == 0 ? 0 : steps.Max(s => s.PeakDeviceBytes), steps.Count == 0 ? 0 : steps.Max(s => s.PeakHostBytes), result.Failure,
             o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir))
         {
@@ -148,10 +151,6 @@ public static class TrainCommand
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{steps.Count} step(s), {file.TokensPerSecond:0.0} {(o.LabelsPath is null ? "tokens" : "images")}/s, peak device bytes {file.PeakDeviceBytes:N0}, "
             + $"peak host bytes {file.PeakHostBytes:N0}"));
-        if (file.Plan is { } p)
-            console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"planned: window {(p.Window == result.Layers ? "all" : p.Window)} / swap {p.Swap} for {p.DeviceBytes:N0} device bytes, predicted peak "
-                + $"{p.PredictedPeakDeviceBytes:N0} bytes, {p.PredictedStepSeconds:0.000} s per step"));
         if (o.SaveDir is not null) console.MarkupLineInterpolated($"saved: {o.SaveDir}");
         if (reportPath is not null) console.MarkupLineInterpolated($"report: {reportPath}");
         if (plotPath is not null && result.History.Count > 0) console.MarkupLineInterpolated($"plot: {plotPath}");

@@ -101,7 +101,7 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
 
     /// <summary>The plain resident loop: parameters from the checkpoint's state dict (a tied tensor once), each step the loss of
     /// each micro-batch (divided by their count) backpropagated through the whole model, clip_grad_norm_, torch.optim's step.</summary>
-    static (List<float[]> Losses, Dictionary<string, Tensor> Weights) Resident(LayeredModel model, string checkpoint, TrainingSettings s,
+    internal static (List<float[]> Losses, Dictionary<string, Tensor> Weights) Resident(LayeredModel model, string checkpoint, TrainingSettings s,
         Tensor data, int steps)
     {
         using var ckpt = SafetensorsCheckpoint.Open(checkpoint);
@@ -150,7 +150,7 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
         return (reports, weights);
     }
 
-    static void AssertSame(List<float[]> expectedLosses, Dictionary<string, Tensor> expected, List<TrainingStepReport> steps,
+    internal static void AssertSame(List<float[]> expectedLosses, Dictionary<string, Tensor> expected, List<TrainingStepReport> steps,
         Dictionary<string, Tensor> actual, string what)
     {
         Assert.Equal(expectedLosses.Count, steps.Count);

@@ -4,6 +4,7 @@ using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Engine.Text;
 using Superpipeline.Engine.Training;
 using static TorchSharp.torch;
@@ -37,6 +38,15 @@ public sealed record TrainingRunOptions(string ModelDir, string DataPath, int Ba
 /// <summary>The steps that ran and, when a step failed, why (the weights are then those of the last good step).</summary>
 public sealed record TrainingRunResult(string Model, IReadOnlyList<TrainingStepReport> Steps, int Layers, long ModelBytes, string? Failure)
 {
+    /// <summary>The window the run trained under (k; the model's layers for window = all): the one asked for, or planned.</summary>
+    public int Window { get; init; }
+
+    /// <summary>k' of <see cref="Window"/>.</summary>
+    public int Swap { get; init; }
+
+    /// <summary>What the training planner chose for window auto (null for a window given): (k, k'), the predicted peak and step time.</summary>
+    public TrainingPlan? Plan { get; init; }
+
     /// <summary>The loss of every step from the run's start: those of the checkpoint it resumed from, then its own.</summary>
     public IReadOnlyList<LossPoint> History { get; init; } = [];
 }
@@ -46,8 +56,9 @@ public sealed record TrainingRunResult(string Model, IReadOnlyList<TrainingStepR
 public static class TrainingRun
 {
     /// <summary>Checks everything before any work (one line naming the field on a refusal), then trains.
-    /// <paramref name="onStep"/> sees each step as it ends.</summary>
-    public static async Task<TrainingRunResult> RunAsync(TrainingRunOptions o, Action<TrainingStepReport> onStep, CancellationToken cancel)
+    /// <paramref name="onStep"/> sees each step as it ends; <paramref name="onPlan"/> the plan of window auto before the first.</summary>
+    public static async Task<TrainingRunResult> RunAsync(TrainingRunOptions o, Action<TrainingStepReport> onStep, CancellationToken cancel,
+        Action<TrainingPlan>? onPlan = null)
     {
         if (o.Batch < 1) throw new FieldException(TrainingFields.Batch, $"must be at least 1; got {o.Batch}");
         if (o.Steps < 1) throw new FieldException(TrainingFields.Steps, $"must be at least 1; got {o.Steps}");
@@ -55,7 +66,12 @@ public static class TrainingRun
         settings.Validate();
         if (o.Batch % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({o.Batch} rows)");
-        if (o.Policy.Auto || o.Policy.ResidentAuto) throw new FieldException(FieldException.Window, "auto is not planned for training; give k and k'");
+        if (o.Policy.ResidentAuto)
+            throw new FieldException(FieldException.ResidentLayers, "auto is not planned for training: a training pass keeps no layer between steps "
+                + "(the weights change after every step), so pinning saves no transfer; give a number, or none");
+        if (o.Policy.Auto && o.Policy.ResidentLayers > 0)
+            throw new FieldException(FieldException.ResidentLayers, $"{o.Policy.ResidentLayers} cannot go with window auto: training plans the window "
+                + "without pinned layers (a training pass keeps none between steps); give k and k'");
         if (o.SaveEvery is { } every && every < 1) throw new FieldException(TrainingCheckpoint.SaveEveryField, $"must be at least 1; got {every}");
         if (o.SaveEvery is not null && o.SaveDir is null)
             throw new FieldException(TrainingCheckpoint.SaveEveryField, "needs a directory to save into (save)");
@@ -86,7 +102,8 @@ public static class TrainingRun
             ClassificationLoss.ObjectiveOf(model); // a ViTModel (pooler, no classifier) is refused here
             ClassificationLoss.CheckLabels(labels!, data.shape[0], model.ActivationShapes()[^1].Shape[^1]); // every row, before any work
         }
-        var policy = OffloadPolicy.For(o.Policy, model.Layers.Count);
+        if (o.Policy.Auto) TrainingPlanner.CheckFits(model, settings.MicroBatches, o.Device.CapacityBytes); // before any work: window 1 must fit
+        var policy = o.Policy.Auto ? null : OffloadPolicy.For(o.Policy, model.Layers.Count);
         ModelCatalog.CheckWeights(spec, model);
 
         var config = WorkerConfig.Load();
@@ -94,6 +111,13 @@ public static class TrainingRun
         var device = DeviceFactory.Create(o.Device);
         try
         {
+            TrainingPlan? plan = null;
+            if (policy is null)
+            {
+                plan = TrainingPlanner.Choose(model, settings.MicroBatches, (await DeviceCalibration.MeasureAsync(device)).Validated());
+                policy = OffloadPolicy.For(plan.Policy, model.Layers.Count);
+                onPlan?.Invoke(plan);
+            }
             var timeout = SuperpipelineSettings.Create(config).AskTimeout;
             IActorRef[] layers;
             using (var weights = new CheckpointWeights(o.ResumeDir ?? o.ModelDir))
@@ -149,7 +173,10 @@ public static class TrainingRun
                 if (o.SaveEvery is { } interval && done % interval == 0 && done < o.Steps) await Save(Path.Combine(o.SaveDir!, $"checkpoint-{done}"));
             }
             if (o.SaveDir is not null) await Save(o.SaveDir);
-            return new TrainingRunResult(spec.Checkpoint!, steps, model.Layers.Count, model.Bytes, failure) { History = history };
+            return new TrainingRunResult(spec.Checkpoint!, steps, model.Layers.Count, model.Bytes, failure)
+            {
+                History = history, Window = policy.Window, Swap = policy.Swap, Plan = plan,
+            };
         }
         finally
         {

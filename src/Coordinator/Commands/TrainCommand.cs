@@ -3,6 +3,7 @@ using System.Globalization;
 using Spectre.Console;
 using Superpipeline.Coordinator.Bench;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Engine.Training;
 using Superpipeline.Workers;
 
@@ -18,6 +19,18 @@ public sealed record TrainReportFile(string Model, string Data, string Optimizer
 
     /// <summary>The loss of every step from the start of training (a resumed run's earlier steps too): the curve --plot draws.</summary>
     public IReadOnlyList<LossPoint> History { get; init; } = [];
+
+    /// <summary>What --window auto chose (null for a window given).</summary>
+    public TrainPlanReport? Plan { get; init; }
+}
+
+/// <summary>The training planner's choice as the report records it: (k, k'), the device it planned for, the step's predicted peak
+/// device bytes (what the passes can reserve at most) and predicted seconds (the cost model's forward and backward passes).</summary>
+public sealed record TrainPlanReport(int Window, int Swap, long DeviceBytes, long PredictedPeakDeviceBytes, double PredictedForwardSeconds,
+    double PredictedBackwardSeconds, double PredictedStepSeconds, int Simulated)
+{
+    public static TrainPlanReport From(TrainingPlan plan, long deviceBytes) => new(plan.Window, plan.Swap, deviceBytes, plan.PeakBytes,
+        plan.ForwardSeconds, plan.BackwardSeconds, plan.StepSeconds, plan.Simulated);
 }
 
 /// <summary><c>superpipeline train</c>: trains a checkpoint on token ids with the layers streamed under (k, k'), in this process
@@ -58,7 +71,8 @@ public static class TrainCommand
         var schedule = new Option<string>("--schedule") { Description = "constant, or cosine with linear warm-up (transformers')",
             DefaultValueFactory = _ => "constant" };
         var warmup = new Option<int>("--warmup") { Description = "warm-up steps of the cosine schedule", DefaultValueFactory = _ => 0 };
-        var window = new WindowOptions(hostMemory: false);
+        var window = new WindowOptions("k: layers resident on the device at once (a number, 'all' for no offload, or 'auto' to let the training "
+            + "planner choose k and k' whose step fits --device-memory)", hostMemory: false);
         var save = new Option<string>("--save")
         {
             Description = "save the trained checkpoint here (config.json, model.safetensors, tokenizer; optimizer.safetensors, trainer_state.json)",
@@ -110,7 +124,9 @@ public static class TrainCommand
         {
             result = await TrainingRun.RunAsync(o, s => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"step {s.Step + 1}: loss {s.Loss:0.000000}, lr {s.LearningRate:G6}{(s.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Seconds:0.000} s")),
-                cancel);
+                cancel, p => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"planned: {(p.Policy.Window is null ? "window all" : $"window {p.Window} / swap {p.Swap}")} for {o.Device.CapacityBytes:N0} device bytes, "
+                    + $"predicted peak {p.PeakBytes:N0} bytes, {p.StepSeconds:0.000} s per step ({p.Simulated} simulated)")));
         }
         catch (FieldException e) when (FlagOfField.TryGetValue(e.Field, out var flag))
         {
@@ -119,14 +135,14 @@ public static class TrainCommand
         var steps = result.Steps;
         double seconds = steps.Sum(s => s.Seconds);
         var file = new TrainReportFile(result.Model, Path.GetFullPath(o.DataPath), o.Settings.Optimizer.ToString(), Describe(o.Settings.Schedule),
-            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, o.Policy.Window ?? result.Layers,
-            o.Policy.Swap ?? (o.Policy.Window is null ? result.Layers : 1),
-            result.Layers, result.ModelBytes, steps, seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
+            o.Settings.ClipNorm, o.Batch, o.Settings.MicroBatches, result.Window, result.Swap, result.Layers, result.ModelBytes, steps,
+            seconds > 0 ? steps.Sum(s => s.Tokens) / seconds : 0,
             steps.Count == 0 ? 0 : steps.Max(s => s.PeakDeviceBytes), steps.Count == 0 ? 0 : steps.Max(s => s.PeakHostBytes), result.Failure,
             o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir))
         {
             ResumedFrom = o.ResumeDir is null ? null : result.History.Count - steps.Count,
             History = result.History,
+            Plan = result.Plan is { } plan ? TrainPlanReport.From(plan, o.Device.CapacityBytes) : null,
         };
         if (reportPath is not null) ReportWriter.WriteJson(reportPath, file);
         if (plotPath is not null && result.History.Count > 0)

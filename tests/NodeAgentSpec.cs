@@ -162,11 +162,11 @@ public sealed class NodeAgentSpec : TestKit, IDisposable
     /// naming both figures; an idle deployment is stopped to make room (the opening waits until its actors have stopped); the
     /// bytes are free when the stage ends.</summary>
     [Fact]
-    public void A_training_stage_counts_its_weights_gradients_and_optimizer_state_against_the_host_weight_budget()
+    public async Task A_training_stage_counts_its_weights_gradients_and_optimizer_state_against_the_host_weight_budget()
     {
         string dir = Path.Combine(_dir, "llama");
-        Assert.Equal(0, Superpipeline.Coordinator.Cli.MainAsync(["export-demo", "--family", "llama", "--out", dir, "--layers", "2", "--hidden", "64",
-            "--heads", "4", "--ffn", "128", "--vocab", "256", "--max-positions", "32", "--seed", "5", "--dtype", "f32"]).GetAwaiter().GetResult());
+        Assert.Equal(0, await Superpipeline.Coordinator.Cli.MainAsync(["export-demo", "--family", "llama", "--out", dir, "--layers", "2", "--hidden", "64",
+            "--heads", "4", "--ffn", "128", "--vocab", "256", "--max-positions", "32", "--seed", "5", "--dtype", "f32"]));
         var spec = ModelCatalog.CheckpointSpec(dir, 2, 8, 0);
         var layers = ModelCatalog.Create(spec).Layers;
         long weights = layers.Sum(l => l.Bytes), need = 5 * weights;

@@ -308,9 +308,12 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         Assert.Equal(0, await Cli.MainAsync(["train", .. common, "--window", "2", "--swap", "1", "--save", trained]));
         Assert.Equal(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "1", "--swap", "1", "--save", submitted,
             "--report", Path.Combine(_dir, "submit-train.json")]));
-        using (var want = SafetensorsCheckpoint.Open(trained))
-        using (var got = SafetensorsCheckpoint.Open(submitted))
+        string planned = Path.Combine(_dir, "submit-auto-saved"); // the job manager plans the window for the training step
+        Assert.Equal(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "auto", "--save", planned]));
+        foreach (var other in new[] { submitted, planned })
         {
+            using var want = SafetensorsCheckpoint.Open(trained);
+            using var got = SafetensorsCheckpoint.Open(other);
             Assert.Equal(want.Names, got.Names);
             foreach (var name in want.Names)
             {
@@ -327,12 +330,15 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         {
             string[] bad = [.. common.Select(x => x == "0.05" ? "-1" : x)];
             Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. bad]));
+            Assert.Contains("--lr", error.ToString());
+            error.GetStringBuilder().Clear();
+            Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "auto", "--resident-layers", "auto"]));
+            Assert.Contains("training pins no layers", error.ToString());
         }
         finally
         {
             Console.SetError(stderr);
         }
-        Assert.Contains("--lr", error.ToString());
         await DevicesFree(a, b);
     }
 

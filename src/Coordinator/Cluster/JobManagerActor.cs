@@ -250,10 +250,25 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
 
     /// <summary>--window auto (and --resident-layers auto) across devices: the smallest device's budget decides one window (and
     /// pinned count) for every stage. Pins auto beside a given window needs only the budget (<see cref="Planner.PinFor"/>).
-    /// A generation job's window auto plans for its decode passes and KV caches (<see cref="Planner.ChooseForGeneration"/>).</summary>
+    /// A generation job's window auto plans for its decode passes and KV caches (<see cref="Planner.ChooseForGeneration"/>); a
+    /// training job's for its training step on the smallest device (<see cref="TrainingPlanner.Choose"/>: a stage's step needs no
+    /// more than the whole model's at the same window), without pinned layers.</summary>
     static PolicySpec PlanFor(JobRecord job, ModelCost cost, IReadOnlyList<DeviceSlot> slots, PolicySpec asked)
     {
         var smallest = slots.MinBy(s => s.Device.CapacityBytes)!.Device;
+        if (job.Submit.Training is { } training)
+        {
+            if (asked.ResidentAuto || asked.ResidentLayers > 0)
+                throw new ArgumentException("training pins no layers (a training pass keeps none between steps: the weights change after every step)");
+            try
+            {
+                return TrainingPlanner.Choose(job.Model, training.Optimizer.MicroBatches, (smallest.Cost ?? throw Unmeasured(smallest)).Validated()).Policy;
+            }
+            catch (FieldException e) when (e.Field == FieldException.DeviceMemory)
+            {
+                throw new ArgumentException($"training on device {smallest.Name}: its memory of {e.Problem}");
+            }
+        }
         if (!asked.Auto) return Planner.PinFor(cost, asked, smallest.CapacityBytes);
         if (job.Submit.Generation is { } g)
         {

@@ -230,6 +230,12 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         Assert.Null(trained.Failure);
         Assert.Equal(steps, trained.Steps);
         Assert.Equal(Enumerable.Range(0, Steps), steps.Select(x => x.Step));
+        // Where it trained, as the client prints it: three stages covering the model on both workers, each within its device.
+        Assert.Equal(3, trained.Stages.Length);
+        Assert.Equal(new[] { Node(a), Node(b) }.Order(), trained.Stages.Select(x => x.Node).Distinct().Order());
+        Assert.Equal(ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, Batch, Seq, 0)).Layers.Count, trained.Stages.Sum(x => x.LayerCount));
+        Assert.All(trained.Stages, x => Assert.InRange(x.PeakDeviceBytes, 1, 64L << 20));
+        Assert.Equal(steps.Max(x => x.PeakDeviceBytes), trained.Stages.Max(x => x.PeakDeviceBytes));
         for (int i = 0; i < Steps; i++)
         {
             var (want, got) = (reference.Steps[i], steps[i]);

@@ -46,9 +46,14 @@ public static class JobProtocol
     public sealed record JobTrainingStep(JobId Id, TrainingStepLine Step) : IJobEvent;
 
     /// <summary>A training job's answer: every step that ran and, when a step failed, why (<paramref name="Failure"/>; the weights
-    /// are then those of the last good step). <paramref name="Weights"/>: the trained weights by checkpoint name when asked for.</summary>
+    /// are then those of the last good step). <paramref name="Weights"/>: the trained weights by checkpoint name when asked for.
+    /// <see cref="Stages"/>: where the last attempt trained (node, device, layers, k/k', the stage's weight bytes and forward FLOPs
+    /// per step, its peak device bytes over the steps it ran, its seconds of steps).</summary>
     public sealed record JobTrained(JobId Id, ImmutableArray<TrainingStepLine> Steps, ImmutableArray<TrainingProtocol.NamedTensor> Weights,
-        string? Failure) : IJobEvent;
+        string? Failure) : IJobEvent
+    {
+        public ImmutableArray<StagePlan> Stages { get; init; } = [];
+    }
 
     /// <summary>The job did not complete; <paramref name="Reason"/> is a one-line message for a person.</summary>
     public sealed record JobFailed(JobId Id, string Reason) : IJobEvent;

@@ -166,7 +166,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
                 GenerationSession.Check(model, prompts, request);
             }
             if (submit.Training is { } t)
-                TrainingJobActor.Check(model, [new TrainingStagePlacement(ActorRefs.Nobody, "", 0, model.Layers.Count, submit.Policy)], t);
+                TrainingJobActor.Check(model, [new TrainingStagePlacement(ActorRefs.Nobody, "", "", 0, model.Layers.Count, submit.Policy)], t);
             ModelCatalog.CheckWeights(submit.Model, model);
         }
         catch (Exception e) when (ModelCatalog.IsRefusal(e))
@@ -439,7 +439,8 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
     /// <summary>Starts the coordinator of a training attempt over its stages; placed stages that do not fit the job are refused.</summary>
     void OpenTraining(Attempt attempt, JobRecord job, TrainingParameters training)
     {
-        var stages = attempt.Placement.Select(p => new TrainingStagePlacement(p.Slot.Agent, p.Slot.Device.Name, p.FirstLayer, p.LayerCount, p.Policy))
+        var stages = attempt.Placement.Select(p => new TrainingStagePlacement(p.Slot.Agent, p.Slot.Node, p.Slot.Device.Name, p.FirstLayer, p.LayerCount,
+                p.Policy))
             .ToImmutableArray();
         try
         {

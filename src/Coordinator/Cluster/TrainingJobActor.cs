@@ -7,6 +7,7 @@ using Superpipeline.Engine;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Engine.Training;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
@@ -17,8 +18,8 @@ using static TorchSharp.torch;
 
 namespace Superpipeline.Coordinator.Cluster;
 
-/// <summary>A stage of a training job: the node agent that opens it, the device, its layers and window.</summary>
-public sealed record TrainingStagePlacement(IActorRef Agent, string Device, int FirstLayer, int LayerCount, PolicySpec Policy);
+/// <summary>A stage of a training job: the node agent that opens it (on <paramref name="Node"/>), the device, its layers and window.</summary>
+public sealed record TrainingStagePlacement(IActorRef Agent, string Node, string Device, int FirstLayer, int LayerCount, PolicySpec Policy);
 
 /// <summary>A training checkpoint of a job, saved by its coordinator after <paramref name="Step"/> steps into
 /// <paramref name="Directory"/> (a Hugging Face checkpoint with optimizer.safetensors and trainer_state.json, which
@@ -52,6 +53,12 @@ public sealed class TrainingJobActor : ReceiveActor
     {
         public static State Opening => new(Phase.Opening, 0, ImmutableDictionary<int, IActorRef>.Empty, ImmutableDictionary<int, TrainingStageStepped>.Empty,
             [], [], null, ImmutableDictionary<int, TrainingStageWeights>.Empty);
+
+        /// <summary>Each stage's peak device bytes over this attempt's steps.</summary>
+        public ImmutableDictionary<int, long> Peaks { get; init; } = ImmutableDictionary<int, long>.Empty;
+
+        /// <summary>The seconds of this attempt's steps.</summary>
+        public double Seconds { get; init; }
     }
 
     readonly JobId _job;
@@ -65,6 +72,7 @@ public sealed class TrainingJobActor : ReceiveActor
     readonly ChunkingSender _sender;
     readonly Tensor _data;
     readonly TrainingResume? _resume;
+    readonly ModelCost _cost;
     readonly string? _checkpoints;
     readonly ILoggingAdapter _log = Context.GetLogger();
     State _state = State.Opening;
@@ -85,6 +93,7 @@ public sealed class TrainingJobActor : ReceiveActor
         _replyTo = replyTo;
         var layered = ModelCatalog.Create(model);
         _settings = Check(layered, placement, training);
+        _cost = ModelCost.From(layered);
         _distinct = ModelParameters.Distinct(layered);
         _sender = ChunkingSender.For(Context.System);
         _data = TensorPayloads.ToTensor(training.Ids).DetachFromDisposeScope();
@@ -186,7 +195,11 @@ public sealed class TrainingJobActor : ReceiveActor
     void OnStepped(TrainingStageStepped m)
     {
         if (!Mine(m.Job, m.Attempt) || _state.Phase != Phase.Forward || m.Step != _state.Step) return;
-        _state = _state with { Stepped = _state.Stepped.SetItem(m.Stage, m) };
+        _state = _state with
+        {
+            Stepped = _state.Stepped.SetItem(m.Stage, m),
+            Peaks = _state.Peaks.SetItem(m.Stage, Math.Max(_state.Peaks.GetValueOrDefault(m.Stage), m.PeakDeviceBytes)),
+        };
         if (_state.Stepped.Count < _placement.Length) return;
         float? norm = null, coef = null;
         if (_settings.ClipNorm is { } max)
@@ -211,7 +224,7 @@ public sealed class TrainingJobActor : ReceiveActor
         _state = _state with { Answered = _state.Answered.Add(m.Stage) };
         if (_state.Answered.Count < _placement.Length) return;
         var line = _state.Lines[^1] with { Seconds = _clock.Elapsed.TotalSeconds };
-        _state = _state with { Lines = _state.Lines.SetItem(_state.Lines.Length - 1, line) };
+        _state = _state with { Lines = _state.Lines.SetItem(_state.Lines.Length - 1, line), Seconds = _state.Seconds + line.Seconds };
         _sender.Tell(_replyTo, new JobTrainingStep(_job, line), Self);
         int done = _state.Step + 1;
         if (done >= _training.Steps) Finish(null);
@@ -322,7 +335,14 @@ public sealed class TrainingJobActor : ReceiveActor
     void Answer(ImmutableArray<NamedTensor> weights)
     {
         _state = _state with { Phase = Phase.Done };
-        _sender.Tell(_replyTo, new JobTrained(_job, _state.Lines, weights, _state.Failure), Self);
+        var stages = _placement.Select((p, s) =>
+        {
+            var layers = _cost.Layers.Skip(p.FirstLayer).Take(p.LayerCount).ToArray();
+            var policy = OffloadPolicy.For(p.Policy, p.LayerCount);
+            return new StagePlan(s, p.Node, p.Device, p.FirstLayer, p.LayerCount, policy.Window, policy.Swap, layers.Sum(l => l.Bytes),
+                layers.Sum(l => l.Flops), _state.Peaks.GetValueOrDefault(s), _state.Seconds);
+        }).ToImmutableArray();
+        _sender.Tell(_replyTo, new JobTrained(_job, _state.Lines, weights, _state.Failure) { Stages = stages }, Self);
         Context.Stop(Self);
     }
 

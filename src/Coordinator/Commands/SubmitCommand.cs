@@ -193,7 +193,7 @@ public static class SubmitCommand
                 settings.Schedule.Kind.ToString().ToLowerInvariant(), settings.Schedule.Warmup, save is not null, r.GetValue(t.CheckpointEvery));
             var spec = ModelCatalog.CheckpointSpec(dir, batch, (int)ids.shape[1], 0);
             var layered = ModelCatalog.Create(spec);
-            TrainingJobActor.Check(layered, [new TrainingStagePlacement(Akka.Actor.ActorRefs.Nobody, "", 0, layered.Layers.Count, policy)], training);
+            TrainingJobActor.Check(layered, [new TrainingStagePlacement(Akka.Actor.ActorRefs.Nobody, "", "", 0, layered.Layers.Count, policy)], training);
             return (new SubmitJob(id is { } given ? new JobId(given) : JobId.New(), spec, policy, Training: training), settings);
         }, TrainFlagOfField);
         await using var client = SubmitClient.Start(contacts, hostname, config, verbose);
@@ -226,8 +226,9 @@ public static class SubmitCommand
                     }
                     Console.WriteLine($"saved: {save}");
                 }
+                if (trained.Stages.Length > 0) PrintStages(trained.Stages);
                 if (reportPath is not null)
-                    ReportWriter.WriteJson(reportPath, new SubmitTrainReport(dir, Path.GetFullPath(data), trained.Steps, trained.Failure));
+                    ReportWriter.WriteJson(reportPath, new SubmitTrainReport(dir, Path.GetFullPath(data), trained.Steps, trained.Failure, trained.Stages));
                 if (trained.Failure is { } failure)
                     throw new InvalidOperationException($"job {job.Id}: {failure}" + (save is null ? "" : $" (the last good weights are saved in {save})"));
                 Console.WriteLine($"job {job.Id} trained {trained.Steps.Length} step(s)");
@@ -239,7 +240,7 @@ public static class SubmitCommand
     }
 
     /// <summary>submit --train's JSON report: the checkpoint, the data, every step and the failure, if any.</summary>
-    sealed record SubmitTrainReport(string Model, string Data, IReadOnlyList<TrainingStepLine> Steps, string? Failure);
+    sealed record SubmitTrainReport(string Model, string Data, IReadOnlyList<TrainingStepLine> Steps, string? Failure, IReadOnlyList<StagePlan> Stages);
 
     /// <summary>--generate N: the prompts from --input (a checkpoint's token ids), checked as the job manager will check them, with
     /// the refused field named by its flag; the job's spec carries no input file (the prompts travel in the job).</summary>
@@ -268,11 +269,13 @@ public static class SubmitCommand
 
     static string Sampling(GenerationParameters g) => new SamplingSettings(g.Temperature, g.TopK, g.TopP, g.Seed).ToString();
 
-    static void PrintStages(PassReport report)
+    static void PrintStages(PassReport report) => PrintStages(report.Stages);
+
+    static void PrintStages(IReadOnlyList<StagePlan> stages)
     {
         var table = new Table().AddColumn("stage").AddColumn("node").AddColumn("device").AddColumn("layers").AddColumn("k/k'")
             .AddColumn(new TableColumn("peak bytes").RightAligned());
-        foreach (var s in report.Stages)
+        foreach (var s in stages)
             table.AddRow(new Text($"{s.Stage}"), new Text(s.Node), new Text(s.Device), new Text($"{s.FirstLayer}..{s.FirstLayer + s.LayerCount - 1}"),
                 new Text($"{s.Window}/{s.Swap}"), new Text($"{s.PeakDeviceBytes:N0}"));
         AnsiConsole.Write(table);

@@ -145,6 +145,15 @@ public sealed class TrainingResumeSpec : IDisposable
         Assert.Contains("--resume", error);
         Assert.Single(error.Trim().Split('\n'));
 
+        // A resume that changes a setting it can continue under runs, and says what it changed (the continuation is then its own).
+        (code, error) = await Cli(TrainArgs(model, "--steps", "3", "--lr", "0.002", "--clip-norm", "0.5", "--resume", saved));
+        Assert.Equal(0, code);
+        Assert.Equal($"superpipeline train: resuming {saved} with --lr 0.002 (saved run: 0.001), --clip-norm 0.5 (saved run: none): the steps from "
+            + "here are not the ones the saved run would have made", error.Trim());
+        (code, error) = await Cli(TrainArgs(model, "--steps", "3", "--resume", saved));
+        Assert.Equal(0, code);
+        Assert.Equal("", error.Trim()); // the same settings: nothing to say
+
         (code, error) = await Cli(TrainArgs(model, "--steps", "4", "--save-every", "2"));
         Assert.Equal(1, code);
         Assert.Equal("superpipeline: --save-every needs a directory to save into (save)", error.Trim());

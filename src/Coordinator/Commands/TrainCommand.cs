@@ -119,11 +119,34 @@ public static class TrainCommand
         OutputPaths.CheckWritable(reportPath, "--report");
         OutputPaths.CheckWritable(plotPath, "--plot");
         console.MarkupLineInterpolated($"[bold]superpipeline train[/]: {o.ModelDir}, {o.Steps} step(s) of {o.Batch} rows, {o.Settings.Optimizer}");
+        string? note = null; // said before the first step: only a resume the run accepted is worth it
+        if (o.ResumeDir is { } resumed && File.Exists(Path.Combine(resumed, TrainingCheckpoint.StateFile)))
+        {
+            TrainerState? state = null;
+            try
+            {
+                state = TrainingCheckpoint.ReadState(resumed);
+            }
+            catch (FieldException)
+            {
+                // the run refuses it, naming --resume
+            }
+            var changes = state is null ? [] : TrainingCheckpoint.Changes(state, o.Settings.Optimizer, o.Settings.Schedule, o.Settings.ClipNorm,
+                o.Settings.MicroBatches, o.Batch, o.Steps);
+            if (changes.Count > 0)
+                note = $"superpipeline train: resuming {resumed} with "
+                    + string.Join(", ", changes.Select(c => $"{FlagOfField.GetValueOrDefault(c.Field, c.Field)} {c.Now} (saved run: {c.Saved})"))
+                    + ": the steps from here are not the ones the saved run would have made";
+        }
         TrainingRunResult result;
         try
         {
-            result = await TrainingRun.RunAsync(o, s => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {s.Step + 1}: loss {s.Loss:0.000000}, lr {s.LearningRate:G6}{(s.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Seconds:0.000} s")),
+            result = await TrainingRun.RunAsync(o, s =>
+            {
+                if (Interlocked.Exchange(ref note, null) is { } said) Console.Error.WriteLine(said);
+                console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {s.Step + 1}: loss {s.Loss:0.000000}, lr {s.LearningRate:G6}"
+                    + $"{(s.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Seconds:0.000} s"));
+            },
                 cancel, p => console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"planned: {(p.Policy.Window is null ? "window all" : $"window {p.Window} / swap {p.Swap}")} for {o.Device.CapacityBytes:N0} device bytes, "
                     + $"predicted peak {p.PeakBytes:N0} bytes, {p.StepSeconds:0.000} s per step ({p.Simulated} simulated)")));

@@ -142,6 +142,31 @@ public static class TrainingCheckpoint
                 $"{directory} trained on {state.DataRows} rows of {state.DataColumns} tokens; this run's data is {rows} rows of {columns}"));
     }
 
+    /// <summary>What a resume changes from the saved run's settings that it can still continue under (the learning rate, momentum,
+    /// weight decay, schedule, warm-up, clipping, micro-batches, batch, or the cosine schedule's length), by <see cref="TrainingFields"/>
+    /// name, with the value now and the saved run's. With any, the continuation is no longer the one an uninterrupted run of the saved
+    /// settings would make.</summary>
+    public static IReadOnlyList<(string Field, string Now, string Saved)> Changes(TrainerState state, OptimizerSettings o, LrSchedule schedule,
+        double? clipNorm, int microBatches, int batch, int steps)
+    {
+        var list = new List<(string, string, string)>();
+        void Compare<T>(string field, T now, T saved)
+        {
+            static string Text(T v) => v is null ? "none" : string.Create(CultureInfo.InvariantCulture, $"{v}");
+            if (!EqualityComparer<T>.Default.Equals(now, saved)) list.Add((field, Text(now), Text(saved)));
+        }
+        Compare(TrainingFields.LearningRate, o.LearningRate, state.LearningRate);
+        Compare(TrainingFields.Momentum, o.Momentum, state.Momentum);
+        Compare(TrainingFields.WeightDecay, o.WeightDecay, state.WeightDecay);
+        Compare(TrainingFields.Schedule, schedule.Kind.ToString().ToLowerInvariant(), state.Schedule);
+        Compare(TrainingFields.Warmup, schedule.Warmup, state.Warmup);
+        if (schedule.Kind == ScheduleKind.Cosine) Compare(TrainingFields.Steps, steps, state.ScheduleSteps); // the schedule's length
+        Compare(TrainingFields.ClipNorm, clipNorm, state.ClipNorm);
+        Compare(TrainingFields.MicroBatches, microBatches, state.MicroBatches);
+        Compare(TrainingFields.Batch, batch, state.Batch);
+        return list;
+    }
+
     /// <summary>The refusal when the optimizer state does not fit the layers (a slot missing or of another shape).</summary>
     public static FieldException Unfit(string directory, string problem) => new(Field, $"{directory}: {problem}");
 

@@ -53,7 +53,7 @@ public static class TrainBench
     public const double RematchTolerance = 0.15;
 
     /// <summary>How many times the comparable link is matched again at most (a shared machine's speed drifts).</summary>
-    public const int Rematches = 2;
+    public const int Rematches = 3;
 
     /// <summary>The largest batch a search tries (a safeguard: the device's capacity stops the doubling long before).</summary>
     public const int BatchCap = 4096;

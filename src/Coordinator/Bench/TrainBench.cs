@@ -456,7 +456,9 @@ public static class TrainBench
                 + Tried(search.Trials)
                 + (search.Trials.FirstOrDefault(t => !t.Fits) is { } first ? $". First refusal: \"{first.Refusal}\"" : ""));
         lines.Add("");
-        lines.Add($"Each variant: a fresh device, a warm-up step, then {r.Steps} measured step(s), in rounds of one step per variant.");
+        lines.Add($"Each variant: a fresh device, a warm-up step, then {r.Steps} measured step(s), in rounds of one step per variant. "
+            + "\"cold step\" is the warm-up: the first step of fresh layer actors on a fresh device (their master copies and optimizer state "
+            + "new, no device byte held), in a process whose libtorch earlier variants warmed; \"warm median\" the measured steps' median.");
         lines.Add("");
         var table = new MarkdownTable("variant", "model", "policy", "batch>", "samples/s>", "tokens/s>", "cold step s>", "warm median s>",
             "peak device bytes>", "% of device>", "peak host bytes>");

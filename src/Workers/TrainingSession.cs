@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using System.Diagnostics;
+using System.Text.Json.Serialization;
 using Akka.Actor;
 using Superpipeline.Contracts;
 using Superpipeline.Engine;
@@ -34,7 +35,16 @@ public sealed record TrainingSettings(OptimizerSettings Optimizer, LrSchedule Sc
 /// <param name="PeakHostBytes">Host bytes for training at the step's fullest: the weights the actors publish, their master copies,
 /// gradients and optimizer state, and the inputs the forward pass saved.</param>
 public sealed record TrainingStepReport(int Step, double Loss, ImmutableArray<float> MicroBatchLosses, double LearningRate, float? GradNorm,
-    double Seconds, long Tokens, long PeakDeviceBytes, long PeakHostBytes, long BytesTransferred);
+    double Seconds, long Tokens, long PeakDeviceBytes, long PeakHostBytes, long BytesTransferred)
+{
+    /// <summary>Seconds the step's two passes computed, summed over their layers (<see cref="LayerTiming.ComputeSeconds"/>): what
+    /// <c>bench --train</c> matches an emulated link to. Not written to train's report.</summary>
+    [JsonIgnore] public double ComputeSeconds { get; init; }
+
+    /// <summary>Seconds the step's two passes spent moving layers to the device, summed over their layers
+    /// (<see cref="LayerTiming.LoadSeconds"/>). Not written to train's report.</summary>
+    [JsonIgnore] public double TransferSeconds { get; init; }
+}
 
 /// <summary>A training step failed: its passes freed every device byte and the layers dropped its gradients, so the weights are
 /// those of the last step that succeeded.</summary>
@@ -136,7 +146,11 @@ public sealed class TrainingSession
             double loss = batch.Losses.Sum(l => (double)l) / micro;
             return new TrainingStepReport(step, loss, [.. batch.Losses], lr, norm, clock.Elapsed.TotalSeconds, images ? ids.shape[0] : ids.numel(),
                 Math.Max(forward.PeakDeviceBytes, backward.PeakDeviceBytes), _trainingHostBytes + _model.Bytes + saved,
-                forward.BytesTransferred + backward.BytesTransferred);
+                forward.BytesTransferred + backward.BytesTransferred)
+            {
+                ComputeSeconds = forward.LayerTimings.Sum(t => t.ComputeSeconds) + backward.LayerTimings.Sum(t => t.ComputeSeconds),
+                TransferSeconds = forward.LayerTimings.Sum(t => t.LoadSeconds) + backward.LayerTimings.Sum(t => t.LoadSeconds),
+            };
         }
         catch (Exception e)
         {

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json.Serialization;
 using Akka.Actor;
 using Akka.Configuration;
 using Superpipeline.Contracts;
@@ -7,6 +8,7 @@ using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Simulation;
 using Superpipeline.Engine.Training;
 using Superpipeline.Workers;
 using static TorchSharp.torch;
@@ -28,12 +30,30 @@ public sealed record TrainBenchOptions(string OutDir = "bench-results", bool Qui
 /// no byte reserved. Then samples per second of the two at their largest batches, and of the streamed one at the resident's
 /// batch, measured in one run: a warm-up step each, then rounds of one step per variant. (b) The large model: resident is refused
 /// at one row; streamed, it trains (at the small model's largest streamed batch, halved until a step fits). Writes train.md and
-/// train.json. The simulated device has no link emulation (its transfers are host copies). Figures are measurements: the exit
-/// code is 0 unless something failed.</summary>
+/// train.json. (c) The same under an emulated link, as a user meets a real accelerator: the link is set so that the streamed step's
+/// transfers (forward and backward, at the small model's largest streamed batch) take as long as their compute (transfer ÷ compute
+/// <see cref="TransferOverCompute"/>, from the compute measured without the link, matched again up to <see cref="Rematches"/> times
+/// to the compute measured under it while the ratio met is more than <see cref="RematchTolerance"/> off), and again at
+/// <see cref="HarderTransferOverCompute"/>; beside the bench's window, <c>train</c>'s default window (<see cref="DefaultWindow"/>,
+/// swap <see cref="DefaultSwap"/>) and <c>train --window auto</c> (<see cref="TrainingPlanner.Choose"/> on the calibrated linked
+/// device). Every variant reports its first (cold) step beside its warm median. Figures are measurements: the exit code is 0 unless
+/// something failed.</summary>
 public static class TrainBench
 {
     /// <summary>The streamed window: two layers, one swapped at a time (the next layer loads while one computes).</summary>
     public const int Window = 2, Swap = 1;
+
+    /// <summary><c>train</c>'s default window (<c>--window 3</c>, swap 1): what a user who sets nothing trains with.</summary>
+    public const int DefaultWindow = 3, DefaultSwap = 1;
+
+    /// <summary>The streamed step's transfers ÷ their compute under the comparable link, and under the harder one.</summary>
+    public const double TransferOverCompute = 1.0, HarderTransferOverCompute = 2.0;
+
+    /// <summary>How far (as a fraction) the ratio the comparable link's runs met may be from its target before the link is matched again.</summary>
+    public const double RematchTolerance = 0.15;
+
+    /// <summary>How many times the comparable link is matched again at most (a shared machine's speed drifts).</summary>
+    public const int Rematches = 3;
 
     /// <summary>The largest batch a search tries (a safeguard: the device's capacity stops the doubling long before).</summary>
     public const int BatchCap = 4096;
@@ -94,33 +114,81 @@ public static class TrainBench
                 if (residentSearch.LargestBatch < 1)
                     throw new InvalidOperationException(
                         $"bench: the small model trains resident at no batch on {capacity:N0} bytes: {Refusal(residentSearch)}");
-                var measured = await bench.MeasureAsync(smallDir, steps,
+                int residentBatch = residentSearch.LargestBatch, streamedBatch = streamedSearch.LargestBatch;
+                var measured = await bench.MeasureAsync(steps, null,
                 [
-                    ("resident, largest batch", resident, residentSearch.LargestBatch),
-                    ("streamed, largest batch", streamed, streamedSearch.LargestBatch),
-                    ("streamed, resident's batch", streamed, residentSearch.LargestBatch),
+                    new(ResidentLargest, "small", smallDir, resident, residentBatch),
+                    new(StreamedLargest, "small", smallDir, streamed, streamedBatch),
+                    new(StreamedAtResidents, "small", smallDir, streamed, residentBatch),
                 ]);
 
                 // (b) The model 4× the device: resident refused at one row, streamed trains.
-                var largeResident = await bench.TryAsync(largeDir, resident, 1);
+                var largeResident = await bench.TryAsync(largeDir, resident, 1, null);
                 var largeTrials = new List<BatchTrial>();
-                int batch = streamedSearch.LargestBatch;
+                int batch = streamedBatch;
                 while (batch >= 1)
                 {
-                    var trial = await bench.TryAsync(largeDir, streamed, batch);
+                    var trial = await bench.TryAsync(largeDir, streamed, batch, null);
                     largeTrials.Add(trial);
                     if (trial.Fits) break;
                     batch /= 2;
                 }
                 if (batch < 1) throw new InvalidOperationException($"bench: the large model trains streamed at no batch: {largeTrials[^1].Refusal}");
-                var largeRun = (await bench.MeasureAsync(largeDir, steps, [("large, streamed", streamed, batch)]))[0];
+                var largeRun = (await bench.MeasureAsync(steps, null, [new(LargeStreamed, "large", largeDir, streamed, batch)]))[0];
+
+                // (c) Under an emulated link matched to the streamed step's compute: every variant again, the defaults and the plan.
+                long bytes = measured[1].BytesTransferred;
+                async Task<TrainLinkRun> LinkedAsync(double ratio, double computeSeconds, bool full)
+                {
+                    double gbps = bytes / (ratio * computeSeconds) / 1e9;
+                    log.WriteLine($"train bench: transfer ÷ compute {ratio:0.##}: the streamed step moves {bytes:N0} bytes, computes "
+                        + $"{computeSeconds * 1e3:0.0} ms: link {gbps:0.000} GB/s");
+                    var asks = new List<VariantAsk>
+                    {
+                        new(ResidentLargest, "small", smallDir, resident, residentBatch),
+                        new(StreamedLargest, "small", smallDir, streamed, streamedBatch),
+                    };
+                    var plans = new List<TrainPlanChoice>();
+                    BatchTrial? refused = null;
+                    if (full)
+                    {
+                        asks.Add(new(StreamedAtResidents, "small", smallDir, streamed, residentBatch));
+                        asks.Add(new(DefaultAtResidents, "small", smallDir, new PolicySpec(DefaultWindow, DefaultSwap), residentBatch));
+                        foreach (var (name, at) in new[] { (AutoAtStreamed, streamedBatch), (AutoAtResidents, residentBatch) })
+                        {
+                            var plan = await bench.PlanAsync(name, smallDir, at, gbps);
+                            plans.Add(plan);
+                            if (plan.Refusal is null) asks.Add(new(name, "small", smallDir, plan.Spec, at));
+                        }
+                        refused = await bench.TryAsync(largeDir, resident, 1, gbps);
+                    }
+                    asks.Add(new(LargeStreamed, "large", largeDir, streamed, batch));
+                    var variants = await bench.MeasureAsync(steps, gbps, asks);
+                    return new TrainLinkRun(ratio, gbps, computeSeconds, bytes, variants[1].TransferOverCompute ?? double.NaN, [], plans, refused,
+                        variants);
+                }
+                var comparable = await LinkedAsync(TransferOverCompute, measured[1].ComputeSeconds, full: true);
+                var missed = new List<double>();
+                while (Math.Abs(comparable.EffectiveTransferOverCompute / TransferOverCompute - 1) > RematchTolerance && missed.Count < Rematches)
+                {
+                    // The machine's speed differs between the run the link was matched to and the runs under it (a shared machine's
+                    // does, and the link frees the compute of the host copies): match it again to the compute the runs met.
+                    missed.Add(comparable.EffectiveTransferOverCompute);
+                    log.WriteLine($"train bench: the runs met transfer ÷ compute {comparable.EffectiveTransferOverCompute:0.00}, not "
+                        + $"{TransferOverCompute:0.##}: the link is matched again");
+                    comparable = await LinkedAsync(TransferOverCompute, comparable.Variants[1].ComputeSeconds, full: true);
+                }
+                comparable = comparable with { Missed = [.. missed] };
+                var harder = await LinkedAsync(HarderTransferOverCompute, comparable.Variants[1].ComputeSeconds, full: false);
                 int threads = get_num_threads();
 
                 var report = new TrainBenchReport(started.ToString("O", CultureInfo.InvariantCulture), BenchHarness.Machine(threads), o.Quick, steps,
                     capacity, sequence, $"window {Window}, swap {Swap}", SearchMethod, small, residentSearch, streamedSearch, measured,
-                    streamedSearch.LargestBatch / (double)residentSearch.LargestBatch,
-                    measured[1].SamplesPerSecond / measured[0].SamplesPerSecond,
-                    new LargeModelRun(large, large.ModelBytes / (double)capacity, largeResident, largeTrials, largeRun));
+                    streamedBatch / (double)residentBatch, measured[1].SamplesPerSecond / measured[0].SamplesPerSecond,
+                    new LargeModelRun(large, large.ModelBytes / (double)capacity, largeResident, largeTrials, largeRun))
+                {
+                    RematchTolerance = RematchTolerance, Comparable = comparable, Harder = harder,
+                };
                 await ReportWriter.WriteAsync(files, Markdown(report), report, output, cancel);
             }
             finally
@@ -135,6 +203,14 @@ public static class TrainBench
         }
         return 0;
     }
+
+    /// <summary>The variants' names (the same variant under each link has the same name).</summary>
+    public const string ResidentLargest = "resident, largest batch", StreamedLargest = "streamed, largest batch",
+        StreamedAtResidents = "streamed, resident's batch", DefaultAtResidents = "train's default, resident's batch",
+        AutoAtStreamed = "window auto, streamed's largest batch", AutoAtResidents = "window auto, resident's batch", LargeStreamed = "large, streamed";
+
+    /// <summary>One variant to measure: its name, which checkpoint ("small" or "large") in which folder, the policy and the batch.</summary>
+    sealed record VariantAsk(string Name, string Model, string Dir, PolicySpec Policy, int Batch);
 
     public const string SearchMethod = "doubling from 1 row until a step is refused for device memory, then bisection between the last batch that fit "
         + "and the first that did not; each try one real training step on a fresh device";
@@ -162,7 +238,7 @@ public static class TrainBench
             var trials = new List<BatchTrial>();
             async Task<bool> Fits(int batch)
             {
-                var t = await TryAsync(dir, policy, batch);
+                var t = await TryAsync(dir, policy, batch, null);
                 trials.Add(t);
                 return t.Fits;
             }
@@ -189,9 +265,9 @@ public static class TrainBench
 
         /// <summary>One training step at <paramref name="batch"/> rows on a fresh device: it fits, or it is refused for device memory
         /// (anything else is a failure of the bench) and the device must hold no byte after it.</summary>
-        public async Task<BatchTrial> TryAsync(string dir, PolicySpec policy, int batch)
+        public async Task<BatchTrial> TryAsync(string dir, PolicySpec policy, int batch, double? linkGBps)
         {
-            await using var rig = await Rig.StartAsync(system, dir, batch, sequence, capacity, policy, askTimeout, $"tbench-{_rigs++}");
+            await using var rig = await Rig.StartAsync(system, dir, batch, sequence, capacity, linkGBps, policy, askTimeout, $"tbench-{_rigs++}");
             cancel.ThrowIfCancellationRequested();
             using var ids = Ids(rig.Model, batch, sequence);
             try
@@ -205,15 +281,16 @@ public static class TrainBench
             }
         }
 
-        /// <summary>Each variant on a fresh device, all at once: a warm-up step each, then <paramref name="steps"/> rounds of one step per
-        /// variant, so that a machine whose speed drifts slows every variant alike.</summary>
-        public async Task<IReadOnlyList<TrainVariant>> MeasureAsync(string dir, int steps, IReadOnlyList<(string Name, PolicySpec Policy, int Batch)> variants)
+        /// <summary>Each variant on a fresh device (with the emulated link <paramref name="linkGBps"/>, or none), all at once: a warm-up
+        /// step each, then <paramref name="steps"/> rounds of one step per variant, so that a machine whose speed drifts slows every
+        /// variant alike.</summary>
+        public async Task<IReadOnlyList<TrainVariant>> MeasureAsync(int steps, double? linkGBps, IReadOnlyList<VariantAsk> variants)
         {
             var rigs = new List<Rig>();
             try
             {
                 foreach (var v in variants)
-                    rigs.Add(await Rig.StartAsync(system, dir, v.Batch, sequence, capacity, v.Policy, askTimeout, $"tbench-{_rigs++}"));
+                    rigs.Add(await Rig.StartAsync(system, v.Dir, v.Batch, sequence, capacity, linkGBps, v.Policy, askTimeout, $"tbench-{_rigs++}"));
                 var reports = variants.Select(_ => new List<TrainingStepReport>()).ToArray();
                 for (int step = 0; step <= steps; step++)
                     for (int i = 0; i < rigs.Count; i++)
@@ -222,10 +299,11 @@ public static class TrainBench
                         using var ids = Ids(rigs[i].Model, variants[i].Batch, sequence, step);
                         reports[i].Add(await rigs[i].Session.StepAsync(step, ids));
                     }
-                var result = variants.Select((v, i) => Variant(v.Name, Describe(v.Policy), v.Batch, reports[i])).ToArray();
+                var result = variants.Select((v, i) => Variant(v, linkGBps, reports[i])).ToArray();
                 foreach (var r in result)
-                    log.WriteLine($"train bench: {r.Name} ({r.Policy}, batch {r.Batch}): {r.SamplesPerSecond:0.00} samples/s, "
-                        + $"peak {r.PeakDeviceBytes:N0} bytes");
+                    log.WriteLine($"train bench: {r.Name} ({r.Policy}, batch {r.Batch}{(linkGBps is { } g ? $", link {g:0.000} GB/s" : "")}): "
+                        + $"{r.SamplesPerSecond:0.00} samples/s, cold step {r.WarmupSeconds:0.000} s, warm median {r.WarmMedianSeconds:0.000} s, "
+                        + $"peak {r.PeakDeviceBytes:N0} bytes" + (r.TransferOverCompute is { } x ? $", transfer ÷ compute {x:0.00}" : ""));
                 return result;
             }
             finally
@@ -234,12 +312,45 @@ public static class TrainBench
             }
         }
 
-        static TrainVariant Variant(string name, string policy, int batch, List<TrainingStepReport> steps)
+        /// <summary>What <c>train --window auto</c> plans for <paramref name="batch"/> rows: the device of the bench's capacity and
+        /// link measured as <c>train</c> measures it (<see cref="DeviceCalibration"/>), then <see cref="TrainingPlanner.Choose"/>.</summary>
+        public async Task<TrainPlanChoice> PlanAsync(string name, string dir, int batch, double linkGBps)
+        {
+            using var device = new SimulatedDevice($"sim:tbench-{_rigs++}", capacity, linkGBps);
+            var cost = (await DeviceCalibration.MeasureAsync(device)).Validated();
+            var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, batch, sequence, 0));
+            try
+            {
+                var plan = TrainingPlanner.Choose(model, 1, cost);
+                log.WriteLine($"train bench: {name}: planned window {plan.Window}, swap {plan.Swap} (predicted peak {plan.PeakBytes:N0} bytes, "
+                    + $"step {plan.StepSeconds:0.000} s; {cost.FlopsPerSecond / 1e9:0.00} GFLOP/s calibrated)");
+                return new TrainPlanChoice(name, batch, Describe(plan.Policy), plan.Policy.Window is null, plan.Window, plan.Swap, plan.PeakBytes,
+                    plan.StepSeconds, cost.LinkBytesPerSecond / 1e9, cost.FlopsPerSecond / 1e9, null);
+            }
+            catch (FieldException e)
+            {
+                log.WriteLine($"train bench: {name}: the planner refused: {e.Message}");
+                return new TrainPlanChoice(name, batch, null, false, 0, 0, 0, 0, cost.LinkBytesPerSecond / 1e9, cost.FlopsPerSecond / 1e9, e.Message);
+            }
+        }
+
+        /// <summary>A variant's figures: samples and tokens per second over the measured steps, the warm-up (cold) step beside the
+        /// measured steps' median, and the medians of their compute, transfer time and bytes moved.</summary>
+        static TrainVariant Variant(VariantAsk v, double? linkGBps, List<TrainingStepReport> steps)
         {
             var measured = steps.Skip(1).ToArray();
             double seconds = measured.Sum(s => s.Seconds);
-            return new TrainVariant(name, policy, batch, batch * measured.Length / seconds, measured.Sum(s => s.Tokens) / seconds, steps[0].Seconds,
-                [.. measured.Select(s => s.Seconds)], steps.Max(s => s.PeakDeviceBytes), steps.Max(s => s.PeakHostBytes), [.. steps.Select(s => s.Loss)]);
+            double compute = Stats.Median(measured.Select(s => s.ComputeSeconds));
+            long bytes = (long)Stats.Median(measured.Select(s => (double)s.BytesTransferred));
+            double? met = linkGBps is { } g && compute > 0 ? bytes / (g * 1e9) / compute : null;
+            return new TrainVariant(v.Name, Describe(v.Policy), v.Batch, v.Batch * measured.Length / seconds, measured.Sum(s => s.Tokens) / seconds,
+                steps[0].Seconds, [.. measured.Select(s => s.Seconds)], steps.Max(s => s.PeakDeviceBytes), steps.Max(s => s.PeakHostBytes),
+                [.. steps.Select(s => s.Loss)])
+            {
+                Model = v.Model, WarmMedianSeconds = Stats.Median(measured.Select(s => s.Seconds)), ComputeSeconds = compute,
+                TransferSeconds = Stats.Median(measured.Select(s => s.TransferSeconds)), BytesTransferred = bytes, LinkGBps = linkGBps,
+                TransferOverCompute = met,
+            };
         }
 
         /// <summary>Seeded token ids in [0, vocab): the same rows for the same batch, step and model.</summary>
@@ -280,11 +391,11 @@ public static class TrainBench
         public SimulatedDevice Device { get; }
         public TrainingSession Session { get; }
 
-        public static async Task<Rig> StartAsync(ActorSystem system, string dir, int batch, int sequence, long capacity, PolicySpec policy,
-            TimeSpan askTimeout, string name)
+        public static async Task<Rig> StartAsync(ActorSystem system, string dir, int batch, int sequence, long capacity, double? linkGBps,
+            PolicySpec policy, TimeSpan askTimeout, string name)
         {
             var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, batch, sequence, 0));
-            var device = new SimulatedDevice($"sim:{name}", capacity);
+            var device = new SimulatedDevice($"sim:{name}", capacity, linkGBps);
             var layers = new List<IActorRef>();
             IActorRef? loader = null;
             try
@@ -328,7 +439,8 @@ public static class TrainBench
             $"{r.Timestamp}; {r.Machine.Cores} cores, {r.Machine.Os}, {r.Machine.Runtime}, {r.Machine.TorchThreads} torch threads"
                 + (r.Quick ? "; **quick run** (small checkpoints: figures are a smoke test)" : ""),
             "",
-            $"Device: simulated, {r.DeviceCapacityBytes:N0} bytes (a quarter of the large model), no link emulation. "
+            $"Device: simulated, {r.DeviceCapacityBytes:N0} bytes (a quarter of the large model); (a) and (b) without link emulation "
+                + "(transfers are host copies: the easy case), (c) under an emulated link. "
                 + $"Rows of {r.Sequence} seeded random token ids (new rows each step); "
                 + "AdamW (lr 1e-3), causal-LM loss; streamed = " + r.StreamedPolicy + ".",
             $"Small model: seeded Llama F32, {s.Layers} layers ({s.Blocks} blocks + embeddings + head), hidden {s.Hidden}, ffn {s.Ffn}: "
@@ -344,19 +456,22 @@ public static class TrainBench
                 + Tried(search.Trials)
                 + (search.Trials.FirstOrDefault(t => !t.Fits) is { } first ? $". First refusal: \"{first.Refusal}\"" : ""));
         lines.Add("");
-        lines.Add($"Each variant: a fresh device, a warm-up step, then {r.Steps} measured step(s), in rounds of one step per variant.");
+        lines.Add($"Each variant: a fresh device, a warm-up step, then {r.Steps} measured step(s), in rounds of one step per variant. "
+            + "\"cold step\" is the warm-up: the first step of fresh layer actors on a fresh device (their master copies and optimizer state "
+            + "new, no device byte held), in a process whose libtorch earlier variants warmed; \"warm median\" the measured steps' median.");
         lines.Add("");
-        var table = new MarkdownTable("variant", "model", "policy", "batch>", "samples/s>", "tokens/s>", "warm-up s>", "peak device bytes>",
-            "% of device>", "peak host bytes>");
+        var table = new MarkdownTable("variant", "model", "policy", "batch>", "samples/s>", "tokens/s>", "cold step s>", "warm median s>",
+            "peak device bytes>", "% of device>", "peak host bytes>");
+        string Model(string model) => model == "large" ? $"large ({F(r.Large.ModelOverDevice, "0.0")}×)" : "small";
         foreach (var v in r.Throughput)
             table.Row(v.Name, "small", v.Policy, $"{v.Batch}", F(v.SamplesPerSecond, "0.00"), F(v.TokensPerSecond, "0.0"), F(v.WarmupSeconds, "0.000"),
-                $"{v.PeakDeviceBytes:N0}", Share(v.PeakDeviceBytes), $"{v.PeakHostBytes:N0}");
+                F(v.WarmMedianSeconds, "0.000"), $"{v.PeakDeviceBytes:N0}", Share(v.PeakDeviceBytes), $"{v.PeakHostBytes:N0}");
         var lr = r.Large.Resident;
-        table.Row("large, resident", $"large ({F(r.Large.ModelOverDevice, "0.0")}×)", "resident (window all)", $"{lr.Batch}",
-            lr.Fits ? "fits?" : "refused", "", "", $"{lr.PeakDeviceBytes:N0}", Share(lr.PeakDeviceBytes), "");
+        table.Row("large, resident", Model("large"), "resident (window all)", $"{lr.Batch}",
+            lr.Fits ? "fits?" : "refused", "", "", "", $"{lr.PeakDeviceBytes:N0}", Share(lr.PeakDeviceBytes), "");
         var ls = r.Large.Streamed;
-        table.Row(ls.Name, $"large ({F(r.Large.ModelOverDevice, "0.0")}×)", ls.Policy, $"{ls.Batch}", F(ls.SamplesPerSecond, "0.00"),
-            F(ls.TokensPerSecond, "0.0"), F(ls.WarmupSeconds, "0.000"), $"{ls.PeakDeviceBytes:N0}", Share(ls.PeakDeviceBytes), $"{ls.PeakHostBytes:N0}");
+        table.Row(ls.Name, Model("large"), ls.Policy, $"{ls.Batch}", F(ls.SamplesPerSecond, "0.00"), F(ls.TokensPerSecond, "0.0"),
+            F(ls.WarmupSeconds, "0.000"), F(ls.WarmMedianSeconds, "0.000"), $"{ls.PeakDeviceBytes:N0}", Share(ls.PeakDeviceBytes), $"{ls.PeakHostBytes:N0}");
         lines.AddRange(table.Lines());
         lines.Add("");
         lines.Add($"Streamed ÷ resident, small model at each one's largest batch: batch {F(r.BatchRatio, "0.00")}×, samples/s "
@@ -372,6 +487,46 @@ public static class TrainBench
             + $"{F(ls.SamplesPerSecond, "0.00")} samples/s, peak device {ls.PeakDeviceBytes:N0} bytes ({Share(ls.PeakDeviceBytes)} % of the device), "
             + $"loss {string.Join(" → ", ls.Losses.Select(x => F(x, "0.0000")))}");
         lines.Add("");
+        lines.Add("## (c) under an emulated link: what a user meets on an accelerator");
+        lines.Add("");
+        var c = r.Comparable;
+        lines.Add($"The link is set from the streamed step at its largest batch ({F(c.MatchedBytes / 1e6, "0.00")} MB moved per step, forward and "
+            + "backward): its bytes at the link's rate take the given multiple of the step's compute (its layers' compute seconds summed, a warm "
+            + "median). The first link is matched to the compute measured without a link; "
+            + (c.Missed.Count == 0
+                ? $"the runs under it met {F(c.EffectiveTransferOverCompute, "0.00")}, within ±{F(r.RematchTolerance * 100, "0")} %."
+                : $"the runs under it met {string.Join(", then ", c.Missed.Select(x => F(x, "0.00")))}, more than ±{F(r.RematchTolerance * 100, "0")} % "
+                    + $"off, so it was matched again to the compute they met, and the last runs met {F(c.EffectiveTransferOverCompute, "0.00")}.")
+            + $" The harder link is set to {F(r.Harder.TransferOverCompute, "0.##")}× from the comparable runs' compute (not matched again). "
+            + "\"transfer ÷ compute met\" is each variant's own (its warm step's bytes at the link's rate ÷ its compute): resident training moves "
+            + "its weights every step too (they change after each), in the backward pass as in the forward.");
+        lines.Add("");
+        foreach (var link in new[] { r.Comparable, r.Harder })
+        {
+            lines.Add($"### transfer ÷ compute {F(link.TransferOverCompute, "0.##")} (met: {F(link.EffectiveTransferOverCompute, "0.00")}), link "
+                + $"{F(link.LinkGBps, "0.000")} GB/s");
+            lines.Add("");
+            foreach (var p in link.Plans)
+                lines.Add(p.Refusal is null
+                    ? $"- `train --window auto` at {p.Batch} rows: planned {p.Policy}{(p.Resident ? $" (k = k' = {p.Window})" : "")}; predicted peak "
+                        + $"{p.PredictedPeakDeviceBytes:N0} bytes ({Share(p.PredictedPeakDeviceBytes)} %), step {F(p.PredictedStepSeconds, "0.000")} s; "
+                        + $"calibrated {F(p.CalibratedGflops, "0.0")} GFLOP/s, link {F(p.CalibratedLinkGBps, "0.000")} GB/s"
+                    : $"- `train --window auto` at {p.Batch} rows: refused: \"{p.Refusal}\"");
+            if (link.LargeResident is { } refused)
+                lines.Add(refused.Fits ? "- large, resident at 1 row: FITS (unexpected)"
+                    : $"- large, resident at 1 row: refused; {refused.ReservedAfterBytes:N0} bytes left reserved after the refusal");
+            if (link.Plans.Count > 0 || link.LargeResident is not null) lines.Add("");
+            var linked = new MarkdownTable("variant", "model", "policy", "batch>", "samples/s>", "tokens/s>", "cold step s>", "warm median s>",
+                "compute s>", "transfer ÷ compute met>", "MB moved>", "peak device bytes>", "% of device>");
+            foreach (var v in link.Variants)
+                linked.Row(v.Name, Model(v.Model), v.Policy, $"{v.Batch}", F(v.SamplesPerSecond, "0.00"), F(v.TokensPerSecond, "0.0"),
+                    F(v.WarmupSeconds, "0.000"), F(v.WarmMedianSeconds, "0.000"), F(v.ComputeSeconds, "0.000"), F(v.TransferOverCompute ?? double.NaN, "0.00"),
+                    F(v.BytesTransferred / 1e6, "0.00"), $"{v.PeakDeviceBytes:N0}", Share(v.PeakDeviceBytes));
+            lines.AddRange(linked.Lines());
+            lines.Add("");
+            lines.Add($"Streamed ÷ resident at each one's largest batch: samples/s {F(link.SamplesPerSecondRatio, "0.00")}× (one run).");
+            lines.Add("");
+        }
         return string.Join('\n', lines);
     }
 }
@@ -384,9 +539,55 @@ public static class TrainBench
 /// <param name="Throughput">The small model: resident at its largest batch, streamed at its largest batch, streamed at the resident's.</param>
 /// <param name="BatchRatio">The largest streamed batch ÷ the largest resident batch.</param>
 /// <param name="SamplesPerSecondRatio">Samples/s, streamed at its largest batch ÷ resident at its largest batch, measured in one run.</param>
+/// <param name="Large">The model 4× the device, without link emulation.</param>
 public sealed record TrainBenchReport(string Timestamp, MachineInfo Machine, bool Quick, int Steps, long DeviceCapacityBytes, int Sequence,
     string StreamedPolicy, string Search, TrainBenchModel Model, BatchSearch Resident, BatchSearch Streamed, IReadOnlyList<TrainVariant> Throughput,
-    double BatchRatio, double SamplesPerSecondRatio, LargeModelRun Large);
+    double BatchRatio, double SamplesPerSecondRatio, LargeModelRun Large)
+{
+    /// <summary>How far (as a fraction) the comparable link's ratio met may be from its target (<see cref="TrainBench.RematchTolerance"/>).</summary>
+    public double RematchTolerance { get; init; }
+
+    /// <summary>Every variant under the link matched to transfer ÷ compute <see cref="TrainBench.TransferOverCompute"/>, with
+    /// <c>train</c>'s default window and <c>train --window auto</c>.</summary>
+    public required TrainLinkRun Comparable { get; init; }
+
+    /// <summary>Resident and streamed at their largest batches and the 4× model under the harder link
+    /// (<see cref="TrainBench.HarderTransferOverCompute"/>).</summary>
+    public required TrainLinkRun Harder { get; init; }
+}
+
+/// <summary>The variants measured under one emulated link, in one run.</summary>
+/// <param name="TransferOverCompute">The target: the streamed step's transfers (its bytes at the link's rate) ÷ their compute.</param>
+/// <param name="MatchedComputeSeconds">The streamed step's compute (summed over its layers, forward and backward; a warm median) the
+/// link was matched to: measured without the link, or, after a miss, under the previous link.</param>
+/// <param name="MatchedBytes">The bytes the streamed step moves (forward and backward).</param>
+/// <param name="EffectiveTransferOverCompute">What the streamed step met: its bytes at the link's rate ÷ its compute measured under
+/// the link (a warm median).</param>
+/// <param name="Missed">The ratios met by earlier runs that were more than the tolerance off, each followed by a match again.</param>
+/// <param name="Plans">What <c>train --window auto</c> planned at each batch (the comparable link only).</param>
+/// <param name="LargeResident">The 4× model tried resident at one row under this link (the comparable link only).</param>
+public sealed record TrainLinkRun(double TransferOverCompute, double LinkGBps, double MatchedComputeSeconds, long MatchedBytes,
+    double EffectiveTransferOverCompute, IReadOnlyList<double> Missed, IReadOnlyList<TrainPlanChoice> Plans, BatchTrial? LargeResident,
+    IReadOnlyList<TrainVariant> Variants)
+{
+    /// <summary>Samples/s, streamed at its largest batch ÷ resident at its largest batch, measured in this run.</summary>
+    public double SamplesPerSecondRatio => Of(TrainBench.StreamedLargest).SamplesPerSecond / Of(TrainBench.ResidentLargest).SamplesPerSecond;
+
+    TrainVariant Of(string name) => Variants.Single(v => v.Name == name);
+}
+
+/// <summary>What <c>train --window auto</c> chose for the small model at <paramref name="Batch"/> rows on the bench's device under
+/// the link, calibrated as <c>train</c> calibrates it.</summary>
+/// <param name="Policy">The chosen window, as the variants name theirs; null when the planner refused.</param>
+/// <param name="Resident">The plan is window all.</param>
+/// <param name="PredictedStepSeconds">The planner's simulated seconds of the step's two passes.</param>
+/// <param name="Refusal">The planner's refusal (no window fits); null when it planned.</param>
+public sealed record TrainPlanChoice(string Variant, int Batch, string? Policy, bool Resident, int Window, int Swap, long PredictedPeakDeviceBytes,
+    double PredictedStepSeconds, double CalibratedLinkGBps, double CalibratedGflops, string? Refusal)
+{
+    /// <summary>The plan as a window to train with.</summary>
+    [JsonIgnore] public PolicySpec Spec => Resident ? PolicySpec.Resident : new PolicySpec(Window, Swap);
+}
 
 /// <summary>A seeded checkpoint of the bench.</summary>
 public sealed record TrainBenchModel(string Family, string Dtype, int Layers, int Blocks, int Hidden, int Ffn, int Heads, int KvHeads, int Vocab,
@@ -404,8 +605,32 @@ public sealed record BatchTrial(int Batch, bool Fits, long PeakDeviceBytes, long
 
 /// <summary>One measured variant: samples and tokens per second over the measured steps, the warm-up step's time, each measured
 /// step's seconds, the peaks over every step and every step's loss (the warm-up's first).</summary>
+/// <param name="WarmupSeconds">The first (cold) step on the variant's fresh device.</param>
 public sealed record TrainVariant(string Name, string Policy, int Batch, double SamplesPerSecond, double TokensPerSecond, double WarmupSeconds,
-    IReadOnlyList<double> StepSeconds, long PeakDeviceBytes, long PeakHostBytes, IReadOnlyList<double> Losses);
+    IReadOnlyList<double> StepSeconds, long PeakDeviceBytes, long PeakHostBytes, IReadOnlyList<double> Losses)
+{
+    /// <summary>"small" or "large".</summary>
+    public string Model { get; init; } = "small";
+
+    /// <summary>The median of the measured (warm) steps' seconds.</summary>
+    public double WarmMedianSeconds { get; init; }
+
+    /// <summary>A warm step's compute: its two passes' layers' compute seconds summed (the median over the measured steps).</summary>
+    public double ComputeSeconds { get; init; }
+
+    /// <summary>A warm step's layer loads: their seconds summed over both passes (the median; they overlap compute when streamed).</summary>
+    public double TransferSeconds { get; init; }
+
+    /// <summary>Bytes a warm step moved to the device (the median).</summary>
+    public long BytesTransferred { get; init; }
+
+    /// <summary>The emulated link; null: none (transfers are host copies).</summary>
+    public double? LinkGBps { get; init; }
+
+    /// <summary>The transfer ÷ compute this variant met: <see cref="BytesTransferred"/> at the link's rate ÷ <see cref="ComputeSeconds"/>;
+    /// null without a link.</summary>
+    public double? TransferOverCompute { get; init; }
+}
 
 /// <summary>The model 4× the device: resident tried at one row, streamed tried from the small model's largest streamed batch down
 /// (halving) and measured at the first that fit.</summary>

@@ -39,7 +39,8 @@ public static class BenchCommand
         var train = new Option<bool>("--train")
         {
             Description = "instead: training on one simulated device: the largest batch and samples/s resident against streamed (window 2, swap 1), "
-                + "and a model 4× the device that only streaming trains; writes train.md and train.json (--repeats: measured steps, 5, or 2 with --quick)",
+                + "and a model 4× the device that only streaming trains, without a link and under an emulated link at transfer ÷ compute 1 and 2 "
+                + "(with train's default window and window auto); writes train.md and train.json (--repeats: measured steps, 5, or 2 with --quick)",
         };
         var computeThreads = new Option<string>("--compute-threads")
         {

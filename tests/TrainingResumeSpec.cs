@@ -53,7 +53,7 @@ public sealed class TrainingResumeSpec : IDisposable
     static Task<TrainingRunResult> Train(TrainingRunOptions o) => TrainingRun.RunAsync(o, _ => { }, CancellationToken.None);
 
     /// <summary>The weights and optimizer state of two checkpoints are the same bytes, and the later steps' losses the same doubles.</summary>
-    static void AssertSameRun(string expectedDir, string actualDir, IReadOnlyList<TrainingStepReport> expected, IReadOnlyList<TrainingStepReport> actual)
+    internal static void AssertSameRun(string expectedDir, string actualDir, IReadOnlyList<TrainingStepReport> expected, IReadOnlyList<TrainingStepReport> actual)
     {
         Assert.Equal(expected.Select(s => s.Step), actual.Select(s => s.Step));
         for (int i = 0; i < expected.Count; i++)
@@ -192,7 +192,7 @@ public sealed class TrainingResumeSpec : IDisposable
     static string[] TrainArgs(string model, params string[] extra) =>
         ["train", "--model", model, "--data", Corpus, "--seq-len", "16", "--batch", "4", "--window", "1", "--device-memory", "64MiB", .. extra];
 
-    static async Task<(int Code, string Error)> Cli(params string[] args)
+    internal static async Task<(int Code, string Error)> Cli(params string[] args)
     {
         var saved = Console.Error;
         using var error = new StringWriter();

@@ -53,7 +53,7 @@ public sealed class TrainingResumeSpec : IDisposable
     static Task<TrainingRunResult> Train(TrainingRunOptions o) => TrainingRun.RunAsync(o, _ => { }, CancellationToken.None);
 
     /// <summary>The weights and optimizer state of two checkpoints are the same bytes, and the later steps' losses the same doubles.</summary>
-    internal static void AssertSameRun(string expectedDir, string actualDir, IReadOnlyList<TrainingStepReport> expected, IReadOnlyList<TrainingStepReport> actual)
+    static void AssertSameRun(string expectedDir, string actualDir, IReadOnlyList<TrainingStepReport> expected, IReadOnlyList<TrainingStepReport> actual)
     {
         Assert.Equal(expected.Select(s => s.Step), actual.Select(s => s.Step));
         for (int i = 0; i < expected.Count; i++)

@@ -56,7 +56,10 @@ public static class TrainCommand
 
     public static Command Build()
     {
-        var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + safetensors: F32, or F16/BF16 upcast to float32 to train)", Required = true };
+        var model = new Option<string>("--model")
+        {
+            Description = "a Hugging Face checkpoint directory (config.json + safetensors: F32, or F16/BF16 upcast to float32 to train)", Required = true,
+        };
         var data = new Option<string>("--data")
         {
             Description = "token ids: int64 [rows, seq] in a .npy file, or a text file tokenized with the checkpoint's tokenizer; for a ViT "

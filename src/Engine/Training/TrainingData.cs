@@ -99,8 +99,8 @@ public static class TrainedCheckpoint
                 if (child is JsonObject sub) Widen(sub);
         }
         Widen(root);
-        return changed
-            ? root.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }) + "\n"
-            : null;
+        if (!changed) return null;
+        return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping })
+            + "\n";
     }
 }

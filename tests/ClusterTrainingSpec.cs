@@ -348,6 +348,51 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         await DevicesFree(a, b);
     }
 
+    /// <summary>A float16 checkpoint trains through the cluster as in one process: every stage loads its layers upcast to float32
+    /// (whether or not the submitted spec asks for it: the node agent opens a training stage at float32), so submit --train saves the
+    /// same float32 weights as train, with config.json's torch_dtype "float32".</summary>
+    [Fact]
+    public async Task Submit_train_on_a_float16_checkpoint_saves_the_float32_weights_train_saves()
+    {
+        string dir = Path.Combine(_dir, "gpt2-f16");
+        Assert.Equal(0, await Cli.MainAsync(["export-demo", "--family", "gpt2", "--out", dir, "--layers", $"{Blocks}", "--hidden", "32", "--heads", "4",
+            "--ffn", "48", "--vocab", $"{Vocab}", "--max-positions", "64", "--seed", "21", "--dtype", "f16"]));
+        using (var stored = SafetensorsCheckpoint.Open(dir)) Assert.All(stored.Names, n => Assert.Equal("F16", stored.Entry(n).Dtype));
+        string data = Data();
+        var coordinator = Coordinator();
+        var a = Worker(coordinator, "sim:1x64MiB");
+        var b = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        await BothWorkersRegistered(client, dir, a, b);
+        string contact = $"127.0.0.1:{coordinator.Address.Port}";
+        string[] common = ["--model", dir, "--data", data, "--batch", $"{Batch}", "--steps", "2", "--optimizer", "adamw", "--lr", "0.01",
+            "--micro-batches", "2", "--clip-norm", "1"];
+        string trained = Path.Combine(_dir, "f16-train-saved"), submitted = Path.Combine(_dir, "f16-submit-saved");
+        Assert.Equal(0, await Cli.MainAsync(["train", .. common, "--window", "2", "--swap", "1", "--save", trained]));
+        Assert.Equal(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "1", "--swap", "1", "--save", submitted]));
+        // A job whose spec leaves the load dtype out (as stored) trains the same: the stages load float32 all the same.
+        var s = new TrainingSettings(new OptimizerSettings(OptimizerKind.AdamW, 0.01), LrSchedule.Constant, ClipNorm: 1, MicroBatches: 2);
+        var job = TrainJob(dir, "f16-as-stored", data, s, steps: 2);
+        Assert.Null(job.Model.LoadDtype);
+        var answer = Assert.IsType<JobTrained>((await Run(client, job)).Answer);
+        Assert.Null(answer.Failure);
+
+        Assert.Equal("float32", Gpt2Config.Read(submitted).TorchDtype);
+        using var want = SafetensorsCheckpoint.Open(trained);
+        using var got = SafetensorsCheckpoint.Open(submitted);
+        Assert.Equal(want.Names, got.Names);
+        var gathered = answer.Weights.ToDictionary(w => w.Name, w => w.Tensor);
+        foreach (var name in want.Names)
+        {
+            Assert.Equal(("F32", "F32"), (want.Entry(name).Dtype, got.Entry(name).Dtype));
+            using var w = want.Read(name);
+            using var g = got.Read(name);
+            Assert.True(TensorBytes.Raw(w).AsSpan().SequenceEqual(TensorBytes.Raw(g)), $"{name}: submit --train saved other weights than train");
+            Assert.True(TensorBytes.Raw(w).AsSpan().SequenceEqual(gathered[name].Bytes.AsSpan()), $"{name}: the as-stored job trained other weights");
+        }
+        await DevicesFree(a, b);
+    }
+
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()

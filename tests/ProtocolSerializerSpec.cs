@@ -77,6 +77,11 @@ public sealed class ProtocolSerializerSpec() : TestKit(WorkerConfig.Load())
         Assert.Equal("/data/ids.npy", back.Model.Input);
         var seeded = new SubmitJob(new JobId("demo-1"), ModelSpec.Demo, PolicySpec.Resident);
         Assert.Null(Assert.IsType<SubmitJob>(Serializer.FromBinary(Serializer.ToBinary(seeded), "submit")).Model.Checkpoint);
+        var upcast = message with { Model = spec with { LoadDtype = ModelSpec.Float32 } }; // a training job's: F16/BF16 read as float32
+        var wide = Assert.IsType<SubmitJob>(Serializer.FromBinary(Serializer.ToBinary(upcast), "submit"));
+        Assert.Equal(upcast, wide);
+        Assert.Equal("float32", wide.Model.LoadDtype);
+        Assert.NotEqual(message, wide);
     }
 
     [Fact]

@@ -220,14 +220,15 @@ public sealed class TrainingChecksSpec() : TestKit(WorkerConfig.Load()), IDispos
     }
 
     [Fact]
-    public async Task Weights_stored_as_float16_are_refused_in_one_line_naming_the_tensor()
+    public async Task Weights_held_as_float16_are_refused_in_one_line_naming_the_tensor()
     {
+        // Training loads a float16 checkpoint upcast (HalfTrainingSpec); layer actors holding it as stored (inference's way) cannot train.
         string dir = Path.Combine(root, "f16");
         Gpt2Export.Write(dir, TrainingSpec.SmallGpt2() with { TorchDtype = "float16" }, seed: 3);
-        using var rig = new TrainingRig(Sys, dir, 2, 8);
+        using var rig = new TrainingRig(Sys, dir, 2, 8, asStored: true);
         var e = await Assert.ThrowsAnyAsync<Exception>(() => rig.Session(rig.Policy(2, 1),
             new TrainingSettings(new OptimizerSettings(OptimizerKind.Sgd, 0.1), LrSchedule.Constant)));
-        Assert.Matches("layer 0 \\(embed\\): transformer.wte.weight is stored as Float16; training needs float32 weights", e.Message);
+        Assert.Matches("layer 0 \\(embed\\): transformer.wte.weight is held as Float16; training needs float32 weights", e.Message);
         Assert.DoesNotContain('\n', e.Message);
     }
 

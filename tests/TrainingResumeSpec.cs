@@ -201,7 +201,7 @@ public sealed class TrainingResumeSpec : IDisposable
     static string[] TrainArgs(string model, params string[] extra) =>
         ["train", "--model", model, "--data", Corpus, "--seq-len", "16", "--batch", "4", "--window", "1", "--device-memory", "64MiB", .. extra];
 
-    static async Task<(int Code, string Error)> Cli(params string[] args)
+    internal static async Task<(int Code, string Error)> Cli(params string[] args)
     {
         var saved = Console.Error;
         using var error = new StringWriter();

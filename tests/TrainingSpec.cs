@@ -15,19 +15,23 @@ using static TorchSharp.torch;
 
 namespace Superpipeline.Tests;
 
-/// <summary>A checkpoint's layer actors, a simulated device and its loader, and a <see cref="TrainingSession"/> over them.</summary>
+/// <summary>A checkpoint's layer actors, a simulated device and its loader, and a <see cref="TrainingSession"/> over them. The
+/// checkpoint loads as training loads it (<see cref="TrainingWeights.Spec"/>: F16/BF16 upcast to float32), or, with
+/// <paramref name="asStored"/>, as inference does (each tensor in its stored dtype).</summary>
 sealed class TrainingRig : IDisposable
 {
     readonly ActorSystem _system;
 
-    public TrainingRig(ActorSystem system, string checkpoint, int batch, int sequence, long capacity = 1L << 30, double? linkGBps = null)
+    public TrainingRig(ActorSystem system, string checkpoint, int batch, int sequence, long capacity = 1L << 30, double? linkGBps = null,
+        bool asStored = false)
     {
         _system = system;
-        Spec = ModelCatalog.CheckpointSpec(checkpoint, batch, sequence, 0);
+        var stored = ModelCatalog.CheckpointSpec(checkpoint, batch, sequence, 0);
+        Spec = asStored ? stored : TrainingWeights.Spec(stored);
         Model = ModelCatalog.Create(Spec);
         Device = new SimulatedDevice("sim:0", capacity, linkGBps);
         var tag = Guid.NewGuid().ToString("N")[..8];
-        using (var weights = new CheckpointWeights(checkpoint))
+        using (var weights = CheckpointWeights.For(Spec))
         {
             Layers = [.. Model.Layers.Select(l => system.ActorOf(LayerActor.Props(l, weights, pin: false), $"{tag}-layer-{l.Index}"))];
             foreach (var a in Layers) a.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, TimeSpan.FromSeconds(30)).Wait(); // loaded
@@ -134,10 +138,10 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
         return (losses, parameters.ToDictionary(p => p.Key, p => (Tensor)p.Value.detach().clone()));
     }
 
-    async Task<(List<TrainingStepReport> Steps, Dictionary<string, Tensor> Weights)> Streamed(string checkpoint, int batch, int seq,
-        OffloadPolicy? policy, (int? K, int? Swap) window, TrainingSettings s, Tensor data, int steps, double? link = null)
+    internal static async Task<(List<TrainingStepReport> Steps, Dictionary<string, Tensor> Weights)> Streamed(ActorSystem sys, string checkpoint, int batch,
+        int seq, OffloadPolicy? policy, (int? K, int? Swap) window, TrainingSettings s, Tensor data, int steps, double? link = null)
     {
-        using var rig = new TrainingRig(Sys, checkpoint, batch, seq, linkGBps: link);
+        using var rig = new TrainingRig(sys, checkpoint, batch, seq, linkGBps: link);
         var session = await rig.Session(policy ?? rig.Policy(window.K, window.Swap), s);
         var reports = new List<TrainingStepReport>();
         for (int step = 0; step < steps; step++)
@@ -149,6 +153,10 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
         Assert.Equal(0, rig.Device.Memory.Reserved); // every pass freed every device byte
         return (reports, weights);
     }
+
+    Task<(List<TrainingStepReport> Steps, Dictionary<string, Tensor> Weights)> Streamed(string checkpoint, int batch, int seq,
+        OffloadPolicy? policy, (int? K, int? Swap) window, TrainingSettings s, Tensor data, int steps, double? link = null) =>
+        Streamed(Sys, checkpoint, batch, seq, policy, window, s, data, steps, link);
 
     internal static void AssertSame(List<float[]> expectedLosses, Dictionary<string, Tensor> expected, List<TrainingStepReport> steps,
         Dictionary<string, Tensor> actual, string what)

@@ -23,6 +23,15 @@ public sealed record ModelSpec(
     string? Input = null)
 {
     public static ModelSpec Demo { get; } = new("demo", Blocks: 24, Hidden: 512, Heads: 8, Vocab: 4096, Sequence: 128, Batch: 4, Seed: 1);
+
+    /// <summary>The one <see cref="LoadDtype"/> there is besides null: every F16/BF16 tensor upcast to float32 as it is read.</summary>
+    public const string Float32 = "float32";
+
+    /// <summary>The dtype a checkpoint's weights are loaded in, as Hugging Face's <c>from_pretrained(torch_dtype=...)</c> chooses it:
+    /// null keeps each tensor as stored (inference: F16/BF16 stay narrow on the host and the link, widened on the device);
+    /// <see cref="Float32"/> upcasts each F16/BF16 tensor to float32 on read (exact), so the host holds and the link carries
+    /// float32 (training). Seeded and ONNX weights are float32 either way. Travels with the spec to the workers.</summary>
+    public string? LoadDtype { get; init; }
 }
 
 /// <summary>The two knobs, and the layers pinned beside them. <see cref="Window"/> null means "all" (everything resident, the

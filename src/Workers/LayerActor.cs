@@ -48,7 +48,8 @@ public sealed class LayerActor : ReceiveActor
     // Training (in-process): the layer's gradients and optimizer state live here, beside its weights (TrainingLayerState).
 
     /// <summary>Start training the layer with <paramref name="Optimizer"/>: a float32 master copy of the weights and the optimizer's
-    /// state are made (refused for weights stored narrower, or with the disk tier). The answer is <see cref="TrainingReady"/>.</summary>
+    /// state are made (refused for weights held narrower, a checkpoint not loaded at float32, or with the disk tier). The answer is
+    /// <see cref="TrainingReady"/>.</summary>
     public sealed record StartTraining(OptimizerSettings Optimizer) : INoSerializationVerificationNeeded;
 
     /// <param name="HostBytes">Host bytes the layer now holds for training (master weights, gradients, optimizer state).</param>

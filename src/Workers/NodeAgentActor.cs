@@ -6,6 +6,7 @@ using Superpipeline.Engine.Devices;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Models;
 using Superpipeline.Engine.Policy;
+using Superpipeline.Engine.Training;
 using Superpipeline.Contracts;
 using Superpipeline.Messages;
 using Superpipeline.Messages.Serialization;
@@ -234,9 +235,11 @@ public sealed class NodeAgentActor : ReceiveActor, IWithTimers
     /// are a private deployment under the host weight budget: idle deployments are stopped to make room, and without room the
     /// opening waits (first come, first opened) until stages release theirs; the job's coordinator bounds the wait. A refusal (an
     /// unknown device, a model or settings refused, more bytes than the whole budget) is answered at once; the stage actor answers
-    /// the rest. Returns false when it must wait; <paramref name="first"/>: it is the head of the waiting openings.</summary>
+    /// the rest. The stage loads its checkpoint at float32 (<see cref="TrainingWeights.Spec"/>: F16/BF16 upcast on read), and its
+    /// host bytes count float32 weights. Returns false when it must wait; <paramref name="first"/>: it is the head of the waiting openings.</summary>
     bool OpenTraining(TrainingProtocol.OpenTraining o, bool first)
     {
+        o = o with { Model = TrainingWeights.Spec(o.Model) }; // a stage trains float32, whatever the checkpoint stores (upcast on read)
         void Refuse(string why) => o.Coordinator.Tell(new TrainingProtocol.TrainingStageFailed(o.Job, o.Attempt, o.Stage, -1, why));
         if (!_devices.TryGetValue(o.Device, out var device))
         {

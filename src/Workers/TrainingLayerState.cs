@@ -17,13 +17,14 @@ public sealed class TrainingLayerState : IDisposable
     readonly OptimizerHelper _optimizer;
     readonly OptimizerSettings _settings;
 
-    /// <summary>Copies <paramref name="weights"/> (float32 only: the optimizer updates them in place at float32 precision) into
-    /// parameters and builds the optimizer over them. Throws naming the layer and tensor for another dtype.</summary>
+    /// <summary>Copies <paramref name="weights"/> (float32 only: the optimizer updates them in place at float32 precision; a
+    /// float16 or bfloat16 checkpoint is loaded upcast, <see cref="TrainingWeights"/>) into parameters and builds the optimizer over
+    /// them. Throws naming the layer and tensor for weights held in another dtype (a checkpoint loaded as stored).</summary>
     public TrainingLayerState(string layer, IReadOnlyList<(string Name, Tensor Tensor)> weights, OptimizerSettings optimizer)
     {
         foreach (var (name, t) in weights)
             if (t.dtype != ScalarType.Float32)
-                throw new ArgumentException($"layer {layer}: {name} is stored as {t.dtype}; training needs float32 weights (a float32 checkpoint)");
+                throw new ArgumentException($"layer {layer}: {name} is held as {t.dtype}; training needs float32 weights (a checkpoint loaded at float32)");
         _params = [.. weights.Select(w => (w.Name, new Parameter(w.Tensor.detach().clone(), true)))];
         _grads = new Tensor?[_params.Count];
         _optimizer = optimizer.Create(_params.Select(p => p.Param));

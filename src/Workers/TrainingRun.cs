@@ -49,6 +49,10 @@ public sealed record TrainingRunResult(string Model, IReadOnlyList<TrainingStepR
 
     /// <summary>The loss of every step from the run's start: those of the checkpoint it resumed from, then its own.</summary>
     public IReadOnlyList<LossPoint> History { get; init; } = [];
+
+    /// <summary>The model checkpoint's stored dtypes the run upcast to float32 ("float16", "bfloat16"; <see cref="TrainingWeights"/>),
+    /// null for a float32 checkpoint. The trained weights, and a saved checkpoint, are float32 either way.</summary>
+    public string? UpcastFrom { get; init; }
 }
 
 /// <summary>A training run in this process: the checkpoint's layer actors, one device and its loader in an actor system of their
@@ -95,7 +99,7 @@ public static class TrainingRun
             var limits = ModelCatalog.TokenLimits(o.ModelDir);
             TrainingLoss.CheckLabels(data, limits.Vocab, limits.MaxPositions); // before the model: a row too long is the data's fault
         }
-        var spec = ModelCatalog.CheckpointSpec(o.ModelDir, o.Batch, images ? 0 : (int)data.shape[1], 0);
+        var spec = TrainingWeights.Spec(ModelCatalog.CheckpointSpec(o.ModelDir, o.Batch, images ? 0 : (int)data.shape[1], 0)); // float32
         var model = ModelCatalog.Create(spec);
         if (images)
         {
@@ -120,7 +124,7 @@ public static class TrainingRun
             }
             var timeout = SuperpipelineSettings.Create(config).AskTimeout;
             IActorRef[] layers;
-            using (var weights = new CheckpointWeights(o.ResumeDir ?? o.ModelDir))
+            using (var weights = CheckpointWeights.For(spec, o.ResumeDir))
             {
                 layers = [.. model.Layers.Select(l => system.ActorOf(LayerActor.Props(l, weights, device.WantsPinnedHost), $"layer-{l.Index}"))];
                 foreach (var a in layers) await a.Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, timeout, cancel); // loaded
@@ -175,7 +179,7 @@ public static class TrainingRun
             if (o.SaveDir is not null) await Save(o.SaveDir);
             return new TrainingRunResult(spec.Checkpoint!, steps, model.Layers.Count, model.Bytes, failure)
             {
-                History = history, Window = policy.Window, Swap = policy.Swap, Plan = plan,
+                History = history, Window = policy.Window, Swap = policy.Swap, Plan = plan, UpcastFrom = TrainingWeights.UpcastFrom(spec, model),
             };
         }
         finally

@@ -91,7 +91,7 @@ public sealed class TrainingSession
     public long Batch => _model.InputShape[0];
 
     /// <summary>Makes every layer ready to train (a float32 master copy and its optimizer). Refused with one line for weights
-    /// stored narrower than float32, or kept on disk.</summary>
+    /// held narrower than float32 (a checkpoint loaded as stored rather than upcast: <see cref="TrainingWeights"/>), or kept on disk.</summary>
     public async Task StartAsync()
     {
         var ready = await Task.WhenAll(_layers.Select(a => a.Ask<LayerActor.TrainingReady>(new LayerActor.StartTraining(_settings.Optimizer), _askTimeout)))

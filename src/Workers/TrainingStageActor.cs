@@ -135,7 +135,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
         try
         {
             // The layer actors read their weights in their PreStart, from here: the model's, or the job's training checkpoint.
-            var weights = _weights = new CheckpointWeights(resume ?? dir);
+            var weights = _weights = CheckpointWeights.For(_open.Model, resume ?? dir); // in the spec's load dtype (float32: NodeAgentActor)
             _layers = [.. _stage.Layers.Select(l => Context.ActorOf(LayerActor.Props(l, weights, _pin), $"layer-{l.Index}"))];
         }
         catch (Exception e)

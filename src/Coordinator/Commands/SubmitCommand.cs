@@ -183,7 +183,7 @@ public static class SubmitCommand
         string? save = r.GetValue(t.Save);
         OutputPaths.CheckWritable(reportPath, "--report");
         int batch = r.GetValue(model.Batch), steps = r.GetValue(t.Steps);
-        var (job, settings) = GenerateCommand.InFlags(() =>
+        var (job, settings, upcast) = GenerateCommand.InFlags(() =>
         {
             var settings = new TrainingSettings(
                 new OptimizerSettings(OptimizerSettings.ParseKind(r.GetValue(t.Optimizer)!), r.GetValue(t.Lr), r.GetValue(t.Momentum), r.GetValue(t.Decay)),
@@ -191,10 +191,11 @@ public static class SubmitCommand
             using var ids = TrainingData.Read(data, dir, r.GetValue(model.SeqLen));
             var training = new TrainingParameters(TensorPayloads.From(ids), batch, steps, TrainingStageActor.Wire(settings),
                 settings.Schedule.Kind.ToString().ToLowerInvariant(), settings.Schedule.Warmup, save is not null, r.GetValue(t.CheckpointEvery));
-            var spec = ModelCatalog.CheckpointSpec(dir, batch, (int)ids.shape[1], 0);
+            var spec = TrainingWeights.Spec(ModelCatalog.CheckpointSpec(dir, batch, (int)ids.shape[1], 0)); // float32, as the stages load it
             var layered = ModelCatalog.Create(spec);
             TrainingJobActor.Check(layered, [new TrainingStagePlacement(Akka.Actor.ActorRefs.Nobody, "", "", 0, layered.Layers.Count, policy)], training);
-            return (new SubmitJob(id is { } given ? new JobId(given) : JobId.New(), spec, policy, Training: training), settings);
+            return (new SubmitJob(id is { } given ? new JobId(given) : JobId.New(), spec, policy, Training: training), settings,
+                TrainingWeights.UpcastFrom(spec, layered));
         }, TrainFlagOfField);
         await using var client = SubmitClient.Start(contacts, hostname, config, verbose);
         if (!await client.ConnectAsync(timeout, cancel))
@@ -224,14 +225,15 @@ public static class SubmitCommand
                     {
                         foreach (var (_, w) in weights) w.Dispose();
                     }
-                    Console.WriteLine($"saved: {save}");
+                    Console.WriteLine($"saved: {save}{(upcast is null ? "" : " (float32, config.json torch_dtype \"float32\")")}");
                 }
                 if (trained.Stages.Length > 0) PrintStages(trained.Stages);
                 if (reportPath is not null)
                     ReportWriter.WriteJson(reportPath, new SubmitTrainReport(dir, Path.GetFullPath(data), trained.Steps, trained.Failure, trained.Stages));
                 if (trained.Failure is { } failure)
                     throw new InvalidOperationException($"job {job.Id}: {failure}" + (save is null ? "" : $" (the last good weights are saved in {save})"));
-                Console.WriteLine($"job {job.Id} trained {trained.Steps.Length} step(s)");
+                Console.WriteLine($"job {job.Id} trained {trained.Steps.Length} step(s)"
+                    + (upcast is null ? "" : $", float32 weights (the {upcast} checkpoint upcast)"));
                 return 0;
             case JobRefused refused: throw new ArgumentException($"job {job.Id} refused: {refused.Reason}");
             case JobFailed failed: throw new ArgumentException($"job {job.Id} failed: {failed.Reason}");

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json.Serialization;
 using Spectre.Console;
 using Superpipeline.Coordinator.Bench;
 using Superpipeline.Engine.Policy;
@@ -14,6 +15,10 @@ public sealed record TrainReportFile(string Model, string Data, string Optimizer
     int Window, int Swap, int Layers, long ModelBytes, IReadOnlyList<TrainingStepReport> Steps, double TokensPerSecond, long PeakDeviceBytes,
     long PeakHostBytes, string? Failure, string? Saved)
 {
+    /// <summary>The checkpoint's stored dtype the run upcast to float32 ("float16", "bfloat16"); left out for a float32 checkpoint.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? UpcastFrom { get; init; }
+
     /// <summary>The step the run resumed from (--resume), null for a run from the start.</summary>
     public int? ResumedFrom { get; init; }
 
@@ -51,7 +56,10 @@ public static class TrainCommand
 
     public static Command Build()
     {
-        var model = new Option<string>("--model") { Description = "a Hugging Face checkpoint directory (config.json + float32 safetensors)", Required = true };
+        var model = new Option<string>("--model")
+        {
+            Description = "a Hugging Face checkpoint directory (config.json + safetensors: F32, or F16/BF16 upcast to float32 to train)", Required = true,
+        };
         var data = new Option<string>("--data")
         {
             Description = "token ids: int64 [rows, seq] in a .npy file, or a text file tokenized with the checkpoint's tokenizer; for a ViT "
@@ -163,6 +171,7 @@ public static class TrainCommand
             steps.Count == 0 ? 0 : steps.Max(s => s.PeakDeviceBytes), steps.Count == 0 ? 0 : steps.Max(s => s.PeakHostBytes), result.Failure,
             o.SaveDir is null ? null : Path.GetFullPath(o.SaveDir))
         {
+            UpcastFrom = result.UpcastFrom,
             ResumedFrom = o.ResumeDir is null ? null : result.History.Count - steps.Count,
             History = result.History,
             Plan = result.Plan is { } plan ? TrainPlanReport.From(plan, o.Device.CapacityBytes) : null,
@@ -173,8 +182,9 @@ public static class TrainCommand
                 + $"{Path.GetFileName(o.DataPath)}, {o.Settings.Optimizer.Kind.ToString().ToLowerInvariant()}, batch {o.Batch}");
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{steps.Count} step(s), {file.TokensPerSecond:0.0} {(o.LabelsPath is null ? "tokens" : "images")}/s, peak device bytes {file.PeakDeviceBytes:N0}, "
-            + $"peak host bytes {file.PeakHostBytes:N0}"));
-        if (o.SaveDir is not null) console.MarkupLineInterpolated($"saved: {o.SaveDir}");
+            + $"peak host bytes {file.PeakHostBytes:N0}{(result.UpcastFrom is { } from ? $", float32 weights (the {from} checkpoint upcast)" : "")}"));
+        if (o.SaveDir is not null)
+            console.MarkupLineInterpolated($"saved: {o.SaveDir}{(result.UpcastFrom is null ? "" : " (float32, config.json torch_dtype \"float32\")")}");
         if (reportPath is not null) console.MarkupLineInterpolated($"report: {reportPath}");
         if (plotPath is not null && result.History.Count > 0) console.MarkupLineInterpolated($"plot: {plotPath}");
         if (result.Failure is null) return 0;

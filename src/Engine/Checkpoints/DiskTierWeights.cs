@@ -72,11 +72,11 @@ public sealed class DiskTierWeights(string directory, HostWeightBudget budget) :
 public static class DiskTier
 {
     /// <summary>The host bytes each layer of <paramref name="stage"/> holds while resident in its LayerActor: a checkpoint's
-    /// stored bytes (half of float32 for F16/BF16), a seeded model's float32 bytes.</summary>
+    /// stored bytes (half of float32 for F16/BF16; float32's when the spec loads them upcast), a seeded model's float32 bytes.</summary>
     public static IReadOnlyList<long> StoredLayerBytes(ModelSpec spec, LayeredModel stage)
     {
         if (spec.Checkpoint is null || Onnx.OnnxImport.IsOnnx(spec.Checkpoint)) return [.. stage.Layers.Select(l => l.Bytes)];
-        using var checkpoint = new CheckpointWeights(spec.Checkpoint);
+        using var checkpoint = CheckpointWeights.For(spec);
         return [.. stage.Layers.Select(checkpoint.StoredBytes)];
     }
 

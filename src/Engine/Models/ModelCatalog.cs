@@ -21,6 +21,7 @@ public static class ModelCatalog
 
     public static LayeredModel Create(ModelSpec spec)
     {
+        CheckpointWeights.LoadDType(spec); // a load dtype other than none or float32 is refused before any work
         if (OnnxImport.IsOnnx(spec.Checkpoint)) return OnnxImport.Create(spec);
         if (spec.Checkpoint is not null) return FromCheckpoint(spec);
         if (spec.Input is not null) throw new ArgumentException($"{spec.Input}: token ids are read only for a checkpoint model");
@@ -49,11 +50,11 @@ public static class ModelCatalog
         return new Gpt2Config(Hidden: spec.Hidden, Layers: spec.Blocks, Heads: spec.Heads, MaxPositions: spec.Sequence, Vocab: spec.Vocab);
     }
 
-    /// <summary>The layers' host weights: the checkpoint's tensors for a checkpoint model (dispose the source, an
-    /// <see cref="IDisposable"/>, once the layers have loaded), else seeded.</summary>
+    /// <summary>The layers' host weights: the checkpoint's tensors for a checkpoint model, in the spec's load dtype (dispose the
+    /// source, an <see cref="IDisposable"/>, once the layers have loaded), else seeded.</summary>
     public static IWeightSource Weights(ModelSpec spec) =>
         OnnxImport.IsOnnx(spec.Checkpoint) ? OnnxImport.Weights(spec)
-        : spec.Checkpoint is not null ? new CheckpointWeights(spec.Checkpoint) : new SeededWeights(spec.Seed);
+        : spec.Checkpoint is not null ? CheckpointWeights.For(spec) : new SeededWeights(spec.Seed);
 
     /// <summary>For a checkpoint model, checks from the headers that every layer's tensor is there, F32, F16 or BF16, with its shape (a
     /// <see cref="SafetensorsException"/> naming the file and tensor); nothing for a seeded family.</summary>

@@ -1,3 +1,8 @@
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Superpipeline.Contracts;
 using Superpipeline.Engine.Checkpoints;
 using Superpipeline.Engine.IO;
 using Superpipeline.Engine.Policy;
@@ -54,18 +59,48 @@ public static class TrainingData
 
 /// <summary>A trained model saved as a Hugging Face checkpoint directory: model.safetensors (float32, the source checkpoint's
 /// tensor names, each tied tensor once, transformers' metadata) beside the source's other files (config.json, the tokenizer
-/// files, generation_config.json), so run and generate load it as they load the source.</summary>
+/// files, generation_config.json), so run and generate load it as they load the source. A float16 or bfloat16 source trained
+/// upcast to float32 (<see cref="TrainingWeights"/>), so its config.json is saved with torch_dtype "float32", as the tensors are.</summary>
 public static class TrainedCheckpoint
 {
+    public const string ConfigFile = "config.json";
+
     public static void Write(string directory, string source, IReadOnlyList<(string Name, Tensor Tensor)> weights)
     {
         Directory.CreateDirectory(directory);
+        bool float32 = weights.All(w => w.Tensor.dtype == ScalarType.Float32);
         foreach (var file in Directory.EnumerateFiles(source))
         {
-            string name = Path.GetFileName(file);
+            string name = Path.GetFileName(file), target = Path.Combine(directory, name);
             if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == SafetensorsCheckpoint.IndexFile) continue;
-            if (Path.GetFullPath(file) != Path.GetFullPath(Path.Combine(directory, name))) File.Copy(file, Path.Combine(directory, name), overwrite: true);
+            if (float32 && name == ConfigFile && Float32Config(file) is { } config) File.WriteAllText(target, config, new UTF8Encoding(false));
+            else if (Path.GetFullPath(file) != Path.GetFullPath(target)) File.Copy(file, target, overwrite: true);
         }
         SafetensorsWriter.WriteCheckpoint(directory, weights.Select(w => KeyValuePair.Create(w.Name, w.Tensor)));
+    }
+
+    static readonly string[] DtypeKeys = ["torch_dtype", "dtype"]; // transformers' name, and its newer one
+
+    /// <summary>The config.json at <paramref name="path"/> with every dtype key saying "float32" (the top level's and each
+    /// sub-config's: text_config, vision_config), indented by 2; null when none says otherwise (the file is then copied as it is).</summary>
+    static string? Float32Config(string path)
+    {
+        if (JsonNode.Parse(File.ReadAllText(path)) is not JsonObject root) return null;
+        bool changed = false;
+        void Widen(JsonObject o)
+        {
+            foreach (var key in DtypeKeys)
+                if (o[key] is JsonValue v && v.TryGetValue<string>(out var dtype) && dtype != ModelSpec.Float32)
+                {
+                    o[key] = ModelSpec.Float32;
+                    changed = true;
+                }
+            foreach (var (_, child) in o.ToList())
+                if (child is JsonObject sub) Widen(sub);
+        }
+        Widen(root);
+        if (!changed) return null;
+        return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping })
+            + "\n";
     }
 }

@@ -102,6 +102,22 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         }
     }
 
+    /// <summary>A coordinator, worker A with one device (crashable: its actor system can be terminated without leaving) and worker
+    /// B with two, a client, and both workers registered: jobs are placed over three stages on both.</summary>
+    async Task<TwoWorkerCluster> TwoWorkers(string dir, bool crashableA = false)
+    {
+        var coordinator = Coordinator();
+        var a = Worker(coordinator, "sim:1x64MiB", crashableA);
+        var b = Worker(coordinator, "sim:2x64MiB");
+        var client = Client(coordinator);
+        return new TwoWorkerCluster(coordinator, a, b, client, await BothWorkersRegistered(client, dir, a, b));
+    }
+
+    sealed record TwoWorkerCluster(ClusterHost Coordinator, ClusterHost A, ClusterHost B, SubmitClient Client, ImmutableArray<StagePlan> Placed)
+    {
+        public string Contact => $"127.0.0.1:{Coordinator.Address.Port}";
+    }
+
     static SubmitJob TrainJob(string dir, string id, string data, TrainingSettings s, bool weights = true, int steps = Steps, int checkpointEvery = 0)
     {
         using var ids = TrainingData.Read(data, dir, Seq);
@@ -177,11 +193,7 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         var (reference, saved) = await SingleProcess(dir, data, s, steps);
         Assert.Null(reference.Failure);
 
-        var coordinator = Coordinator();
-        var doomed = Worker(coordinator, "sim:1x64MiB", crashable: true);
-        var stays = Worker(coordinator, "sim:2x64MiB");
-        var client = Client(coordinator);
-        await BothWorkersRegistered(client, dir, doomed, stays);
+        var (_, doomed, stays, client, _) = await TwoWorkers(dir, crashableA: true);
 
         int crashed = 0;
         var (answer, seen) = await Run(client, TrainJob(dir, "survivor", data, s, steps: steps, checkpointEvery: every), line =>
@@ -219,11 +231,8 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
         Assert.Null(reference.Failure);
         Assert.Equal(Steps, reference.Steps.Count);
 
-        var coordinator = Coordinator();
-        var a = Worker(coordinator, "sim:1x64MiB");
-        var b = Worker(coordinator, "sim:2x64MiB");
-        var client = Client(coordinator);
-        placed?.Invoke(await BothWorkersRegistered(client, dir, a, b));
+        var (_, a, b, client, stages) = await TwoWorkers(dir);
+        placed?.Invoke(stages);
 
         var (answer, steps) = await Run(client, TrainJob(dir, "train-0", data, s));
         var trained = Assert.IsType<JobTrained>(answer);
@@ -268,11 +277,7 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
     {
         string dir = await Export();
         string data = Data();
-        var coordinator = Coordinator();
-        var a = Worker(coordinator, "sim:1x64MiB");
-        var b = Worker(coordinator, "sim:2x64MiB");
-        var client = Client(coordinator);
-        await BothWorkersRegistered(client, dir, a, b);
+        var (_, a, b, client, _) = await TwoWorkers(dir);
 
         // SGD at a huge rate: the first step's update blows the weights up, and the second step's loss is not finite.
         var s = new TrainingSettings(new OptimizerSettings(OptimizerKind.Sgd, 1e30), LrSchedule.Constant, MicroBatches: 2);
@@ -302,12 +307,8 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
     {
         string dir = await Export();
         string data = Data();
-        var coordinator = Coordinator();
-        var a = Worker(coordinator, "sim:1x64MiB");
-        var b = Worker(coordinator, "sim:2x64MiB");
-        var client = Client(coordinator);
-        await BothWorkersRegistered(client, dir, a, b);
-        string contact = $"127.0.0.1:{coordinator.Address.Port}";
+        var cluster = await TwoWorkers(dir);
+        var (a, b, contact) = (cluster.A, cluster.B, cluster.Contact);
         string[] common = ["--model", dir, "--data", data, "--batch", $"{Batch}", "--steps", "2", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9",
             "--micro-batches", "2", "--clip-norm", "1"];
         string trained = Path.Combine(_dir, "train-saved"), submitted = Path.Combine(_dir, "submit-saved");
@@ -359,12 +360,8 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
             "--ffn", "48", "--vocab", $"{Vocab}", "--max-positions", "64", "--seed", "21", "--dtype", "f16"]));
         using (var stored = SafetensorsCheckpoint.Open(dir)) Assert.All(stored.Names, n => Assert.Equal("F16", stored.Entry(n).Dtype));
         string data = Data();
-        var coordinator = Coordinator();
-        var a = Worker(coordinator, "sim:1x64MiB");
-        var b = Worker(coordinator, "sim:2x64MiB");
-        var client = Client(coordinator);
-        await BothWorkersRegistered(client, dir, a, b);
-        string contact = $"127.0.0.1:{coordinator.Address.Port}";
+        var cluster = await TwoWorkers(dir);
+        var (a, b, client, contact) = (cluster.A, cluster.B, cluster.Client, cluster.Contact);
         string[] common = ["--model", dir, "--data", data, "--batch", $"{Batch}", "--steps", "2", "--optimizer", "adamw", "--lr", "0.01",
             "--micro-batches", "2", "--clip-norm", "1"];
         string trained = Path.Combine(_dir, "f16-train-saved"), submitted = Path.Combine(_dir, "f16-submit-saved");

@@ -340,7 +340,7 @@ public sealed class ClusterTrainingSpec(ITestOutputHelper output) : IAsyncLifeti
             Assert.Contains("--lr", error.ToString());
             error.GetStringBuilder().Clear();
             Assert.NotEqual(0, await Cli.MainAsync(["submit", "--contact", contact, "--train", .. common, "--window", "auto", "--resident-layers", "auto"]));
-            Assert.Contains("training pins no layers", error.ToString());
+            Assert.Contains("training plans its window without pinned layers", error.ToString());
         }
         finally
         {

@@ -210,6 +210,12 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
         var (losses, expected) = Resident(model, dir, s, data, steps);
         var (all, allWeights) = await Streamed(dir, batch, seq, OffloadPolicy.For(new PolicySpec(null, null), model.Layers.Count), default, s, data, steps);
         AssertSame(losses, expected, all, allWeights, "window all");
+        // The backward pass takes the weights the forward pass left on the device (pinned: every layer under window all) instead
+        // of loading them again: a step moves each layer the forward pass ran once less than at k = k' = 1, the same bits.
+        var (single, singleWeights) = await Streamed(dir, batch, seq, null, (1, 1), s, data, steps);
+        AssertSame(losses, expected, single, singleWeights, "k = k' = 1");
+        long forwardLayers = model.Layers.SkipLast(1).Sum(l => l.Bytes); // the head runs in the backward pass only
+        Assert.All(Enumerable.Range(0, steps), i => Assert.Equal(single[i].BytesTransferred - forwardLayers, all[i].BytesTransferred));
         // With a link the device's weights share the host tensors' storage: the optimizer writes only its own master copy.
         var (linked, linkedWeights) = await Streamed(dir, batch, seq, null, (2, 1), s, data, steps, link: 1000);
         AssertSame(losses, expected, linked, linkedWeights, "emulated link");

@@ -194,7 +194,7 @@ public sealed class DeviceLoaderActor : ReceiveActor
     {
         var released = await _device.OnComputeThread(() => _kept.TakeFor(null, pinned)).ConfigureAwait(false);
         if (released.Count != 0) throw new InvalidOperationException("kept layers were handed to a training pass");
-        var backend = new TrainingPassBackend(_device, pass.Model, pass.LayerActors, training, _askTimeout);
+        var backend = new TrainingPassBackend(_device, pass.Model, pass.LayerActors, training, _askTimeout, pinned);
         pass.Stop.ThrowIfCancellationRequested();
         var gate = new WindowGate(pass.Policy, backend.StepBytes, backend.PinnedSteps(pinned));
         await PassStream.RunAsync(backend, gate, _materializer, pass.Stop).ConfigureAwait(false);

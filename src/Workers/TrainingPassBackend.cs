@@ -25,7 +25,8 @@ public enum TrainingDirection
 }
 
 /// <summary>One training step's micro-batches and what its forward pass saves for its backward pass: each layer's input, on the
-/// host (a copy the pass makes as the activation is produced; <see cref="SavedBytes"/> counts them). Owned by the step.</summary>
+/// host (a copy the pass makes as the activation is produced; <see cref="SavedBytes"/> counts them), and the pinned layers' device
+/// weights (<see cref="DeviceWeights"/>). Owned by the step.</summary>
 public sealed class TrainingBatch : IDisposable
 {
     readonly Tensor?[][] _saved;
@@ -76,6 +77,12 @@ public sealed class TrainingBatch : IDisposable
     /// <summary>The loss of each micro-batch (unscaled), set by the backward pass.</summary>
     public float[] Losses { get; }
 
+    /// <summary>The device weights of the pinned layers (every layer under window all) the forward pass leaves on the device for
+    /// the backward pass of the same step, by model layer: the optimizer has not stepped in between, so they are still the
+    /// weights, and the backward pass takes them instead of loading them again. Their bytes stay reserved on the device until
+    /// the backward pass takes them; <see cref="Dispose"/> frees any it did not (a step that failed in between).</summary>
+    internal ConcurrentDictionary<int, DeviceTensors> DeviceWeights { get; } = new();
+
     /// <summary>Host bytes of the saved inputs.</summary>
     public long SavedBytes => _saved.Sum(m => m.Sum(t => t is null ? 0 : TensorBytes.Of(t)));
 
@@ -92,6 +99,8 @@ public sealed class TrainingBatch : IDisposable
 
     public void Dispose()
     {
+        foreach (var layer in DeviceWeights.Keys.ToArray())
+            if (DeviceWeights.TryRemove(layer, out var kept)) kept.Dispose();
         foreach (var m in _saved)
             for (int i = 0; i < m.Length; i++)
             {
@@ -134,11 +143,15 @@ public sealed class TrainingPassBackend : IPassBackend
     readonly Stopwatch _clock = new();
     readonly double[] _loadStart, _loadSeconds, _computeStart, _computeSeconds, _evictAt;
     readonly long _reservedBefore;
+    readonly IReadOnlySet<int> _pinned;
     DeviceTensors? _labels;
     long _bytesTransferred;
     Task _lastAsk = Task.CompletedTask;
 
-    public TrainingPassBackend(Accelerator device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, TrainingPass pass, TimeSpan askTimeout)
+    /// <param name="pinned">The model layers the pass's policy pins (<see cref="OffloadPolicy.PinnedSet"/>): a forward pass leaves
+    /// them on the device for the backward pass (<see cref="TrainingBatch.DeviceWeights"/>).</param>
+    public TrainingPassBackend(Accelerator device, LayeredModel model, IReadOnlyList<IActorRef> layerActors, TrainingPass pass, TimeSpan askTimeout,
+        IReadOnlySet<int>? pinned = null)
     {
         if (layerActors.Count != model.Layers.Count)
             throw new ArgumentException($"{layerActors.Count} layer actors for {model.Layers.Count} layers");
@@ -161,7 +174,9 @@ public sealed class TrainingPassBackend : IPassBackend
         int n = model.Layers.Count;
         _loadStart = new double[n]; _loadSeconds = new double[n]; _computeStart = new double[n]; _computeSeconds = new double[n];
         _evictAt = Enumerable.Repeat(-1.0, n).ToArray();
-        _reservedBefore = device.Memory.Reserved;
+        _pinned = pinned ?? new HashSet<int>();
+        // The weights a forward pass left for this backward pass belong to the step: its peak counts them.
+        _reservedBefore = device.Memory.Reserved - (Backward ? pass.Batch.DeviceWeights.Values.Sum(w => w.Bytes) : 0);
         device.Memory.ResetPeak();
     }
 
@@ -228,6 +243,7 @@ public sealed class TrainingPassBackend : IPassBackend
     public void Admitted(int step, CancellationToken cancel)
     {
         int layer = LayerAt(step);
+        if (Backward && _pass.Batch.DeviceWeights.ContainsKey(layer)) return; // on the device since the forward pass: nothing to ask
         var ask = _lastAsk.ContinueWith(
             _ => _layerActors[layer].Ask<LayerActor.HostWeights>(LayerActor.GetWeights.Instance, _askTimeout, cancel),
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default).Unwrap();
@@ -238,17 +254,30 @@ public sealed class TrainingPassBackend : IPassBackend
     public async Task LoadAsync(int step, CancellationToken cancel)
     {
         int layer = LayerAt(step);
-        if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
-        var weights = await asked.ConfigureAwait(false);
-        using var lease = weights.Lease;
+        LayerActor.HostWeights? weights = null;
+        if (!(Backward && _pass.Batch.DeviceWeights.ContainsKey(layer)))
+        {
+            if (!_weights.TryRemove(layer, out var asked)) throw new InvalidOperationException($"layer {layer} was loaded before it was admitted");
+            weights = await asked.ConfigureAwait(false);
+        }
+        using var lease = weights?.Lease;
         await _device.OnTransferThread(() =>
         {
             cancel.ThrowIfCancellationRequested();
             var def = _model.Layers[layer];
             double start = Now;
-            var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
-            _resident[layer] = placed;
-            Interlocked.Add(ref _bytesTransferred, placed.TransferredBytes);
+            if (weights is null)
+            {
+                // Left on the device by the forward pass: taken, so the pass frees it with its own.
+                if (!_pass.Batch.DeviceWeights.TryRemove(layer, out var kept)) throw new InvalidOperationException($"layer {layer}'s kept weights are gone");
+                _resident[layer] = kept;
+            }
+            else
+            {
+                var placed = _device.Upload(weights.Tensors, $"layer {layer} ({def.Name}) weights");
+                _resident[layer] = placed;
+                Interlocked.Add(ref _bytesTransferred, placed.TransferredBytes);
+            }
             if (Backward)
             {
                 // The saved inputs come back with the weights; layer 0's are the ids, already on the device as the labels (a
@@ -412,9 +441,14 @@ public sealed class TrainingPassBackend : IPassBackend
                 $"layer {layer} ({def.Name}) produced {y.dtype}[{string.Join(",", y.shape)}], expected {dtype}[{string.Join(",", shape)}]");
     }
 
+    /// <summary>Every step ran. A forward pass hands its pinned layers' device weights to the step (<see cref="TrainingBatch.DeviceWeights"/>)
+    /// for its backward pass, instead of freeing them.</summary>
     public Task EndAsync(CancellationToken cancel) => _device.OnComputeThread(() =>
     {
         _clock.Stop();
+        if (!Backward)
+            foreach (var layer in _pinned)
+                if (_resident.TryRemove(layer, out var placed)) _pass.Batch.DeviceWeights[layer] = placed;
         Succeeded = true;
         return 0;
     });

@@ -71,11 +71,11 @@ public static class TrainingRun
         if (o.Batch % settings.MicroBatches != 0)
             throw new FieldException(TrainingFields.MicroBatches, $"({settings.MicroBatches}) must divide the batch ({o.Batch} rows)");
         if (o.Policy.ResidentAuto)
-            throw new FieldException(FieldException.ResidentLayers, "auto is not planned for training: a training pass keeps no layer between steps "
-                + "(the weights change after every step), so pinning saves no transfer; give a number, or none");
+            throw new FieldException(FieldException.ResidentLayers, "auto is not planned for training; give a number, or none (a pinned layer "
+                + "stays on the device for the step's backward pass, which then does not load it again)");
         if (o.Policy.Auto && o.Policy.ResidentLayers > 0)
             throw new FieldException(FieldException.ResidentLayers, $"{o.Policy.ResidentLayers} cannot go with window auto: training plans the window "
-                + "without pinned layers (a training pass keeps none between steps); give k and k'");
+                + "without pinned layers; give k and k'");
         if (o.SaveEvery is { } every && every < 1) throw new FieldException(TrainingCheckpoint.SaveEveryField, $"must be at least 1; got {every}");
         if (o.SaveEvery is not null && o.SaveDir is null)
             throw new FieldException(TrainingCheckpoint.SaveEveryField, "needs a directory to save into (save)");

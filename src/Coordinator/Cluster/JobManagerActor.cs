@@ -259,7 +259,7 @@ public sealed class JobManagerActor : ReceiveActor, IWithTimers
         if (job.Submit.Training is { } training)
         {
             if (asked.ResidentAuto || asked.ResidentLayers > 0)
-                throw new ArgumentException("training pins no layers (a training pass keeps none between steps: the weights change after every step)");
+                throw new ArgumentException("training plans its window without pinned layers; give the window (k and k') to pin layers beside it");
             try
             {
                 return TrainingPlanner.Choose(job.Model, training.Optimizer.MicroBatches, (smallest.Cost ?? throw Unmeasured(smallest)).Validated()).Policy;

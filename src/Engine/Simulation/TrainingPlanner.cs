@@ -30,8 +30,9 @@ public sealed record TrainingPlan(PolicySpec Policy, TrainingMemory Memory, doub
 /// takes the largest fitting window per k'); a bigger device never gets a smaller window. A step is two passes simulated by
 /// <see cref="PassSimulator"/> under the same gate the training passes use: the forward (layers 0 .. n−2, every micro-batch's
 /// compute per layer), and the backward in reverse order (the weights again with the saved inputs, recompute and backward ≈ 3×
-/// the forward's FLOPs, and the parameter gradients' copies to the host on the compute thread). Pinned layers are not planned:
-/// a training pass keeps no layer between steps (the weights change after every one), so a pin saves no transfer.</summary>
+/// the forward's FLOPs, and the parameter gradients' copies to the host on the compute thread). Pinned layers are not planned
+/// (the simulation models no pins): a pin lasts one step (the weights change after every one), where it saves the backward
+/// pass's load of the layer; a user may give them.</summary>
 public static class TrainingPlanner
 {
     /// <param name="model">The model built at the step's batch (rows per step).</param>

@@ -499,7 +499,7 @@ public static class TrainBench
                     + $"off, so it was matched again to the compute they met, and the last runs met {F(c.EffectiveTransferOverCompute, "0.00")}.")
             + $" The harder link is set to {F(r.Harder.TransferOverCompute, "0.##")}× from the comparable runs' compute (not matched again). "
             + "\"transfer ÷ compute met\" is each variant's own (its warm step's bytes at the link's rate ÷ its compute): resident training moves "
-            + "its weights every step too (they change after each), in the backward pass as in the forward.");
+            + "its weights every step too (they change after each), once: its backward pass reuses what its forward pass left on the device.");
         lines.Add("");
         foreach (var link in new[] { r.Comparable, r.Harder })
         {

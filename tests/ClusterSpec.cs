@@ -42,17 +42,22 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
     /// (no coordinated shutdown, so no graceful hand-over), and the others must notice it is unreachable.</summary>
     const string Crashable = "\nakka.coordinated-shutdown.run-by-actor-system-terminate = off";
 
-    ClusterHost Coordinator(bool crashable = false)
+    /// <summary>For the singleton's failover: serialize-messages verifies every local message too, and the cluster's own local
+    /// events are not all serializable (the split-brain resolver's ReachabilityChanged fails it and is dropped, logged as an
+    /// error); a dropped internal message may leave the hand-over stuck, this test's rare failure. The other tests verify ours.</summary>
+    const string NoLocalVerification = "\nakka.actor.serialize-messages = off";
+
+    ClusterHost Coordinator(bool crashable = false, string extra = "")
     {
-        var h = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], TestConfig + (crashable ? Crashable : "")));
+        var h = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [], [], TestConfig + (crashable ? Crashable : "") + extra));
         _hosts.Add(h);
         return h;
     }
 
-    ClusterHost Worker(ClusterHost seed, string devices = "sim:2x64MiB", bool crashable = false)
+    ClusterHost Worker(ClusterHost seed, string devices = "sim:2x64MiB", bool crashable = false, string extra = "")
     {
         var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
-            TestConfig + (crashable ? Crashable : "")));
+            TestConfig + (crashable ? Crashable : "") + extra));
         _hosts.Add(h);
         return h;
     }
@@ -203,13 +208,14 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
     [Fact]
     public async Task When_the_coordinator_node_is_lost_the_singleton_moves_and_resubmitted_jobs_complete()
     {
-        var first = Coordinator(crashable: true);
+        var first = Coordinator(crashable: true, extra: NoLocalVerification);
         // Up alone before anyone joins, so it is the oldest and hosts the singleton (members that come up together are
         // ordered by address, and the second coordinator could be the oldest: a hand-over before the crash).
         await WaitForMembers(first, 1);
-        var second = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [$"127.0.0.1:{first.Address.Port}"], [], TestConfig));
+        var second = ClusterHost.Start(new HostOptions(["coordinator"], "127.0.0.1", 0, [$"127.0.0.1:{first.Address.Port}"], [],
+            TestConfig + NoLocalVerification));
         _hosts.Add(second);
-        Worker(first);
+        Worker(first, extra: NoLocalVerification);
         await WaitForMembers(first, 3);
         await using var single = Single(64L << 20);
         var reference = Assert.IsType<JobSucceeded>(await single.RunAsync(new SubmitJob(JobId.New(), Model, new PolicySpec(1, 1))).WaitAsync(Wait));
@@ -220,7 +226,7 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
         // in all: so the first answer is awaited for a bounded time but not required, and this test's clients wait
         // long enough for that recovery.
         var client = SubmitClient.Start([$"127.0.0.1:{first.Address.Port}", $"127.0.0.1:{second.Address.Port}"],
-            extraConfig: TestConfig + "\nsuperpipeline.pass-timeout = 180s");
+            extraConfig: TestConfig + NoLocalVerification + "\nsuperpipeline.pass-timeout = 180s");
         _clients.Add(client);
         var jobs = Enumerable.Range(0, 40).Select(i => client.RunAsync(new SubmitJob(new JobId($"moved-{i}"), Model, new PolicySpec(1, 1)))).ToArray();
         await Task.WhenAny(Task.WhenAny(jobs), Task.Delay(TimeSpan.FromSeconds(45)));

@@ -203,12 +203,19 @@ public static class SubmitCommand
         Console.Error.WriteLine($"superpipeline submit: training job {job.Id} to {string.Join(", ", contacts)}: {steps} step(s) of {batch} rows, "
             + settings.Optimizer);
         IJobEvent? answer = null;
+        int last = -1;
         await foreach (var e in client.Submit(job).ReadAllAsync(cancel))
         {
+            if (e is JobTrainingStep { Step.Step: var again } && again <= last)
+                Console.Error.WriteLine($"superpipeline submit: job {job.Id} was placed again (a node was lost); "
+                    + (again == 0 ? "it starts over" : $"it goes on from step {again + 1}, after its latest training checkpoint"));
             if (e is JobTrainingStep s)
+            {
+                last = s.Step.Step;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"step {s.Step.Step + 1}: loss {s.Step.Loss:0.000000}, lr {s.Step.LearningRate:G6}"
                     + $"{(s.Step.GradNorm is { } n ? $", grad norm {n:G6}" : "")}, {s.Step.Seconds:0.000} s"));
+            }
             answer = e;
         }
         switch (answer)

@@ -104,9 +104,11 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
     internal static Tensor Rows(Tensor data, int step, int batch) => data.narrow(0, step * batch % data.shape[0], batch).contiguous();
 
     /// <summary>The plain resident loop: parameters from the checkpoint's state dict (a tied tensor once), each step the loss of
-    /// each micro-batch (divided by their count) backpropagated through the whole model, clip_grad_norm_, torch.optim's step.</summary>
+    /// each micro-batch (divided by their count) backpropagated through the whole model, clip_grad_norm_, torch.optim's step.
+    /// A decoder's rows of <paramref name="data"/> are its labels too (the causal-LM loss); a classifier gives its
+    /// <paramref name="labels"/> and <paramref name="loss"/>.</summary>
     internal static (List<float[]> Losses, Dictionary<string, Tensor> Weights) Resident(LayeredModel model, string checkpoint, TrainingSettings s,
-        Tensor data, int steps)
+        Tensor data, int steps, Tensor? labels = null, Func<Tensor, Tensor, Tensor>? loss = null)
     {
         using var ckpt = SafetensorsCheckpoint.Open(checkpoint);
         var order = ModelParameters.Distinct(model);
@@ -117,18 +119,20 @@ public sealed class TrainingSpec() : TestKit(WorkerConfig.Load()), IDisposable
         for (int step = 0; step < steps; step++)
         {
             optimizer.zero_grad();
-            using var ids = Rows(data, step, batch);
+            using var rows = Rows(data, step, batch);
+            using var rowLabels = labels is null ? null : Rows(labels, step, batch);
             var stepLosses = new float[micro];
-            var parts = ids.chunk(micro, 0);
+            var parts = rows.chunk(micro, 0);
+            var labelParts = rowLabels?.chunk(micro, 0) ?? parts;
             for (int m = 0; m < micro; m++)
             {
                 using var scope = NewDisposeScope();
                 var x = parts[m].contiguous();
                 foreach (var layer in model.Layers)
                     x = layer.Forward(layer.Parameters.ToDictionary(p => p.Name, p => (Tensor)parameters[p.Name]), x);
-                var loss = TrainingLoss.CausalLm(x, parts[m].contiguous());
-                stepLosses[m] = loss.item<float>();
-                (micro > 1 ? loss / micro : loss).backward();
+                var l = (loss ?? TrainingLoss.CausalLm)(x, labelParts[m].contiguous());
+                stepLosses[m] = l.item<float>();
+                (micro > 1 ? l / micro : l).backward();
             }
             if (s.ClipNorm is { } max) nn.utils.clip_grad_norm_(order.Select(p => parameters[p.Name]), max);
             foreach (var group in optimizer.ParamGroups) group.LearningRate = s.Schedule.Rate(s.Optimizer.LearningRate, step);

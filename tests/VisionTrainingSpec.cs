@@ -50,43 +50,6 @@ public sealed class VisionTrainingSpec() : TestKit(WorkerConfig.Load()), IDispos
         return (randn([rows, 3, 16, 16], generator: g), randint(Classes, [rows], dtype: ScalarType.Int64, generator: g));
     }
 
-    // ---- the plain resident loop: the model's layers as one autograd graph, torch.optim over the state dict's parameters ----
-
-    static (List<float[]> Losses, Dictionary<string, Tensor> Weights) Resident(LayeredModel model, string checkpoint, TrainingSettings s,
-        Tensor pixels, Tensor labels, int steps)
-    {
-        using var ckpt = SafetensorsCheckpoint.Open(checkpoint);
-        var order = ModelParameters.Distinct(model);
-        var parameters = order.ToDictionary(p => p.Name, p => new Parameter(ckpt.Read(p.Name).to_type(ScalarType.Float32), true));
-        var optimizer = s.Optimizer.Create(order.Select(p => parameters[p.Name]));
-        var losses = new List<float[]>();
-        int batch = (int)model.InputShape[0], micro = s.MicroBatches;
-        for (int step = 0; step < steps; step++)
-        {
-            optimizer.zero_grad();
-            using var x0 = TrainingSpec.Rows(pixels, step, batch);
-            using var y0 = TrainingSpec.Rows(labels, step, batch);
-            var xs = x0.chunk(micro, 0);
-            var ys = y0.chunk(micro, 0);
-            var stepLosses = new float[micro];
-            for (int m = 0; m < micro; m++)
-            {
-                using var scope = NewDisposeScope();
-                var x = xs[m].contiguous();
-                foreach (var layer in model.Layers)
-                    x = layer.Forward(layer.Parameters.ToDictionary(p => p.Name, p => (Tensor)parameters[p.Name]), x);
-                var loss = F.cross_entropy(x, ys[m].contiguous()); // transformers: CrossEntropyLoss()(logits, labels), the mean
-                stepLosses[m] = loss.item<float>();
-                (micro > 1 ? loss / micro : loss).backward();
-            }
-            if (s.ClipNorm is { } max) nn.utils.clip_grad_norm_(order.Select(p => parameters[p.Name]), max);
-            foreach (var group in optimizer.ParamGroups) group.LearningRate = s.Schedule.Rate(s.Optimizer.LearningRate, step);
-            optimizer.step();
-            losses.Add(stepLosses);
-        }
-        return (losses, parameters.ToDictionary(p => p.Key, p => (Tensor)p.Value.detach().clone()));
-    }
-
     public static TheoryData<string, int, int, int, bool> Cases() => new()
     {
         // optimizer, k, k', micro-batches, clipping and the cosine schedule (else constant, unclipped); the ViT has 4 layers
@@ -109,7 +72,8 @@ public sealed class VisionTrainingSpec() : TestKit(WorkerConfig.Load()), IDispos
         using var _l = labels;
         var model = ModelCatalog.Create(ModelCatalog.CheckpointSpec(dir, batch, 0, 0));
         Assert.Equal(4, model.Layers.Count);
-        var (losses, expected) = Resident(model, dir, s, pixels, labels, steps);
+        // The plain resident loop with transformers' CrossEntropyLoss()(logits, labels), the mean.
+        var (losses, expected) = TrainingSpec.Resident(model, dir, s, pixels, steps, labels, (logits, y) => F.cross_entropy(logits, y));
 
         using var rig = new TrainingRig(Sys, dir, batch, 0);
         var session = await rig.Session(rig.Policy(k, swap), s);

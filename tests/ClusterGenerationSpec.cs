@@ -48,15 +48,14 @@ public sealed class ClusterGenerationSpec(ITestOutputHelper output) : IAsyncLife
 
     ClusterHost Worker(ClusterHost seed, string devices = "sim:2x64MiB", bool crashable = false)
     {
-        var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
-            ClusterSpec.TestConfig + (crashable ? "\nakka.coordinated-shutdown.run-by-actor-system-terminate = off" : "")));
+        var h = ClusterSpec.StartWorker(seed, devices, crashable);
         _hosts.Add(h);
         return h;
     }
 
     SubmitClient Client(ClusterHost contact)
     {
-        var c = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], extraConfig: ClusterSpec.TestConfig);
+        var c = ClusterSpec.StartClient(contact);
         _hosts.Add(c);
         return c;
     }

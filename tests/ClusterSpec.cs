@@ -56,15 +56,24 @@ public sealed class ClusterSpec(ITestOutputHelper output) : IAsyncLifetime
 
     ClusterHost Worker(ClusterHost seed, string devices = "sim:2x64MiB", bool crashable = false, string extra = "")
     {
-        var h = ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
-            TestConfig + (crashable ? Crashable : "") + extra));
+        var h = StartWorker(seed, devices, crashable, extra);
         _hosts.Add(h);
         return h;
     }
 
+    /// <summary>A worker with <paramref name="devices"/> joining through <paramref name="seed"/>, under the tests' configuration (the
+    /// cluster specs share it; each disposes the hosts it starts).</summary>
+    internal static ClusterHost StartWorker(ClusterHost seed, string devices, bool crashable = false, string extra = "") =>
+        ClusterHost.Start(new HostOptions(["worker"], "127.0.0.1", 0, [$"127.0.0.1:{seed.Address.Port}"], DeviceSpecs.ParseList(devices),
+            TestConfig + (crashable ? Crashable : "") + extra));
+
+    /// <summary>A client whose contact is <paramref name="contact"/>, under the tests' configuration.</summary>
+    internal static SubmitClient StartClient(ClusterHost contact) =>
+        SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], extraConfig: TestConfig);
+
     SubmitClient Client(ClusterHost contact)
     {
-        var c = SubmitClient.Start([$"127.0.0.1:{contact.Address.Port}"], extraConfig: TestConfig);
+        var c = StartClient(contact);
         _clients.Add(c);
         return c;
     }

@@ -32,7 +32,7 @@ public sealed class TrainingLayerState : IDisposable
     }
 
     /// <summary>Host bytes held for training: the master weights, the gradients and the optimizer's state per parameter.</summary>
-    public long Bytes(OptimizerSettings optimizer) => _params.Sum(p => p.Param.NumberOfElements * 4) * (2 + optimizer.StateCopies);
+    public long Bytes(OptimizerSettings optimizer) => optimizer.TrainingBytes(_params.Sum(p => p.Param.NumberOfElements * 4));
 
     /// <summary>Adds <paramref name="grads"/> (host float32, by parameter name) to the accumulated gradients: the first
     /// micro-batch's is copied, later ones added in place, as autograd accumulates into .grad.</summary>

@@ -97,7 +97,7 @@ public sealed class TrainingStageActor : ReceiveActor, IWithUnboundedStash
     /// optimizer's state per parameter (<see cref="TrainingLayerState.Bytes"/>). Counted against the node's host weight budget.</summary>
     public static long HostBytes(ModelSpec spec, LayeredModel stage, OptimizerSettings optimizer) =>
         DeploymentWeights.LayerHostBytes(spec, stage, null).Sum()
-        + stage.Layers.Sum(l => l.Parameters.Sum(p => TensorBytes.Of([.. p.Shape], ScalarType.Float32))) * (2 + optimizer.StateCopies);
+        + optimizer.TrainingBytes(stage.Layers.Sum(l => l.Parameters.Sum(p => TensorBytes.Of([.. p.Shape], ScalarType.Float32))));
 
     /// <summary>The engine's training settings from the wire record (validated: a refusal names the field).</summary>
     public static TrainingSettings Settings(TrainingOptimizer o) => new TrainingSettings(

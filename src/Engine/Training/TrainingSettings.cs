@@ -57,6 +57,10 @@ public sealed record OptimizerSettings(OptimizerKind Kind, double LearningRate, 
     /// <summary>Host bytes of the state it keeps per parameter byte (SGD with momentum: one buffer; AdamW: two moments).</summary>
     public int StateCopies => Kind == OptimizerKind.AdamW ? 2 : Momentum != 0 ? 1 : 0;
 
+    /// <summary>Host bytes a layer holds for training beside its stored weights, for <paramref name="float32Bytes"/> of parameters
+    /// at float32: the master copy, the gradients and this optimizer's state.</summary>
+    public long TrainingBytes(long float32Bytes) => float32Bytes * (2 + StateCopies);
+
     public override string ToString() => Kind == OptimizerKind.Sgd
         ? string.Create(CultureInfo.InvariantCulture, $"sgd(lr {LearningRate}, momentum {Momentum}, weight decay {WeightDecay})")
         : string.Create(CultureInfo.InvariantCulture, $"adamw(lr {LearningRate}, betas ({Beta1}, {Beta2}), eps {Eps}, weight decay {WeightDecay})");

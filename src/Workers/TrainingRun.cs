@@ -142,9 +142,7 @@ public static class TrainingRun
             int done = first;
             async Task Save(string dir)
             {
-                var state = new TrainerState(done, RowOf(done), TrainingCheckpoint.KindName(settings.Optimizer.Kind), settings.Optimizer.LearningRate,
-                    settings.Optimizer.Momentum, settings.Optimizer.WeightDecay, settings.Schedule.Kind.ToString().ToLowerInvariant(),
-                    settings.Schedule.Warmup, o.Steps, settings.ClipNorm, settings.MicroBatches, o.Batch, rows, data.shape[1], "none", [.. history]);
+                var state = settings.State(done, RowOf(done), o.Steps, o.Batch, rows, data.shape[1], [.. history]);
                 var trained = await session.WeightsAsync();
                 var optimizer = await OptimizerStateAsync(layers, timeout);
                 try

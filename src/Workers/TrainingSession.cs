@@ -26,6 +26,13 @@ public sealed record TrainingSettings(OptimizerSettings Optimizer, LrSchedule Sc
         if (MicroBatches < 1) throw new FieldException(TrainingFields.MicroBatches, $"must be at least 1; got {MicroBatches}");
         return this;
     }
+
+    /// <summary>A checkpoint's trainer state for a run of these settings after <paramref name="step"/> of its <paramref name="steps"/>
+    /// steps, the next step starting at data row <paramref name="nextRow"/> of the <paramref name="rows"/> × <paramref name="columns"/>
+    /// data, <paramref name="batch"/> rows a step (training draws no random numbers: the RNG state is "none").</summary>
+    public TrainerState State(int step, long nextRow, int steps, int batch, long rows, long columns, IReadOnlyList<LossPoint> history) =>
+        new(step, nextRow, TrainingCheckpoint.KindName(Optimizer.Kind), Optimizer.LearningRate, Optimizer.Momentum, Optimizer.WeightDecay,
+            Schedule.Kind.ToString().ToLowerInvariant(), Schedule.Warmup, steps, ClipNorm, MicroBatches, batch, rows, columns, "none", history);
 }
 
 /// <summary>One step's measures.</summary>

@@ -242,10 +242,7 @@ public sealed class TrainingJobActor : ReceiveActor
     {
         var stages = Enumerable.Range(0, _placement.Length).Select(s => _state.Weights[s]).ToArray();
         string dir = Path.Combine(_checkpoints!, $"attempt-{_attempt}-step-{done}");
-        var o = _settings.Optimizer;
-        var state = new TrainerState(done, (long)done * _training.Batch % _data.shape[0], TrainingCheckpoint.KindName(o.Kind), o.LearningRate, o.Momentum,
-            o.WeightDecay, _settings.Schedule.Kind.ToString().ToLowerInvariant(), _settings.Schedule.Warmup, _training.Steps, _settings.ClipNorm,
-            _settings.MicroBatches, _training.Batch, _data.shape[0], _data.shape[1], "none",
+        var state = _settings.State(done, (long)done * _training.Batch % _data.shape[0], _training.Steps, _training.Batch, _data.shape[0], _data.shape[1],
             [.. _state.Lines.Select(l => new LossPoint(l.Step, l.Loss, l.LearningRate))]);
         string source = _model.Checkpoint!;
         Task.Run(() =>

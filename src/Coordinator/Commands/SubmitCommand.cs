@@ -206,11 +206,11 @@ public static class SubmitCommand
         int last = -1;
         await foreach (var e in client.Submit(job).ReadAllAsync(cancel))
         {
-            if (e is JobTrainingStep { Step.Step: var again } && again <= last)
-                Console.Error.WriteLine($"superpipeline submit: job {job.Id} was placed again (a node was lost); "
-                    + (again == 0 ? "it starts over" : $"it goes on from step {again + 1}, after its latest training checkpoint"));
             if (e is JobTrainingStep s)
             {
+                if (s.Step.Step <= last)
+                    Console.Error.WriteLine($"superpipeline submit: job {job.Id} was placed again (a node was lost); "
+                        + (s.Step.Step == 0 ? "it starts over" : $"it goes on from step {s.Step.Step + 1}, after its latest training checkpoint"));
                 last = s.Step.Step;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"step {s.Step.Step + 1}: loss {s.Step.Loss:0.000000}, lr {s.Step.LearningRate:G6}"
